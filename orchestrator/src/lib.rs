@@ -1,0 +1,3 @@
+//! swe-env: sandboxes, episodes, trajectories, grading runs and the CLI's building blocks.
+
+pub mod sandbox;

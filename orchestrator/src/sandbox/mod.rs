@@ -1,0 +1,1 @@
+//! Sandboxes: one container per episode, a persistent shell inside it, file access and orphan cleanup.

@@ -1,0 +1,65 @@
+//! The small sandbox surface the tools need. The orchestrator implements it for Docker containers; tests may
+//! implement it over a host temp dir. Keeping it this narrow is what lets the tools stay free of Docker.
+
+use std::time::Duration;
+
+/// What one command in the persistent shell produced. Non-zero exits and timeouts are data, not errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// stdout and stderr merged, possibly capped (head and tail kept, the cut marked inside the bytes).
+    pub output: Vec<u8>,
+    /// Exit status of the command; `None` when it never finished (timed out and killed, or the shell died).
+    pub exit_code: Option<i32>,
+    /// The per-command timeout fired and the command was interrupted.
+    pub timed_out: bool,
+    /// The output was longer than the cap and was cut.
+    pub truncated: bool,
+    /// The shell had to be restarted (it exited, or was wedged): state such as the cwd was reset.
+    pub restarted: bool,
+    /// Wall-clock time of the command.
+    pub duration: Duration,
+}
+
+/// What a path points at inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Nothing there.
+    Missing,
+    /// A regular file (or a symlink to one).
+    File,
+    /// A directory.
+    Directory,
+    /// Anything else (socket, device, dangling link).
+    Other,
+}
+
+/// Infrastructure failure of the sandbox (Docker down, container gone). Tool-level failures are never this.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox error: {message}")]
+pub struct SandboxError {
+    /// Human-readable description, naming what failed.
+    pub message: String,
+}
+
+impl SandboxError {
+    /// Wraps any displayable cause.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into() }
+    }
+}
+
+/// The operations tools perform. All paths given to the file methods are absolute; tools resolve relative paths
+/// against [`ToolSandbox::cwd`] themselves.
+#[async_trait::async_trait]
+pub trait ToolSandbox: Send + Sync {
+    /// Runs `command` in the persistent shell (state such as `cd`/`export` persists), with a timeout.
+    async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError>;
+    /// The shell's current working directory (as of the last command).
+    async fn cwd(&self) -> Result<String, SandboxError>;
+    /// What `path` (absolute) is.
+    async fn path_kind(&self, path: &str) -> Result<PathKind, SandboxError>;
+    /// The exact bytes of the file at `path` (absolute). A missing or unreadable file is an `Err`.
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError>;
+    /// Writes exactly `bytes` to `path` (absolute). An existing file keeps its mode; a new one gets 0644.
+    async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError>;
+}
