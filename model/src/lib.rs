@@ -1,0 +1,1 @@
+//! OpenAI-compatible model client and prompt rendering for agent loops.
