@@ -1,0 +1,813 @@
+//! The Docker backend: one container per episode, one persistent `bash` per container over a single attached exec,
+//! file bytes through exec stdin/stdout. The only module that talks to the engine (bollard).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RestartContainerOptions,
+    StartContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant as TokioInstant;
+use tracing::{debug, info, warn};
+
+use super::capture::{CappedOutput, ScanEvent, SentinelScanner};
+use super::config::{SandboxConfig, KEPT_CAPABILITIES};
+use super::error::SandboxError;
+use super::owner::{container_labels, Owner, LABEL_EPISODE, LABEL_EXPIRES, LABEL_OWNER};
+use super::shell;
+use swe_env_tools::{CommandOutput, PathKind};
+
+/// Largest file the sandbox reads for the tools (edit needs the whole file in memory).
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+
+/// Environment every shell gets: no pagers, no colour-hungry terminal.
+const SHELL_ENV: &[&str] = &[
+    "PAGER=cat",
+    "GIT_PAGER=cat",
+    "MANPAGER=cat",
+    "TERM=dumb",
+    "LESS=-R",
+    "PS1=",
+    "PS2=",
+];
+
+/// How long a new shell may take to print its start-up sentinel.
+const SHELL_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to a Docker engine, and the owner identity stamped on every container it creates.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    owner: Owner,
+}
+
+/// One container known to the engine that carries our labels.
+#[derive(Debug, Clone)]
+pub struct LabelledContainer {
+    /// Container id.
+    pub id: String,
+    /// Episode id label.
+    pub episode: String,
+    /// Parsed owner label (`None` when malformed).
+    pub owner: Option<Owner>,
+    /// Expiry (unix seconds) label, 0 when malformed.
+    pub expires_unix: u64,
+}
+
+/// Facts about an image, recorded in trajectories so a run can be reproduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Content-addressed image id (`sha256:…`).
+    pub id: String,
+    /// Registry digests, when the image was pulled.
+    pub repo_digests: Vec<String>,
+}
+
+impl DockerEngine {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and checks that it answers.
+    pub async fn connect(api_timeout: Duration) -> Result<Self, SandboxError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| SandboxError::docker("connect", e))?
+            .with_timeout(api_timeout);
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| SandboxError::docker("negotiate version", e))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| SandboxError::docker("ping", e))?;
+        Ok(Self {
+            docker,
+            owner: Owner::current(),
+        })
+    }
+
+    /// The identity stamped on containers this engine handle creates.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Inspects an image; `Ok(None)` when it is not present locally.
+    pub async fn image_info(&self, image: &str) -> Result<Option<ImageInfo>, SandboxError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(ImageInfo {
+                id: inspect.id.unwrap_or_default(),
+                repo_digests: inspect.repo_digests.unwrap_or_default(),
+            })),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(SandboxError::docker("inspect image", e)),
+        }
+    }
+
+    /// Creates and starts a container for `episode_id` from `image`, and opens its shell.
+    pub async fn create_sandbox(
+        &self,
+        image: &str,
+        episode_id: &str,
+        config: SandboxConfig,
+    ) -> Result<DockerSandbox, SandboxError> {
+        let started = Instant::now();
+        let name = format!("swe-env-{episode_id}");
+        let host_config = HostConfig {
+            network_mode: Some(config.network_mode.clone()),
+            memory: Some(config.memory_bytes),
+            memory_swap: Some(config.memory_bytes),
+            nano_cpus: Some(config.nano_cpus),
+            pids_limit: Some(config.pids_limit),
+            init: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(KEPT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            entrypoint: Some(vec!["sleep".to_owned()]),
+            cmd: Some(vec!["infinity".to_owned()]),
+            labels: Some(container_labels(
+                episode_id,
+                &self.owner,
+                config.container_ttl,
+            )),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(SandboxError::ImageNotFound {
+                    image: image.to_owned(),
+                })
+            }
+            Err(e) => return Err(SandboxError::docker("create container", e)),
+        };
+        let sandbox = DockerSandbox {
+            inner: Arc::new(Inner {
+                docker: self.docker.clone(),
+                container_id: created.id,
+                image: image.to_owned(),
+                config,
+                session: tokio::sync::Mutex::new(None),
+                cwd: std::sync::Mutex::new(String::new()),
+                removed: AtomicBool::new(false),
+            }),
+        };
+        // From here on, dropping `sandbox` on an error path removes the container.
+        self.docker
+            .start_container(&sandbox.inner.container_id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| SandboxError::docker("start container", e))?;
+        let session = sandbox.inner.start_session().await?;
+        *sandbox.inner.session.lock().await = Some(session);
+        info!(episode_id, container = %sandbox.id(), image, ready_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+        Ok(sandbox)
+    }
+
+    /// Containers carrying our labels (any owner), running or not.
+    pub async fn labelled_containers(&self) -> Result<Vec<LabelledContainer>, SandboxError> {
+        let filters = HashMap::from([("label".to_owned(), vec![LABEL_OWNER.to_owned()])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| SandboxError::docker("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|summary| {
+                let labels = summary.labels.unwrap_or_default();
+                Some(LabelledContainer {
+                    id: summary.id?,
+                    episode: labels.get(LABEL_EPISODE).cloned().unwrap_or_default(),
+                    owner: labels.get(LABEL_OWNER).and_then(|l| Owner::from_label(l)),
+                    expires_unix: labels
+                        .get(LABEL_EXPIRES)
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    /// Force-removes a container by id (and its anonymous volumes). Missing containers are not an error.
+    pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        remove_container(&self.docker, id).await
+    }
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        // 409: removal already in progress (e.g. a concurrent drop); the container is going away.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(e) => Err(SandboxError::docker("remove container", e)),
+    }
+}
+
+type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// The attached `bash`: its stdin, its merged output, and its pid inside the container.
+struct Session {
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    output: OutputStream,
+    shell_pid: u32,
+}
+
+/// How reading towards a sentinel ended.
+enum ReadEnd {
+    Done(Vec<u8>),
+    Deadline,
+    Eof,
+}
+
+/// A live container with its persistent shell. Cloning shares the same container; it is removed by
+/// [`DockerSandbox::remove`] or, as a safety net, when the last clone is dropped inside a tokio runtime.
+#[derive(Clone)]
+pub struct DockerSandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    container_id: String,
+    image: String,
+    config: SandboxConfig,
+    session: tokio::sync::Mutex<Option<Session>>,
+    cwd: std::sync::Mutex<String>,
+    removed: AtomicBool,
+}
+
+/// Result of a one-shot exec (not in the persistent shell).
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Standard output (capped).
+    pub stdout: Vec<u8>,
+    /// Standard error (capped).
+    pub stderr: Vec<u8>,
+    /// Stdout was longer than the cap and was cut.
+    pub stdout_truncated: bool,
+    /// Exit status; `None` if it could not be read (timeout).
+    pub exit_code: Option<i64>,
+    /// The exec did not finish within its timeout.
+    pub timed_out: bool,
+}
+
+impl DockerSandbox {
+    /// Container id.
+    pub fn id(&self) -> &str {
+        &self.inner.container_id
+    }
+
+    /// The image the container was created from.
+    pub fn image(&self) -> &str {
+        &self.inner.image
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// Runs a command in the persistent shell. See [`swe_env_tools::ToolSandbox::run`].
+    pub async fn run_command(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, SandboxError> {
+        self.inner
+            .run_in_shell(command, timeout, self.inner.config.max_output_bytes)
+            .await
+    }
+
+    /// Runs `argv` as a separate process (not in the shell), optionally feeding `stdin`, with a timeout.
+    pub async fn exec(
+        &self,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SandboxError> {
+        self.inner.exec(argv, stdin, timeout, MAX_FILE_BYTES).await
+    }
+
+    /// Kills every process in the container by restarting it (the filesystem is kept), then opens a new shell.
+    /// The last resort when even a second exec cannot start (e.g. the pids limit is exhausted).
+    pub async fn reset_processes(&self) -> Result<(), SandboxError> {
+        let mut guard = self.inner.session.lock().await;
+        *guard = None;
+        self.inner.restart_container().await?;
+        *guard = Some(self.inner.start_session().await?);
+        Ok(())
+    }
+
+    /// Removes the container. Idempotent.
+    pub async fn remove(&self) -> Result<(), SandboxError> {
+        if self.inner.removed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        *self.inner.session.lock().await = None;
+        remove_container(&self.inner.docker, &self.inner.container_id).await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(container = %self.container_id, "sandbox dropped outside a runtime; `swe-env gc` will remove it");
+            return;
+        };
+        let docker = self.docker.clone();
+        let id = self.container_id.clone();
+        runtime.spawn(async move {
+            if let Err(error) = remove_container(&docker, &id).await {
+                warn!(container = %id, %error, "removing dropped sandbox failed; `swe-env gc` will remove it");
+            }
+        });
+    }
+}
+
+impl Inner {
+    async fn start_session(&self) -> Result<Session, SandboxError> {
+        let mut env: Vec<String> = SHELL_ENV.iter().map(|s| (*s).to_owned()).collect();
+        env.extend(self.config.env.iter().cloned());
+        let options = CreateExecOptions::<String> {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(vec![
+                "bash".into(),
+                "--noprofile".into(),
+                "--norc".into(),
+                "--noediting".into(),
+                "-i".into(),
+            ]),
+            env: Some(env),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&self.container_id, options)
+            .await
+            .map_err(|e| self.gone_or(e))?;
+        let start = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: Some(64 * 1024),
+        };
+        let (output, mut input) = match self.docker.start_exec(&exec.id, Some(start)).await {
+            Ok(StartExecResults::Attached { output, input }) => (output, input),
+            Ok(StartExecResults::Detached) => return Err(self.shell_error("exec started detached")),
+            Err(e) => return Err(self.gone_or(e)),
+        };
+        let marker = shell::new_marker();
+        let script =
+            shell::startup_script(&self.config.workdir, &self.config.init_commands, &marker);
+        input
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| self.shell_error(format!("writing start-up: {e}")))?;
+        input
+            .flush()
+            .await
+            .map_err(|e| self.shell_error(format!("writing start-up: {e}")))?;
+        let mut session = Session {
+            input,
+            output,
+            shell_pid: 0,
+        };
+        let mut scanner = SentinelScanner::new(marker.as_bytes());
+        let mut out = CappedOutput::new(64 * 1024);
+        let deadline = TokioInstant::now() + SHELL_START_TIMEOUT;
+        match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
+            ReadEnd::Done(trailer) => {
+                let (pid, cwd) = shell::parse_trailer(&trailer).ok_or_else(|| {
+                    self.shell_error(format!(
+                        "bad start-up line {:?}",
+                        String::from_utf8_lossy(&trailer)
+                    ))
+                })?;
+                session.shell_pid = u32::try_from(pid).unwrap_or(0);
+                self.set_cwd(cwd);
+                Ok(session)
+            }
+            ReadEnd::Deadline => Err(self.shell_error("bash did not start within 30 s")),
+            ReadEnd::Eof => Err(self.shell_error(format!(
+                "bash exited during start-up (is bash installed in the image?): {}",
+                String::from_utf8_lossy(&out.into_bytes())
+            ))),
+        }
+    }
+
+    async fn run_in_shell(
+        &self,
+        command: &str,
+        timeout: Duration,
+        cap_bytes: usize,
+    ) -> Result<CommandOutput, SandboxError> {
+        let started = Instant::now();
+        let mut guard = self.session.lock().await;
+        let mut restarted = false;
+        if guard.is_none() {
+            *guard = Some(self.start_session().await?);
+            restarted = true;
+        }
+        let marker = shell::new_marker();
+        let script = shell::command_script(command, &marker);
+        let mut scanner = SentinelScanner::new(marker.as_bytes());
+        let mut out = CappedOutput::new(cap_bytes);
+        let mut timed_out = false;
+
+        let end = match guard.as_mut() {
+            None => ReadEnd::Eof,
+            Some(session) => {
+                let written = async {
+                    session.input.write_all(script.as_bytes()).await?;
+                    session.input.flush().await
+                }
+                .await;
+                if written.is_err() {
+                    ReadEnd::Eof
+                } else {
+                    let deadline = TokioInstant::now() + timeout;
+                    match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
+                        ReadEnd::Deadline => {
+                            timed_out = true;
+                            self.interrupt(session, &mut scanner, &mut out).await
+                        }
+                        other => other,
+                    }
+                }
+            }
+        };
+
+        let exit_code = match end {
+            ReadEnd::Done(trailer) => match shell::parse_trailer(&trailer) {
+                Some((code, cwd)) => {
+                    self.set_cwd(cwd);
+                    Some(code)
+                }
+                None => None,
+            },
+            ReadEnd::Deadline | ReadEnd::Eof => {
+                out.push(&scanner.take_pending());
+                let old_pid = guard.as_ref().map(|s| s.shell_pid).unwrap_or(0);
+                *guard = None;
+                warn!(container = %self.container_id, timed_out, "shell lost; restarting it");
+                *guard = Some(self.restart_session(old_pid).await?);
+                restarted = true;
+                None
+            }
+        };
+        let truncated = out.is_truncated();
+        Ok(CommandOutput {
+            output: out.into_bytes(),
+            exit_code,
+            timed_out,
+            truncated,
+            restarted,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Escalates after a timeout: SIGINT the shell's children, then SIGKILL them; each step waits for the sentinel.
+    async fn interrupt(
+        &self,
+        session: &mut Session,
+        scanner: &mut SentinelScanner,
+        out: &mut CappedOutput,
+    ) -> ReadEnd {
+        for (signal, include_shell) in [("INT", true), ("KILL", false)] {
+            let script = shell::kill_descendants_script(session.shell_pid, signal, include_shell);
+            let killed = self
+                .exec(
+                    &["bash", "-c", &script],
+                    None,
+                    Duration::from_secs(10),
+                    64 * 1024,
+                )
+                .await;
+            debug!(container = %self.container_id, signal, ok = killed.is_ok(), "interrupting command");
+            if killed.is_err() {
+                // Cannot even start a process (e.g. pids limit): the caller will restart the container.
+                return ReadEnd::Deadline;
+            }
+            let deadline = TokioInstant::now() + self.config.interrupt_grace;
+            match read_until(&mut session.output, scanner, out, deadline).await {
+                ReadEnd::Deadline => continue,
+                other => return other,
+            }
+        }
+        ReadEnd::Deadline
+    }
+
+    /// Kills the old shell (if any) and starts a new one; restarts the container when the engine cannot even run a
+    /// `kill` or a new shell inside it.
+    async fn restart_session(&self, old_pid: u32) -> Result<Session, SandboxError> {
+        if old_pid > 0 {
+            let kill = format!("kill -9 {old_pid} 2>/dev/null; true");
+            if self
+                .exec(&["sh", "-c", &kill], None, Duration::from_secs(10), 4096)
+                .await
+                .is_err()
+            {
+                self.restart_container().await?;
+            }
+        }
+        match self.start_session().await {
+            Ok(session) => Ok(session),
+            Err(error) => {
+                warn!(container = %self.container_id, %error, "new shell failed; restarting the container");
+                self.restart_container().await?;
+                self.start_session().await
+            }
+        }
+    }
+
+    async fn restart_container(&self) -> Result<(), SandboxError> {
+        let options = RestartContainerOptions {
+            t: Some(0),
+            ..Default::default()
+        };
+        self.docker
+            .restart_container(&self.container_id, Some(options))
+            .await
+            .map_err(|e| self.gone_or(e))
+    }
+
+    async fn exec(
+        &self,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        cap_bytes: usize,
+    ) -> Result<ExecOutput, SandboxError> {
+        let options = CreateExecOptions::<String> {
+            attach_stdin: Some(stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&self.container_id, options)
+            .await
+            .map_err(|e| self.gone_or(e))?;
+        let start = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: Some(64 * 1024),
+        };
+        let (mut output, mut input) = match self.docker.start_exec(&exec.id, Some(start)).await {
+            Ok(StartExecResults::Attached { output, input }) => (output, input),
+            Ok(StartExecResults::Detached) => return Err(self.shell_error("exec started detached")),
+            Err(e) => return Err(self.gone_or(e)),
+        };
+        let deadline = TokioInstant::now() + timeout;
+        let feed = async {
+            if let Some(bytes) = stdin {
+                // Commands we run read an exact byte count, so a failed half-close is harmless.
+                input.write_all(bytes).await?;
+                input.flush().await?;
+                let _ = input.shutdown().await;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let mut stdout = CappedOutput::new(cap_bytes);
+        let mut stderr = CappedOutput::new(64 * 1024);
+        let collect = async {
+            while let Some(frame) = output.next().await {
+                match frame {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        stdout.push(&message)
+                    }
+                    Ok(LogOutput::StdErr { message }) => stderr.push(&message),
+                    Ok(LogOutput::StdIn { .. }) => {}
+                    Err(error) => {
+                        debug!(%error, "exec stream ended with an error");
+                        break;
+                    }
+                }
+            }
+        };
+        let both = async {
+            let (fed, ()) = tokio::join!(feed, collect);
+            fed
+        };
+        let timed_out = match tokio::time::timeout_at(deadline, both).await {
+            Ok(Ok(())) => false,
+            Ok(Err(error)) => {
+                return Err(SandboxError::Shell {
+                    container: self.container_id.clone(),
+                    detail: format!("writing stdin of {:?}: {error}", argv.first()),
+                })
+            }
+            Err(_) => true,
+        };
+        let exit_code = if timed_out {
+            None
+        } else {
+            self.exec_exit_code(&exec.id).await?
+        };
+        let stdout_truncated = stdout.is_truncated();
+        Ok(ExecOutput {
+            stdout: stdout.into_bytes(),
+            stderr: stderr.into_bytes(),
+            stdout_truncated,
+            exit_code,
+            timed_out,
+        })
+    }
+
+    /// The engine may report an exec as running for a moment after its output closed; poll briefly.
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, SandboxError> {
+        for _ in 0..200 {
+            let inspect = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(|e| SandboxError::docker("inspect exec", e))?;
+            if inspect.running != Some(true) {
+                return Ok(inspect.exit_code);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(None)
+    }
+
+    fn set_cwd(&self, cwd: String) {
+        if let Ok(mut guard) = self.cwd.lock() {
+            *guard = cwd;
+        }
+    }
+
+    fn cwd(&self) -> String {
+        self.cwd.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn shell_error(&self, detail: impl Into<String>) -> SandboxError {
+        SandboxError::Shell {
+            container: self.container_id.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn gone_or(&self, error: bollard::errors::Error) -> SandboxError {
+        match error {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                message,
+            } => SandboxError::ContainerGone {
+                container: self.container_id.clone(),
+                detail: message,
+            },
+            other => SandboxError::docker("exec", other),
+        }
+    }
+}
+
+async fn read_until(
+    output: &mut OutputStream,
+    scanner: &mut SentinelScanner,
+    out: &mut CappedOutput,
+    deadline: TokioInstant,
+) -> ReadEnd {
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, output.next()).await {
+            Err(_) => return ReadEnd::Deadline,
+            Ok(None) => return ReadEnd::Eof,
+            Ok(Some(Err(error))) => {
+                debug!(%error, "shell stream failed");
+                return ReadEnd::Eof;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let bytes = match frame {
+            LogOutput::StdOut { message }
+            | LogOutput::StdErr { message }
+            | LogOutput::Console { message } => message,
+            LogOutput::StdIn { .. } => continue,
+        };
+        if let ScanEvent::Done(trailer) = scanner.feed(&bytes, out) {
+            return ReadEnd::Done(trailer);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl swe_env_tools::ToolSandbox for DockerSandbox {
+    async fn run(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, swe_env_tools::SandboxError> {
+        Ok(self.run_command(command, timeout).await?)
+    }
+
+    async fn cwd(&self) -> Result<String, swe_env_tools::SandboxError> {
+        Ok(self.inner.cwd())
+    }
+
+    async fn path_kind(&self, path: &str) -> Result<PathKind, swe_env_tools::SandboxError> {
+        let quoted = shell::ansi_c_quote(path.as_bytes());
+        let probe = format!(
+            "if [ -d {quoted} ]; then echo d; elif [ -f {quoted} ]; then echo f; \
+             elif [ -e {quoted} ] || [ -L {quoted} ]; then echo o; else echo m; fi"
+        );
+        let result = self
+            .exec(&["bash", "-c", &probe], None, Duration::from_secs(30))
+            .await?;
+        Ok(match result.stdout.first() {
+            Some(b'd') => PathKind::Directory,
+            Some(b'f') => PathKind::File,
+            Some(b'o') => PathKind::Other,
+            _ => PathKind::Missing,
+        })
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, swe_env_tools::SandboxError> {
+        let result = self
+            .exec(&["cat", "--", path], None, Duration::from_secs(60))
+            .await?;
+        if result.exit_code != Some(0) {
+            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            return Err(SandboxError::File {
+                op: "read",
+                path: path.to_owned(),
+                detail,
+            }
+            .into());
+        }
+        if result.stdout_truncated {
+            let detail = format!("file is larger than {MAX_FILE_BYTES} bytes");
+            return Err(SandboxError::File {
+                op: "read",
+                path: path.to_owned(),
+                detail,
+            }
+            .into());
+        }
+        Ok(result.stdout)
+    }
+
+    async fn write_file(
+        &self,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<(), swe_env_tools::SandboxError> {
+        // `head -c N` reads exactly N bytes, so completion does not depend on stdin being half-closed; `>` on an
+        // existing file truncates in place and keeps its mode.
+        let len = bytes.len().to_string();
+        let argv = ["sh", "-c", "head -c \"$1\" > \"$2\"", "sh", &len, path];
+        let result = self
+            .exec(&argv, Some(bytes), Duration::from_secs(60))
+            .await?;
+        if result.exit_code != Some(0) {
+            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            return Err(SandboxError::File {
+                op: "write",
+                path: path.to_owned(),
+                detail,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
