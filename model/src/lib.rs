@@ -1,1 +1,37 @@
 //! OpenAI-compatible model client and prompt rendering for agent loops.
+//!
+//! - [`ModelClient::call`] sends a [`ModelRequest`] in one of three modes — chat with native tools,
+//!   chat with text-format (CWM `<tool: NAME>`) calls, raw completions of a rendered prompt — with
+//!   retries, round-robin over endpoints and a per-endpoint concurrency limit.
+//! - [`AgentPromptConfig`] holds the prompt templates (built-in defaults, YAML overrides) and the
+//!   [`CwmLayout`] that renders a conversation into one prompt string.
+//! - [`scripted::ScriptedServer`] is a real HTTP server replaying scripted replies, for tests.
+
+mod client;
+mod config;
+mod cwm;
+mod endpoints;
+mod error;
+mod prompt;
+mod retry;
+pub mod scripted;
+mod template;
+mod types;
+mod wire;
+
+pub use client::{ClientConfig, ModelClient};
+pub use config::{AgentPromptConfig, PromptConfigError};
+pub use cwm::{CwmLayout, CwmRenderError};
+pub use error::ModelError;
+pub use prompt::{
+    SystemPromptInputs, UserPromptInputs, BUDGET_PLACEHOLDERS, DEFAULT_BUDGET_TEMPLATE,
+    DEFAULT_FORMAT_ERROR_TEMPLATE, DEFAULT_OBSERVATION_TEMPLATE, DEFAULT_SUBMISSION_TEMPLATE,
+    DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, FORMAT_ERROR_PLACEHOLDERS,
+    OBSERVATION_PLACEHOLDERS, SUBMISSION_PLACEHOLDERS, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+};
+pub use retry::RetryConfig;
+pub use template::{check_template, render_template, TemplateError};
+pub use types::{
+    ChatMessage, ChatRole, Completion, ModelInput, ModelRequest, SamplingParams, TokenLogprob,
+    ToolCall, ToolSpec, TopLogprob, Usage,
+};

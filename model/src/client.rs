@@ -1,0 +1,355 @@
+//! The OpenAI-compatible client: one `call` for all three request modes, with retries,
+//! round-robin over endpoints and a per-endpoint concurrency limit.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::Retryable;
+use bytes::Bytes;
+
+use crate::endpoints::EndpointPool;
+use crate::error::{snippet, status_hint, ModelError};
+use crate::retry::{is_retryable_status, parse_retry_after, RetryConfig};
+use crate::types::{Completion, ModelRequest};
+use crate::wire::{parse_reply, request_body, ApiKind, ParsedReply};
+
+/// How many characters of a response body an error message quotes.
+const BODY_SNIPPET_CHARS: usize = 500;
+
+/// Where and how to reach the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Base URLs, each ending in `/v1` (e.g. `http://host:8000/v1`); used round-robin.
+    pub endpoints: Vec<String>,
+    /// The served model name sent as `model`.
+    pub model: String,
+    /// Name of the environment variable holding the API key, sent as `Authorization: Bearer`
+    /// (default none: no header).
+    pub api_key_env: Option<String>,
+    /// Time allowed for one attempt, from sending to the end of the body (default 600 s).
+    pub request_timeout: Duration,
+    /// Most requests in flight per endpoint (default 64); more wait for a permit.
+    pub max_in_flight_per_endpoint: usize,
+    /// How long an endpoint that just failed is tried only after the others (default 5 s).
+    pub endpoint_cooldown: Duration,
+    /// How failures are retried.
+    pub retry: RetryConfig,
+}
+
+impl ClientConfig {
+    /// A config for one endpoint and model with every other field at its default.
+    pub fn new(endpoint: impl Into<String>, model: impl Into<String>) -> Self {
+        ClientConfig {
+            endpoints: vec![endpoint.into()],
+            model: model.into(),
+            api_key_env: None,
+            request_timeout: Duration::from_secs(600),
+            max_in_flight_per_endpoint: 64,
+            endpoint_cooldown: Duration::from_secs(5),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// A shareable model client (`Arc` it across episodes; all methods take `&self`).
+#[derive(Debug)]
+pub struct ModelClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+    pool: EndpointPool,
+    api_key: Option<String>,
+}
+
+/// Why one attempt failed, before the retry policy decides what to do.
+#[derive(Debug)]
+enum AttemptFailure {
+    Transport(String),
+    Timeout,
+    Status {
+        status: u16,
+        body: Bytes,
+        retry_after: Option<Duration>,
+    },
+    Malformed {
+        detail: String,
+        body: Bytes,
+    },
+}
+
+#[derive(Debug)]
+struct AttemptError {
+    endpoint: String,
+    failure: AttemptFailure,
+}
+
+impl AttemptError {
+    fn retryable(&self) -> bool {
+        match &self.failure {
+            AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
+            AttemptFailure::Status { status, .. } => is_retryable_status(*status),
+            AttemptFailure::Malformed { .. } => false,
+        }
+    }
+}
+
+struct AttemptOk {
+    endpoint: String,
+    reply: ParsedReply,
+    latency: Duration,
+}
+
+impl ModelClient {
+    /// Builds a client; fails when the config cannot work or the API-key variable is unset.
+    pub fn new(config: ClientConfig) -> Result<Self, ModelError> {
+        if config.endpoints.is_empty() {
+            return Err(ModelError::InvalidConfig("no endpoints given".into()));
+        }
+        for endpoint in &config.endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ModelError::InvalidConfig(format!(
+                    "endpoint {endpoint} is not an http:// or https:// URL"
+                )));
+            }
+        }
+        if config.max_in_flight_per_endpoint == 0 {
+            return Err(ModelError::InvalidConfig(
+                "max_in_flight_per_endpoint is 0, so no request could ever be sent".into(),
+            ));
+        }
+        if config.retry.max_attempts == 0 {
+            return Err(ModelError::InvalidConfig(
+                "retry.max_attempts is 0; use 1 to disable retries".into(),
+            ));
+        }
+        let api_key = match &config.api_key_env {
+            None => None,
+            Some(name) => match std::env::var(name) {
+                Ok(key) if !key.is_empty() => Some(key),
+                _ => return Err(ModelError::MissingApiKey { name: name.clone() }),
+            },
+        };
+        // The only crypto stack we ship is ring; installing it twice is harmless (the error is ignored).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().build().map_err(|error| {
+            ModelError::InvalidConfig(format!("cannot build HTTP client: {error}"))
+        })?;
+        let pool = EndpointPool::new(
+            &config.endpoints,
+            config.max_in_flight_per_endpoint,
+            config.endpoint_cooldown,
+        );
+        Ok(ModelClient {
+            http,
+            config,
+            pool,
+            api_key,
+        })
+    }
+
+    /// The config this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sends one request (chat with native tools, chat with text-format calls, or a raw completion),
+    /// retrying 429 / 5xx / transport errors / timeouts with jittered backoff.
+    pub async fn call(&self, request: &ModelRequest) -> Result<Completion, ModelError> {
+        let kind = ApiKind::of(&request.input);
+        let body = Bytes::from(request_body(&self.config.model, request).to_string());
+        let started = Instant::now();
+        let attempts = AtomicU32::new(0);
+        let last_failed: Mutex<Option<usize>> = Mutex::new(None);
+        let retry = &self.config.retry;
+
+        let outcome = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let avoid = last_failed.lock().ok().and_then(|guard| *guard);
+            let result = self.attempt(kind, body.clone(), avoid, &last_failed).await;
+            result
+        })
+        .retry(retry.backoff())
+        .when(AttemptError::retryable)
+        .adjust(|error: &AttemptError, delay| {
+            let server_delay = match &error.failure {
+                AttemptFailure::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            // `None` means the schedule is exhausted; keep it so, whatever the server asked.
+            delay.map(|backoff| match server_delay {
+                Some(wait) => wait.min(retry.max_retry_after),
+                None => backoff,
+            })
+        })
+        .notify(|error: &AttemptError, delay| {
+            tracing::warn!(
+                endpoint = %error.endpoint,
+                failure = ?error.failure,
+                delay_ms = delay.as_millis() as u64,
+                "model call failed; retrying"
+            );
+        })
+        .await;
+
+        let attempts = attempts.load(Ordering::Relaxed);
+        match outcome {
+            Ok(ok) => Ok(Completion {
+                text: ok.reply.text,
+                reasoning: ok.reply.reasoning,
+                tool_calls: ok.reply.tool_calls,
+                finish_reason: ok.reply.finish_reason,
+                usage: ok.reply.usage,
+                logprobs: ok.reply.logprobs,
+                token_ids: ok.reply.token_ids,
+                prompt_token_ids: ok.reply.prompt_token_ids,
+                extra: ok.reply.extra,
+                endpoint: ok.endpoint,
+                latency: ok.latency,
+                total_duration: started.elapsed(),
+                attempts,
+            }),
+            Err(error) => Err(self.final_error(error, attempts)),
+        }
+    }
+
+    fn final_error(&self, error: AttemptError, attempts: u32) -> ModelError {
+        let endpoint = error.endpoint;
+        match error.failure {
+            AttemptFailure::Transport(detail) => ModelError::Unreachable {
+                endpoint,
+                attempts,
+                detail,
+            },
+            AttemptFailure::Timeout => ModelError::TimedOut {
+                endpoint,
+                attempts,
+                timeout: self.config.request_timeout,
+            },
+            AttemptFailure::Status { status, body, .. } => ModelError::HttpStatus {
+                endpoint,
+                status,
+                attempts,
+                body_snippet: snippet(&body, BODY_SNIPPET_CHARS),
+                hint: status_hint(status),
+            },
+            AttemptFailure::Malformed { detail, body } => ModelError::MalformedResponse {
+                endpoint,
+                detail,
+                body_snippet: snippet(&body, BODY_SNIPPET_CHARS),
+            },
+        }
+    }
+
+    async fn attempt(
+        &self,
+        kind: ApiKind,
+        body: Bytes,
+        avoid: Option<usize>,
+        last_failed: &Mutex<Option<usize>>,
+    ) -> Result<AttemptOk, AttemptError> {
+        let Some(lease) = self.pool.lease(avoid).await else {
+            return Err(AttemptError {
+                endpoint: String::from("(none)"),
+                failure: AttemptFailure::Transport("no endpoint could be leased".into()),
+            });
+        };
+        let endpoint = lease.endpoint.base_url.clone();
+        let sent = Instant::now();
+        let result = self
+            .send(&lease.endpoint.url(kind.path()), body, kind)
+            .await;
+        let latency = sent.elapsed();
+        match result {
+            Ok(reply) => {
+                self.pool.mark_ok(lease.index);
+                Ok(AttemptOk {
+                    endpoint,
+                    reply,
+                    latency,
+                })
+            }
+            Err(failure) => {
+                let endpoint_fault = match &failure {
+                    AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
+                    AttemptFailure::Status { status, .. } => is_retryable_status(*status),
+                    AttemptFailure::Malformed { .. } => false,
+                };
+                if endpoint_fault {
+                    self.pool.mark_failed(lease.index);
+                    if let Ok(mut guard) = last_failed.lock() {
+                        *guard = Some(lease.index);
+                    }
+                }
+                Err(AttemptError { endpoint, failure })
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        body: Bytes,
+        kind: ApiKind,
+    ) -> Result<ParsedReply, AttemptFailure> {
+        let mut builder = self
+            .http
+            .post(url)
+            .timeout(self.config.request_timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let response = builder.send().await.map_err(transport_failure)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let body = response.bytes().await.map_err(transport_failure)?;
+        if !(200..300).contains(&status) {
+            return Err(AttemptFailure::Status {
+                status,
+                body,
+                retry_after,
+            });
+        }
+        parse_reply(kind, &body).map_err(|detail| AttemptFailure::Malformed { detail, body })
+    }
+}
+
+fn transport_failure(error: reqwest::Error) -> AttemptFailure {
+    if error.is_timeout() {
+        return AttemptFailure::Timeout;
+    }
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AttemptFailure::Transport(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_are_named() {
+        let mut config = ClientConfig::new("ftp://x", "m");
+        assert!(
+            matches!(ModelClient::new(config.clone()), Err(ModelError::InvalidConfig(text)) if text.contains("ftp://x"))
+        );
+        config.endpoints = vec![];
+        assert!(ModelClient::new(config.clone()).is_err());
+        let mut config = ClientConfig::new("http://127.0.0.1:9/v1", "m");
+        config.api_key_env = Some("SWE_ENV_MODEL_TEST_SURELY_UNSET".into());
+        let error = ModelClient::new(config).unwrap_err();
+        assert!(error
+            .to_string()
+            .contains("SWE_ENV_MODEL_TEST_SURELY_UNSET"));
+    }
+}

@@ -1,0 +1,198 @@
+//! `AgentPromptConfig`: every prompt template and the CWM layout, with defaults, loadable from YAML.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cwm::CwmLayout;
+use crate::prompt::{
+    BUDGET_PLACEHOLDERS, DEFAULT_BUDGET_TEMPLATE, DEFAULT_FORMAT_ERROR_TEMPLATE,
+    DEFAULT_OBSERVATION_TEMPLATE, DEFAULT_SUBMISSION_TEMPLATE, DEFAULT_SYSTEM_TEMPLATE,
+    DEFAULT_USER_TEMPLATE, FORMAT_ERROR_PLACEHOLDERS, OBSERVATION_PLACEHOLDERS,
+    SUBMISSION_PLACEHOLDERS, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+};
+use crate::template::{check_template, TemplateError};
+
+/// The agent's prompt text; any field left out of a YAML file keeps its built-in default.
+///
+/// ```yaml
+/// user_template: |
+///   Fix this: {{issue}} (repo at {{repo_root}})
+/// cwm_layout:
+///   begin_of_text: ""
+///   assistant_prefix: "<think>\n"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentPromptConfig {
+    /// System prompt; placeholders `tool_specs`, `max_turns`, `context_tokens`, `command_timeout_secs`.
+    pub system_template: String,
+    /// First user message; placeholders `issue`, `repo_root`.
+    pub user_template: String,
+    /// Budget block; placeholders `remaining_turns`, `remaining_tokens`.
+    pub budget_template: String,
+    /// Tool observation; placeholders `output`, `budget`.
+    pub observation_template: String,
+    /// Format-error message; placeholders `error`, `budget`.
+    pub format_error_template: String,
+    /// Text after a successful submit; placeholder `patch`.
+    pub submission_template: String,
+    /// Special tokens of the raw-completions transcript.
+    pub cwm_layout: CwmLayout,
+}
+
+impl Default for AgentPromptConfig {
+    fn default() -> Self {
+        AgentPromptConfig {
+            system_template: DEFAULT_SYSTEM_TEMPLATE.into(),
+            user_template: DEFAULT_USER_TEMPLATE.into(),
+            budget_template: DEFAULT_BUDGET_TEMPLATE.into(),
+            observation_template: DEFAULT_OBSERVATION_TEMPLATE.into(),
+            format_error_template: DEFAULT_FORMAT_ERROR_TEMPLATE.into(),
+            submission_template: DEFAULT_SUBMISSION_TEMPLATE.into(),
+            cwm_layout: CwmLayout::default(),
+        }
+    }
+}
+
+/// Why a prompt config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptConfigError {
+    /// The file could not be read.
+    #[error("cannot read prompt config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is invalid or has unknown keys.
+    #[error("invalid prompt config {origin}: {detail}")]
+    Yaml {
+        /// The file, or `(inline)`.
+        origin: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// A template uses a placeholder that does not exist or is unclosed.
+    #[error("invalid prompt config {origin}: {source}")]
+    Template {
+        /// The file, or `(inline)`.
+        origin: String,
+        /// Which template and placeholder.
+        source: TemplateError,
+    },
+}
+
+impl AgentPromptConfig {
+    /// Parses YAML text and checks every template's placeholders.
+    pub fn from_yaml_str(yaml: &str) -> Result<Self, PromptConfigError> {
+        Self::parse(yaml, "(inline)")
+    }
+
+    /// Reads and parses a YAML file, checking every template's placeholders.
+    pub fn from_yaml_file(path: &Path) -> Result<Self, PromptConfigError> {
+        let yaml = std::fs::read_to_string(path).map_err(|source| PromptConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&yaml, &path.display().to_string())
+    }
+
+    fn parse(yaml: &str, origin: &str) -> Result<Self, PromptConfigError> {
+        let config: AgentPromptConfig = if yaml.trim().is_empty() {
+            AgentPromptConfig::default()
+        } else {
+            serde_saphyr::from_str(yaml).map_err(|error| PromptConfigError::Yaml {
+                origin: origin.to_string(),
+                detail: error.to_string(),
+            })?
+        };
+        config
+            .validate()
+            .map_err(|source| PromptConfigError::Template {
+                origin: origin.to_string(),
+                source,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks that every template only uses its own placeholders.
+    pub fn validate(&self) -> Result<(), TemplateError> {
+        check_template(
+            "system_template",
+            &self.system_template,
+            SYSTEM_PLACEHOLDERS,
+        )?;
+        check_template("user_template", &self.user_template, USER_PLACEHOLDERS)?;
+        check_template(
+            "budget_template",
+            &self.budget_template,
+            BUDGET_PLACEHOLDERS,
+        )?;
+        check_template(
+            "observation_template",
+            &self.observation_template,
+            OBSERVATION_PLACEHOLDERS,
+        )?;
+        check_template(
+            "format_error_template",
+            &self.format_error_template,
+            FORMAT_ERROR_PLACEHOLDERS,
+        )?;
+        check_template(
+            "submission_template",
+            &self.submission_template,
+            SUBMISSION_PLACEHOLDERS,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_overrides_some_fields_and_keeps_defaults() {
+        let yaml = "user_template: |\n  Fix: {{issue}} at {{ repo_root }}\ncwm_layout:\n  begin_of_text: \"\"\n  assistant_prefix: \"<think>\\n\"\n";
+        let config = AgentPromptConfig::from_yaml_str(yaml).unwrap();
+        assert_eq!(config.user_template, "Fix: {{issue}} at {{ repo_root }}\n");
+        assert_eq!(config.cwm_layout.begin_of_text, "");
+        assert_eq!(config.cwm_layout.assistant_prefix, "<think>\n");
+        assert_eq!(config.cwm_layout.end_of_turn, "<|eot_id|>");
+        assert_eq!(config.system_template, DEFAULT_SYSTEM_TEMPLATE);
+        assert_eq!(
+            AgentPromptConfig::from_yaml_str("").unwrap(),
+            AgentPromptConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_placeholder_and_unknown_key_are_named() {
+        let error = AgentPromptConfig::from_yaml_str("user_template: \"{{issue}} {{patch}}\"\n")
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("user_template"), "{text}");
+        assert!(text.contains("{{patch}}"), "{text}");
+        let error = AgentPromptConfig::from_yaml_str("usr_template: x\n").unwrap_err();
+        assert!(matches!(error, PromptConfigError::Yaml { .. }), "{error}");
+    }
+
+    #[test]
+    fn file_round_trip_and_missing_file() {
+        let dir = std::env::temp_dir().join(format!("swe-env-model-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prompts.yaml");
+        std::fs::write(
+            &path,
+            "budget_template: \"turns={{remaining_turns}} tokens={{remaining_tokens}}\"\n",
+        )
+        .unwrap();
+        let config = AgentPromptConfig::from_yaml_file(&path).unwrap();
+        assert_eq!(config.render_budget(2, 9).unwrap(), "turns=2 tokens=9");
+        let error = AgentPromptConfig::from_yaml_file(&dir.join("missing.yaml")).unwrap_err();
+        assert!(error.to_string().contains("missing.yaml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,282 @@
+//! The public request and result types of a model call, independent of the wire format.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Who wrote a chat message (OpenAI roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions and the environment description.
+    System,
+    /// The task, and observations in text-format scaffolds.
+    User,
+    /// The model's own turns.
+    Assistant,
+    /// A tool's output (native tool calling, or `tool: NAME` in the CWM layout).
+    Tool,
+}
+
+impl ChatRole {
+    /// The role's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+            ChatRole::Tool => "tool",
+        }
+    }
+}
+
+/// One message of a conversation, the unit every request mode is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: ChatRole,
+    /// The text (may be empty for an assistant turn that only calls tools).
+    pub content: String,
+    /// Native tool calls made in an assistant turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a native tool result: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a tool result: the tool's name (the CWM layout needs it for its `tool: NAME` role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    fn plain(role: ChatRole, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::plain(ChatRole::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::plain(ChatRole::User, content)
+    }
+
+    /// An assistant message with text only (text-format scaffolds, raw completions).
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::plain(ChatRole::Assistant, content)
+    }
+
+    /// An assistant message that made native tool calls, echoed back so the model sees its own calls.
+    pub fn assistant_with_tool_calls(
+        content: impl Into<String>,
+        tool_calls: Vec<ToolCall>,
+    ) -> Self {
+        ChatMessage {
+            tool_calls,
+            ..Self::plain(ChatRole::Assistant, content)
+        }
+    }
+
+    /// A native tool result answering the call `tool_call_id` of tool `name`.
+    pub fn tool_result(
+        tool_call_id: impl Into<String>,
+        name: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        ChatMessage {
+            tool_call_id: Some(tool_call_id.into()),
+            name: Some(name.into()),
+            ..Self::plain(ChatRole::Tool, content)
+        }
+    }
+
+    /// A tool output in a text-format transcript (CWM `tool: NAME` role), with no call id.
+    pub fn tool_output(name: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            name: Some(name.into()),
+            ..Self::plain(ChatRole::Tool, content)
+        }
+    }
+}
+
+/// A function the model may call natively (rendered as an OpenAI `tools` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The function name (`bash`, `edit`, ...).
+    pub name: String,
+    /// What it does, shown to the model.
+    pub description: String,
+    /// A JSON Schema object for its arguments.
+    pub parameters: Value,
+}
+
+/// One native tool call as the model made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call id (the server's, or `call_<index>` when the server gave none).
+    pub id: String,
+    /// The function name.
+    pub name: String,
+    /// The arguments exactly as the model wrote them (normally a JSON object's text; may be invalid JSON).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The arguments parsed as JSON; an error here is a model format error, not an infrastructure one.
+    pub fn arguments_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.arguments)
+    }
+}
+
+/// Token counts the server reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+}
+
+/// One generated token with its log-probability and the top alternatives, when the server returned them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text (vLLM may send `token_id:N` when asked to).
+    pub token: String,
+    /// Its log-probability (`None` when the server sent null).
+    pub logprob: Option<f64>,
+    /// The most likely alternatives at this position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative token at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f64,
+}
+
+/// Sampling and output options sent with a request; `None` fields are left to the server's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f64>,
+    /// Most tokens to generate in this turn.
+    pub max_tokens: Option<u32>,
+    /// Sampling seed, for reproducible runs where the server supports it.
+    pub seed: Option<u64>,
+    /// Stop sequences (the CWM layout's default is its end-of-turn token).
+    pub stop: Vec<String>,
+    /// Ask for per-token log-probabilities with this many alternatives (0 = chosen token only).
+    pub logprobs: Option<u32>,
+    /// Ask vLLM for prompt and generated token ids (`return_token_ids`); other servers may reject it.
+    pub return_token_ids: bool,
+    /// Extra top-level body fields passed through as given (e.g. `{"top_k": 20}`); they override ours.
+    pub extra_body: Option<Value>,
+}
+
+/// What is sent: a conversation for `/chat/completions`, or a rendered prompt for `/completions`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelInput {
+    /// Chat completions. With `tools` non-empty the model may call them natively; with none, the
+    /// caller parses a text-format call (CWM `<tool: NAME>`) out of the reply text.
+    Chat {
+        /// The conversation so far.
+        messages: Vec<ChatMessage>,
+        /// Native tools offered (empty for text-format scaffolds).
+        tools: Vec<ToolSpec>,
+    },
+    /// Raw completions of a prompt string the caller rendered (e.g. the CWM transcript).
+    Prompt(String),
+}
+
+/// One model call: the input, the sampling options and who it is for.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ModelRequest {
+    /// The conversation or prompt.
+    pub input: ModelInput,
+    /// Sampling and output options.
+    pub sampling: SamplingParams,
+    /// Sent as OpenAI's `user` field; the episode id, so servers (and the scripted test server) can
+    /// tell episodes apart.
+    pub user: Option<String>,
+}
+
+impl ModelRequest {
+    /// A chat request; pass no tools for the CWM text format.
+    pub fn chat(messages: Vec<ChatMessage>, tools: Vec<ToolSpec>) -> Self {
+        ModelRequest {
+            input: ModelInput::Chat { messages, tools },
+            sampling: SamplingParams::default(),
+            user: None,
+        }
+    }
+
+    /// A raw completions request for a rendered prompt.
+    pub fn prompt(prompt: impl Into<String>) -> Self {
+        ModelRequest {
+            input: ModelInput::Prompt(prompt.into()),
+            sampling: SamplingParams::default(),
+            user: None,
+        }
+    }
+
+    /// Replaces the sampling options.
+    pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Sets the `user` field (the episode id).
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+}
+
+/// The outcome of a successful model call: what the model said and how the call went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The generated text (assistant content; empty when the turn only called tools).
+    pub text: String,
+    /// Separated reasoning (`reasoning_content` or `reasoning`), when the server split it out.
+    pub reasoning: Option<String>,
+    /// Native tool calls, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Why generation stopped (`stop`, `length`, `tool_calls`, ...), as the server said.
+    pub finish_reason: Option<String>,
+    /// Token counts, when reported.
+    pub usage: Option<Usage>,
+    /// Per generated token log-probabilities, when returned.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Generated token ids, when returned (vLLM `token_ids`).
+    pub token_ids: Option<Vec<u32>>,
+    /// Prompt token ids, when returned (vLLM `prompt_token_ids`).
+    pub prompt_token_ids: Option<Vec<u32>>,
+    /// Response fields we do not model (e.g. `stop_reason`, `system_fingerprint`), from the message,
+    /// the choice and the top level, the innermost winning on a name clash.
+    pub extra: Map<String, Value>,
+    /// The base URL of the endpoint that answered.
+    pub endpoint: String,
+    /// How long the successful attempt took.
+    pub latency: Duration,
+    /// How long the whole call took, including failed attempts and backoff waits.
+    pub total_duration: Duration,
+    /// How many attempts the call took (1 = no retry).
+    pub attempts: u32,
+}
