@@ -7,7 +7,8 @@
 # any of those changed, or always with FORCE=1.
 #
 # Env:
-#   FORCE=1          rebuild the fixture images even when up to date
+#   FORCE=1          rebuild the fixture images even when up to date (Docker's layer cache still applies)
+#   NO_CACHE=1       build without Docker's layer cache (implies nothing about FORCE; combine for a clean rebuild)
 #   FORCE_BASE=1     rebuild the base image too (slow: debootstrap); passed to images/base/build.sh as FORCE
 #   CA_BUNDLE=path   CA bundle copied into each build as setup/ca.crt and exported to pip/git/ssl during set-up
 #                    (default: /etc/ssl/certs/ca-certificates.crt when present, else none). Needed only if a
@@ -85,7 +86,9 @@ while read -r task env image; do
     # shellcheck disable=SC1091
     base_commit=$(. "$ctx/setup/commit.env" && echo "$BASE_COMMIT")
     t0=$(now_ms)
-    if ! docker build --network "$BUILD_NETWORK" \
+    cache_flag=()
+    [ "${NO_CACHE:-0}" = 1 ] && cache_flag=(--no-cache)
+    if ! docker build --network "$BUILD_NETWORK" "${cache_flag[@]}" \
         --label "swe-env.fixture=$task" \
         --label "swe-env.env-style=$env" \
         --label "swe-env.base-commit=$base_commit" \
