@@ -83,6 +83,20 @@ struct AttemptError {
     failure: AttemptFailure,
 }
 
+impl AttemptFailure {
+    /// A one-line description for logs (status and a body snippet, never the whole body).
+    fn describe(&self) -> String {
+        match self {
+            AttemptFailure::Transport(detail) => format!("transport error: {detail}"),
+            AttemptFailure::Timeout => "timed out".to_string(),
+            AttemptFailure::Status { status, body, .. } => {
+                format!("HTTP {status}: {}", snippet(body, 200))
+            }
+            AttemptFailure::Malformed { detail, .. } => format!("malformed body: {detail}"),
+        }
+    }
+}
+
 impl AttemptError {
     fn retryable(&self) -> bool {
         match &self.failure {
@@ -154,7 +168,17 @@ impl ModelClient {
 
     /// Sends one request (chat with native tools, chat with text-format calls, or a raw completion),
     /// retrying 429 / 5xx / transport errors / timeouts with jittered backoff.
+    ///
+    /// Dropping the returned future cancels the call and frees its concurrency permit. Time spent
+    /// waiting for a permit does not count against the request timeout.
     pub async fn call(&self, request: &ModelRequest) -> Result<Completion, ModelError> {
+        if let Some(extra) = &request.sampling.extra_body {
+            if !extra.is_object() {
+                return Err(ModelError::InvalidRequest(format!(
+                    "extra_body must be a JSON object, got {extra}"
+                )));
+            }
+        }
         let kind = ApiKind::of(&request.input);
         let body = Bytes::from(request_body(&self.config.model, request).to_string());
         let started = Instant::now();
@@ -184,7 +208,7 @@ impl ModelClient {
         .notify(|error: &AttemptError, delay| {
             tracing::warn!(
                 endpoint = %error.endpoint,
-                failure = ?error.failure,
+                failure = %error.failure.describe(),
                 delay_ms = delay.as_millis() as u64,
                 "model call failed; retrying"
             );

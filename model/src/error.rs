@@ -69,6 +69,9 @@ pub enum ModelError {
     /// The client configuration cannot work (no endpoints, a zero limit, a bad URL).
     #[error("invalid model client config: {0}")]
     InvalidConfig(String),
+    /// The request cannot be sent as built (e.g. `extra_body` is not a JSON object); nothing was sent.
+    #[error("invalid model request: {0}")]
+    InvalidRequest(String),
 }
 
 impl ModelError {
@@ -87,7 +90,9 @@ impl ModelError {
             | ModelError::TimedOut { attempts, .. }
             | ModelError::HttpStatus { attempts, .. } => *attempts,
             ModelError::MalformedResponse { .. } => 1,
-            ModelError::MissingApiKey { .. } | ModelError::InvalidConfig(_) => 0,
+            ModelError::MissingApiKey { .. }
+            | ModelError::InvalidConfig(_)
+            | ModelError::InvalidRequest(_) => 0,
         }
     }
 }

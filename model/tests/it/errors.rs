@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use swe_env_model::scripted::{Script, ScriptedReply, ScriptedServer};
-use swe_env_model::{ModelClient, ModelError, ModelRequest};
+use swe_env_model::{ModelClient, ModelError, ModelRequest, SamplingParams};
 
 use crate::client::fast_config;
 
@@ -201,4 +201,35 @@ async fn unreachable_endpoint_is_retried_then_named() {
     assert!(error
         .to_string()
         .contains("check that the server is running"));
+}
+
+#[tokio::test]
+async fn non_object_extra_body_is_rejected_before_sending() {
+    let server = ScriptedServer::start(Script::new(vec![ScriptedReply::text("unused")]))
+        .await
+        .unwrap();
+    let client = ModelClient::new(fast_config(vec![server.base_url()])).unwrap();
+    let request = ModelRequest::prompt("p").with_sampling(SamplingParams {
+        extra_body: Some(serde_json::json!([1, 2])),
+        ..SamplingParams::default()
+    });
+    let error = client.call(&request).await.unwrap_err();
+    assert!(matches!(error, ModelError::InvalidRequest(_)), "{error:?}");
+    assert_eq!(server.request_count(), 0);
+}
+
+#[tokio::test]
+async fn scripted_server_stops_when_dropped() {
+    let server = ScriptedServer::start(Script::default().with_fallback(ScriptedReply::text("up")))
+        .await
+        .unwrap();
+    let url = server.base_url();
+    let mut config = fast_config(vec![url]);
+    config.retry.max_attempts = 1;
+    let client = ModelClient::new(config).unwrap();
+    client.call(&ModelRequest::prompt("p")).await.unwrap();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = client.call(&ModelRequest::prompt("p")).await.unwrap_err();
+    assert!(matches!(error, ModelError::Unreachable { .. }), "{error:?}");
 }
