@@ -1,3 +1,4 @@
 //! swe-env: sandboxes, episodes, trajectories, grading runs and the CLI's building blocks.
 
+pub mod cli;
 pub mod sandbox;

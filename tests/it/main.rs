@@ -1,5 +1,8 @@
 //! End-to-end tests against the real Docker engine. They need dockerd and the images from `images/build.sh`;
 //! without them they fail loudly (never skip).
 
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
+
 mod common;
+mod gc;
 mod sandbox;

@@ -1,0 +1,178 @@
+//! `swe-env bench`: programs that measure and print figures, side by side with a baseline in the same run.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::sandbox::{DockerEngine, SandboxConfig};
+
+/// What to measure.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Step latency on a live shell vs one-shot `docker exec`, and cold sandbox start-up vs `docker run`.
+    Sandbox(SandboxBenchArgs),
+}
+
+/// Arguments of `swe-env bench sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxBenchArgs {
+    /// Image to use.
+    #[arg(long, default_value = "swe-env/base:bookworm")]
+    image: String,
+    /// `true` commands on the live shell.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// One-shot exec baselines (API and CLI) — they are slow, so fewer.
+    #[arg(long, default_value_t = 50)]
+    execs: usize,
+    /// Cold sandbox starts (and `docker run` baselines).
+    #[arg(long, default_value_t = 20)]
+    starts: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, serde::Serialize)]
+struct Stats {
+    n: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: f64| {
+        let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(idx).copied().map(ms).unwrap_or(f64::NAN)
+    };
+    let mean = if samples.is_empty() {
+        f64::NAN
+    } else {
+        samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64
+    };
+    Stats {
+        n: samples.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        mean_ms: mean,
+    }
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Sandbox(args) => sandbox(args).await,
+    }
+}
+
+async fn sandbox(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
+    let engine = DockerEngine::connect(Duration::from_secs(60))
+        .await
+        .context("connecting to Docker")?;
+    let config = SandboxConfig {
+        workdir: "/".into(),
+        ..SandboxConfig::default()
+    };
+    let bench_id = format!("bench-{}", std::process::id());
+    let sb = engine
+        .create_sandbox(&args.image, &bench_id, config.clone())
+        .await
+        .context("creating the sandbox")?;
+    let timeout = Duration::from_secs(30);
+
+    // Warm up, then the live-shell step latency.
+    for _ in 0..20 {
+        sb.run_command("true", timeout).await?;
+    }
+    let mut step = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        let t = Instant::now();
+        let out = sb.run_command("true", timeout).await?;
+        step.push(t.elapsed());
+        anyhow::ensure!(
+            out.exit_code == Some(0),
+            "`true` failed on the live shell: {out:?}"
+        );
+    }
+    // Baseline 1: one-shot exec through the API (what a harness without a persistent shell pays per step).
+    let mut api_exec = Vec::with_capacity(args.execs);
+    for _ in 0..args.execs {
+        let t = Instant::now();
+        let out = sb.exec(&["true"], None, timeout).await?;
+        api_exec.push(t.elapsed());
+        anyhow::ensure!(out.exit_code == Some(0), "one-shot exec of `true` failed");
+    }
+    // Baseline 2: the `docker exec` CLI, as scripts and some harnesses use it.
+    let mut cli_exec = Vec::with_capacity(args.execs);
+    for _ in 0..args.execs {
+        let t = Instant::now();
+        let status = tokio::process::Command::new("docker")
+            .args(["exec", sb.id(), "true"])
+            .status()
+            .await;
+        cli_exec.push(t.elapsed());
+        anyhow::ensure!(
+            matches!(status, Ok(s) if s.success()),
+            "`docker exec` failed: {status:?}"
+        );
+    }
+    sb.remove().await?;
+
+    // Cold start: container created, started, shell answering.
+    let mut ready = Vec::with_capacity(args.starts);
+    for i in 0..args.starts {
+        let t = Instant::now();
+        let sb = engine
+            .create_sandbox(&args.image, &format!("{bench_id}-{i}"), config.clone())
+            .await?;
+        ready.push(t.elapsed());
+        sb.remove().await?;
+    }
+    // Baseline: `docker run --rm IMAGE true` (create + start + wait + remove).
+    let mut docker_run = Vec::with_capacity(args.starts);
+    for _ in 0..args.starts {
+        let t = Instant::now();
+        let status = tokio::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "none", &args.image, "true"])
+            .status()
+            .await;
+        docker_run.push(t.elapsed());
+        anyhow::ensure!(
+            matches!(status, Ok(s) if s.success()),
+            "`docker run` failed: {status:?}"
+        );
+    }
+
+    let rows = [
+        ("step: `true` on the live shell", stats(step)),
+        ("baseline: one-shot exec via API", stats(api_exec)),
+        ("baseline: `docker exec` CLI", stats(cli_exec)),
+        ("cold ready: create+start+shell", stats(ready)),
+        ("baseline: `docker run --rm true`", stats(docker_run)),
+    ];
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+    } else {
+        println!(
+            "{:<36} {:>6} {:>10} {:>10} {:>10}",
+            "measurement", "n", "p50 ms", "p99 ms", "mean ms"
+        );
+        for (name, s) in &rows {
+            println!(
+                "{name:<36} {:>6} {:>10.3} {:>10.3} {:>10.3}",
+                s.n, s.p50_ms, s.p99_ms, s.mean_ms
+            );
+        }
+        let ratio = rows[2].1.p50_ms / rows[0].1.p50_ms;
+        println!("live-shell step is {ratio:.0}x faster than `docker exec` at p50");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,70 @@
+//! Command-line interface: argument definitions and one module per subcommand. `main.rs` only calls [`run`].
+
+mod bench;
+mod gc;
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the command ran but its result is a failure (e.g. tests failed, some instances errored).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or bad input (a file that does not parse, an unknown task).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: infrastructure failure (Docker unreachable, disk full).
+pub const EXIT_INFRA: u8 = 3;
+
+/// Runs software-engineering agents in sandboxed Docker containers and records every step.
+#[derive(Debug, Parser)]
+#[command(name = "swe-env", version, about, long_about = None)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Remove containers left behind by dead swe-env processes or past their expiry.
+    ///
+    /// Example: `swe-env gc` (orphans only), `swe-env gc --all --json`.
+    Gc(gc::GcArgs),
+    /// Open a sandbox and type into it exactly as an agent would (bash commands, or tool calls with --task).
+    ///
+    /// Example: `swe-env shell --image swe-env/base:bookworm`.
+    Shell(shell::ShellArgs),
+    /// Measure the system and print figures (step latency, container start-up, …).
+    ///
+    /// Example: `swe-env bench sandbox --steps 2000`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Gc(args) => gc::run(args).await,
+        Command::Shell(args) => shell::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` wins over `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,swe_env=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
