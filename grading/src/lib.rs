@@ -7,6 +7,10 @@ pub mod directives;
 pub mod eval_script;
 pub mod specs;
 
+pub use dataset::{load_dataset_file, DatasetAlias, Instance, LoadedDataset, RowError};
+pub use eval_script::{make_test_spec, EvalScriptConfig, GradingNetwork, Semantics, TestSpec};
+pub use specs::ParserFamily;
+
 // Owned by the "parsing" work: log parsers, FAIL_TO_PASS/PASS_TO_PASS reports, similarity and rewards.
 pub mod log_parsers;
 pub mod report;

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -66,8 +67,14 @@ fn reference_python() -> &'static Path {
 
 /// Runs grading/reference/dump_reference.py and parses its JSON.
 fn dump_reference(dataset: &Path, patches: &[&str], repos: &[&str]) -> Value {
-    let tmp = std::env::temp_dir().join(format!("swe-env-ref-patches-{}.json", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_string(patches).unwrap()).unwrap();
+    static N_CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = N_CALLS.fetch_add(1, Ordering::SeqCst);
+    let tmp = std::env::temp_dir().join(format!(
+        "swe-env-ref-patches-{}-{call}.json",
+        std::process::id()
+    ));
+    let payload = serde_json::to_string(patches).expect("patches serialise");
+    std::fs::write(&tmp, payload).expect("write the patches file");
     let script = repo_root().join("grading/reference/dump_reference.py");
     let out = Command::new(reference_python())
         .arg(&script)
@@ -345,7 +352,7 @@ fn spec_table_matches_the_reference_for_every_version() {
 
 fn empty_dataset() -> PathBuf {
     let path = std::env::temp_dir().join(format!("swe-env-empty-{}.jsonl", std::process::id()));
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, "").expect("write an empty dataset");
     path
 }
 
