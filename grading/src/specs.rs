@@ -259,8 +259,9 @@ pub enum SpecError {
 /// SWE-bench table is used (with conda `testbed` activation).
 ///
 /// A row with `test_cmd` gets a spec with that command and nothing to install; its parser is the row's
-/// `log_parser`, else the repository's family, else an error. `activate` is split into lines; without it, a
-/// SWE-bench repository keeps the conda activation and any other task activates nothing.
+/// `log_parser`, else the repository's family, else an error. `activate` is split into lines (an empty value
+/// activates nothing); without it, every task uses the SWE-bench activation (`source /opt/miniconda3/bin/activate`,
+/// `conda activate testbed`), which the design makes the default for all task images.
 pub fn spec_for_instance(instance: &Instance) -> Result<TaskSpec, SpecError> {
     let row_parser = match instance.log_parser.as_deref() {
         Some(name) => Some(
@@ -292,13 +293,7 @@ pub fn spec_for_instance(instance: &Instance) -> Result<TaskSpec, SpecError> {
                 instance_id: instance.instance_id.clone(),
                 reason: "the row has a test_cmd but no log_parser".to_string(),
             })?;
-        let activation = row_activation.unwrap_or_else(|| {
-            if python_repo_versions(&instance.repo).is_some() {
-                conda()
-            } else {
-                Activation::Lines(Vec::new())
-            }
-        });
+        let activation = row_activation.unwrap_or_else(conda);
         return Ok(TaskSpec {
             source: SpecSource::Row,
             spec: RepoVersionSpec {

@@ -76,3 +76,51 @@ fn every_verified_row_gets_an_eval_script_with_markers() {
         );
     }
 }
+
+#[test]
+fn fixture_tasks_build_row_defined_specs() {
+    use swe_env_grading::specs::{spec_for_instance, ParserFamily, SpecSource};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/fixtures/tasks.jsonl");
+    let loaded = load_dataset_file(&path).expect("read fixture tasks");
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert!(!loaded.instances.is_empty());
+    for inst in &loaded.instances {
+        let task = spec_for_instance(inst).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(task.source, SpecSource::Row);
+        assert_eq!(task.parser, ParserFamily::Pytest);
+        let spec = make_test_spec(inst, &EvalScriptConfig::default()).expect("eval script");
+        let test_cmd = inst
+            .test_cmd
+            .as_deref()
+            .expect("fixture rows carry test_cmd");
+        assert!(
+            spec.test_command.starts_with(test_cmd),
+            "{}",
+            inst.instance_id
+        );
+        assert!(!spec.directives.is_empty(), "{}", inst.instance_id);
+        match &inst.activate {
+            Some(activate) => assert_eq!(
+                spec.eval_script_list[0],
+                activate.trim(),
+                "{}",
+                inst.instance_id
+            ),
+            None => assert_eq!(
+                spec.eval_script_list[..2],
+                [
+                    "source /opt/miniconda3/bin/activate",
+                    "conda activate testbed"
+                ],
+                "{}",
+                inst.instance_id
+            ),
+        }
+        assert!(
+            spec.eval_script.contains(">>>>> Test Exit Code"),
+            "{}",
+            inst.instance_id
+        );
+        assert_eq!(spec.image, inst.image);
+    }
+}
