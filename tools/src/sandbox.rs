@@ -44,7 +44,9 @@ pub struct SandboxError {
 impl SandboxError {
     /// Wraps any displayable cause.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self {
+            message: message.into(),
+        }
     }
 }
 
