@@ -343,8 +343,13 @@ fn kill_process_group(leader: u32) {
 }
 
 fn unique_token() -> String {
+    // RandomState is seeded randomly per process and per instance; mixing in the pid and clock is belt and braces.
     let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.write_u32(std::process::id());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
     format!("{:016x}", hasher.finish())
 }
 
