@@ -1,4 +1,7 @@
 //! swe-env: sandboxes, episodes, trajectories, grading runs and the CLI's building blocks.
 
 pub mod cli;
+pub mod episode;
 pub mod sandbox;
+pub mod task;
+pub mod trajectory;

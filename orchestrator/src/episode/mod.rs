@@ -1,0 +1,467 @@
+//! Episodes: a sandbox, a task, the tools, budgets and a trajectory recorder. `step(action)` is the hot path:
+//! parse → run tool → render observation → append record.
+
+mod anti_leak;
+mod config;
+
+pub use anti_leak::{anti_leak_script, AntiLeak};
+pub use config::{EpisodeConfig, ToolFormat};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use swe_env_grading::dataset::Instance;
+use swe_env_tools::{
+    parse_json_call, parse_text_call, render_call_error, render_observation, run_tool, Budget,
+    SubmissionRepo, ToolCall, ToolResult,
+};
+use tracing::{info, warn};
+
+use crate::sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
+use crate::task::{activation_for, image_for, REPO_DIR};
+use crate::trajectory::record::now_rfc3339;
+use crate::trajectory::{
+    EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
+    TrajectoryWriteError, TrajectoryWriter, SCHEMA_VERSION,
+};
+
+/// Why an episode operation failed (infrastructure, or a call on an ended episode).
+#[derive(Debug, thiserror::Error)]
+pub enum EpisodeError {
+    /// The sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// Writing the trajectory failed.
+    #[error(transparent)]
+    Trajectory(#[from] TrajectoryWriteError),
+    /// The episode already ended.
+    #[error("episode {episode_id} has ended ({status}); start a new episode")]
+    Ended {
+        /// The episode.
+        episode_id: String,
+        /// How it ended.
+        status: &'static str,
+    },
+}
+
+/// An action from the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Raw model text in the CWM format (`<tool: NAME>…</tool>`, optionally after `<think>…</think>`).
+    Text(String),
+    /// A native (OpenAI function-calling) tool call.
+    Call {
+        /// Tool name.
+        name: String,
+        /// JSON arguments as a string.
+        arguments: String,
+        /// The call id to echo in the `tool` message.
+        call_id: Option<String>,
+    },
+}
+
+/// Facts about the model turn that produced an action, recorded with the step.
+#[derive(Debug, Clone, Default)]
+pub struct StepMeta {
+    /// Client request id (idempotency key of gRPC Step).
+    pub request_id: Option<String>,
+    /// Model call wall time.
+    pub model_ms: Option<u64>,
+    /// Tokens, ids and logprobs.
+    pub tokens: StepTokens,
+    /// Reasoning text delivered separately from the action.
+    pub reasoning: Option<String>,
+}
+
+/// What one step produced.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The observation as the model sees it.
+    pub observation: String,
+    /// The full step record (structured fields), as written to the trajectory.
+    pub record: StepRecord,
+    /// A submit succeeded in this step.
+    pub submitted: bool,
+    /// The episode cannot take more steps (submitted, or a budget ran out); see `end_status`.
+    pub done: bool,
+    /// Why it is done, when done because of a budget.
+    pub end_status: Option<EpisodeStatus>,
+}
+
+/// Extra information for `episode_start`.
+#[derive(Debug, Clone, Default)]
+pub struct StartInfo {
+    /// Model and sampling parameters, when a model drives the episode.
+    pub model: Option<Value>,
+    /// The initial prompt messages.
+    pub prompt: Vec<PromptMessage>,
+}
+
+/// How an episode ended, for `episode_end`.
+#[derive(Debug, Clone)]
+pub struct EndInfo {
+    /// Status.
+    pub status: EpisodeStatus,
+    /// Detail (error text, budget).
+    pub detail: Option<String>,
+    /// Final answer after submitting.
+    pub final_answer: Option<String>,
+    /// Rewards, when graded.
+    pub rewards: Option<Value>,
+    /// Grading report, when graded.
+    pub grading: Option<Value>,
+}
+
+impl EndInfo {
+    /// An ending with just a status.
+    pub fn status(status: EpisodeStatus) -> Self {
+        Self {
+            status,
+            detail: None,
+            final_answer: None,
+            rewards: None,
+            grading: None,
+        }
+    }
+}
+
+/// A running episode.
+pub struct Episode {
+    id: String,
+    instance: Instance,
+    config: EpisodeConfig,
+    sandbox: Option<DockerSandbox>,
+    writer: TrajectoryWriter,
+    started: Instant,
+    n_steps: u32,
+    context_tokens_used: u64,
+    submission: Option<String>,
+    ended: Option<EpisodeStatus>,
+}
+
+impl Episode {
+    /// Creates the sandbox for `instance`, runs the anti-leak set-up and writes `episode_start`.
+    pub async fn start(
+        engine: &DockerEngine,
+        id: &str,
+        instance: Instance,
+        config: EpisodeConfig,
+        info: StartInfo,
+    ) -> Result<Self, EpisodeError> {
+        let image = image_for(&instance, &config.image_template);
+        let sandbox_config = SandboxConfig {
+            workdir: REPO_DIR.to_owned(),
+            init_commands: vec![activation_for(&instance)],
+            ..config.sandbox.clone()
+        };
+        let image_info =
+            engine
+                .image_info(&image)
+                .await?
+                .ok_or_else(|| SandboxError::ImageNotFound {
+                    image: image.clone(),
+                })?;
+        let trajectory_path = config.trajectory_dir.join(format!("{id}.jsonl"));
+        let mut writer = TrajectoryWriter::create(&trajectory_path).await?;
+        let sandbox = engine
+            .create_sandbox(&image, id, sandbox_config.clone())
+            .await?;
+        if config.anti_leak != AntiLeak::Off {
+            let script = anti_leak_script(config.anti_leak);
+            let out = sandbox
+                .run_command(&script, Duration::from_secs(300))
+                .await?;
+            if out.exit_code != Some(0) {
+                warn!(episode_id = id, output = %String::from_utf8_lossy(&out.output), "anti-leak set-up failed");
+            }
+        }
+        let prompt_tokens: usize = info.prompt.iter().map(|m| m.content.len()).sum();
+        let start = EpisodeStart {
+            schema_version: SCHEMA_VERSION,
+            episode_id: id.to_owned(),
+            instance_id: instance.instance_id.clone(),
+            task: serde_json::to_value(&instance).unwrap_or(Value::Null),
+            image: image.clone(),
+            image_id: image_info.id,
+            image_digests: image_info.repo_digests,
+            tool_format: config.tool_format.as_str().to_owned(),
+            limits: json!({
+                "max_turns": config.max_turns,
+                "context_tokens": config.context_tokens,
+                "observation_cap_bytes": config.observation_cap_bytes,
+                "wall_clock_secs": config.wall_clock.as_secs(),
+                "cmd_timeout_secs": config.tools.cmd_timeout.as_secs(),
+                "network_mode": sandbox_config.network_mode,
+                "memory_bytes": sandbox_config.memory_bytes,
+                "nano_cpus": sandbox_config.nano_cpus,
+                "pids_limit": sandbox_config.pids_limit,
+                "anti_leak": config.anti_leak.as_str(),
+            }),
+            model: info.model,
+            prompt: info.prompt,
+            versions: json!({"swe_env": env!("CARGO_PKG_VERSION"), "trajectory_schema": SCHEMA_VERSION}),
+            started_at: now_rfc3339(),
+        };
+        if let Err(error) = writer.append(&Record::EpisodeStart(start)).await {
+            let _ = sandbox.remove().await;
+            return Err(error.into());
+        }
+        info!(episode_id = id, instance_id = %instance.instance_id, image, "episode started");
+        Ok(Self {
+            id: id.to_owned(),
+            instance,
+            config,
+            sandbox: Some(sandbox),
+            writer,
+            started: Instant::now(),
+            n_steps: 0,
+            context_tokens_used: (prompt_tokens / swe_env_tools::render::APPROX_BYTES_PER_TOKEN)
+                as u64,
+            submission: None,
+            ended: None,
+        })
+    }
+
+    /// Episode id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The task.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EpisodeConfig {
+        &self.config
+    }
+
+    /// The sandbox, while the episode holds one.
+    pub fn sandbox(&self) -> Option<&DockerSandbox> {
+        self.sandbox.as_ref()
+    }
+
+    /// Path of the trajectory file.
+    pub fn trajectory_path(&self) -> PathBuf {
+        self.writer.path().to_owned()
+    }
+
+    /// Steps taken.
+    pub fn n_steps(&self) -> u32 {
+        self.n_steps
+    }
+
+    /// The last accepted submission.
+    pub fn submission(&self) -> Option<&str> {
+        self.submission.as_deref()
+    }
+
+    /// How the episode ended, once it has.
+    pub fn ended(&self) -> Option<EpisodeStatus> {
+        self.ended
+    }
+
+    /// Sets the context tokens used so far (the agent loop knows the exact count from the model's usage).
+    pub fn set_context_tokens_used(&mut self, tokens: u64) {
+        self.context_tokens_used = tokens;
+    }
+
+    /// Context tokens used so far (exact when set by the agent loop, else estimated from bytes).
+    pub fn context_tokens_used(&self) -> u64 {
+        self.context_tokens_used
+    }
+
+    /// The budget the model sees after `n_steps` steps.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            remaining_turns: u64::from(self.config.max_turns.saturating_sub(self.n_steps)),
+            remaining_tokens: self.config.context_tokens as i64 - self.context_tokens_used as i64,
+            observation_cap_bytes: self.config.observation_cap_bytes,
+        }
+    }
+
+    /// Which budget is exhausted, if any.
+    pub fn exhausted_budget(&self) -> Option<EpisodeStatus> {
+        if self.n_steps >= self.config.max_turns {
+            Some(EpisodeStatus::MaxTurns)
+        } else if self.context_tokens_used >= self.config.context_tokens {
+            Some(EpisodeStatus::ContextExhausted)
+        } else if self.started.elapsed() >= self.config.wall_clock {
+            Some(EpisodeStatus::WallClock)
+        } else {
+            None
+        }
+    }
+
+    /// Runs one action and records it.
+    pub async fn step(
+        &mut self,
+        action: Action,
+        meta: StepMeta,
+    ) -> Result<StepOutcome, EpisodeError> {
+        if let Some(status) = self.ended {
+            return Err(EpisodeError::Ended {
+                episode_id: self.id.clone(),
+                status: status.as_str(),
+            });
+        }
+        let Some(sandbox) = self.sandbox.clone() else {
+            return Err(EpisodeError::Ended {
+                episode_id: self.id.clone(),
+                status: "closed",
+            });
+        };
+        let (raw_action, parsed, call_id) = match &action {
+            Action::Text(text) => (text.clone(), parse_text_call(text), None),
+            Action::Call {
+                name,
+                arguments,
+                call_id,
+            } => {
+                let raw = json!({"name": name, "arguments": arguments}).to_string();
+                (raw, parse_json_call(name, arguments), call_id.clone())
+            }
+        };
+        let mut tools = self.config.tools.clone();
+        if tools.submission_repo.is_none() {
+            tools.submission_repo = Some(SubmissionRepo {
+                repo_dir: REPO_DIR.to_owned(),
+                base_commit: self.instance.base_commit.clone(),
+            });
+        }
+        self.n_steps += 1;
+        let started = Instant::now();
+        let (observation, result, call, format_error) = match parsed {
+            Ok(call) => {
+                let result =
+                    run_tool(&sandbox, &call, &tools)
+                        .await
+                        .map_err(|e| SandboxError::Shell {
+                            container: sandbox.id().to_owned(),
+                            detail: e.message,
+                        })?;
+                self.context_tokens_used += estimate_tokens(raw_action.len() + result.text.len());
+                (
+                    render_observation(&result, &self.budget()),
+                    Some(result),
+                    Some(call),
+                    None,
+                )
+            }
+            Err(error) => {
+                self.context_tokens_used +=
+                    estimate_tokens(raw_action.len() + error.to_string().len());
+                let rendered = render_call_error(&error, &self.budget());
+                let format_error = Some(error.to_string());
+                (rendered, None, None, format_error)
+            }
+        };
+        let submitted = match result.as_ref().and_then(|r| r.submission.as_ref()) {
+            Some(patch) => {
+                self.submission = Some(String::from_utf8_lossy(patch).into_owned());
+                true
+            }
+            None => false,
+        };
+        let record = step_record(
+            self.n_steps - 1,
+            raw_action,
+            call.as_ref(),
+            call_id,
+            result.as_ref(),
+            format_error,
+            observation.clone(),
+            started.elapsed(),
+            meta,
+        );
+        self.writer.append(&Record::Step(record.clone())).await?;
+        let end_status = self.exhausted_budget();
+        Ok(StepOutcome {
+            observation,
+            record,
+            submitted,
+            done: submitted || end_status.is_some(),
+            end_status,
+        })
+    }
+
+    /// Removes the sandbox (grading uses a fresh container). Idempotent.
+    pub async fn release_sandbox(&mut self) -> Result<(), EpisodeError> {
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.remove().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the episode: removes the sandbox and writes `episode_end`. Idempotent for the status (first wins).
+    pub async fn finish(&mut self, end: EndInfo) -> Result<EpisodeEnd, EpisodeError> {
+        let released = self.release_sandbox().await;
+        if let Some(status) = self.ended {
+            return Err(EpisodeError::Ended {
+                episode_id: self.id.clone(),
+                status: status.as_str(),
+            });
+        }
+        self.ended = Some(end.status);
+        let record = EpisodeEnd {
+            status: end.status,
+            detail: end.detail,
+            submission: self.submission.clone(),
+            final_answer: end.final_answer,
+            n_steps: self.n_steps,
+            rewards: end.rewards,
+            grading: end.grading,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            ended_at: now_rfc3339(),
+        };
+        self.writer
+            .append(&Record::EpisodeEnd(record.clone()))
+            .await?;
+        info!(episode_id = %self.id, status = end.status.as_str(), n_steps = self.n_steps, "episode ended");
+        released?;
+        Ok(record)
+    }
+}
+
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes / swe_env_tools::render::APPROX_BYTES_PER_TOKEN) as u64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_record(
+    step_idx: u32,
+    raw_action: String,
+    call: Option<&ToolCall>,
+    tool_call_id: Option<String>,
+    result: Option<&ToolResult>,
+    format_error: Option<String>,
+    observation: String,
+    tool_time: Duration,
+    meta: StepMeta,
+) -> StepRecord {
+    StepRecord {
+        step_idx,
+        request_id: meta.request_id,
+        raw_action,
+        reasoning: meta.reasoning,
+        parsed_call: call.and_then(|c| serde_json::to_value(c).ok()),
+        tool: call.map(|c| c.name().as_str().to_owned()),
+        tool_call_id,
+        format_error,
+        tool_error: result
+            .and_then(|r| r.error)
+            .and_then(|kind| serde_json::to_value(kind).ok())
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        observation,
+        exit_code: result.and_then(|r| r.exit_code),
+        timed_out: result.is_some_and(|r| r.timed_out),
+        truncated: result.is_some_and(|r| r.truncated),
+        restarted: result.is_some_and(|r| r.restarted),
+        tool_ms: tool_time.as_millis() as u64,
+        model_ms: meta.model_ms,
+        tokens: meta.tokens,
+        at: now_rfc3339(),
+    }
+}

@@ -1,0 +1,16 @@
+//! Trajectories: one append-only JSONL file per episode, every record flushed and fsynced, so a crash loses at
+//! most the step in flight. A reader that tolerates a torn last line, and exporters to training formats.
+//!
+//! **Stability:** the record schema is a public contract ([`SCHEMA_VERSION`]); add fields, never repurpose them.
+
+pub mod export;
+pub mod reader;
+pub mod record;
+pub mod writer;
+
+pub use reader::{read_trajectory, ReadTrajectory, TrajectoryReadError};
+pub use record::{
+    EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
+    SCHEMA_VERSION,
+};
+pub use writer::{TrajectoryWriteError, TrajectoryWriter};

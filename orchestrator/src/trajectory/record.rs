@@ -1,0 +1,269 @@
+//! The records of a trajectory file. Field names are the on-disk schema.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the record schema written in every `episode_start`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One line of a trajectory file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// First line: what ran, where, with which limits.
+    EpisodeStart(EpisodeStart),
+    /// One action and its observation.
+    Step(StepRecord),
+    /// Last line: how the episode ended, the submission, rewards.
+    EpisodeEnd(EpisodeEnd),
+}
+
+/// A message of the initial prompt (system / user), kept so exports need nothing but the trajectory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptMessage {
+    /// `system` or `user`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The `episode_start` record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeStart {
+    /// Record schema version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Episode id.
+    pub episode_id: String,
+    /// Task id (`instance_id`).
+    pub instance_id: String,
+    /// The full task row as loaded (problem statement, base commit, tests…).
+    pub task: Value,
+    /// Image reference used.
+    pub image: String,
+    /// Content-addressed image id (`sha256:…`), empty when unknown.
+    pub image_id: String,
+    /// Registry digests of the image, when it was pulled.
+    #[serde(default)]
+    pub image_digests: Vec<String>,
+    /// Tool call format: `text` (CWM) or `json` (OpenAI function calling).
+    pub tool_format: String,
+    /// Sandbox limits and budgets in force.
+    pub limits: Value,
+    /// Model and sampling parameters, when a model drives the episode.
+    #[serde(default)]
+    pub model: Option<Value>,
+    /// The initial prompt messages the agent saw.
+    #[serde(default)]
+    pub prompt: Vec<PromptMessage>,
+    /// Versions of swe-env and its parts.
+    pub versions: Value,
+    /// RFC 3339 start time.
+    pub started_at: String,
+}
+
+/// Token accounting for the model turn that produced an action, when known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTokens {
+    /// Prompt tokens of the model call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<u64>,
+    /// Completion tokens of the model call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<u64>,
+    /// Completion token ids, when the server returned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<i64>>,
+    /// Per-token log-probabilities of the completion, when returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<f64>>,
+    /// Completion tokens as strings, when returned alongside logprobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<String>>,
+}
+
+/// The `step` record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 0-based index of the step in the episode.
+    pub step_idx: u32,
+    /// Client request id (gRPC Step idempotency), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The raw action: the model's text, or the JSON tool call as sent.
+    pub raw_action: String,
+    /// Reasoning text the model produced separately (e.g. `reasoning_content`), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// The parsed tool call (`{"tool": name, ...arguments}`), or null when parsing failed.
+    pub parsed_call: Option<Value>,
+    /// Tool name when parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Native tool-call id (OpenAI function calling), echoed in the `tool` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Format error message, when the action could not be parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_error: Option<String>,
+    /// Tool-level error kind (`not_found`, `ambiguous`, …), when the tool failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_error: Option<String>,
+    /// The observation exactly as shown to the model.
+    pub observation: String,
+    /// Exit code of a bash command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The command hit its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The output was truncated.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The shell was restarted.
+    #[serde(default)]
+    pub restarted: bool,
+    /// Wall time of the tool execution, ms.
+    pub tool_ms: u64,
+    /// Wall time of the model call that produced the action, ms (when a model drove it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ms: Option<u64>,
+    /// Token accounting.
+    #[serde(default)]
+    pub tokens: StepTokens,
+    /// RFC 3339 time the step finished.
+    pub at: String,
+}
+
+/// Why an episode ended. Every ending has a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeStatus {
+    /// The agent submitted and finished.
+    Submitted,
+    /// The turn budget ran out.
+    MaxTurns,
+    /// The context-token budget ran out.
+    ContextExhausted,
+    /// The wall-clock budget ran out.
+    WallClock,
+    /// Too many consecutive format errors.
+    FormatErrors,
+    /// The model endpoint failed (after retries).
+    ModelError,
+    /// The sandbox failed (Docker error, container gone).
+    SandboxError,
+    /// Closed by the client before a submission.
+    Closed,
+    /// Cancelled (shutdown, Ctrl-C).
+    Cancelled,
+}
+
+impl EpisodeStatus {
+    /// The snake_case name, as written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::MaxTurns => "max_turns",
+            Self::ContextExhausted => "context_exhausted",
+            Self::WallClock => "wall_clock",
+            Self::FormatErrors => "format_errors",
+            Self::ModelError => "model_error",
+            Self::SandboxError => "sandbox_error",
+            Self::Closed => "closed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The `episode_end` record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeEnd {
+    /// How it ended.
+    pub status: EpisodeStatus,
+    /// Human-readable detail (the error, the budget hit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The submitted patch, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<String>,
+    /// The agent's final answer text after submitting, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_answer: Option<String>,
+    /// Number of steps taken.
+    pub n_steps: u32,
+    /// Rewards, when graded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Value>,
+    /// The grading report (report.json of the instance), when graded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grading: Option<Value>,
+    /// Episode wall time, ms.
+    pub duration_ms: u64,
+    /// RFC 3339 end time.
+    pub ended_at: String,
+}
+
+/// Current time as RFC 3339 (UTC, seconds precision with milliseconds).
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let millis = now.subsec_millis();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn records_are_tagged_by_type() {
+        let end = Record::EpisodeEnd(EpisodeEnd {
+            status: EpisodeStatus::MaxTurns,
+            detail: None,
+            submission: None,
+            final_answer: None,
+            n_steps: 3,
+            rewards: None,
+            grading: None,
+            duration_ms: 10,
+            ended_at: "t".into(),
+        });
+        let line = serde_json::to_string(&end).unwrap();
+        assert!(
+            line.starts_with(r#"{"type":"episode_end","status":"max_turns""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), end);
+    }
+}
