@@ -165,4 +165,27 @@ mod tests {
             format!("Cannot create old.py/x: the parent {root}/pkg/old.py is not a directory.")
         );
     }
+
+    #[tokio::test]
+    async fn write_failure() {
+        let inner = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = inner.root().to_str().unwrap().to_owned();
+        let sandbox = crate::fault::FailingIo {
+            inner,
+            fail_reads: false,
+            fail_writes: true,
+        };
+        let call = ToolCall::Create {
+            path: "n.txt".into(),
+            content: "x".into(),
+        };
+        let result = run_tool(&sandbox, &call, &ToolConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(result.error, Some(ToolErrorKind::WriteFailed));
+        assert_eq!(
+            result.text,
+            format!("Cannot create n.txt: writing failed (cannot write {root}/n.txt: Read-only file system (os error 30))")
+        );
+    }
 }

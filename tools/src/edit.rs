@@ -557,6 +557,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn odd_files_and_io_failures() {
+        let inner = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = inner.root().to_str().unwrap().to_owned();
+        inner
+            .run("ln -s nowhere dangling && echo a > f.txt", DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        let edit = |path: &str| ToolCall::Edit {
+            path: path.into(),
+            search: "a\n".into(),
+            replace: "b\n".into(),
+        };
+        let config = ToolConfig::default();
+        let odd = run_tool(&inner, &edit("dangling"), &config).await.unwrap();
+        assert_eq!(odd.error, Some(ToolErrorKind::NotARegularFile));
+        assert_eq!(
+            odd.text,
+            "The path dangling is not a regular file (a device, socket or dangling link); edit needs a file."
+        );
+
+        let mut sandbox = crate::fault::FailingIo {
+            inner,
+            fail_reads: true,
+            fail_writes: false,
+        };
+        let unreadable = run_tool(&sandbox, &edit("f.txt"), &config).await.unwrap();
+        assert_eq!(unreadable.error, Some(ToolErrorKind::Unreadable));
+        assert_eq!(
+            unreadable.text,
+            format!(
+                "Could not read f.txt: cannot read {root}/f.txt: Permission denied (os error 13)"
+            )
+        );
+        sandbox.fail_reads = false;
+        sandbox.fail_writes = true;
+        let unwritable = run_tool(&sandbox, &edit("f.txt"), &config).await.unwrap();
+        assert_eq!(unwritable.error, Some(ToolErrorKind::WriteFailed));
+        assert_eq!(
+            unwritable.text,
+            format!("Could not write f.txt: cannot write {root}/f.txt: Read-only file system (os error 30)")
+        );
+        assert_eq!(
+            sandbox.read_file(&format!("{root}/f.txt")).await.unwrap(),
+            b"a\n"
+        );
+    }
+
+    #[tokio::test]
     async fn byte_exact_and_mode() {
         let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
         let root = sandbox.root().to_str().unwrap().to_owned();

@@ -10,6 +10,8 @@ mod bash;
 pub mod call;
 mod create;
 mod edit;
+#[cfg(test)]
+mod fault;
 pub mod host;
 pub mod json;
 pub mod parse;

@@ -294,6 +294,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn odd_and_unreadable_patch_files() {
+        let inner = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = inner.root().to_str().unwrap().to_owned();
+        inner
+            .run("ln -s nowhere dangling && echo x > p.diff", TIMEOUT)
+            .await
+            .unwrap();
+        let odd = submit(&inner, Some("dangling"), &ToolConfig::default()).await;
+        assert_eq!(odd.error, Some(ToolErrorKind::NotARegularFile));
+        assert_eq!(
+            odd.text,
+            "Failed to submit dangling: it is not a regular file."
+        );
+        let sandbox = crate::fault::FailingIo {
+            inner,
+            fail_reads: true,
+            fail_writes: false,
+        };
+        let call = ToolCall::Submit {
+            path: Some("p.diff".into()),
+        };
+        let unreadable = run_tool(&sandbox, &call, &ToolConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(unreadable.error, Some(ToolErrorKind::Unreadable));
+        assert_eq!(
+            unreadable.text,
+            format!(
+                "Failed to submit p.diff: it could not be read (cannot read {root}/p.diff: Permission denied (os \
+                 error 13))."
+            )
+        );
+    }
+
+    #[tokio::test]
     async fn computed_submission() {
         let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
         let setup = "mkdir repo && cd repo && git init -q && git config user.email t@e.st && git config user.name t \
@@ -345,12 +380,8 @@ mod tests {
         assert_eq!(result.error, None, "{}", result.text);
         assert_eq!(result.submission.as_deref(), Some(patch.as_bytes()));
 
-        let error = compute_submission(
-            &sandbox,
-            &repo_dir,
-            "0000000000000000000000000000000000000000",
-        )
-        .await;
+        let bad_base = "0000000000000000000000000000000000000000";
+        let error = compute_submission(&sandbox, &repo_dir, bad_base).await;
         assert!(
             matches!(
                 error,
@@ -361,5 +392,19 @@ mod tests {
             ),
             "{error:?}"
         );
+        let config = ToolConfig {
+            submission_repo: Some(SubmissionRepo {
+                repo_dir: repo_dir.clone(),
+                base_commit: bad_base.into(),
+            }),
+            ..ToolConfig::default()
+        };
+        let failed = submit(&sandbox, None, &config).await;
+        assert_eq!(failed.error, Some(ToolErrorKind::GitFailed));
+        let prefix = format!(
+            "Failed to submit: computing the patch of {repo_dir} failed (exit code Some(128)): "
+        );
+        assert!(failed.text.starts_with(&prefix), "{}", failed.text);
+        assert!(failed.text.contains(bad_base), "{}", failed.text);
     }
 }
