@@ -6,6 +6,8 @@
 //! only, `grading/reference-parsers/similarity_reference.py`) answers all requests as JSON lines.
 //! Fails loudly when python3 cannot run.
 
+#![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -48,7 +50,9 @@ fn run_reference(requests: &[Value]) -> Vec<Value> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("python3 is required for this differential test and could not start: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("python3 is required for this differential test and could not start: {e}")
+        });
     let mut stdin = child.stdin.take().unwrap();
     let payload: String = requests.iter().map(|r| format!("{r}\n")).collect();
     let writer = std::thread::spawn(move || {
@@ -62,7 +66,11 @@ fn run_reference(requests: &[Value]) -> Vec<Value> {
     writer.join().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "reference script failed: {status}");
-    assert_eq!(answers.len(), requests.len(), "reference answered too few lines");
+    assert_eq!(
+        answers.len(),
+        requests.len(),
+        "reference answered too few lines"
+    );
     answers
 }
 
@@ -138,7 +146,11 @@ fn perturbations(index: usize, patch: &str, other: &str, rng: &mut Rng) -> Vec<S
         expensive.push(lines[..sections[1]].join("\n") + "\n");
     }
     // Changed characters for every other patch, else identity / swap / dropped file in turn.
-    let pick = if index % 2 == 0 { 1 } else { (index / 2) % expensive.len() };
+    let pick = if index & 1 == 0 {
+        1
+    } else {
+        (index / 2) % expensive.len()
+    };
     out.push(expensive.swap_remove(pick.min(expensive.len() - 1)));
     out
 }
@@ -210,7 +222,9 @@ fn swe_rl_similarity_matches_python_on_verified_gold_patches() {
 }
 
 fn random_string(rng: &mut Rng, alphabet: &[char], len: usize) -> String {
-    (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect()
+    (0..len)
+        .map(|_| alphabet[rng.below(alphabet.len())])
+        .collect()
 }
 
 fn mutate(rng: &mut Rng, text: &str, alphabet: &[char]) -> String {
@@ -277,7 +291,11 @@ fn ratio_matches_python_on_random_strings() {
     for ((a, b), answer) in cases.iter().zip(&answers) {
         let theirs = py_float(&answer["ratio"]);
         let ours = ratio(a, b);
-        assert_eq!(ours.to_bits(), theirs.to_bits(), "ratio({a:?}, {b:?}): {ours} vs {theirs}");
+        assert_eq!(
+            ours.to_bits(),
+            theirs.to_bits(),
+            "ratio({a:?}, {b:?}): {ours} vs {theirs}"
+        );
         if b.chars().count() > 200 {
             long += 1;
         }

@@ -89,7 +89,9 @@ pub(crate) fn parse_django(log: &str) -> Result<StatusMap, LogParseError> {
         for suffix in PASS_SUFFIXES {
             if line.ends_with(suffix) {
                 if py_strip(&line).starts_with(SITES_MIGRATION_PREFIX) {
-                    let after = line.split_once("...").map_or(line.as_str(), |(_, rest)| rest);
+                    let after = line
+                        .split_once("...")
+                        .map_or(line.as_str(), |(_, rest)| rest);
                     line = py_strip(after).to_string();
                 }
                 let test = match line.rfind(suffix) {

@@ -75,6 +75,20 @@ pub fn parse_test_exit_code(content: &str) -> Option<i64> {
     None
 }
 
+/// The last `>>>>> Test Exit Code: N` line of the log. The eval script prints its line after all
+/// test output, so a test that prints a fake exit-code line earlier cannot hide the real one;
+/// swe-env's own exit-code cross-check uses this reading.
+pub fn parse_last_test_exit_code(content: &str) -> Option<i64> {
+    content
+        .match_indices(TEST_EXIT_CODE)
+        .filter_map(|(position, marker)| {
+            content[position + marker.len()..]
+                .strip_prefix(':')
+                .and_then(leading_integer)
+        })
+        .last()
+}
+
 /// `\s*(-?\d+)` at the start of `text`.
 fn leading_integer(text: &str) -> Option<i64> {
     let text = text.trim_start_matches(super::pystr::is_py_space);
@@ -90,10 +104,7 @@ fn leading_integer(text: &str) -> Option<i64> {
         return None;
     }
     let digits = &digits_start[..digits_len];
-    let value = match digits.parse::<i64>() {
-        Ok(value) => value,
-        Err(_) => i64::MAX,
-    };
+    let value = digits.parse::<i64>().unwrap_or(i64::MAX);
     Some(if negative { -value } else { value })
 }
 
@@ -103,7 +114,8 @@ mod tests {
 
     #[test]
     fn slice_is_between_first_start_and_next_end() {
-        let log = "pre\n>>>>> Start Test Output\nA\n>>>>> End Test Output\nB\n>>>>> End Test Output";
+        let log =
+            "pre\n>>>>> Start Test Output\nA\n>>>>> End Test Output\nB\n>>>>> End Test Output";
         assert_eq!(extract_test_output(log), Ok("\nA\n"));
         let twice = ">>>>> Start Test Output\nA\n>>>>> Start Test Output\nB\n>>>>> End Test Output";
         assert_eq!(extract_test_output(twice), Ok("\nA\n"));
@@ -129,14 +141,24 @@ mod tests {
 
     #[test]
     fn exit_code_line_is_parsed() {
-        assert_eq!(parse_test_exit_code("x\n>>>>> Test Exit Code: 0\n"), Some(0));
+        assert_eq!(
+            parse_test_exit_code("x\n>>>>> Test Exit Code: 0\n"),
+            Some(0)
+        );
         assert_eq!(parse_test_exit_code(">>>>> Test Exit Code:\t-2"), Some(-2));
-        assert_eq!(parse_test_exit_code(">>>>> Test Exit Code:1\n>>>>> Test Exit Code: 0"), Some(1));
+        assert_eq!(
+            parse_test_exit_code(">>>>> Test Exit Code:1\n>>>>> Test Exit Code: 0"),
+            Some(1)
+        );
         assert_eq!(
             parse_test_exit_code(">>>>> Test Exit Code: x\n>>>>> Test Exit Code: 3"),
             Some(3)
         );
         assert_eq!(parse_test_exit_code("no marker"), None);
+        assert_eq!(
+            parse_last_test_exit_code(">>>>> Test Exit Code: 0\n>>>>> Test Exit Code: 2\n"),
+            Some(2)
+        );
         assert_eq!(
             parse_test_exit_code(">>>>> Test Exit Code: 99999999999999999999999"),
             Some(i64::MAX)

@@ -21,8 +21,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use markers::{
-    extract_test_output, parse_test_exit_code, MarkerError, END_TEST_OUTPUT, START_TEST_OUTPUT,
-    TEST_EXIT_CODE,
+    extract_test_output, parse_last_test_exit_code, parse_test_exit_code, MarkerError,
+    END_TEST_OUTPUT, START_TEST_OUTPUT, TEST_EXIT_CODE,
 };
 pub use markers::{APPLY_PATCH_FAIL, RESET_FAILED, TESTS_ERROR, TESTS_TIMEOUT};
 
@@ -288,6 +288,9 @@ mod tests {
         let eval = evaluate_log(log, LogParser::Pytest).unwrap();
         assert!(!eval.found);
         assert!(eval.status_map.is_empty());
-        assert_eq!(eval.marker_error, Some(MarkerError::FailureMarker(TESTS_TIMEOUT)));
+        assert_eq!(
+            eval.marker_error,
+            Some(MarkerError::FailureMarker(TESTS_TIMEOUT))
+        );
     }
 }

@@ -9,7 +9,9 @@ pub(crate) fn is_py_space(c: char) -> bool {
 
 /// Python's `s.split()` with no argument: runs of whitespace separate, empty fields dropped.
 pub(crate) fn py_split(s: &str) -> Vec<&str> {
-    s.split(is_py_space).filter(|part| !part.is_empty()).collect()
+    s.split(is_py_space)
+        .filter(|part| !part.is_empty())
+        .collect()
 }
 
 /// Python's `s.strip()` with no argument.
@@ -28,7 +30,10 @@ mod tests {
 
     #[test]
     fn split_matches_python_whitespace_rules() {
-        assert_eq!(py_split("  a\u{1c}b\t c\u{a0}d  "), vec!["a", "b", "c", "d"]);
+        assert_eq!(
+            py_split("  a\u{1c}b\t c\u{a0}d  "),
+            vec!["a", "b", "c", "d"]
+        );
         assert_eq!(py_split(""), Vec::<&str>::new());
         assert_eq!(py_strip("\u{1f} x \u{3000}"), "x");
         assert_eq!(py_lstrip("\u{1e} x "), "x ");

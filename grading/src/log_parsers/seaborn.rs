@@ -39,7 +39,8 @@ mod tests {
 
     #[test]
     fn reads_three_line_forms() {
-        let log = "FAILED t.py::a - boom\nt.py::b PASSED [ 50%]\nPASSED t.py::c\nx t.py::d PASSED [ 1%]";
+        let log =
+            "FAILED t.py::a - boom\nt.py::b PASSED [ 50%]\nPASSED t.py::c\nx t.py::d PASSED [ 1%]";
         let map = parse_seaborn(log).unwrap();
         assert_eq!(map.get("t.py::a"), Some(&TestStatus::Failed));
         assert_eq!(map.get("t.py::b"), Some(&TestStatus::Passed));

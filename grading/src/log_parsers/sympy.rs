@@ -27,7 +27,10 @@ pub(crate) fn parse_sympy(log: &str) -> StatusMap {
             continue;
         }
         // `line` starts with `test_`, so it has a first token.
-        let first = py_split(line).first().map(|t| t.to_string()).unwrap_or_default();
+        let first = py_split(line)
+            .first()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         if line.ends_with(" E") {
             map.insert(first.clone(), TestStatus::Error);
         }
@@ -47,7 +50,8 @@ mod tests {
 
     #[test]
     fn reads_results_and_failure_banners() {
-        let log = "test_a ok\n  test_b F\ntest_c E\n______ sympy/core/tests/test_x.py:test_b ______\n";
+        let log =
+            "test_a ok\n  test_b F\ntest_c E\n______ sympy/core/tests/test_x.py:test_b ______\n";
         let map = parse_sympy(log);
         assert_eq!(map.get("test_a"), Some(&TestStatus::Passed));
         assert_eq!(map.get("test_b"), Some(&TestStatus::Failed));

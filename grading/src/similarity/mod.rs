@@ -112,7 +112,8 @@ mod tests {
     #[test]
     fn empty_or_broken_predictions_score_minus_one() {
         assert_eq!(swe_rl_similarity("", GOLD).unwrap().reward, -1.0);
-        let broken = swe_rl_similarity("--- a/a.py\n+++ b/a.py\n@@ -1,5 +1,5 @@\n x\n", GOLD).unwrap();
+        let broken =
+            swe_rl_similarity("--- a/a.py\n+++ b/a.py\n@@ -1,5 +1,5 @@\n x\n", GOLD).unwrap();
         assert_eq!(broken.reward, -1.0);
         assert!(broken.format_error.is_some());
         assert!(swe_rl_similarity(GOLD, "not a diff").is_err());

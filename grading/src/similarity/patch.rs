@@ -79,13 +79,21 @@ fn hunk_header(line: &str) -> Option<(String, usize, usize)> {
     let (old_range, new_range) = ranges.split_once(' ')?;
     let old_count = range_count(old_range, '-')?;
     let new_count = range_count(new_range, '+')?;
-    Some((format!("@@ {old_range} {new_range} @@"), old_count, new_count))
+    Some((
+        format!("@@ {old_range} {new_range} @@"),
+        old_count,
+        new_count,
+    ))
 }
 
 /// A path from a `---`/`+++` line: the text after the marker, cut at a tab (timestamps), with
 /// git's `a/`/`b/` prefix removed; `None` for `/dev/null`.
 fn header_path(rest: &str) -> Option<String> {
-    let path = rest.split('\t').next().unwrap_or_default().trim_end_matches('\r');
+    let path = rest
+        .split('\t')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r');
     if path == "/dev/null" {
         return None;
     }
@@ -108,7 +116,11 @@ pub fn file_diff_bodies(patch: &str) -> Result<BTreeMap<String, String>, PatchPa
         return Err(PatchParseError::Empty);
     }
     // The text after the final newline is not a line (so it is never a blank context line).
-    let lines: Vec<&str> = patch.strip_suffix('\n').unwrap_or(patch).split('\n').collect();
+    let lines: Vec<&str> = patch
+        .strip_suffix('\n')
+        .unwrap_or(patch)
+        .split('\n')
+        .collect();
     let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut current_file: Option<String> = None;
     let (mut old_left, mut new_left) = (0usize, 0usize);
@@ -129,7 +141,10 @@ pub fn file_diff_bodies(patch: &str) -> Result<BTreeMap<String, String>, PatchPa
                 _ => return Err(PatchParseError::BadHunkBody { line_number }),
             }
             if let Some(file) = &current_file {
-                parts.entry(file.clone()).or_default().push(line.to_string());
+                parts
+                    .entry(file.clone())
+                    .or_default()
+                    .push(line.to_string());
             }
             continue;
         }

@@ -56,8 +56,8 @@ impl<'a, T: Eq + Hash> SequenceMatcher<'a, T> {
         let mut current = vec![0usize; width];
         let mut previous_set: Vec<usize> = Vec::new();
         let mut current_set: Vec<usize> = Vec::new();
-        for i in a_lo..a_hi {
-            if let Some(positions) = self.b2j.get(&a[i]) {
+        for (i, element) in a.iter().enumerate().take(a_hi).skip(a_lo) {
+            if let Some(positions) = self.b2j.get(element) {
                 for &j in positions {
                     if j < b_lo {
                         continue;
@@ -190,7 +190,10 @@ mod tests {
     #[test]
     fn matches_cpython_documentation_examples() {
         // From the difflib documentation: SequenceMatcher(None, "abxcd", "abcd").
-        assert_eq!(blocks("abxcd", "abcd"), vec![(0, 0, 2), (3, 2, 2), (5, 4, 0)]);
+        assert_eq!(
+            blocks("abxcd", "abcd"),
+            vec![(0, 0, 2), (3, 2, 2), (5, 4, 0)]
+        );
         // find_longest_match(" abcd", "abcd abcd") with isjunk=None gives (0, 4, 5).
         let a: Vec<char> = " abcd".chars().collect();
         let b: Vec<char> = "abcd abcd".chars().collect();
