@@ -1,5 +1,6 @@
 //! swe-env: sandboxes, episodes, trajectories, grading runs and the CLI's building blocks.
 
+pub mod agent;
 pub mod cli;
 pub mod episode;
 pub mod sandbox;

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
 mod common;
+mod episode;
 mod gc;
 mod sandbox;
