@@ -109,7 +109,7 @@ async fn tool_mode(
     engine: &DockerEngine,
     args: &ShellArgs,
     task: &str,
-    tasks: &PathBuf,
+    tasks: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let dataset = swe_env_grading::dataset::load_dataset_file(tasks)
         .with_context(|| format!("loading tasks from {}", tasks.display()))?;
