@@ -141,7 +141,7 @@ async fn scripted_episode_fixes_a_fixture_and_exports() {
         trajectory.end.as_ref().unwrap().status,
         EpisodeStatus::Submitted
     );
-    assert_eq!(trajectory.steps[2].format_error.is_some(), true);
+    assert!(trajectory.steps[2].format_error.is_some());
 
     let chat = to_openai_chat(&trajectory);
     let messages = chat["messages"].as_array().unwrap();
