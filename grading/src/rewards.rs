@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn shaping_gives_partial_credit_only_above_threshold() {
         let config = RewardConfig::default();
-        assert_eq!(shaped_reward(false, Some(0.8), &config), -1.0 + 0.5 * 0.8 * 2.0);
+        assert_eq!(
+            shaped_reward(false, Some(0.8), &config),
+            -1.0 + 0.5 * 0.8 * 2.0
+        );
         assert_eq!(shaped_reward(false, Some(0.49), &config), -1.0);
         assert_eq!(shaped_reward(false, Some(-1.0), &config), -1.0);
         assert_eq!(shaped_reward(false, None, &config), -1.0);

@@ -216,9 +216,19 @@ pub struct LogEval {
     pub parsed_whole_log: bool,
 }
 
+/// The text the reference grades: it writes the eval output to `test_output.txt` and reads it back
+/// in text mode, whose universal newlines turn `\r\n` and a lone `\r` into `\n`.
+pub fn as_reference_reads_it(content: &str) -> String {
+    content.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// Port of `get_logs_eval`: refuse logs with a failure marker or without both markers, parse the
-/// slice between the markers, and fall back to the whole log when that yields nothing.
+/// slice between the markers, and fall back to the whole log when that yields nothing. `content`
+/// is the raw eval output; newlines are first translated as the reference's file read does
+/// ([`as_reference_reads_it`]).
 pub fn evaluate_log(content: &str, parser: LogParser) -> Result<LogEval, LogParseError> {
+    let content = as_reference_reads_it(content);
+    let content = content.as_str();
     let slice = match extract_test_output(content) {
         Ok(slice) => slice,
         Err(marker_error) => {
@@ -280,6 +290,14 @@ mod tests {
         let eval = evaluate_log(log, LogParser::Pytest).unwrap();
         assert!(eval.found && eval.parsed_whole_log);
         assert_eq!(eval.status_map.get("a.py::t"), Some(&TestStatus::Passed));
+    }
+
+    #[test]
+    fn evaluate_log_translates_newlines_like_a_text_mode_read() {
+        let log = ">>>>> Start Test Output\r\nPASSED a\rPASSED b\r\n>>>>> End Test Output";
+        let eval = evaluate_log(log, LogParser::Pytest).unwrap();
+        assert_eq!(eval.status_map.len(), 2);
+        assert_eq!(as_reference_reads_it("a\r\r\nb"), "a\n\nb");
     }
 
     #[test]
