@@ -37,8 +37,8 @@ pub use tests_status::{
 };
 
 use crate::log_parsers::{
-    evaluate_log, parse_last_test_exit_code, parse_test_exit_code, LogEval, LogParser, StatusMap,
-    TestStatus,
+    as_reference_reads_it, evaluate_log, parse_last_test_exit_code, parse_test_exit_code, LogEval,
+    LogParser, StatusMap, TestStatus,
 };
 
 /// Which swebench release's grading rules to follow.
@@ -241,10 +241,11 @@ pub fn grade_instance(input: &GradeInput<'_>, options: &GradingOptions) -> Insta
     }
     let mut found = found;
     if found && options.rules == GradingRules::Swebench5 {
-        if status_map.is_empty() && !SUITE_RAN.is_match(&run.test_output) {
+        let content = as_reference_reads_it(&run.test_output);
+        if status_map.is_empty() && !SUITE_RAN.is_match(&content) {
             found = false;
             extras.log_unusable = Some("no test results and no sign the suite ran".to_string());
-        } else if contradicts(parse_test_exit_code(&run.test_output), &status_map) {
+        } else if contradicts(parse_test_exit_code(&content), &status_map) {
             found = false;
             extras.exit_code_contradicts_log = true;
             extras.log_unusable = Some("exit code contradicts the parsed results".to_string());
