@@ -3,6 +3,8 @@
 pub mod agent;
 pub mod cli;
 pub mod episode;
+pub mod grade;
 pub mod sandbox;
+pub mod server;
 pub mod task;
 pub mod trajectory;

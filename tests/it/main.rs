@@ -6,4 +6,5 @@
 mod common;
 mod episode;
 mod gc;
+mod grade;
 mod sandbox;

@@ -322,6 +322,26 @@ impl DockerSandbox {
         self.inner.exec(argv, stdin, timeout, MAX_FILE_BYTES).await
     }
 
+    /// Writes exactly `bytes` to `path` (absolute); an existing file keeps its mode, a new one gets 0644.
+    pub async fn write_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
+        // `head -c N` reads exactly N bytes, so completion does not depend on stdin being half-closed; `>` on an
+        // existing file truncates in place and keeps its mode.
+        let len = bytes.len().to_string();
+        let argv = ["sh", "-c", "head -c \"$1\" > \"$2\"", "sh", &len, path];
+        let result = self
+            .exec(&argv, Some(bytes), Duration::from_secs(60))
+            .await?;
+        if result.exit_code != Some(0) {
+            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            return Err(SandboxError::File {
+                op: "write",
+                path: path.to_owned(),
+                detail,
+            });
+        }
+        Ok(())
+    }
+
     /// Kills every process in the container by restarting it (the filesystem is kept), then opens a new shell.
     /// The last resort when even a second exec cannot start (e.g. the pids limit is exhausted).
     pub async fn reset_processes(&self) -> Result<(), SandboxError> {
@@ -792,22 +812,6 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         path: &str,
         bytes: &[u8],
     ) -> Result<(), swe_env_tools::SandboxError> {
-        // `head -c N` reads exactly N bytes, so completion does not depend on stdin being half-closed; `>` on an
-        // existing file truncates in place and keeps its mode.
-        let len = bytes.len().to_string();
-        let argv = ["sh", "-c", "head -c \"$1\" > \"$2\"", "sh", &len, path];
-        let result = self
-            .exec(&argv, Some(bytes), Duration::from_secs(60))
-            .await?;
-        if result.exit_code != Some(0) {
-            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
-            return Err(SandboxError::File {
-                op: "write",
-                path: path.to_owned(),
-                detail,
-            }
-            .into());
-        }
-        Ok(())
+        Ok(self.write_bytes(path, bytes).await?)
     }
 }

@@ -1,0 +1,213 @@
+//! Grading on fixture tasks in fresh containers: gold, empty, partial, spoof, bad patch, hang.
+
+use std::path::Path;
+use std::time::Duration;
+
+use swe_env::grade::{grade_patch, write_instance_logs, GradeConfig};
+use swe_env_grading::dataset::load_dataset_file;
+use swe_env_grading::report::ResolvedStatus;
+
+use crate::common::{engine, unique_id};
+use crate::episode::{fixture, fixtures_file};
+
+fn extra_patch(task: &str, name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../images/fixtures/{task}/extra/{name}"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn isolated() -> GradeConfig {
+    GradeConfig {
+        network_mode: "none".into(),
+        ..GradeConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_resolves_and_empty_does_not_on_every_fixture() {
+    let engine = engine().await;
+    let dataset = load_dataset_file(&fixtures_file()).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    for instance in &dataset.instances {
+        let gold = grade_patch(
+            &engine,
+            instance,
+            Some(&instance.patch),
+            &GradeConfig::default(),
+            &unique_id("grade-gold"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            gold.resolved,
+            "{}: gold must resolve\n{}",
+            instance.instance_id, gold.test_output
+        );
+        assert_eq!(gold.apply_method.as_deref(), Some("git apply -v"));
+        assert_eq!(gold.rewards.execution, 1.0);
+        assert_eq!(gold.rewards.similarity, Some(1.0));
+        let status = gold.report.tests_status.as_ref().unwrap();
+        assert_eq!(
+            status.fail_to_pass.success.len(),
+            instance.fail_to_pass.len()
+        );
+        let dir = write_instance_logs(logs.path(), &gold, Some(&instance.patch))
+            .await
+            .unwrap();
+        for file in ["eval.sh", "patch.diff", "test_output.txt", "report.json"] {
+            assert!(dir.join(file).exists(), "{file}");
+        }
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report[&instance.instance_id]["resolved"], true);
+
+        let empty = grade_patch(
+            &engine,
+            instance,
+            Some(""),
+            &isolated(),
+            &unique_id("grade-empty"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !empty.resolved,
+            "{}: the unfixed repo must not resolve",
+            instance.instance_id
+        );
+        assert_eq!(empty.rewards.execution, -1.0);
+        assert_eq!(empty.rewards.similarity, Some(-1.0));
+    }
+    let none = grade_patch(
+        &engine,
+        &dataset.instances[0],
+        None,
+        &isolated(),
+        &unique_id("grade-none"),
+    )
+    .await
+    .unwrap();
+    assert!(none.report.patch_is_none && !none.resolved);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_fix_is_partial() {
+    let engine = engine().await;
+    let instance = fixture("swe-env-fixtures__slugkit-1");
+    let outcome = grade_patch(
+        &engine,
+        &instance,
+        Some(&extra_patch("slugkit", "partial.patch")),
+        &isolated(),
+        &unique_id("grade-partial"),
+    )
+    .await
+    .unwrap();
+    assert!(!outcome.resolved);
+    let resolution = outcome.report.swe_env.as_ref().unwrap().resolution;
+    assert_eq!(
+        resolution,
+        Some(ResolvedStatus::Partial),
+        "{}",
+        outcome.test_output
+    );
+    assert!(outcome.rewards.similarity.unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conftest_spoof_is_defeated() {
+    let engine = engine().await;
+    let instance = fixture("swe-env-fixtures__spans-1");
+    let spoof = extra_patch("spans", "spoof_conftest.patch");
+    let outcome = grade_patch(
+        &engine,
+        &instance,
+        Some(&spoof),
+        &isolated(),
+        &unique_id("grade-spoof"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !outcome.resolved,
+        "spoof resolved!\n{}",
+        outcome.test_output
+    );
+    assert!(
+        outcome
+            .spoof_cleanup
+            .iter()
+            .any(|line| line.contains("conftest.py")),
+        "{:?}",
+        outcome.spoof_cleanup
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_that_does_not_apply_is_an_outcome() {
+    let engine = engine().await;
+    let instance = fixture("swe-env-fixtures__spans-1");
+    let outcome = grade_patch(
+        &engine,
+        &instance,
+        Some(&extra_patch("spans", "bad.patch")),
+        &isolated(),
+        &unique_id("grade-bad"),
+    )
+    .await
+    .unwrap();
+    assert!(!outcome.resolved);
+    assert_eq!(outcome.apply_method, None);
+    assert!(
+        outcome.apply_log.contains("Patch Apply Failed"),
+        "{}",
+        outcome.apply_log
+    );
+    assert_eq!(
+        outcome
+            .report
+            .swe_env
+            .as_ref()
+            .unwrap()
+            .harness_error
+            .as_deref(),
+        Some("patch did not apply")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hanging_tests_time_out() {
+    let engine = engine().await;
+    let instance = fixture("swe-env-fixtures__retrykit-1");
+    let config = GradeConfig {
+        test_timeout: Duration::from_secs(15),
+        ..isolated()
+    };
+    let started = std::time::Instant::now();
+    let outcome = grade_patch(
+        &engine,
+        &instance,
+        Some(&extra_patch("retrykit", "hang.patch")),
+        &config,
+        &unique_id("grade-hang"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(outcome.timed_out);
+    assert!(!outcome.resolved);
+    assert_eq!(
+        outcome
+            .report
+            .swe_env
+            .as_ref()
+            .unwrap()
+            .harness_error
+            .as_deref(),
+        Some("tests timed out")
+    );
+}
