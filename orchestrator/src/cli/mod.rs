@@ -1,7 +1,10 @@
 //! Command-line interface: argument definitions and one module per subcommand. `main.rs` only calls [`run`].
 
 mod bench;
+mod evaluate;
 mod gc;
+mod run_benchmark;
+mod run_episode;
 mod shell;
 
 use std::process::ExitCode;
@@ -34,6 +37,18 @@ enum Command {
     ///
     /// Example: `swe-env gc` (orphans only), `swe-env gc --all --json`.
     Gc(gc::GcArgs),
+    /// Run a benchmark end to end: episodes with an agent, grading, resolved rate (resumable).
+    ///
+    /// Example: `swe-env run-benchmark fixtures --agent gold`.
+    RunBenchmark(run_benchmark::RunBenchmarkArgs),
+    /// Grade predictions (or gold / empty patches) like the SWE-bench harness.
+    ///
+    /// Example: `swe-env evaluate --predictions preds.jsonl --dataset verified`.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Run one model-driven episode on a task: live view of the steps, then a one-line result.
+    ///
+    /// Example: `swe-env run-episode --task ID --tasks tasks.jsonl --model-url http://host:8000/v1 --model NAME`.
+    RunEpisode(run_episode::RunEpisodeArgs),
     /// Open a sandbox and type into it exactly as an agent would (bash commands, or tool calls with --task).
     ///
     /// Example: `swe-env shell --image swe-env/base:bookworm`.
@@ -49,6 +64,9 @@ enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gc(args) => gc::run(args).await,
+        Command::RunBenchmark(args) => run_benchmark::run(args).await,
+        Command::Evaluate(args) => evaluate::run(args).await,
+        Command::RunEpisode(args) => run_episode::run(args).await,
         Command::Shell(args) => shell::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }

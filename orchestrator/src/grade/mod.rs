@@ -139,7 +139,7 @@ pub async fn grade_patch(
 
 /// The eval script and metadata for `instance` under `config`.
 pub fn test_spec(instance: &Instance, config: &GradeConfig) -> Result<TestSpec, GradeError> {
-    let mut script_config = config.eval_script.clone();
+    let mut script_config = config.eval_script;
     script_config.grading_network = if config.network_mode == "none" {
         GradingNetwork::None
     } else {

@@ -11,8 +11,8 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RestartContainerOptions,
-    StartContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    RestartContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
@@ -110,6 +110,46 @@ impl DockerEngine {
             }) => Ok(None),
             Err(e) => Err(SandboxError::docker("inspect image", e)),
         }
+    }
+
+    /// Pulls `image` from its registry, reporting each status line (layer progress) to `on_status`.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        mut on_status: impl FnMut(&str) + Send,
+    ) -> Result<(), SandboxError> {
+        let (from_image, tag) = split_image_tag(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => SandboxError::ImageNotFound {
+                    image: format!("{image} ({message})"),
+                },
+                other => SandboxError::docker("pull image", other),
+            })?;
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Err(SandboxError::Docker {
+                    op: "pull image",
+                    detail: format!("{image}: {error}"),
+                });
+            }
+            if let Some(status) = info.status {
+                let line = match info.id {
+                    Some(id) => format!("{id}: {status}"),
+                    None => status,
+                };
+                on_status(&line);
+            }
+        }
+        Ok(())
     }
 
     /// Creates and starts a container for `episode_id` from `image`, and opens its shell.
@@ -215,6 +255,18 @@ impl DockerEngine {
     /// Force-removes a container by id (and its anonymous volumes). Missing containers are not an error.
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
         remove_container(&self.docker, id).await
+    }
+}
+
+/// Splits `name[:tag]` (a registry host may carry a port: `host:5000/name:tag`), defaulting the tag to `latest`.
+fn split_image_tag(image: &str) -> (&str, &str) {
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => (
+            &image[..last_slash + colon],
+            &image[last_slash + colon + 1..],
+        ),
+        None => (image, "latest"),
     }
 }
 
@@ -813,5 +865,26 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         bytes: &[u8],
     ) -> Result<(), swe_env_tools::SandboxError> {
         Ok(self.write_bytes(path, bytes).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_image_tag;
+
+    #[test]
+    fn image_tags_split_after_the_last_path_segment() {
+        assert_eq!(
+            split_image_tag("swebench/sweb.eval.x86_64.a_1776_b-1:latest"),
+            ("swebench/sweb.eval.x86_64.a_1776_b-1", "latest")
+        );
+        assert_eq!(
+            split_image_tag("127.0.0.1:5000/x/y"),
+            ("127.0.0.1:5000/x/y", "latest")
+        );
+        assert_eq!(
+            split_image_tag("127.0.0.1:5000/x/y:v2"),
+            ("127.0.0.1:5000/x/y", "v2")
+        );
     }
 }

@@ -74,3 +74,17 @@ pub async fn collect_garbage(
     }
     Ok(report)
 }
+
+/// Removes every container owned by this process (used after an interrupt, when dropped tasks had no chance to
+/// clean up). Returns how many were removed.
+pub async fn remove_owned(engine: &DockerEngine) -> Result<usize, SandboxError> {
+    let me = engine.owner().clone();
+    let mut removed = 0;
+    for container in engine.labelled_containers().await? {
+        if container.owner.as_ref() == Some(&me) {
+            engine.remove_container(&container.id).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,478 @@
+//! Benchmark runs: for each instance, an episode with the chosen agent → submission → grading in a fresh container
+//! → rewards; bounded concurrency, resumable (`results.jsonl`), clean on Ctrl-C, reference-compatible outputs.
+//! `swe-env run-benchmark` and `swe-env evaluate` are both this runner (evaluate grades given predictions).
+
+pub mod results;
+pub mod summary;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use swe_env_grading::dataset::Instance;
+use tokio::sync::{watch, Mutex, Semaphore};
+use tracing::{info, warn};
+
+use crate::agent::{builtin_prompt, run_gold, AgentOutcome};
+use crate::episode::{EndInfo, Episode, EpisodeConfig, StartInfo};
+use crate::grade::{grade_patch, write_instance_logs, GradeConfig, GradeError};
+use crate::sandbox::{DockerEngine, SandboxError};
+use crate::task::image_for;
+use crate::trajectory::EpisodeStatus;
+use results::{read_results, InstanceResult, InstanceStatus, ResultsFile};
+use summary::{run_stats, write_run_outputs, RunStats};
+
+/// When images are pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull an image only when it is not present locally (default).
+    #[default]
+    Missing,
+    /// Always pull (refresh tags).
+    Always,
+    /// Never pull: a missing image is a per-instance error.
+    Never,
+}
+
+/// Who produces the submissions.
+#[derive(Clone)]
+pub enum AgentSpec {
+    /// The gold agent: replays the reference patch through the tools.
+    Gold,
+    /// Submits nothing (an empty patch).
+    Empty,
+    /// Given predictions (`instance_id` → patch); no episode runs.
+    Predictions(Arc<HashMap<String, Option<String>>>),
+}
+
+impl AgentSpec {
+    /// The name used as `model_name_or_path`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Gold => "gold",
+            Self::Empty => "empty",
+            Self::Predictions(_) => "predictions",
+        }
+    }
+}
+
+/// Everything a run needs besides the instances.
+#[derive(Clone)]
+pub struct RunConfig {
+    /// Run id (the output directory's name).
+    pub run_id: String,
+    /// Output directory of this run (`<output-dir>/<run-id>`).
+    pub dir: PathBuf,
+    /// Directory of per-instance grading logs (`<dir>/logs` by default).
+    pub logs_dir: PathBuf,
+    /// Name recorded as `model_name_or_path`.
+    pub model_name: String,
+    /// The agent.
+    pub agent: AgentSpec,
+    /// Instances run at once.
+    pub workers: usize,
+    /// Image pull policy.
+    pub pull: PullPolicy,
+    /// Episode settings (budgets, sandbox limits, image template); `trajectory_dir` is set per run.
+    pub episode: EpisodeConfig,
+    /// Grading settings.
+    pub grade: GradeConfig,
+    /// Re-run instances whose earlier result was an error.
+    pub retry_errors: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Aggregates.
+    pub stats: RunStats,
+    /// Every result (earlier attempts included).
+    pub results: Vec<InstanceResult>,
+    /// The run was interrupted (Ctrl-C).
+    pub interrupted: bool,
+}
+
+/// Reports progress to the caller (progress bar, logs).
+pub trait Progress: Send + Sync {
+    /// An instance finished.
+    fn finished(&self, result: &InstanceResult, resolved_so_far: usize, done: usize, total: usize);
+    /// A status line (pulls, skips).
+    fn note(&self, message: &str);
+}
+
+/// Runs `instances`; resumes from `<dir>/results.jsonl`; stops cleanly when `cancel` flips to true.
+pub async fn run_benchmark(
+    engine: &DockerEngine,
+    instances: Vec<Instance>,
+    config: RunConfig,
+    progress: Arc<dyn Progress>,
+    cancel: watch::Receiver<bool>,
+) -> std::io::Result<RunOutcome> {
+    let started = Instant::now();
+    tokio::fs::create_dir_all(&config.dir).await?;
+    let results_path = config.dir.join("results.jsonl");
+    let earlier = read_results(&results_path).await?;
+    let total = instances.len();
+    let dataset_ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    let mut done: BTreeMap<String, InstanceResult> = BTreeMap::new();
+    let mut todo = Vec::new();
+    for instance in instances {
+        match earlier.get(&instance.instance_id) {
+            Some(result) if !(config.retry_errors && result.status == InstanceStatus::Error) => {
+                done.insert(instance.instance_id.clone(), result.clone());
+            }
+            _ => todo.push(instance),
+        }
+    }
+    if !done.is_empty() {
+        progress.note(&format!(
+            "resuming: {} of {total} instances already finished",
+            done.len()
+        ));
+    }
+    let mut episode_config = config.episode.clone();
+    episode_config.trajectory_dir = config.dir.join("trajectories");
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        config: config.clone(),
+        episode_config,
+        results: Mutex::new(ResultsFile::open(&results_path).await?),
+        pulls: Mutex::new(HashMap::new()),
+        counters: std::sync::Mutex::new(Counters {
+            done: done.len(),
+            resolved: done
+                .values()
+                .filter(|r| r.status == InstanceStatus::Resolved)
+                .count(),
+        }),
+        total,
+        progress,
+    });
+    let semaphore = Arc::new(Semaphore::new(config.workers.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for instance in todo {
+        let shared = shared.clone();
+        let semaphore = semaphore.clone();
+        let mut cancel = cancel.clone();
+        tasks.spawn(async move {
+            let Ok(_permit) = semaphore.acquire_owned().await else {
+                return None;
+            };
+            if *cancel.borrow() {
+                return None;
+            }
+            tokio::select! {
+                result = run_instance(&shared, &instance) => Some(result),
+                _ = cancel.wait_for(|c| *c) => None,
+            }
+        });
+    }
+    let mut interrupted = false;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Some(result)) => {
+                done.insert(result.instance_id.clone(), result);
+            }
+            Ok(None) => interrupted = true,
+            Err(error) => warn!(%error, "an instance task failed"),
+        }
+    }
+    interrupted |= *cancel.borrow();
+    if interrupted {
+        // In-flight episodes were dropped mid-way: remove every container this process still owns.
+        match crate::sandbox::gc::remove_owned(engine).await {
+            Ok(n) => info!(removed = n, "removed in-flight containers after interrupt"),
+            Err(error) => warn!(%error, "could not remove in-flight containers; run `swe-env gc`"),
+        }
+    }
+    let results: Vec<InstanceResult> = done.into_values().collect();
+    let stats = run_stats(
+        &config.run_id,
+        &config.model_name,
+        total,
+        &results,
+        started.elapsed().as_secs_f64(),
+    );
+    write_run_outputs(
+        &config.dir,
+        &dataset_ids,
+        &config.model_name,
+        &results,
+        &stats,
+    )
+    .await?;
+    Ok(RunOutcome {
+        stats,
+        results,
+        interrupted,
+    })
+}
+
+/// The outcome of one image pull, shared by every instance that needs the image.
+type PullCell = tokio::sync::OnceCell<Result<(), String>>;
+
+struct Counters {
+    done: usize,
+    resolved: usize,
+}
+
+struct Shared {
+    engine: DockerEngine,
+    config: RunConfig,
+    episode_config: EpisodeConfig,
+    results: Mutex<ResultsFile>,
+    /// One pull per image at a time; the value is the pull's outcome (error text).
+    pulls: Mutex<HashMap<String, Arc<PullCell>>>,
+    counters: std::sync::Mutex<Counters>,
+    total: usize,
+    progress: Arc<dyn Progress>,
+}
+
+async fn run_instance(shared: &Shared, instance: &Instance) -> InstanceResult {
+    let started = Instant::now();
+    let mut result = attempt_instance(shared, instance).await;
+    result.total_ms = started.elapsed().as_millis() as u64;
+    {
+        let mut file = shared.results.lock().await;
+        if let Err(error) = file.append(&result).await {
+            warn!(path = %file.path().display(), %error, "cannot record a result; the run cannot resume this instance");
+        }
+    }
+    let (resolved, done) = match shared.counters.lock() {
+        Ok(mut counters) => {
+            counters.done += 1;
+            if result.status == InstanceStatus::Resolved {
+                counters.resolved += 1;
+            }
+            (counters.resolved, counters.done)
+        }
+        Err(_) => (0, 0),
+    };
+    shared
+        .progress
+        .finished(&result, resolved, done, shared.total);
+    result
+}
+
+async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResult {
+    let id = &instance.instance_id;
+    let repo = &instance.repo;
+    let image = image_for(instance, &shared.episode_config.image_template);
+    if let Err(error) = ensure_image(shared, &image).await {
+        return InstanceResult::error(id, repo, "image_missing", error);
+    }
+    // The submission, from an episode or from the given predictions.
+    let mut episode = None;
+    let (submission, agent_outcome) = match &shared.config.agent {
+        AgentSpec::Predictions(map) => match map.get(id) {
+            Some(patch) => (patch.clone(), None),
+            None => {
+                return InstanceResult::error(
+                    id,
+                    repo,
+                    "no_prediction",
+                    format!("no prediction for {id}"),
+                )
+            }
+        },
+        agent => {
+            let episode_id = format!("{}-{}", shared.config.run_id, id);
+            let trajectory = shared
+                .episode_config
+                .trajectory_dir
+                .join(format!("{episode_id}.jsonl"));
+            // A rerun after an interrupt starts its trajectory afresh.
+            let _ = tokio::fs::remove_file(&trajectory).await;
+            let info = StartInfo {
+                model: None,
+                prompt: builtin_prompt(&instance.problem_statement),
+            };
+            let mut started = match Episode::start(
+                &shared.engine,
+                &episode_id,
+                instance.clone(),
+                shared.episode_config.clone(),
+                info,
+            )
+            .await
+            {
+                Ok(episode) => episode,
+                Err(error) => {
+                    return InstanceResult::error(
+                        id,
+                        repo,
+                        error_kind_of_episode(&error),
+                        error.to_string(),
+                    )
+                }
+            };
+            let outcome = match agent {
+                AgentSpec::Gold => run_gold(&mut started).await,
+                _ => Ok(crate::agent::run_empty(&started)),
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    let _ = started
+                        .finish(EndInfo::status(EpisodeStatus::SandboxError))
+                        .await;
+                    return InstanceResult::error(
+                        id,
+                        repo,
+                        error_kind_of_episode(&error),
+                        error.to_string(),
+                    );
+                }
+            };
+            if let Err(error) = started.release_sandbox().await {
+                warn!(instance_id = %id, %error, "releasing the episode sandbox failed");
+            }
+            let submission = match agent {
+                AgentSpec::Empty => Some(String::new()),
+                _ => outcome.submission.clone(),
+            };
+            episode = Some(started);
+            (submission, Some(outcome))
+        }
+    };
+    let grading_id = format!("{}-{}-grade", shared.config.run_id, id);
+    let graded = grade_patch(
+        &shared.engine,
+        instance,
+        submission.as_deref(),
+        &shared.config.grade,
+        &grading_id,
+    )
+    .await;
+    let outcome = match graded {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(episode) = episode.as_mut() {
+                let mut end = EndInfo::status(
+                    agent_outcome
+                        .as_ref()
+                        .map_or(EpisodeStatus::Submitted, |o| o.status),
+                );
+                end.detail = Some(format!("grading failed: {error}"));
+                let _ = episode.finish(end).await;
+            }
+            let kind = match error {
+                GradeError::Spec { .. } => "grading_spec",
+                GradeError::Sandbox(ref e) => error_kind_of_sandbox(e),
+            };
+            let mut result = InstanceResult::error(id, repo, kind, error.to_string());
+            result.submission = submission;
+            return result;
+        }
+    };
+    if let Err(error) =
+        write_instance_logs(&shared.config.logs_dir, &outcome, submission.as_deref()).await
+    {
+        warn!(instance_id = %id, %error, "cannot write grading logs");
+    }
+    let n_steps = agent_outcome
+        .as_ref()
+        .map_or(0, |o: &AgentOutcome| o.n_steps);
+    let episode_status = agent_outcome.as_ref().map(|o| o.status.as_str().to_owned());
+    if let Some(episode) = episode.as_mut() {
+        let mut end = EndInfo::status(
+            agent_outcome
+                .as_ref()
+                .map_or(EpisodeStatus::Submitted, |o| o.status),
+        );
+        end.rewards = serde_json::to_value(&outcome.rewards).ok();
+        end.grading = serde_json::to_value(&outcome.report).ok();
+        if let Err(error) = episode.finish(end).await {
+            warn!(instance_id = %id, %error, "cannot finish the trajectory");
+        }
+    }
+    InstanceResult {
+        instance_id: id.clone(),
+        repo: repo.clone(),
+        status: if outcome.resolved {
+            InstanceStatus::Resolved
+        } else {
+            InstanceStatus::Unresolved
+        },
+        error_kind: None,
+        error: None,
+        episode_status,
+        submission,
+        n_steps,
+        tokens: 0,
+        model_ms: 0,
+        test_ms: outcome.test_ms,
+        total_ms: 0,
+        report: Some(outcome.report),
+        rewards: Some(outcome.rewards),
+    }
+}
+
+/// Makes `image` available according to the pull policy; one pull per image even with many workers.
+async fn ensure_image(shared: &Shared, image: &str) -> Result<(), String> {
+    let present = shared
+        .engine
+        .image_info(image)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    match shared.config.pull {
+        PullPolicy::Never if present => return Ok(()),
+        PullPolicy::Never => {
+            return Err(format!(
+                "image {image} is not present and --pull never forbids pulling: build or pull it first \
+                 (`swe-env images pull …`), or use --pull missing"
+            ))
+        }
+        PullPolicy::Missing if present => return Ok(()),
+        _ => {}
+    }
+    let cell = shared
+        .pulls
+        .lock()
+        .await
+        .entry(image.to_owned())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| async {
+        shared.progress.note(&format!("pulling {image}"));
+        shared.engine.pull_image(image, |_| {}).await.map_err(|e| {
+            format!("cannot pull {image}: {e} (check the image name template and registry access)")
+        })
+    })
+    .await
+    .clone()
+}
+
+fn error_kind_of_sandbox(error: &SandboxError) -> &'static str {
+    match error {
+        SandboxError::ImageNotFound { .. } => "image_missing",
+        SandboxError::EngineUnavailable { .. } => "docker_unavailable",
+        _ => "sandbox",
+    }
+}
+
+fn error_kind_of_episode(error: &crate::episode::EpisodeError) -> &'static str {
+    match error {
+        crate::episode::EpisodeError::Sandbox(e) => error_kind_of_sandbox(e),
+        crate::episode::EpisodeError::Trajectory(_) => "trajectory",
+        crate::episode::EpisodeError::Ended { .. } => "episode",
+    }
+}
+
+/// A run id from the current time (`YYYYmmdd-HHMMSS`).
+pub fn default_run_id() -> String {
+    let now = crate::trajectory::record::now_rfc3339();
+    // 2026-11-25T20:36:36.123Z → 20261125-203636
+    let digits: String = now
+        .chars()
+        .take(19)
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    format!(
+        "{}-{}",
+        &digits[..8.min(digits.len())],
+        &digits[8.min(digits.len())..]
+    )
+}

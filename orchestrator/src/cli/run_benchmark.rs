@@ -1,0 +1,305 @@
+//! `swe-env run-benchmark`: dataset → episodes → grading → resolved rate, resumable, with a live progress bar.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use swe_env_grading::dataset::Instance;
+use tokio::sync::watch;
+
+use crate::agent::BuiltinAgent;
+use crate::benchmark::results::{InstanceResult, InstanceStatus};
+use crate::benchmark::summary::render_table;
+use crate::benchmark::{
+    default_run_id, run_benchmark, AgentSpec, Progress, PullPolicy, RunConfig, RunOutcome,
+};
+use crate::datasets::load_source;
+use crate::episode::EpisodeConfig;
+use crate::grade::GradeConfig;
+use crate::sandbox::DockerEngine;
+use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+
+/// Exit code when interrupted (128 + SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Arguments shared by `run-benchmark` and `evaluate`: what to run and where results go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Only these instance ids (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub instance_ids: Vec<String>,
+    /// Instances run at once.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Run id (output sub-directory); rerunning the same id resumes it. Default: the current time.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Where runs are written.
+    #[arg(long, default_value = "runs")]
+    pub output_dir: PathBuf,
+    /// Image name template for rows without an `image` field (`{id}` = id with `__` → `_1776_`).
+    #[arg(long, default_value = OFFICIAL_IMAGE_TEMPLATE)]
+    pub image_template: String,
+    /// When to pull images.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// Network of grading containers: `bridge` (as the reference harness) or `none`.
+    #[arg(long, default_value = "bridge")]
+    pub grading_network: String,
+    /// Time limit of the tests at grading, seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub test_timeout: u64,
+    /// Re-run instances whose earlier result in this run was an error.
+    #[arg(long)]
+    pub retry_errors: bool,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `swe-env run-benchmark`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  swe-env run-benchmark fixtures --agent gold\n  \
+    swe-env run-benchmark verified --agent empty --instance-ids django__django-11099 --pull never\n  \
+    swe-env run-benchmark tasks.jsonl --agent gold --workers 4 --run-id try1   # run again to resume"
+)]
+pub struct RunBenchmarkArgs {
+    /// `verified`, `lite`, `full` (SWE-bench on the HF hub, cached), `fixtures` (built-in), or a JSONL/JSON/parquet path.
+    pub dataset: String,
+    /// Built-in agent.
+    #[arg(long, value_enum, default_value_t = BuiltinAgent::Gold)]
+    pub agent: BuiltinAgent,
+    /// Maximum agent turns per episode.
+    #[arg(long, default_value_t = 128)]
+    pub max_turns: u32,
+    /// Wall-clock budget per episode, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
+    let agent = match args.agent {
+        BuiltinAgent::Gold => AgentSpec::Gold,
+        BuiltinAgent::Empty => AgentSpec::Empty,
+    };
+    let episode = EpisodeConfig {
+        max_turns: args.max_turns,
+        wall_clock: Duration::from_secs(args.timeout),
+        image_template: args.run.image_template.clone(),
+        ..EpisodeConfig::default()
+    };
+    execute(&args.dataset, agent, episode, &args.run, LogsLayout::InRun).await
+}
+
+/// Where per-instance grading logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogsLayout {
+    /// `<output>/<run>/logs/<instance>/` (run-benchmark).
+    InRun,
+    /// `<output>/logs/run_evaluation/<run>/<model>/<instance>/`, the reference harness's layout (evaluate).
+    Reference,
+}
+
+/// Loads the dataset, runs it, prints the summary; shared with `evaluate`.
+pub async fn execute(
+    dataset: &str,
+    agent: AgentSpec,
+    episode: EpisodeConfig,
+    args: &RunArgs,
+    layout: LogsLayout,
+) -> anyhow::Result<ExitCode> {
+    let loaded = match load_source(dataset).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(super::EXIT_USAGE));
+        }
+    };
+    for error in &loaded.errors {
+        eprintln!("warning: skipped a bad dataset row: {error}");
+    }
+    let instances = select(loaded.instances, &args.instance_ids)?;
+    if instances.is_empty() {
+        eprintln!("error: no instances selected from {dataset}");
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
+    let engine = DockerEngine::connect(Duration::from_secs(120))
+        .await
+        .context("connecting to Docker")?;
+    let run_id = args.run_id.clone().unwrap_or_else(default_run_id);
+    let dir = args.output_dir.join(&run_id);
+    let logs_dir = match layout {
+        LogsLayout::InRun => dir.join("logs"),
+        LogsLayout::Reference => args
+            .output_dir
+            .join("logs/run_evaluation")
+            .join(&run_id)
+            .join(agent.name()),
+    };
+    let config = RunConfig {
+        run_id: run_id.clone(),
+        logs_dir,
+        dir: dir.clone(),
+        model_name: agent.name().to_owned(),
+        agent,
+        workers: args.workers,
+        pull: args.pull,
+        episode,
+        grade: GradeConfig {
+            network_mode: args.grading_network.clone(),
+            test_timeout: Duration::from_secs(args.test_timeout),
+            image_template: args.image_template.clone(),
+            ..GradeConfig::default()
+        },
+        retry_errors: args.retry_errors,
+    };
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupt: stopping; in-flight instances are cancelled and their containers removed");
+            let _ = cancel_tx.send(true);
+        }
+    });
+    let progress = Arc::new(BarProgress::new(instances.len() as u64));
+    eprintln!(
+        "run {run_id}: {} instances, {} workers, output {}",
+        instances.len(),
+        args.workers,
+        dir.display()
+    );
+    let outcome = run_benchmark(&engine, instances, config, progress.clone(), cancel_rx)
+        .await
+        .with_context(|| format!("writing run outputs under {}", dir.display()))?;
+    progress.bar.finish_and_clear();
+    print_outcome(&outcome, args.json, &dir)?;
+    Ok(exit_code(&outcome))
+}
+
+fn select(instances: Vec<Instance>, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
+    if ids.is_empty() {
+        return Ok(instances);
+    }
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let known: HashSet<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .copied()
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown instance ids: {}",
+        unknown.join(", ")
+    );
+    Ok(instances
+        .into_iter()
+        .filter(|i| wanted.contains(i.instance_id.as_str()))
+        .collect())
+}
+
+fn print_outcome(outcome: &RunOutcome, json: bool, dir: &std::path::Path) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome.stats)?);
+        return Ok(());
+    }
+    println!("{}", render_table(&outcome.stats));
+    for result in outcome
+        .results
+        .iter()
+        .filter(|r| r.status == InstanceStatus::Error)
+    {
+        println!(
+            "error {} [{}]: {}",
+            result.instance_id,
+            result.error_kind.as_deref().unwrap_or("?"),
+            result.error.as_deref().unwrap_or("")
+        );
+    }
+    if outcome.interrupted {
+        println!("interrupted: partial results kept; run the same command again to resume");
+    }
+    println!(
+        "outputs: {} (predictions.jsonl, report.json, summary.md, trajectories/, logs/)",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn exit_code(outcome: &RunOutcome) -> ExitCode {
+    if outcome.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if outcome
+        .results
+        .iter()
+        .any(|r| r.status == InstanceStatus::Error)
+    {
+        ExitCode::from(super::EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A progress bar with the resolved-so-far count.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl BarProgress {
+    fn new(total: u64) -> Self {
+        let bar = ProgressBar::new(total);
+        if let Ok(style) =
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Self { bar }
+    }
+}
+
+impl BarProgress {
+    /// Prints above the bar on a terminal, to stderr otherwise (the bar is hidden when not a TTY).
+    fn say(&self, line: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+impl Progress for BarProgress {
+    fn finished(
+        &self,
+        result: &InstanceResult,
+        resolved_so_far: usize,
+        done: usize,
+        _total: usize,
+    ) {
+        self.bar.set_position(done as u64);
+        self.bar
+            .set_message(format!("resolved {resolved_so_far}/{done}"));
+        let verdict = match result.status {
+            InstanceStatus::Resolved => "resolved",
+            InstanceStatus::Unresolved => "unresolved",
+            InstanceStatus::Error => "error",
+        };
+        let line = format!(
+            "{verdict:>10}  {}  ({:.1}s)",
+            result.instance_id,
+            result.total_ms as f64 / 1e3
+        );
+        self.say(&line);
+    }
+
+    fn note(&self, message: &str) {
+        self.say(message);
+    }
+}
