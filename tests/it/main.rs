@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
+mod benchmark;
 mod common;
 mod episode;
 mod gc;
 mod grade;
+mod model_loop;
 mod sandbox;

@@ -180,10 +180,20 @@ pub async fn run_benchmark(
     }
     interrupted |= *cancel.borrow();
     if interrupted {
-        // In-flight episodes were dropped mid-way: remove every container this process still owns.
-        match crate::sandbox::gc::remove_owned(engine).await {
-            Ok(n) => info!(removed = n, "removed in-flight containers after interrupt"),
-            Err(error) => warn!(%error, "could not remove in-flight containers; run `swe-env gc`"),
+        // In-flight episodes were dropped mid-way: remove every container this process still owns. A create
+        // request dropped mid-flight may still land in the engine, so sweep until a pass finds nothing.
+        for pass in 0..5 {
+            match crate::sandbox::gc::remove_owned(engine).await {
+                Ok(0) if pass > 0 => break,
+                Ok(n) => info!(
+                    removed = n,
+                    pass, "removed in-flight containers after interrupt"
+                ),
+                Err(error) => {
+                    warn!(%error, "could not remove in-flight containers; run `swe-env gc`")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     }
     let results: Vec<InstanceResult> = done.into_values().collect();

@@ -133,6 +133,17 @@ pub async fn execute(
     let engine = DockerEngine::connect(Duration::from_secs(120))
         .await
         .context("connecting to Docker")?;
+    // Containers of earlier swe-env processes that died (e.g. a killed run being resumed) go first.
+    match crate::sandbox::collect_garbage(&engine, crate::sandbox::GcScope::Orphans).await {
+        Ok(report) if !report.removed.is_empty() => {
+            eprintln!(
+                "removed {} orphaned containers of dead swe-env processes",
+                report.removed.len()
+            )
+        }
+        Ok(_) => {}
+        Err(error) => eprintln!("warning: orphan clean-up failed: {error}"),
+    }
     let run_id = args.run_id.clone().unwrap_or_else(default_run_id);
     let dir = args.output_dir.join(&run_id);
     let logs_dir = match layout {

@@ -1,0 +1,401 @@
+//! `swe-env run-benchmark` end to end through the real binary: gold / empty rates, kill and resume, a missing
+//! image reported per instance, Ctrl-C clean-up, a pull from a local registry.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::engine;
+use crate::episode::fixtures_file;
+
+const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
+
+fn run_benchmark(args: &[&str], out: &Path) -> Output {
+    Command::new(EXE)
+        .arg("run-benchmark")
+        .args(args)
+        .arg("--output-dir")
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stats(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_resolves_everything_and_empty_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let gold = run_benchmark(
+        &[
+            "fixtures",
+            "--agent",
+            "gold",
+            "--json",
+            "--run-id",
+            "gold",
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    assert!(
+        gold.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gold.stderr)
+    );
+    let gold_stats = stats(&gold);
+    assert_eq!(gold_stats["resolved"], gold_stats["total"]);
+    assert_eq!(gold_stats["resolved_pct"], 100.0);
+    let dir = out.path().join("gold");
+    for file in [
+        "predictions.jsonl",
+        "report.json",
+        "summary.md",
+        "results.jsonl",
+    ] {
+        assert!(dir.join(file).exists(), "{file} missing");
+    }
+    let predictions = std::fs::read_to_string(dir.join("predictions.jsonl")).unwrap();
+    for line in predictions.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["model_name_or_path"], "gold");
+        assert!(row["model_patch"]
+            .as_str()
+            .unwrap()
+            .starts_with("diff --git"));
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.join("trajectories")).unwrap().count(),
+        gold_stats["total"].as_u64().unwrap() as usize
+    );
+
+    let empty = run_benchmark(
+        &[
+            "fixtures",
+            "--agent",
+            "empty",
+            "--json",
+            "--run-id",
+            "empty",
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    assert!(
+        empty.status.success(),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+    let empty_stats = stats(&empty);
+    assert_eq!(empty_stats["resolved"], 0);
+    assert_eq!(
+        report(&out.path().join("empty"))["empty_patch_instances"],
+        empty_stats["total"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_run_resumes_to_the_same_report() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "fixtures",
+        "--agent",
+        "gold",
+        "--workers",
+        "1",
+        "--grading-network",
+        "none",
+        "--json",
+    ];
+    let full = run_benchmark(&[&args[..], &["--run-id", "full"]].concat(), out.path());
+    assert!(full.status.success());
+
+    let mut child = Command::new(EXE)
+        .arg("run-benchmark")
+        .args(args)
+        .args(["--run-id", "killed", "--output-dir"])
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = out.path().join("killed/results.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&results)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL mid-run: an instance is in flight
+    child.wait().unwrap();
+    let finished_before = std::fs::read_to_string(&results).unwrap().lines().count();
+    assert!(
+        finished_before < 5,
+        "the kill came too late to test resuming"
+    );
+
+    let resumed = run_benchmark(&[&args[..], &["--run-id", "killed"]].concat(), out.path());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&resumed.stderr).contains("resuming"),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        report(&out.path().join("killed")),
+        report(&out.path().join("full"))
+    );
+    // The resumed run reconciled the killed run's containers: none of a dead owner remain.
+    let engine = engine().await;
+    for container in engine.labelled_containers().await.unwrap() {
+        assert!(
+            !container.owner.unwrap().is_dead_here(),
+            "orphan {} left behind",
+            container.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_image_is_a_per_instance_error_and_the_run_completes() {
+    let out = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures_file()).unwrap();
+    let mut rows: Vec<serde_json::Value> = text
+        .lines()
+        .take(2)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows[0]["image"] = serde_json::json!("swe-env/no-such-image:latest");
+    let missing_id = rows[0]["instance_id"].as_str().unwrap().to_owned();
+    let tasks = out.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let output = run_benchmark(
+        &[
+            tasks.to_str().unwrap(),
+            "--agent",
+            "gold",
+            "--pull",
+            "never",
+            "--json",
+            "--run-id",
+            "m",
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "some instances errored: exit 1"
+    );
+    let stats = stats(&output);
+    assert_eq!(stats["finished"], 2);
+    assert_eq!(stats["resolved"], 1);
+    assert_eq!(stats["errors_by_kind"]["image_missing"], 1);
+    let results = std::fs::read_to_string(out.path().join("m/results.jsonl")).unwrap();
+    let line = results.lines().find(|l| l.contains(&missing_id)).unwrap();
+    assert!(
+        line.contains("swe-env/no-such-image:latest") && line.contains("--pull"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(EXE)
+        .args([
+            "run-benchmark",
+            "fixtures",
+            "--agent",
+            "gold",
+            "--workers",
+            "2",
+            "--grading-network",
+            "none",
+            "--run-id",
+            "int",
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let results = out.path().join("int/results.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&results)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.code() == Some(130) {
+        assert!(stdout.contains("interrupted"), "{stdout}");
+    } else {
+        // The interrupt landed after the last instance finished: a normal ending.
+        assert_eq!(output.status.code(), Some(0), "{stdout}");
+    }
+    assert!(
+        out.path().join("int/report.json").exists(),
+        "partial results are written"
+    );
+    let engine = engine().await;
+    for container in engine.labelled_containers().await.unwrap() {
+        assert_ne!(
+            container.owner.unwrap().pid,
+            pid,
+            "container {} of the interrupted run left behind",
+            container.id
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry (Debian's docker-registry) on loopback, stopped on drop.
+struct LocalRegistry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    fn start() -> Self {
+        let binary = PathBuf::from("/usr/bin/docker-registry");
+        assert!(
+            binary.exists(),
+            "docker-registry is not installed (scripts/setup.sh installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_are_pulled_from_a_registry_under_the_official_naming_scheme() {
+    let registry = LocalRegistry::start();
+    let out = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures_file()).unwrap();
+    let mut row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let local_image = row["image"].as_str().unwrap().to_owned();
+    let id = row["instance_id"].as_str().unwrap().to_owned();
+    // The row loses its `image` field: the official template decides the name.
+    row.as_object_mut().unwrap().remove("image");
+    let official = format!(
+        "127.0.0.1:{}/swebench/sweb.eval.x86_64.{}:latest",
+        registry.port,
+        id.to_lowercase().replace("__", "_1776_")
+    );
+    docker(&["tag", &local_image, &official]);
+    docker(&["push", &official]);
+    docker(&["rmi", &official]);
+    let tasks = out.path().join("tasks.jsonl");
+    std::fs::write(&tasks, format!("{row}\n")).unwrap();
+    let template = format!(
+        "127.0.0.1:{}/swebench/sweb.eval.x86_64.{{id}}:latest",
+        registry.port
+    );
+    let output = run_benchmark(
+        &[
+            tasks.to_str().unwrap(),
+            "--agent",
+            "gold",
+            "--json",
+            "--run-id",
+            "pull",
+            "--image-template",
+            &template,
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("pulling {official}")), "{stderr}");
+    assert_eq!(stats(&output)["resolved"], 1);
+    docker(&["rmi", &official]);
+}
