@@ -1,6 +1,13 @@
 //! Agents that drive episodes: the gold and empty baselines (and, with a model, the agent loop).
 
 pub mod gold;
+pub mod model_config;
+pub mod model_loop;
+
+pub use model_config::{
+    add_client_info, start_info_for, AfterSubmit, ApiMode, ModelAgentConfig, ModelAgentConfigError,
+};
+pub use model_loop::{run_model_agent, ModelAgentOutcome, StepEvent};
 
 use tracing::warn;
 

@@ -387,6 +387,50 @@ impl Episode {
         })
     }
 
+    /// Records a model turn that cannot become an [`Action`] at all (several native tool calls in one reply, a
+    /// native-tools reply with no call) as a format-error step: no tool runs, the model sees
+    /// `FormatError: {message}`, and the turn counts against the budgets like any step. `raw_action` is what the
+    /// model sent, kept verbatim in the trajectory.
+    pub async fn step_format_error(
+        &mut self,
+        raw_action: String,
+        message: &str,
+        meta: StepMeta,
+    ) -> Result<StepOutcome, EpisodeError> {
+        if let Some(status) = self.ended {
+            return Err(EpisodeError::Ended {
+                episode_id: self.id.clone(),
+                status: status.as_str(),
+            });
+        }
+        self.n_steps += 1;
+        self.context_tokens_used += estimate_tokens(raw_action.len() + message.len());
+        let observation = swe_env_tools::truncate_right(
+            &format!("FormatError: {message}"),
+            self.config.observation_cap_bytes,
+        );
+        let record = step_record(
+            self.n_steps - 1,
+            raw_action,
+            None,
+            None,
+            None,
+            Some(message.to_owned()),
+            observation.clone(),
+            Duration::ZERO,
+            meta,
+        );
+        self.writer.append(&Record::Step(record.clone())).await?;
+        let end_status = self.exhausted_budget();
+        Ok(StepOutcome {
+            observation,
+            record,
+            submitted: false,
+            done: end_status.is_some(),
+            end_status,
+        })
+    }
+
     /// Removes the sandbox (grading uses a fresh container). Idempotent.
     pub async fn release_sandbox(&mut self) -> Result<(), EpisodeError> {
         if let Some(sandbox) = self.sandbox.take() {

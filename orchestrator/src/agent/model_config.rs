@@ -1,0 +1,354 @@
+//! `ModelAgentConfig`: how the model agent talks to its endpoint (API mode, sampling, prompts) and when it gives
+//! up on a model (format errors), loadable from YAML; and the episode's opening prompt built from it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use swe_env_grading::dataset::Instance;
+use swe_env_model::{
+    AgentPromptConfig, ClientConfig, SamplingParams, SystemPromptInputs, TemplateError, ToolSpec,
+    UserPromptInputs,
+};
+
+use crate::episode::{EpisodeConfig, StartInfo, ToolFormat};
+use crate::task::REPO_DIR;
+use crate::trajectory::PromptMessage;
+
+/// Default for [`ModelAgentConfig::max_consecutive_format_errors`].
+pub const DEFAULT_MAX_CONSECUTIVE_FORMAT_ERRORS: u32 = 5;
+
+/// Which OpenAI-compatible API the agent speaks, and so how tool calls and observations travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiMode {
+    /// `/chat/completions` with native function calling (`tools`); observations go back as `tool` messages.
+    /// The server must parse tool calls (vLLM: `--enable-auto-tool-choice --tool-call-parser …`).
+    ChatTools,
+    /// `/chat/completions` with CWM text calls (`<tool: NAME>` … `</tool>`) in the reply; observations go back
+    /// as `user` messages. Works with any chat server (the default).
+    #[default]
+    ChatText,
+    /// `/completions` of the CWM transcript rendered by us (exact special tokens, `tool: NAME` roles).
+    Completions,
+}
+
+impl ApiMode {
+    /// The episode's tool-call format for this mode (native calls are `json`, the others `text`); set it in
+    /// [`EpisodeConfig::tool_format`] so trajectories export right.
+    pub fn tool_format(self) -> ToolFormat {
+        match self {
+            ApiMode::ChatTools => ToolFormat::Json,
+            ApiMode::ChatText | ApiMode::Completions => ToolFormat::Text,
+        }
+    }
+
+    /// `chat-tools`, `chat-text` or `completions`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiMode::ChatTools => "chat-tools",
+            ApiMode::ChatText => "chat-text",
+            ApiMode::Completions => "completions",
+        }
+    }
+}
+
+/// What the agent does once a submit has succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterSubmit {
+    /// The model may keep working and submit again, as the default prompts tell it; the episode ends at its
+    /// first reply without a tool call (the final answer) or when a budget runs out (default; CWM semantics).
+    #[default]
+    KeepWorking,
+    /// One more model call for the final answer; if the model calls a tool instead, the call is not run and the
+    /// episode ends as submitted with no final answer.
+    FinalAnswerOnly,
+}
+
+/// Knobs of the model agent loop. Every field has a documented default; YAML files may set any subset.
+///
+/// ```yaml
+/// mode: completions
+/// sampling: {temperature: 0.6, max_tokens: 8192, logprobs: 0, return_token_ids: true}
+/// max_consecutive_format_errors: 3
+/// prompts:
+///   cwm_layout: {begin_of_text: ""}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelAgentConfig {
+    /// API mode (default [`ApiMode::ChatText`]).
+    pub mode: ApiMode,
+    /// Sampling sent with every call (default: all server defaults). `max_tokens` is the per-turn output cap;
+    /// the loop lowers it to the context tokens left when fewer remain. In completions mode an empty `stop`
+    /// becomes the layout's `stop` list.
+    pub sampling: SamplingParams,
+    /// Prompt templates and the CWM layout (default: the model crate's built-in CWM-style prompts).
+    pub prompts: AgentPromptConfig,
+    /// Consecutive unparsable replies (format or argument errors) that end the episode with `format_errors`
+    /// (default [`DEFAULT_MAX_CONSECUTIVE_FORMAT_ERRORS`], 5; at least 1).
+    pub max_consecutive_format_errors: u32,
+    /// What happens after a successful submit (default [`AfterSubmit::KeepWorking`]).
+    pub after_submit: AfterSubmit,
+}
+
+impl Default for ModelAgentConfig {
+    fn default() -> Self {
+        ModelAgentConfig {
+            mode: ApiMode::default(),
+            sampling: SamplingParams::default(),
+            prompts: AgentPromptConfig::default(),
+            max_consecutive_format_errors: DEFAULT_MAX_CONSECUTIVE_FORMAT_ERRORS,
+            after_submit: AfterSubmit::default(),
+        }
+    }
+}
+
+/// Why a model agent configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelAgentConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse or has unknown keys.
+    #[error("invalid agent config {origin}: {detail}")]
+    Yaml {
+        /// The file, or `(inline)`.
+        origin: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// A value is out of range or a template is broken.
+    #[error("invalid agent config {origin}: {detail}")]
+    Invalid {
+        /// The file, or `(inline)`.
+        origin: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl ModelAgentConfig {
+    /// Parses YAML text (empty text = all defaults) and validates it.
+    pub fn from_yaml_str(yaml: &str) -> Result<Self, ModelAgentConfigError> {
+        Self::parse(yaml, "(inline)")
+    }
+
+    /// Reads, parses and validates a YAML file.
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ModelAgentConfigError> {
+        let yaml = std::fs::read_to_string(path).map_err(|source| ModelAgentConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&yaml, &path.display().to_string())
+    }
+
+    fn parse(yaml: &str, origin: &str) -> Result<Self, ModelAgentConfigError> {
+        let config: ModelAgentConfig = if yaml.trim().is_empty() {
+            ModelAgentConfig::default()
+        } else {
+            serde_saphyr::from_str(yaml).map_err(|error| ModelAgentConfigError::Yaml {
+                origin: origin.to_owned(),
+                detail: error.to_string(),
+            })?
+        };
+        config
+            .validate()
+            .map_err(|detail| ModelAgentConfigError::Invalid {
+                origin: origin.to_owned(),
+                detail,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks the ranges and every template's placeholders; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_consecutive_format_errors == 0 {
+            return Err(
+                "max_consecutive_format_errors is 0; use 1 to end at the first format error".into(),
+            );
+        }
+        if self.sampling.max_tokens == Some(0) {
+            return Err("sampling.max_tokens is 0, so the model could never answer".into());
+        }
+        self.prompts.validate().map_err(|error| error.to_string())
+    }
+
+    /// What the `episode_start` record says about the model side (client settings are added by
+    /// [`add_client_info`]).
+    pub fn describe(&self) -> Value {
+        json!({
+            "api_mode": self.mode.as_str(),
+            "sampling": self.sampling,
+            "max_consecutive_format_errors": self.max_consecutive_format_errors,
+            "after_submit": self.after_submit,
+        })
+    }
+}
+
+/// The native tools offered in chat-tools mode, from the tools crate's OpenAI schemas.
+pub fn native_tool_specs() -> Vec<ToolSpec> {
+    let tools = swe_env_tools::openai_tools();
+    tools
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let function = item.get("function")?;
+                    Some(ToolSpec {
+                        name: function.get("name")?.as_str()?.to_owned(),
+                        description: function
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        parameters: function.get("parameters").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `{{tool_specs}}` text of the system prompt: the CWM text-call specs, or a list of the native tools.
+fn tool_specs_for(mode: ApiMode, episode_config: &EpisodeConfig) -> String {
+    match mode {
+        ApiMode::ChatText | ApiMode::Completions => {
+            swe_env_tools::tool_specs_text(&episode_config.tools)
+        }
+        ApiMode::ChatTools => {
+            let mut text = String::from(
+                "You act by calling these functions through the function-calling interface, one call per reply:\n",
+            );
+            for spec in native_tool_specs() {
+                text.push_str(&format!("\n- {}: {}", spec.name, spec.description));
+            }
+            text
+        }
+    }
+}
+
+/// The system and user messages that open an episode of `instance` under `config`.
+pub fn opening_prompt(
+    instance: &Instance,
+    config: &ModelAgentConfig,
+    episode_config: &EpisodeConfig,
+) -> Result<(String, String), TemplateError> {
+    let system = config.prompts.render_system(&SystemPromptInputs {
+        tool_specs: tool_specs_for(config.mode, episode_config),
+        max_turns: u64::from(episode_config.max_turns),
+        context_tokens: episode_config.context_tokens,
+        command_timeout_secs: episode_config.tools.cmd_timeout.as_secs(),
+    })?;
+    let user = config.prompts.render_user(&UserPromptInputs {
+        issue: instance.problem_statement.clone(),
+        repo_root: REPO_DIR.to_owned(),
+    })?;
+    Ok((system, user))
+}
+
+/// The [`StartInfo`] of a model-driven episode: the rendered system and user prompts and the model settings.
+/// Call it before `Episode::start`; a template error here means the prompt config is broken.
+pub fn start_info_for(
+    instance: &Instance,
+    config: &ModelAgentConfig,
+    episode_config: &EpisodeConfig,
+) -> Result<StartInfo, TemplateError> {
+    let (system, user) = opening_prompt(instance, config, episode_config)?;
+    Ok(StartInfo {
+        model: Some(config.describe()),
+        prompt: vec![
+            PromptMessage {
+                role: "system".into(),
+                content: system,
+            },
+            PromptMessage {
+                role: "user".into(),
+                content: user,
+            },
+        ],
+    })
+}
+
+/// Adds the served model name and endpoints (never the API key) to a [`StartInfo`]'s model description.
+pub fn add_client_info(info: &mut StartInfo, client: &ClientConfig) {
+    let mut model = match info.model.take() {
+        Some(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    model.insert("name".into(), json!(client.model));
+    model.insert("endpoints".into(), json!(client.endpoints));
+    info.model = Some(Value::Object(model));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_sets_some_fields_and_keeps_defaults() {
+        let config = ModelAgentConfig::from_yaml_str(
+            "mode: completions\nsampling:\n  temperature: 0.5\n  max_tokens: 100\nmax_consecutive_format_errors: 2\nprompts:\n  cwm_layout:\n    begin_of_text: \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.mode, ApiMode::Completions);
+        assert_eq!(config.sampling.temperature, Some(0.5));
+        assert_eq!(config.sampling.max_tokens, Some(100));
+        assert_eq!(config.max_consecutive_format_errors, 2);
+        assert_eq!(config.prompts.cwm_layout.begin_of_text, "");
+        assert_eq!(config.after_submit, AfterSubmit::KeepWorking);
+        assert_eq!(
+            ModelAgentConfig::from_yaml_str("").unwrap(),
+            ModelAgentConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_named() {
+        let error = ModelAgentConfig::from_yaml_str("mode: telepathy\n").unwrap_err();
+        assert!(
+            matches!(error, ModelAgentConfigError::Yaml { .. }),
+            "{error}"
+        );
+        let error = ModelAgentConfig::from_yaml_str("max_consecutive_format_errors: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_consecutive_format_errors"), "{error}");
+        let error = ModelAgentConfig::from_yaml_str("prompts:\n  user_template: \"{{nope}}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("{{nope}}"), "{error}");
+    }
+
+    #[test]
+    fn native_specs_cover_the_four_tools_and_prompts_render() {
+        let names: Vec<String> = native_tool_specs().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["bash", "edit", "create", "submit"]);
+        let instance: Instance = serde_json::from_value(json!({
+            "repo": "o/r", "instance_id": "o__r-1", "base_commit": "abc", "patch": "",
+            "test_patch": "diff --git a/tests/t.py b/tests/t.py\n",
+            "problem_statement": "It breaks on {{x}}.", "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]"
+        }))
+        .unwrap();
+        for mode in [ApiMode::ChatTools, ApiMode::ChatText, ApiMode::Completions] {
+            let config = ModelAgentConfig {
+                mode,
+                ..ModelAgentConfig::default()
+            };
+            let info = start_info_for(&instance, &config, &EpisodeConfig::default()).unwrap();
+            assert_eq!(info.prompt.len(), 2);
+            assert!(info.prompt[1].content.contains("It breaks on {{x}}."));
+            assert!(info.prompt[1].content.contains("/testbed"));
+            let native = info.prompt[0].content.contains("function-calling");
+            assert_eq!(native, mode == ApiMode::ChatTools, "{mode:?}");
+            assert_eq!(info.model.as_ref().unwrap()["api_mode"], mode.as_str());
+        }
+    }
+}
