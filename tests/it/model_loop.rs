@@ -772,3 +772,76 @@ async fn run_episode_cli_drives_a_fixture_to_a_submission() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_submission_the_model_may_keep_working_or_only_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let replies = |n: usize| -> Vec<ScriptedReply> {
+        [
+            "<tool: create>\nnotes_a.txt\none\n\n</tool>",
+            "<tool: submit>\n\n</tool>",
+            "<tool: create>\nnotes_b.txt\ntwo\n\n</tool>",
+            "<tool: submit>\n\n</tool>",
+            "Done: both notes are in.",
+        ][..n]
+            .iter()
+            .map(|text| text_reply(text))
+            .collect()
+    };
+    let keep_id = unique_id("loop-keep");
+    let answer_id = unique_id("loop-answer-only");
+    let server = ScriptedServer::start(
+        Script::default()
+            .with_episode(keep_id.clone(), replies(5))
+            .with_episode(answer_id.clone(), replies(3)),
+    )
+    .await
+    .unwrap();
+    let client = client_for(&server, 1, Duration::from_secs(30));
+    let keep_agent = ModelAgentConfig::default();
+    let answer_agent = ModelAgentConfig {
+        after_submit: swe_env::agent::AfterSubmit::FinalAnswerOnly,
+        ..ModelAgentConfig::default()
+    };
+    let (mut keep, mut answer) = tokio::join!(
+        start_episode(
+            &keep_id,
+            &keep_agent,
+            episode_config(dir.path(), ApiMode::ChatText)
+        ),
+        start_episode(
+            &answer_id,
+            &answer_agent,
+            episode_config(dir.path(), ApiMode::ChatText)
+        ),
+    );
+    let ((keep, _, _), (answer, _, answer_trajectory)) = tokio::join!(
+        run_and_finish(&mut keep, &client, &keep_agent),
+        run_and_finish(&mut answer, &client, &answer_agent),
+    );
+
+    // Default: after the first submit the model kept working, submitted again, then answered.
+    assert_eq!(keep.agent.status, EpisodeStatus::Submitted, "{keep:?}");
+    assert_eq!(keep.agent.n_steps, 4);
+    assert_eq!(
+        keep.final_answer.as_deref(),
+        Some("Done: both notes are in.")
+    );
+    let submission = keep.agent.submission.unwrap();
+    assert!(
+        submission.contains("notes_a.txt") && submission.contains("notes_b.txt"),
+        "{submission}"
+    );
+
+    // Final-answer-only: the tool call after the submit is not run and the episode ends as submitted.
+    assert_eq!(answer.agent.status, EpisodeStatus::Submitted, "{answer:?}");
+    assert_eq!((answer.agent.n_steps, answer.n_model_calls), (2, 3));
+    assert_eq!(answer.final_answer, None);
+    assert!(answer.detail.as_deref().unwrap().contains("not run"));
+    let submission = answer.agent.submission.unwrap();
+    assert!(
+        submission.contains("notes_a.txt") && !submission.contains("notes_b.txt"),
+        "{submission}"
+    );
+    assert_eq!(answer_trajectory.steps.len(), 2);
+}

@@ -43,6 +43,16 @@ impl ApiMode {
         }
     }
 
+    /// Parses `chat-tools`, `chat-text` or `completions` (underscores accepted), e.g. from a gRPC request.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().replace('_', "-").as_str() {
+            "chat-tools" => Some(ApiMode::ChatTools),
+            "chat-text" => Some(ApiMode::ChatText),
+            "completions" => Some(ApiMode::Completions),
+            _ => None,
+        }
+    }
+
     /// `chat-tools`, `chat-text` or `completions`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -331,6 +341,8 @@ mod tests {
     fn native_specs_cover_the_four_tools_and_prompts_render() {
         let names: Vec<String> = native_tool_specs().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["bash", "edit", "create", "submit"]);
+        assert_eq!(ApiMode::from_name("chat_tools"), Some(ApiMode::ChatTools));
+        assert_eq!(ApiMode::from_name("telepathy"), None);
         let instance: Instance = serde_json::from_value(json!({
             "repo": "o/r", "instance_id": "o__r-1", "base_commit": "abc", "patch": "",
             "test_patch": "diff --git a/tests/t.py b/tests/t.py\n",
@@ -349,6 +361,7 @@ mod tests {
             let native = info.prompt[0].content.contains("function-calling");
             assert_eq!(native, mode == ApiMode::ChatTools, "{mode:?}");
             assert_eq!(info.model.as_ref().unwrap()["api_mode"], mode.as_str());
+            assert_eq!(ApiMode::from_name(mode.as_str()), Some(mode));
         }
     }
 }

@@ -40,6 +40,8 @@ use crate::trajectory::{EpisodeStatus, StepRecord, StepTokens};
 pub const MISSING_LOGPROB: f64 = -9999.0;
 
 /// What a live view (the CLI, the gRPC `RunEpisode` stream) is told while the loop runs.
+// A few events per model call: the size of `Step` costs nothing, and a plain record is simpler to consume.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StepEvent {
     /// A model call returned (after the client's retries).

@@ -338,13 +338,15 @@ fn action_summary(record: &StepRecord) -> String {
     )
 }
 
-/// The first non-empty line of `text`, cut to [`OBSERVATION_HEAD_CHARS`] characters.
+/// The first non-empty line of `text` that is not an `<output>` / `</output>` tag, cut to
+/// [`OBSERVATION_HEAD_CHARS`] characters; `(no output)` when the output is empty.
 fn head(text: &str) -> String {
     let line = text
         .lines()
         .map(str::trim)
+        .take_while(|line| *line != "</output>")
         .find(|line| !line.is_empty() && *line != "<output>")
-        .unwrap_or("");
+        .unwrap_or("(no output)");
     let mut out: String = line.chars().take(OBSERVATION_HEAD_CHARS).collect();
     if line.chars().count() > OBSERVATION_HEAD_CHARS {
         out.push('…');
@@ -359,6 +361,11 @@ mod tests {
     #[test]
     fn head_skips_the_output_tag_and_cuts() {
         assert_eq!(head("<output>\n\nhello\nworld"), "hello");
+        assert_eq!(head("<output>\n\n</output>\n\n<budget>"), "(no output)");
+        assert_eq!(
+            head("FormatError: no tool call found"),
+            "FormatError: no tool call found"
+        );
         let long = "x".repeat(OBSERVATION_HEAD_CHARS + 5);
         assert_eq!(head(&long).chars().count(), OBSERVATION_HEAD_CHARS + 1);
     }
