@@ -5,6 +5,7 @@ mod evaluate;
 mod gc;
 mod run_benchmark;
 mod run_episode;
+mod serve;
 mod shell;
 
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Command {
     ///
     /// Example: `swe-env shell --image swe-env/base:bookworm`.
     Shell(shell::ShellArgs),
+    /// Serve episodes over gRPC (swe_env.v1.EnvService, health, reflection) until SIGTERM/SIGINT.
+    ///
+    /// Example: `swe-env serve --tasks images/fixtures/tasks.jsonl --token-file token.txt`.
+    Serve(serve::ServeArgs),
     /// Measure the system and print figures (step latency, container start-up, …).
     ///
     /// Example: `swe-env bench sandbox --steps 2000`.
@@ -68,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate::run(args).await,
         Command::RunEpisode(args) => run_episode::run(args).await,
         Command::Shell(args) => shell::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

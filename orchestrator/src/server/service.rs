@@ -1,0 +1,160 @@
+//! The `swe_env.v1.EnvService` handlers: unwrap the request, call [`ServerState`], wrap the reply. Errors become
+//! statuses through the one `From<ServiceError> for Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::convert;
+use super::error::ServiceError;
+use super::proto;
+use super::proto::env_service_server::EnvService;
+use super::state::ServerState;
+
+/// The service implementation (cheap to clone; shares the state).
+#[derive(Clone)]
+pub struct EnvServiceImpl {
+    state: Arc<ServerState>,
+}
+
+impl EnvServiceImpl {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<proto::TrajectoryRecord, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RunEpisodeEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EnvService for EnvServiceImpl {
+    async fn list_tasks(
+        &self,
+        request: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        Ok(Response::new(self.state.list_tasks(request.get_ref())?))
+    }
+
+    async fn create_episode(
+        &self,
+        request: Request<proto::CreateEpisodeRequest>,
+    ) -> Result<Response<proto::CreateEpisodeResponse>, Status> {
+        let reply = self.state.create_episode(request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn step(
+        &self,
+        request: Request<proto::StepRequest>,
+    ) -> Result<Response<proto::StepResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!("step", episode_id = %request.episode_id);
+        let reply = self.state.step(request).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+
+    type GetTrajectoryStream = RecordStream;
+
+    async fn get_trajectory(
+        &self,
+        request: Request<proto::GetTrajectoryRequest>,
+    ) -> Result<Response<Self::GetTrajectoryStream>, Status> {
+        let request = request.into_inner();
+        let typed = match proto::RecordEncoding::try_from(request.encoding) {
+            Ok(proto::RecordEncoding::Typed) => true,
+            Ok(proto::RecordEncoding::Json | proto::RecordEncoding::Unspecified) => false,
+            Err(_) => {
+                return Err(ServiceError::invalid(
+                    "encoding",
+                    format!("unknown value {}", request.encoding),
+                )
+                .into())
+            }
+        };
+        let trajectory = self.state.trajectory(&request.episode_id).await?;
+        let mut records = Vec::with_capacity(trajectory.steps.len() + 2);
+        if let Some(start) = trajectory.start {
+            records.push(crate::trajectory::Record::EpisodeStart(start));
+        }
+        records.extend(
+            trajectory
+                .steps
+                .into_iter()
+                .map(crate::trajectory::Record::Step),
+        );
+        if let Some(end) = trajectory.end {
+            records.push(crate::trajectory::Record::EpisodeEnd(end));
+        }
+        let stream = tokio_stream::iter(
+            records
+                .into_iter()
+                .map(move |record| Ok(convert::trajectory_record(&record, typed))),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn grade(
+        &self,
+        request: Request<proto::GradeRequest>,
+    ) -> Result<Response<proto::GradeResponse>, Status> {
+        let outcome = self.state.grade(request.into_inner()).await?;
+        let resolution = outcome
+            .report
+            .swe_env
+            .as_ref()
+            .and_then(|extras| extras.resolution)
+            .map(|r| match r {
+                swe_env_grading::report::ResolvedStatus::Full => "FULL",
+                swe_env_grading::report::ResolvedStatus::Partial => "PARTIAL",
+                swe_env_grading::report::ResolvedStatus::No => "NO",
+            })
+            .unwrap_or_default();
+        let mut rewards = std::collections::HashMap::from([
+            ("execution".to_owned(), outcome.rewards.execution),
+            ("shaped".to_owned(), outcome.rewards.shaped),
+        ]);
+        if let Some(similarity) = outcome.rewards.similarity {
+            rewards.insert("similarity".to_owned(), similarity);
+        }
+        Ok(Response::new(proto::GradeResponse {
+            instance_id: outcome.instance_id,
+            resolved: outcome.resolved,
+            resolution: resolution.to_owned(),
+            report_json: serde_json::to_string(&outcome.report).unwrap_or_default(),
+            rewards,
+        }))
+    }
+
+    async fn close_episode(
+        &self,
+        request: Request<proto::CloseEpisodeRequest>,
+    ) -> Result<Response<proto::CloseEpisodeResponse>, Status> {
+        let info = self.state.close_episode(request.into_inner()).await?;
+        Ok(Response::new(proto::CloseEpisodeResponse {
+            episode: Some(info),
+        }))
+    }
+
+    async fn list_episodes(
+        &self,
+        request: Request<proto::ListEpisodesRequest>,
+    ) -> Result<Response<proto::ListEpisodesResponse>, Status> {
+        Ok(Response::new(self.state.list_episodes(request.get_ref())?))
+    }
+
+    type RunEpisodeStream = EventStream;
+
+    async fn run_episode(
+        &self,
+        _request: Request<proto::RunEpisodeRequest>,
+    ) -> Result<Response<Self::RunEpisodeStream>, Status> {
+        Err(ServiceError::Unimplemented {
+            what: "RunEpisode (server-driven episodes need the model agent loop)".to_owned(),
+        }
+        .into())
+    }
+}

@@ -1,0 +1,78 @@
+//! Termination signals and the idle reaper: the two background concerns of a running server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use super::state::ServerState;
+
+/// Which signal asked the server to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM (service managers, `kill`).
+    Terminate,
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+}
+
+/// Waits for SIGTERM or SIGINT. If the handlers cannot be installed, waits for Ctrl-C only.
+pub async fn wait_for_stop_signal() -> StopSignal {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            warn!(%error, "cannot install signal handlers; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return StopSignal::Interrupt;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => StopSignal::Terminate,
+        _ = int.recv() => StopSignal::Interrupt,
+    }
+}
+
+/// How often the reaper looks for idle episodes: a quarter of the TTL, within 100 ms ..= 30 s.
+pub fn reap_period(idle_ttl: Duration) -> Duration {
+    (idle_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+/// Runs the idle reaper until the server drains.
+pub async fn run_reaper(state: Arc<ServerState>) {
+    let period = reap_period(state.config.idle_ttl());
+    loop {
+        tokio::time::sleep(period).await;
+        if state.is_draining() {
+            return;
+        }
+        let reaped = state.reap_idle().await;
+        if reaped > 0 {
+            info!(reaped, "ended idle episodes");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reap_period_is_bounded() {
+        assert_eq!(
+            reap_period(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            reap_period(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            reap_period(Duration::from_secs(3600)),
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -1,0 +1,597 @@
+//! What the service does, independent of the wire: create, step, close, grade, reap idle episodes, and drain at
+//! shutdown. The gRPC handlers in `service` only translate to and from this.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use swe_env_grading::dataset::Instance;
+use swe_env_tools::{openai_tools, tool_specs_text};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::admission::Admission;
+use super::config::ServerConfig;
+use super::convert;
+use super::error::ServiceError;
+use super::proto;
+use super::registry::{
+    EpisodeSlot, LiveEpisode, NewSlot, Registry, SlotState, Summary, REPLIES_KEPT_AFTER_END,
+};
+use super::tasks::TaskCatalog;
+use crate::episode::{EndInfo, Episode, EpisodeError, StartInfo, ToolFormat};
+use crate::grade::{grade_patch, GradeConfig, GradeOutcome};
+use crate::sandbox::{DockerEngine, SandboxError};
+use crate::task::{image_for, REPO_DIR};
+use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
+
+/// Shared state of a running server.
+pub struct ServerState {
+    /// Resolved configuration.
+    pub config: ServerConfig,
+    /// The Docker engine.
+    pub engine: DockerEngine,
+    /// Loaded tasks.
+    pub tasks: TaskCatalog,
+    /// Episodes.
+    pub registry: Registry,
+    /// Admission limits.
+    pub admission: Admission,
+    grade_config: GradeConfig,
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    cancel: watch::Sender<bool>,
+}
+
+/// Counts a call in flight (a create or a step) until dropped.
+#[must_use = "the call counts as in flight until the guard is dropped"]
+pub struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DrainReport {
+    /// Calls still running at the end of the grace period (then cancelled).
+    pub cancelled_calls: usize,
+    /// Live episodes ended with status `cancelled`.
+    pub episodes_cancelled: usize,
+    /// Containers of this process removed by the final sweep (should be 0).
+    pub containers_swept: usize,
+}
+
+impl ServerState {
+    /// Builds the state.
+    pub fn new(config: ServerConfig, engine: DockerEngine, tasks: TaskCatalog) -> Self {
+        let admission = Admission::new(
+            config.max_episodes,
+            config.max_concurrent_starts,
+            Duration::from_millis(config.start_queue_ms),
+        );
+        let grade_config = config.grade_config();
+        let registry = Registry::new(config.max_ended_remembered);
+        Self {
+            config,
+            engine,
+            tasks,
+            registry,
+            admission,
+            grade_config,
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            cancel: watch::channel(false).0,
+        }
+    }
+
+    /// Registers a call in flight; refused once draining.
+    pub fn enter(&self) -> Result<InflightGuard<'_>, ServiceError> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let guard = InflightGuard(&self.inflight);
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    /// Resolves the task of a request.
+    pub fn resolve_task(
+        &self,
+        task_id: Option<&str>,
+        task_json: Option<&str>,
+        image: &str,
+    ) -> Result<Instance, ServiceError> {
+        let mut instance = match (task_id, task_json) {
+            (Some(id), _) => {
+                if id.is_empty() {
+                    return Err(ServiceError::invalid("task_id", "required"));
+                }
+                self.tasks
+                    .get(id)
+                    .map(|t| t.instance.clone())
+                    .ok_or_else(|| ServiceError::TaskNotFound {
+                        task_id: id.to_owned(),
+                    })?
+            }
+            (None, Some(json)) => convert::inline_task("task_json", json)?,
+            (None, None) => {
+                return Err(ServiceError::invalid(
+                    "task",
+                    "one of `task_id` or `task_json` is required",
+                ))
+            }
+        };
+        if !image.is_empty() {
+            if image.len() > 512 || image.chars().any(char::is_whitespace) {
+                return Err(ServiceError::invalid("image", "not an image reference"));
+            }
+            instance.image = Some(image.to_owned());
+        }
+        Ok(instance)
+    }
+
+    /// Starts an episode.
+    pub async fn create_episode(
+        &self,
+        request: proto::CreateEpisodeRequest,
+    ) -> Result<proto::CreateEpisodeResponse, ServiceError> {
+        let _inflight = self.enter()?;
+        use proto::create_episode_request::Task;
+        let (task_id, task_json) = match &request.task {
+            Some(Task::TaskId(id)) => (Some(id.as_str()), None),
+            Some(Task::TaskJson(json)) => (None, Some(json.as_str())),
+            None => (None, None),
+        };
+        let instance = self.resolve_task(task_id, task_json, &request.image)?;
+        let config =
+            convert::episode_config(&request, &self.config.episode, &self.config.trajectory_dir)?;
+        let labels = convert::labels(&request.labels)?;
+        let model = if request.model_json.is_empty() {
+            None
+        } else {
+            let value: Value = serde_json::from_str(&request.model_json)
+                .map_err(|e| ServiceError::invalid("model_json", format!("not valid json: {e}")))?;
+            Some(value)
+        };
+        let specs_text = tool_specs_text(&config.tools);
+        let prompt = if request.prompt.is_empty() {
+            let mut prompt = Vec::new();
+            if config.tool_format == ToolFormat::Text {
+                prompt.push(PromptMessage {
+                    role: "system".into(),
+                    content: specs_text.clone(),
+                });
+            }
+            prompt.push(PromptMessage {
+                role: "user".into(),
+                content: instance.problem_statement.clone(),
+            });
+            prompt
+        } else {
+            request
+                .prompt
+                .iter()
+                .map(|m| PromptMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect()
+        };
+
+        let permit = self.admission.episode()?;
+        let start_permit = self.admission.start().await?;
+        let episode_id = new_episode_id();
+        let image = image_for(&instance, &config.image_template);
+        let tool_format = config.tool_format;
+        let instance_id = instance.instance_id.clone();
+        let problem_statement = instance.problem_statement.clone();
+        let info = StartInfo { model, prompt };
+        let mut cancel = self.cancel.subscribe();
+        let started = Instant::now();
+        let episode = tokio::select! {
+            result = Episode::start(&self.engine, &episode_id, instance, config, info) => {
+                result.map_err(|e| ServiceError::from_episode("starting the episode", e))?
+            }
+            _ = cancel.wait_for(|cancelled| *cancelled) => return Err(ServiceError::ShuttingDown),
+        };
+        drop(start_permit);
+        let budget = episode.budget();
+        let slot = self.registry.insert(NewSlot {
+            id: episode_id.clone(),
+            instance_id: instance_id.clone(),
+            labels,
+            tool_format,
+            live: LiveEpisode {
+                episode,
+                grade_on_submit: request.grade_on_submit,
+                graded: None,
+                permit,
+            },
+        });
+        info!(
+            episode_id,
+            instance_id,
+            start_ms = started.elapsed().as_millis() as u64,
+            "episode created"
+        );
+        if self.draining.load(Ordering::SeqCst) {
+            let mut state = slot.state.lock().await;
+            self.finish_locked(&slot, &mut state, cancelled_end("server shutdown"))
+                .await;
+            return Err(ServiceError::ShuttingDown);
+        }
+        Ok(proto::CreateEpisodeResponse {
+            episode_id,
+            instance_id,
+            problem_statement,
+            tool_specs_text: specs_text,
+            openai_tools_json: openai_tools().to_string(),
+            tool_format: convert::tool_format_to_proto(tool_format) as i32,
+            image,
+            budget: Some(convert::budget(&budget)),
+            repo_dir: REPO_DIR.to_owned(),
+        })
+    }
+
+    fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
+        convert::episode_id("episode_id", episode_id)?;
+        self.registry
+            .get(episode_id)
+            .ok_or_else(|| ServiceError::EpisodeNotFound {
+                episode_id: episode_id.to_owned(),
+            })
+    }
+
+    /// Runs one step (idempotent by request id).
+    pub async fn step(
+        &self,
+        request: proto::StepRequest,
+    ) -> Result<proto::StepResponse, ServiceError> {
+        let slot = self.slot(&request.episode_id)?;
+        let (action, meta) = convert::step_action(&request)?;
+        let _inflight = self.enter()?;
+        let mut state = slot.state.lock().await;
+        if !request.request_id.is_empty() {
+            if let Some(stored) = state.replies.get(&request.request_id) {
+                let mut replay = stored.clone();
+                replay.replayed = true;
+                return Ok(replay);
+            }
+        }
+        let Some(live) = state.live.as_mut() else {
+            return Err(ServiceError::EpisodeEnded {
+                episode_id: slot.id.clone(),
+                status: slot
+                    .summary()
+                    .status
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "closed".to_owned()),
+            });
+        };
+        slot.touch();
+        if let Some(tokens) = request
+            .model_turn
+            .as_ref()
+            .and_then(|t| t.context_tokens_used)
+        {
+            live.episode.set_context_tokens_used(tokens);
+        }
+        let mut cancel = self.cancel.subscribe();
+        let result = tokio::select! {
+            result = live.episode.step(action, meta) => result,
+            _ = cancel.wait_for(|cancelled| *cancelled) => return Err(ServiceError::ShuttingDown),
+        };
+        slot.touch();
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(EpisodeError::Sandbox(SandboxError::EngineUnavailable { .. })) => {
+                return Err(ServiceError::EngineUnavailable)
+            }
+            Err(error @ EpisodeError::Ended { .. }) => {
+                return Err(ServiceError::from_episode("stepping", error))
+            }
+            Err(error) => {
+                // The sandbox or the trajectory failed: the episode cannot go on.
+                warn!(episode_id = %slot.id, %error, "step failed; ending the episode");
+                let mut end = EndInfo::status(EpisodeStatus::SandboxError);
+                end.detail = Some(error.to_string());
+                self.finish_locked(&slot, &mut state, end).await;
+                return Err(ServiceError::from_episode("stepping", error));
+            }
+        };
+        let mut reply = convert::step_response(&outcome, &live.episode.budget());
+        if outcome.submitted && live.grade_on_submit {
+            let grading_id = format!("{}-grade-{}", slot.id, outcome.record.step_idx);
+            let patch = live.episode.submission().map(str::to_owned);
+            let instance = live.episode.instance().clone();
+            match grade_patch(
+                &self.engine,
+                &instance,
+                patch.as_deref(),
+                &self.grade_config,
+                &grading_id,
+            )
+            .await
+            {
+                Ok(graded) => {
+                    reply.reward = Some(graded.rewards.shaped);
+                    live.graded = Some((
+                        serde_json::to_value(&graded.rewards).unwrap_or(Value::Null),
+                        serde_json::to_value(&graded.report).unwrap_or(Value::Null),
+                    ));
+                }
+                Err(error) => {
+                    warn!(episode_id = %slot.id, %error, "grading the submission failed; no reward");
+                }
+            }
+        }
+        slot.set_summary(Summary {
+            status: None,
+            n_steps: live.episode.n_steps(),
+            submission: live.episode.submission().map(str::to_owned),
+        });
+        if let Some(status) = outcome.end_status {
+            self.finish_locked(&slot, &mut state, EndInfo::status(status))
+                .await;
+        }
+        if !request.request_id.is_empty() {
+            state
+                .replies
+                .insert(request.request_id.clone(), reply.clone());
+        }
+        Ok(reply)
+    }
+
+    /// Ends a live episode whose state is locked: writes `episode_end`, removes the container, frees the slot.
+    async fn finish_locked(&self, slot: &EpisodeSlot, state: &mut SlotState, mut end: EndInfo) {
+        let Some(mut live) = state.live.take() else {
+            return;
+        };
+        if let Some((rewards, report)) = live.graded.take() {
+            end.rewards = end.rewards.or(Some(rewards));
+            end.grading = end.grading.or(Some(report));
+        }
+        let status = end.status;
+        if let Err(error) = live.episode.finish(end).await {
+            warn!(episode_id = %slot.id, %error, "ending the episode failed");
+        }
+        slot.set_summary(Summary {
+            status: Some(live.episode.ended().unwrap_or(status)),
+            n_steps: live.episode.n_steps(),
+            submission: live.episode.submission().map(str::to_owned),
+        });
+        state.replies.keep_newest(REPLIES_KEPT_AFTER_END);
+        self.registry.mark_ended(&slot.id);
+        drop(live);
+    }
+
+    /// Closes an episode (idempotent).
+    pub async fn close_episode(
+        &self,
+        request: proto::CloseEpisodeRequest,
+    ) -> Result<proto::EpisodeInfo, ServiceError> {
+        let slot = self.slot(&request.episode_id)?;
+        let mut state = slot.state.lock().await;
+        if let Some(live) = state.live.as_ref() {
+            let status = if live.episode.submission().is_some() {
+                EpisodeStatus::Submitted
+            } else {
+                EpisodeStatus::Closed
+            };
+            let mut end = EndInfo::status(status);
+            end.final_answer = Some(request.final_answer).filter(|a| !a.is_empty());
+            self.finish_locked(&slot, &mut state, end).await;
+        }
+        drop(state);
+        Ok(slot.info())
+    }
+
+    /// Lists episodes, newest first.
+    pub fn list_episodes(
+        &self,
+        request: &proto::ListEpisodesRequest,
+    ) -> Result<proto::ListEpisodesResponse, ServiceError> {
+        let size = convert::page_size(request.page_size);
+        let before = convert::page_token(&request.page_token)?;
+        let mut matching = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|slot| before.is_none_or(|b| slot.seq < b))
+            .filter(|slot| request.include_ended || slot.summary().status.is_none());
+        let page: Vec<_> = matching.by_ref().take(size).collect();
+        let next_page_token = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(proto::ListEpisodesResponse {
+            episodes: page.iter().map(|slot| slot.info()).collect(),
+            next_page_token,
+        })
+    }
+
+    /// Lists tasks.
+    pub fn list_tasks(
+        &self,
+        request: &proto::ListTasksRequest,
+    ) -> Result<proto::ListTasksResponse, ServiceError> {
+        let size = convert::page_size(request.page_size);
+        let offset = convert::page_token(&request.page_token)?.unwrap_or(0) as usize;
+        let matching: Vec<_> = self
+            .tasks
+            .all()
+            .iter()
+            .filter(|t| request.repo.is_empty() || t.instance.repo == request.repo)
+            .collect();
+        let page = matching.iter().skip(offset).take(size);
+        let tasks = page
+            .map(|t| {
+                convert::task(
+                    &t.instance,
+                    &t.dataset,
+                    &self.config.episode.image_template,
+                    request.include_rows,
+                )
+            })
+            .collect::<Vec<_>>();
+        let end = offset.saturating_add(tasks.len());
+        Ok(proto::ListTasksResponse {
+            tasks,
+            next_page_token: if end < matching.len() {
+                end.to_string()
+            } else {
+                String::new()
+            },
+            total_size: matching.len() as u32,
+        })
+    }
+
+    /// Reads an episode's trajectory (known to this process, or a file of an earlier run).
+    pub async fn trajectory(&self, episode_id: &str) -> Result<ReadTrajectory, ServiceError> {
+        convert::episode_id("episode_id", episode_id)?;
+        let path = match self.registry.get(episode_id) {
+            Some(slot) => slot.trajectory_path.clone(),
+            None => self.trajectory_file(episode_id),
+        };
+        read_trajectory(&path)
+            .await
+            .map_err(|e| ServiceError::from_trajectory(episode_id, e))
+    }
+
+    fn trajectory_file(&self, episode_id: &str) -> PathBuf {
+        self.config
+            .trajectory_dir
+            .join(format!("{episode_id}.jsonl"))
+    }
+
+    /// Grades a patch in a fresh container.
+    pub async fn grade(&self, request: proto::GradeRequest) -> Result<GradeOutcome, ServiceError> {
+        let _inflight = self.enter()?;
+        use proto::grade_request::Task;
+        let (task_id, task_json) = match &request.task {
+            Some(Task::TaskId(id)) => (Some(id.as_str()), None),
+            Some(Task::TaskJson(json)) => (None, Some(json.as_str())),
+            None => (None, None),
+        };
+        let instance = self.resolve_task(task_id, task_json, &request.image)?;
+        let _permit = self.admission.episode()?;
+        let grading_id = format!("grade-{}", new_episode_id());
+        let patch = Some(request.patch.as_str()).filter(|p| !p.is_empty());
+        let mut cancel = self.cancel.subscribe();
+        tokio::select! {
+            result = grade_patch(&self.engine, &instance, patch, &self.grade_config, &grading_id) => {
+                result.map_err(ServiceError::from_grade)
+            }
+            _ = cancel.wait_for(|cancelled| *cancelled) => Err(ServiceError::ShuttingDown),
+        }
+    }
+
+    /// Ends live episodes idle for longer than the TTL; returns how many.
+    pub async fn reap_idle(&self) -> usize {
+        let ttl = self.config.idle_ttl();
+        let mut reaped = 0;
+        for slot in self.registry.snapshot() {
+            if slot.summary().status.is_some() || slot.idle() < ttl {
+                continue;
+            }
+            // A step in flight holds the lock: that episode is not idle.
+            let Ok(mut state) = slot.state.try_lock() else {
+                continue;
+            };
+            if state.live.is_none() {
+                continue;
+            }
+            info!(episode_id = %slot.id, idle_secs = slot.idle().as_secs(), "ending idle episode");
+            let detail = format!("idle for more than {} s (server idle TTL)", ttl.as_secs());
+            self.finish_locked(&slot, &mut state, cancelled_end(&detail))
+                .await;
+            reaped += 1;
+        }
+        reaped
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stops admitting calls, lets calls in flight finish within `grace`, cancels the rest, ends every live
+    /// episode with status `cancelled`, and removes any container of this process still present.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        let mut report = DrainReport::default();
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        while self.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        report.cancelled_calls = self.inflight.load(Ordering::SeqCst);
+        if report.cancelled_calls > 0 {
+            warn!(
+                calls = report.cancelled_calls,
+                "grace period over; cancelling calls in flight"
+            );
+        }
+        self.cancel.send_replace(true);
+        let live: Vec<_> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|slot| slot.summary().status.is_none())
+            .collect();
+        let finishes = live.iter().map(|slot| async move {
+            let mut state = slot.state.lock().await;
+            let was_live = state.live.is_some();
+            self.finish_locked(slot, &mut state, cancelled_end("server shutdown"))
+                .await;
+            was_live
+        });
+        report.episodes_cancelled = futures_util::future::join_all(finishes)
+            .await
+            .into_iter()
+            .filter(|was_live| *was_live)
+            .count();
+        report.containers_swept = self.sweep_own_containers().await;
+        report
+    }
+
+    /// Removes every container labelled with this process as owner; returns how many.
+    pub async fn sweep_own_containers(&self) -> usize {
+        let containers = match self.engine.labelled_containers().await {
+            Ok(containers) => containers,
+            Err(error) => {
+                warn!(%error, "listing containers for the final sweep failed");
+                return 0;
+            }
+        };
+        let me = self.engine.owner();
+        let mut removed = 0;
+        for container in containers.iter().filter(|c| c.owner.as_ref() == Some(me)) {
+            match self.engine.remove_container(&container.id).await {
+                Ok(()) => {
+                    warn!(container = %container.id, episode = %container.episode, "removed a container left at shutdown");
+                    removed += 1;
+                }
+                Err(error) => {
+                    warn!(container = %container.id, %error, "could not remove a container at shutdown")
+                }
+            }
+        }
+        removed
+    }
+}
+
+fn cancelled_end(detail: &str) -> EndInfo {
+    let mut end = EndInfo::status(EpisodeStatus::Cancelled);
+    end.detail = Some(detail.to_owned());
+    end
+}
+
+/// A fresh random episode id (`ep-` + 32 hex digits).
+pub fn new_episode_id() -> String {
+    format!("ep-{:032x}", rand::random::<u128>())
+}
