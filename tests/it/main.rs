@@ -10,3 +10,4 @@ mod gc;
 mod grade;
 mod model_loop;
 mod sandbox;
+mod server;

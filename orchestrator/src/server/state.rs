@@ -252,8 +252,10 @@ impl ServerState {
         &self,
         request: proto::StepRequest,
     ) -> Result<proto::StepResponse, ServiceError> {
-        let slot = self.slot(&request.episode_id)?;
+        // Validate the whole request before looking anything up.
+        convert::episode_id("episode_id", &request.episode_id)?;
         let (action, meta) = convert::step_action(&request)?;
+        let slot = self.slot(&request.episode_id)?;
         let _inflight = self.enter()?;
         let mut state = slot.state.lock().await;
         if !request.request_id.is_empty() {
