@@ -11,3 +11,4 @@ mod grade;
 mod model_loop;
 mod sandbox;
 mod server;
+mod server_load;
