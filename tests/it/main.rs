@@ -12,3 +12,4 @@ mod model_loop;
 mod sandbox;
 mod server;
 mod server_load;
+mod server_python;
