@@ -399,3 +399,98 @@ async fn images_are_pulled_from_a_registry_under_the_official_naming_scheme() {
     assert_eq!(stats(&output)["resolved"], 1);
     docker(&["rmi", &official]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripted_model_resolves_the_expected_set() {
+    use swe_env_model::scripted::{Script, ScriptedReply, ScriptedServer};
+    let run_id = "model";
+    let give_up: Vec<ScriptedReply> = (0..6)
+        .map(|_| ScriptedReply::text("I cannot find the bug."))
+        .collect();
+    let script = Script::default()
+        .with_episode(
+            format!("{run_id}-swe-env-fixtures__spans-1"),
+            crate::model_loop::text_script(),
+        )
+        .with_episode(format!("{run_id}-swe-env-fixtures__unitconv-1"), give_up);
+    let server = ScriptedServer::start(script).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = run_benchmark(
+        &[
+            "fixtures",
+            "--instance-ids",
+            "swe-env-fixtures__spans-1,swe-env-fixtures__unitconv-1",
+            "--model-url",
+            &server.base_url(),
+            "--model",
+            "scripted",
+            "--mode",
+            "chat-text",
+            "--json",
+            "--run-id",
+            run_id,
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = stats(&output);
+    assert_eq!(stats["model"], "scripted");
+    assert_eq!(stats["resolved"], 1);
+    assert!(stats["tokens"].as_u64().unwrap() > 0);
+    let report = report(&out.path().join(run_id));
+    assert_eq!(
+        report["resolved_ids"],
+        serde_json::json!(["swe-env-fixtures__spans-1"])
+    );
+    let results = std::fs::read_to_string(out.path().join(run_id).join("results.jsonl")).unwrap();
+    assert!(
+        results.contains("\"episode_status\":\"format_errors\""),
+        "{results}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_model_endpoint_is_reported_per_instance() {
+    let port = free_port(); // bound then released: nothing listens there
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let output = run_benchmark(
+        &[
+            "fixtures",
+            "--instance-ids",
+            "swe-env-fixtures__spans-1,swe-env-fixtures__slugkit-1",
+            "--model-url",
+            &url,
+            "--model",
+            "m",
+            "--max-attempts",
+            "1",
+            "--json",
+            "--run-id",
+            "down",
+            "--grading-network",
+            "none",
+        ],
+        out.path(),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = stats(&output);
+    assert_eq!(stats["finished"], 2, "the run completes");
+    assert_eq!(stats["errors_by_kind"]["model_endpoint"], 2);
+    let results = std::fs::read_to_string(out.path().join("down/results.jsonl")).unwrap();
+    assert!(
+        results.contains(&format!("127.0.0.1:{port}")),
+        "the error names the endpoint: {results}"
+    );
+}

@@ -68,7 +68,7 @@ const GREP: &str = "grep -n 'for start, end' src/spans/ops.py";
 const PYTEST: &str = "python -m pytest -q tests 2>&1 | tail -n 3";
 
 /// The fix of spans-1 as CWM text actions (the same edits as the scripted episode test), then the final answer.
-fn text_script() -> Vec<ScriptedReply> {
+pub(crate) fn text_script() -> Vec<ScriptedReply> {
     let actions = [
         format!("<think>look first</think>\n<tool: bash>\n{GREP}\n</tool>"),
         "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n    for start, end in map(_check, ranges):\n=======\n    for start, end in sorted(map(_check, ranges)):\n>>>>>>> REPLACE\n</tool>".to_owned(),

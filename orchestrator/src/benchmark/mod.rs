@@ -44,6 +44,18 @@ pub enum AgentSpec {
     Empty,
     /// Given predictions (`instance_id` → patch); no episode runs.
     Predictions(Arc<HashMap<String, Option<String>>>),
+    /// A model behind an OpenAI-compatible endpoint, driven by the agent loop.
+    Model(Arc<ModelAgent>),
+}
+
+/// A model agent: the client (shared by all workers: its concurrency limit is per endpoint) and the loop config.
+pub struct ModelAgent {
+    /// The HTTP client.
+    pub client: swe_env_model::ModelClient,
+    /// Its configuration (recorded in trajectories, API key excluded).
+    pub client_config: swe_env_model::ClientConfig,
+    /// The agent loop's configuration.
+    pub config: crate::agent::ModelAgentConfig,
 }
 
 impl AgentSpec {
@@ -53,6 +65,7 @@ impl AgentSpec {
             Self::Gold => "gold",
             Self::Empty => "empty",
             Self::Predictions(_) => "predictions",
+            Self::Model(model) => &model.client_config.model,
         }
     }
 }
@@ -274,6 +287,9 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
     }
     // The submission, from an episode or from the given predictions.
     let mut episode = None;
+    let mut usage = (0u64, 0u64); // (tokens, model ms)
+    let mut final_answer = None;
+    let mut end_detail = None;
     let (submission, agent_outcome) = match &shared.config.agent {
         AgentSpec::Predictions(map) => match map.get(id) {
             Some(patch) => (patch.clone(), None),
@@ -294,15 +310,35 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
                 .join(format!("{episode_id}.jsonl"));
             // A rerun after an interrupt starts its trajectory afresh.
             let _ = tokio::fs::remove_file(&trajectory).await;
-            let info = StartInfo {
-                model: None,
-                prompt: builtin_prompt(&instance.problem_statement),
+            let mut episode_config = shared.episode_config.clone();
+            let info = match agent {
+                AgentSpec::Model(model) => {
+                    episode_config.tool_format = model.config.mode.tool_format();
+                    match crate::agent::start_info_for(instance, &model.config, &episode_config) {
+                        Ok(mut info) => {
+                            crate::agent::add_client_info(&mut info, &model.client_config);
+                            info
+                        }
+                        Err(error) => {
+                            return InstanceResult::error(
+                                id,
+                                repo,
+                                "prompt_template",
+                                error.to_string(),
+                            );
+                        }
+                    }
+                }
+                _ => StartInfo {
+                    model: None,
+                    prompt: builtin_prompt(&instance.problem_statement),
+                },
             };
             let mut started = match Episode::start(
                 &shared.engine,
                 &episode_id,
                 instance.clone(),
-                shared.episode_config.clone(),
+                episode_config,
                 info,
             )
             .await
@@ -318,10 +354,15 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
                 }
             };
             let outcome = match agent {
-                AgentSpec::Gold => run_gold(&mut started).await,
-                _ => Ok(crate::agent::run_empty(&started)),
+                AgentSpec::Gold => run_gold(&mut started).await.map(|o| (o, None)),
+                AgentSpec::Model(model) => {
+                    crate::agent::run_model_agent(&mut started, &model.client, &model.config, None)
+                        .await
+                        .map(|o| (o.agent.clone(), Some(o)))
+                }
+                _ => Ok((crate::agent::run_empty(&started), None)),
             };
-            let outcome = match outcome {
+            let (outcome, model_outcome) = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let _ = started
@@ -337,6 +378,26 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
             };
             if let Err(error) = started.release_sandbox().await {
                 warn!(instance_id = %id, %error, "releasing the episode sandbox failed");
+            }
+            if let Some(model_outcome) = &model_outcome {
+                usage = (
+                    model_outcome.total_tokens(),
+                    model_outcome.model_time.as_millis() as u64,
+                );
+                if outcome.status == EpisodeStatus::ModelError {
+                    let detail = model_outcome
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "model endpoint failed".to_owned());
+                    let _ = started.finish(model_outcome.end_info()).await;
+                    let mut result = InstanceResult::error(id, repo, "model_endpoint", detail);
+                    result.n_steps = outcome.n_steps;
+                    result.episode_status = Some(outcome.status.as_str().to_owned());
+                    (result.tokens, result.model_ms) = usage;
+                    return result;
+                }
+                final_answer = model_outcome.final_answer.clone();
+                end_detail = model_outcome.detail.clone();
             }
             let submission = match agent {
                 AgentSpec::Empty => Some(String::new()),
@@ -391,6 +452,8 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
                 .as_ref()
                 .map_or(EpisodeStatus::Submitted, |o| o.status),
         );
+        end.final_answer = final_answer;
+        end.detail = end_detail;
         end.rewards = serde_json::to_value(&outcome.rewards).ok();
         end.grading = serde_json::to_value(&outcome.report).ok();
         if let Err(error) = episode.finish(end).await {
@@ -410,8 +473,8 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
         episode_status,
         submission,
         n_steps,
-        tokens: 0,
-        model_ms: 0,
+        tokens: usage.0,
+        model_ms: usage.1,
         test_ms: outcome.test_ms,
         total_ms: 0,
         report: Some(outcome.report),

@@ -12,6 +12,9 @@ use crate::sandbox::{DockerEngine, SandboxConfig};
 pub enum BenchCommand {
     /// Step latency on a live shell vs one-shot `docker exec`, and cold sandbox start-up vs `docker run`.
     Sandbox(SandboxBenchArgs),
+    /// Grading overhead (everything but the test command) and the orchestrator's per-instance overhead of a gold
+    /// run-benchmark (total − model time − test time), on the fixture tasks.
+    Grading(GradingBenchArgs),
 }
 
 /// Arguments of `swe-env bench sandbox`.
@@ -34,16 +37,27 @@ pub struct SandboxBenchArgs {
     json: bool,
 }
 
-/// Percentiles of a set of durations, in milliseconds.
-#[derive(Debug, serde::Serialize)]
-struct Stats {
-    n: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    mean_ms: f64,
+/// Arguments of `swe-env bench grading`.
+#[derive(Debug, clap::Args)]
+pub struct GradingBenchArgs {
+    /// Rounds over the fixture tasks.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct Stats {
+    pub(super) n: usize,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) mean_ms: f64,
+}
+
+pub(super) fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let at = |q: f64| {
@@ -66,6 +80,7 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Sandbox(args) => sandbox(args).await,
+        BenchCommand::Grading(args) => super::bench_grading::run(args).await,
     }
 }
 

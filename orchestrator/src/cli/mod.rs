@@ -1,8 +1,10 @@
 //! Command-line interface: argument definitions and one module per subcommand. `main.rs` only calls [`run`].
 
 mod bench;
+mod bench_grading;
 mod evaluate;
 mod gc;
+mod model_args;
 mod run_benchmark;
 mod run_episode;
 mod serve;

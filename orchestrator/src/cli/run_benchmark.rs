@@ -15,7 +15,8 @@ use crate::agent::BuiltinAgent;
 use crate::benchmark::results::{InstanceResult, InstanceStatus};
 use crate::benchmark::summary::render_table;
 use crate::benchmark::{
-    default_run_id, run_benchmark, AgentSpec, Progress, PullPolicy, RunConfig, RunOutcome,
+    default_run_id, run_benchmark, AgentSpec, ModelAgent, Progress, PullPolicy, RunConfig,
+    RunOutcome,
 };
 use crate::datasets::load_source;
 use crate::episode::EpisodeConfig;
@@ -80,14 +81,32 @@ pub struct RunBenchmarkArgs {
     /// Wall-clock budget per episode, seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
+    /// A model agent instead of a built-in one (`--model-url URL --model NAME`; `--agent` is then ignored).
+    #[command(flatten)]
+    pub model: super::model_args::ModelArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
 pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
-    let agent = match args.agent {
-        BuiltinAgent::Gold => AgentSpec::Gold,
-        BuiltinAgent::Empty => AgentSpec::Empty,
+    let agent = if args.model.is_set() {
+        let config = args
+            .model
+            .agent_config()
+            .context("model agent configuration")?;
+        let client_config = args.model.client_config();
+        let client =
+            swe_env_model::ModelClient::new(client_config.clone()).context("model client")?;
+        AgentSpec::Model(Arc::new(ModelAgent {
+            client,
+            client_config,
+            config,
+        }))
+    } else {
+        match args.agent {
+            BuiltinAgent::Gold => AgentSpec::Gold,
+            BuiltinAgent::Empty => AgentSpec::Empty,
+        }
     };
     let episode = EpisodeConfig {
         max_turns: args.max_turns,

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use swe_env_model::{ClientConfig, ModelClient, ModelError};
+use swe_env_model::{ModelClient, ModelError};
 use tokio::sync::mpsc;
 
+use super::model_args::ModelArgs;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::agent::{
-    add_client_info, run_model_agent, start_info_for, ApiMode, ModelAgentConfig, StepEvent,
-};
+use crate::agent::{add_client_info, run_model_agent, start_info_for, ApiMode, StepEvent};
 use crate::episode::{EndInfo, Episode, EpisodeConfig};
 use crate::sandbox::DockerEngine;
 use crate::trajectory::{EpisodeStatus, StepRecord};
@@ -35,21 +34,8 @@ pub struct RunEpisodeArgs {
     /// Tasks file (JSONL/JSON/parquet in SWE-bench format) holding `--task`.
     #[arg(long)]
     tasks: PathBuf,
-    /// Base URL of an OpenAI-compatible endpoint, ending in /v1; repeat for round-robin.
-    #[arg(long = "model-url", required = true)]
-    model_urls: Vec<String>,
-    /// Served model name.
-    #[arg(long)]
-    model: String,
-    /// API mode; overrides the config file's `mode` (default chat-text).
-    #[arg(long, value_enum)]
-    mode: Option<ApiMode>,
-    /// Agent config YAML (mode, sampling, prompts, format-error limit); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Name of the environment variable holding the API key (sent as a bearer token).
-    #[arg(long)]
-    api_key_env: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Turn budget [default: 128].
     #[arg(long)]
     max_turns: Option<u32>,
@@ -59,18 +45,6 @@ pub struct RunEpisodeArgs {
     /// Wall-clock budget of the episode in seconds [default: 3600].
     #[arg(long)]
     wall_clock_secs: Option<u64>,
-    /// Sampling temperature; overrides the config.
-    #[arg(long)]
-    temperature: Option<f64>,
-    /// Most output tokens per turn; overrides the config.
-    #[arg(long)]
-    max_tokens: Option<u32>,
-    /// Time allowed for one model request, in seconds.
-    #[arg(long, default_value_t = 600)]
-    request_timeout_secs: u64,
-    /// Most attempts per model call (1 = no retry).
-    #[arg(long, default_value_t = 5)]
-    max_attempts: u32,
     /// Where the trajectory (`<episode id>.jsonl`) is written.
     #[arg(long, default_value = "runs/episodes")]
     trajectory_dir: PathBuf,
@@ -80,34 +54,6 @@ pub struct RunEpisodeArgs {
     /// Print the result as one JSON object on stdout (the live view goes to stderr).
     #[arg(long)]
     json: bool,
-}
-
-/// The agent config from the file and the flags, validated.
-fn agent_config(args: &RunEpisodeArgs) -> anyhow::Result<ModelAgentConfig> {
-    let mut config = match &args.config {
-        Some(path) => ModelAgentConfig::from_yaml_file(path)?,
-        None => ModelAgentConfig::default(),
-    };
-    if let Some(mode) = args.mode {
-        config.mode = mode;
-    }
-    if let Some(temperature) = args.temperature {
-        config.sampling.temperature = Some(temperature);
-    }
-    if let Some(max_tokens) = args.max_tokens {
-        config.sampling.max_tokens = Some(max_tokens);
-    }
-    config.validate().map_err(anyhow::Error::msg)?;
-    Ok(config)
-}
-
-fn client_config(args: &RunEpisodeArgs) -> ClientConfig {
-    let mut client = ClientConfig::new(args.model_urls[0].clone(), args.model.clone());
-    client.endpoints = args.model_urls.clone();
-    client.api_key_env = args.api_key_env.clone();
-    client.request_timeout = Duration::from_secs(args.request_timeout_secs);
-    client.retry.max_attempts = args.max_attempts;
-    client
 }
 
 fn episode_config(args: &RunEpisodeArgs, mode: ApiMode) -> EpisodeConfig {
@@ -134,7 +80,7 @@ fn usage_error(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
-    let agent = match agent_config(&args) {
+    let agent = match args.model.agent_config() {
         Ok(agent) => agent,
         Err(error) => return usage_error(format!("{error:#}")),
     };
@@ -153,7 +99,7 @@ pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
             dataset.instances.len()
         ));
     };
-    let client_config = client_config(&args);
+    let client_config = args.model.client_config();
     let client = match ModelClient::new(client_config.clone()) {
         Ok(client) => client,
         Err(error @ (ModelError::MissingApiKey { .. } | ModelError::InvalidConfig(_))) => {
@@ -180,7 +126,7 @@ pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "episode {episode_id}: task {}, model {} ({}), trajectory {}",
         args.task,
-        args.model,
+        args.model.model,
         agent.mode.as_str(),
         episode.trajectory_path().display()
     );

@@ -1,0 +1,92 @@
+//! Model options shared by `run-episode` and `run-benchmark`: endpoint(s), model, API mode, agent config file,
+//! sampling overrides, timeouts and retries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use swe_env_model::ClientConfig;
+
+use crate::agent::{ApiMode, ModelAgentConfig};
+
+/// How to reach and drive a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Base URL of an OpenAI-compatible endpoint, ending in /v1; repeat for round-robin.
+    #[arg(long = "model-url")]
+    pub model_urls: Vec<String>,
+    /// Served model name.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// API mode; overrides the config file's `mode` (default chat-text).
+    #[arg(long, value_enum)]
+    pub mode: Option<ApiMode>,
+    /// Agent config YAML (mode, sampling, prompts, format-error limit); flags override it.
+    #[arg(long = "agent-config", alias = "config")]
+    pub config: Option<PathBuf>,
+    /// Name of the environment variable holding the API key (sent as a bearer token).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Sampling temperature; overrides the config.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Most output tokens per turn; overrides the config.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Time allowed for one model request, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    /// Most attempts per model call (1 = no retry).
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+}
+
+impl ModelArgs {
+    /// Whether a model was asked for.
+    pub fn is_set(&self) -> bool {
+        !self.model_urls.is_empty()
+    }
+
+    /// Checks that endpoint and model name come together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.model_urls.is_empty(),
+            "--model-url is required (an OpenAI-compatible base URL ending in /v1)"
+        );
+        anyhow::ensure!(
+            !self.model.is_empty(),
+            "--model is required with --model-url (the served model name)"
+        );
+        Ok(())
+    }
+
+    /// The agent config from the file and the flags, validated.
+    pub fn agent_config(&self) -> anyhow::Result<ModelAgentConfig> {
+        self.check()?;
+        let mut config = match &self.config {
+            Some(path) => ModelAgentConfig::from_yaml_file(path)?,
+            None => ModelAgentConfig::default(),
+        };
+        if let Some(mode) = self.mode {
+            config.mode = mode;
+        }
+        if let Some(temperature) = self.temperature {
+            config.sampling.temperature = Some(temperature);
+        }
+        if let Some(max_tokens) = self.max_tokens {
+            config.sampling.max_tokens = Some(max_tokens);
+        }
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
+    /// The client config (endpoints round-robin, key env var, timeout, attempts).
+    pub fn client_config(&self) -> ClientConfig {
+        let first = self.model_urls.first().cloned().unwrap_or_default();
+        let mut client = ClientConfig::new(first, self.model.clone());
+        client.endpoints = self.model_urls.clone();
+        client.api_key_env = self.api_key_env.clone();
+        client.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        client.retry.max_attempts = self.max_attempts;
+        client
+    }
+}
