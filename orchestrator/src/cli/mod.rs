@@ -2,8 +2,10 @@
 
 mod bench;
 mod bench_grading;
+mod bench_grpc;
 mod evaluate;
 mod gc;
+mod images;
 mod model_args;
 mod run_benchmark;
 mod run_episode;
@@ -52,6 +54,11 @@ enum Command {
     ///
     /// Example: `swe-env run-episode --task ID --tasks tasks.jsonl --model-url http://host:8000/v1 --model NAME`.
     RunEpisode(run_episode::RunEpisodeArgs),
+    /// Build local images or pre-pull a dataset's task images.
+    ///
+    /// Example: `swe-env images pull verified --concurrency 4`.
+    #[command(subcommand)]
+    Images(images::ImagesCommand),
     /// Open a sandbox and type into it exactly as an agent would (bash commands, or tool calls with --task).
     ///
     /// Example: `swe-env shell --image swe-env/base:bookworm`.
@@ -71,6 +78,7 @@ enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gc(args) => gc::run(args).await,
+        Command::Images(command) => images::run(command).await,
         Command::RunBenchmark(args) => run_benchmark::run(args).await,
         Command::Evaluate(args) => evaluate::run(args).await,
         Command::RunEpisode(args) => run_episode::run(args).await,
