@@ -12,6 +12,8 @@ use crate::sandbox::{DockerEngine, SandboxConfig};
 pub enum BenchCommand {
     /// Step latency on a live shell vs one-shot `docker exec`, and cold sandbox start-up vs `docker run`.
     Sandbox(SandboxBenchArgs),
+    /// Step round trip over gRPC vs in-process `Episode::step`, and episodes/s through the service.
+    Grpc(super::bench_grpc::GrpcBenchArgs),
     /// Grading overhead (everything but the test command) and the orchestrator's per-instance overhead of a gold
     /// run-benchmark (total − model time − test time), on the fixture tasks.
     Grading(GradingBenchArgs),
@@ -80,6 +82,7 @@ pub(super) fn stats(mut samples: Vec<Duration>) -> Stats {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Sandbox(args) => sandbox(args).await,
+        BenchCommand::Grpc(args) => super::bench_grpc::run(args).await,
         BenchCommand::Grading(args) => super::bench_grading::run(args).await,
     }
 }

@@ -1,0 +1,302 @@
+//! `swe-env bench grpc`: Step round-trip latency over gRPC (loopback TCP, bearer auth, an in-process server)
+//! side by side with the in-process `Episode::step` on the same task and action, then episodes/s through the
+//! service (create → one step → close) with concurrent clients.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
+use crate::sandbox::DockerEngine;
+use crate::server::proto;
+use crate::server::proto::env_service_client::EnvServiceClient;
+use crate::server::{self, ServerConfig};
+use crate::trajectory::EpisodeStatus;
+
+/// The action measured: the cheapest bash step.
+const TRUE_ACTION: &str = "<tool: bash>\ntrue\n</tool>";
+
+/// Arguments of `swe-env bench grpc`.
+#[derive(Debug, clap::Args)]
+pub struct GrpcBenchArgs {
+    /// Tasks file holding `--task`.
+    #[arg(long, default_value = "images/fixtures/tasks.jsonl")]
+    tasks: PathBuf,
+    /// Task whose image runs the episodes.
+    #[arg(long, default_value = "swe-env-fixtures__spans-1")]
+    task: String,
+    /// `true` steps measured over gRPC, and again in process.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Episodes (create → one step → close) for the throughput figure.
+    #[arg(long, default_value_t = 64)]
+    episodes: usize,
+    /// Concurrent clients for the throughput figure.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Latency {
+    n: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+fn latency(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: f64| {
+        let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(idx).copied().map(ms).unwrap_or(f64::NAN)
+    };
+    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len().max(1) as f64;
+    Latency {
+        n: samples.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        mean_ms: mean,
+    }
+}
+
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = EnvServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+fn step_request(episode_id: &str) -> proto::StepRequest {
+    proto::StepRequest {
+        episode_id: episode_id.to_owned(),
+        action: Some(proto::step_request::Action::Text(TRUE_ACTION.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn create_request(task: &str) -> proto::CreateEpisodeRequest {
+    proto::CreateEpisodeRequest {
+        task: Some(proto::create_episode_request::Task::TaskId(task.to_owned())),
+        budgets: Some(proto::Budgets {
+            max_turns: Some(100_000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.steps > 0 && args.concurrency > 0,
+        "--steps and --concurrency must be positive"
+    );
+    let work_dir = std::env::temp_dir().join(format!("swe-env-bench-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir).context("creating the work directory")?;
+    let token = format!("{:032x}", rand::random::<u128>());
+    let token_file = work_dir.join("token");
+    std::fs::write(&token_file, &token).context("writing the token file")?;
+    let config = ServerConfig {
+        listen: Some("127.0.0.1:0".to_owned()),
+        tasks: vec![args.tasks.clone()],
+        token_file: Some(token_file),
+        trajectory_dir: work_dir.join("trajectories"),
+        max_episodes: args.concurrency.max(1) + 2,
+        ..ServerConfig::default()
+    };
+    let result = measure(&args, config, &token, &work_dir).await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    result
+}
+
+async fn measure(
+    args: &GrpcBenchArgs,
+    config: ServerConfig,
+    token: &str,
+    work_dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let running = server::start(config).await.context("starting the server")?;
+    let addr = running
+        .tcp_addr()
+        .context("the server has no TCP address")?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the server")?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let mut client: Client = EnvServiceClient::with_interceptor(channel, bearer);
+
+    // Step round trip over gRPC.
+    let episode_id = client
+        .create_episode(create_request(&args.task))
+        .await
+        .context("CreateEpisode")?
+        .into_inner()
+        .episode_id;
+    for _ in 0..20 {
+        client.step(step_request(&episode_id)).await?;
+    }
+    let mut grpc_steps = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        let started = Instant::now();
+        let reply = client.step(step_request(&episode_id)).await?.into_inner();
+        grpc_steps.push(started.elapsed());
+        let exit_code = reply.observation.and_then(|o| o.exit_code);
+        anyhow::ensure!(
+            exit_code == Some(0),
+            "`true` over gRPC exited {exit_code:?}"
+        );
+    }
+    client
+        .close_episode(proto::CloseEpisodeRequest {
+            episode_id,
+            final_answer: String::new(),
+        })
+        .await?;
+
+    // The same steps in process: Episode::step with the same task, action and trajectory disk.
+    let engine = DockerEngine::connect(server::DOCKER_API_TIMEOUT).await?;
+    let dataset = swe_env_grading::dataset::load_dataset_file(&args.tasks)?;
+    let instance = dataset
+        .get(&args.task)
+        .with_context(|| format!("task {} not in {}", args.task, args.tasks.display()))?
+        .clone();
+    let episode_config = EpisodeConfig {
+        max_turns: 100_000,
+        trajectory_dir: work_dir.join("in-process"),
+        ..EpisodeConfig::default()
+    };
+    let bench_id = format!("bench-grpc-{}", std::process::id());
+    let mut episode = Episode::start(
+        &engine,
+        &bench_id,
+        instance,
+        episode_config,
+        StartInfo::default(),
+    )
+    .await?;
+    for _ in 0..20 {
+        episode
+            .step(Action::Text(TRUE_ACTION.to_owned()), StepMeta::default())
+            .await?;
+    }
+    let mut local_steps = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        let started = Instant::now();
+        let outcome = episode
+            .step(Action::Text(TRUE_ACTION.to_owned()), StepMeta::default())
+            .await?;
+        local_steps.push(started.elapsed());
+        anyhow::ensure!(
+            outcome.record.exit_code == Some(0),
+            "`true` in process failed"
+        );
+    }
+    episode
+        .finish(EndInfo::status(EpisodeStatus::Closed))
+        .await?;
+
+    // Throughput: concurrent clients each running create → step → close.
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let mut client = client.clone();
+        let task = args.task.clone();
+        let n = args.episodes / args.concurrency
+            + usize::from(worker < args.episodes % args.concurrency);
+        workers.push(tokio::spawn(async move {
+            let mut lifecycles = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let id = client
+                    .create_episode(create_request(&task))
+                    .await?
+                    .into_inner()
+                    .episode_id;
+                client.step(step_request(&id)).await?;
+                client
+                    .close_episode(proto::CloseEpisodeRequest {
+                        episode_id: id,
+                        final_answer: String::new(),
+                    })
+                    .await?;
+                lifecycles.push(t.elapsed());
+            }
+            Ok::<_, tonic::Status>(lifecycles)
+        }));
+    }
+    let mut lifecycles = Vec::new();
+    for worker in workers {
+        lifecycles.extend(worker.await.context("a worker panicked")??);
+    }
+    let wall = started.elapsed();
+    let episodes_per_sec = lifecycles.len() as f64 / wall.as_secs_f64();
+    let report = running.shutdown(Duration::from_secs(10)).await;
+
+    let rows = [
+        ("step `true` over gRPC (round trip)", latency(grpc_steps)),
+        (
+            "step `true` in process (Episode::step)",
+            latency(local_steps),
+        ),
+        ("episode create+step+close over gRPC", latency(lifecycles)),
+    ];
+    if args.json {
+        let mut map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        map.insert(
+            "episodes_per_sec".into(),
+            serde_json::json!(episodes_per_sec),
+        );
+        map.insert("concurrency".into(), serde_json::json!(args.concurrency));
+        println!("{}", serde_json::to_string_pretty(&map)?);
+    } else {
+        println!(
+            "{:<42} {:>6} {:>10} {:>10} {:>10}",
+            "measurement", "n", "p50 ms", "p99 ms", "mean ms"
+        );
+        for (name, s) in &rows {
+            println!(
+                "{name:<42} {:>6} {:>10.3} {:>10.3} {:>10.3}",
+                s.n, s.p50_ms, s.p99_ms, s.mean_ms
+            );
+        }
+        println!(
+            "gRPC overhead at p50: {:.3} ms per step",
+            rows[0].1.p50_ms - rows[1].1.p50_ms
+        );
+        println!(
+            "throughput: {episodes_per_sec:.1} episodes/s with {} concurrent clients ({} episodes in {:.1} s)",
+            args.concurrency,
+            rows[2].1.n,
+            wall.as_secs_f64()
+        );
+    }
+    anyhow::ensure!(
+        report.containers_swept == 0,
+        "the server left {} container(s) behind",
+        report.containers_swept
+    );
+    Ok(ExitCode::SUCCESS)
+}
