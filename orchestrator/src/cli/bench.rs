@@ -59,6 +59,34 @@ pub(super) struct Stats {
     pub(super) mean_ms: f64,
 }
 
+/// Prints named percentile rows as a table (with `decimals` digits) or, with `json`, as one JSON object.
+pub(super) fn print_rows(
+    rows: &[(&str, Stats)],
+    json: bool,
+    decimals: usize,
+) -> anyhow::Result<()> {
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+        return Ok(());
+    }
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(10);
+    println!(
+        "{:<width$} {:>6} {:>10} {:>10} {:>10}",
+        "measurement", "n", "p50 ms", "p99 ms", "mean ms"
+    );
+    for (name, s) in rows {
+        println!(
+            "{name:<width$} {:>6} {:>10.decimals$} {:>10.decimals$} {:>10.decimals$}",
+            s.n, s.p50_ms, s.p99_ms, s.mean_ms
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -172,23 +200,8 @@ async fn sandbox(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
         ("cold ready: create+start+shell", stats(ready)),
         ("baseline: `docker run --rm true`", stats(docker_run)),
     ];
-    if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&map)?);
-    } else {
-        println!(
-            "{:<36} {:>6} {:>10} {:>10} {:>10}",
-            "measurement", "n", "p50 ms", "p99 ms", "mean ms"
-        );
-        for (name, s) in &rows {
-            println!(
-                "{name:<36} {:>6} {:>10.3} {:>10.3} {:>10.3}",
-                s.n, s.p50_ms, s.p99_ms, s.mean_ms
-            );
-        }
+    print_rows(&rows, args.json, 3)?;
+    if !args.json {
         let ratio = rows[2].1.p50_ms / rows[0].1.p50_ms;
         println!("live-shell step is {ratio:.0}x faster than `docker exec` at p50");
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::bench::{stats, GradingBenchArgs, Stats};
+use super::bench::{print_rows, stats, GradingBenchArgs, Stats};
 use crate::benchmark::results::InstanceResult;
 use crate::benchmark::{run_benchmark, AgentSpec, Progress, PullPolicy, RunConfig};
 use crate::datasets::load_source;
@@ -103,23 +103,6 @@ pub async fn run(args: GradingBenchArgs) -> anyhow::Result<ExitCode> {
             stats(inst_overhead),
         ),
     ];
-    if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&map)?);
-    } else {
-        println!(
-            "{:<46} {:>6} {:>10} {:>10} {:>10}",
-            "measurement", "n", "p50 ms", "p99 ms", "mean ms"
-        );
-        for (name, s) in &rows {
-            println!(
-                "{name:<46} {:>6} {:>10.1} {:>10.1} {:>10.1}",
-                s.n, s.p50_ms, s.p99_ms, s.mean_ms
-            );
-        }
-    }
+    print_rows(&rows, args.json, 1)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -452,21 +452,7 @@ impl Inner {
             env: Some(env),
             ..Default::default()
         };
-        let exec = self
-            .docker
-            .create_exec(&self.container_id, options)
-            .await
-            .map_err(|e| self.gone_or(e))?;
-        let start = StartExecOptions {
-            detach: false,
-            tty: false,
-            output_capacity: Some(64 * 1024),
-        };
-        let (output, mut input) = match self.docker.start_exec(&exec.id, Some(start)).await {
-            Ok(StartExecResults::Attached { output, input }) => (output, input),
-            Ok(StartExecResults::Detached) => return Err(self.shell_error("exec started detached")),
-            Err(e) => return Err(self.gone_or(e)),
-        };
+        let (_, output, mut input) = self.attach_exec(options).await?;
         let marker = shell::new_marker();
         let script =
             shell::startup_script(&self.config.workdir, &self.config.init_commands, &marker);
@@ -657,21 +643,7 @@ impl Inner {
             cmd: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
             ..Default::default()
         };
-        let exec = self
-            .docker
-            .create_exec(&self.container_id, options)
-            .await
-            .map_err(|e| self.gone_or(e))?;
-        let start = StartExecOptions {
-            detach: false,
-            tty: false,
-            output_capacity: Some(64 * 1024),
-        };
-        let (mut output, mut input) = match self.docker.start_exec(&exec.id, Some(start)).await {
-            Ok(StartExecResults::Attached { output, input }) => (output, input),
-            Ok(StartExecResults::Detached) => return Err(self.shell_error("exec started detached")),
-            Err(e) => return Err(self.gone_or(e)),
-        };
+        let (exec_id, mut output, mut input) = self.attach_exec(options).await?;
         let deadline = TokioInstant::now() + timeout;
         let feed = async {
             if let Some(bytes) = stdin {
@@ -716,7 +688,7 @@ impl Inner {
         let exit_code = if timed_out {
             None
         } else {
-            self.exec_exit_code(&exec.id).await?
+            self.exec_exit_code(&exec_id).await?
         };
         let stdout_truncated = stdout.is_truncated();
         Ok(ExecOutput {
@@ -726,6 +698,28 @@ impl Inner {
             exit_code,
             timed_out,
         })
+    }
+
+    /// Creates an exec and attaches to its streams: (exec id, merged output, stdin).
+    async fn attach_exec(
+        &self,
+        options: CreateExecOptions<String>,
+    ) -> Result<(String, OutputStream, Pin<Box<dyn AsyncWrite + Send>>), SandboxError> {
+        let exec = self
+            .docker
+            .create_exec(&self.container_id, options)
+            .await
+            .map_err(|e| self.gone_or(e))?;
+        let start = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: Some(64 * 1024),
+        };
+        match self.docker.start_exec(&exec.id, Some(start)).await {
+            Ok(StartExecResults::Attached { output, input }) => Ok((exec.id, output, input)),
+            Ok(StartExecResults::Detached) => Err(self.shell_error("exec started detached")),
+            Err(e) => Err(self.gone_or(e)),
+        }
     }
 
     /// The engine may report an exec as running for a moment after its output closed; poll briefly.
