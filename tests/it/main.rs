@@ -11,5 +11,6 @@ mod grade;
 mod model_loop;
 mod sandbox;
 mod server;
+mod server_grade;
 mod server_load;
 mod server_python;

@@ -709,9 +709,9 @@ async fn auth_is_required_health_is_open_and_bad_input_gets_its_code() {
         })
     );
     case!(
-        "run episode reserved",
-        Code::Unimplemented,
-        "RunEpisode",
+        "run episode without episode",
+        Code::InvalidArgument,
+        "episode",
         client.run_episode(proto::RunEpisodeRequest::default())
     );
 

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Ended episodes remembered for ListEpisodes / CloseEpisode (their trajectories stay on disk). Default 10000.
     pub max_ended_remembered: usize,
+    /// Environment variable holding the API key RunEpisode sends to model endpoints. Default none (no key).
+    pub model_api_key_env: Option<String>,
     /// Episode defaults and sandbox limits.
     pub episode: EpisodeDefaults,
     /// Grading settings.
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             trajectory_dir: PathBuf::from("runs/serve"),
             shutdown_grace_secs: 30,
             max_ended_remembered: 10_000,
+            model_api_key_env: None,
             episode: EpisodeDefaults::default(),
             grading: GradingSettings::default(),
         }

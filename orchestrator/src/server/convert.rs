@@ -388,6 +388,36 @@ fn end_record(end: &EpisodeEnd) -> proto::EpisodeEndRecord {
     }
 }
 
+/// The Grade reply of a grading.
+pub fn grade_response(outcome: &crate::grade::GradeOutcome) -> proto::GradeResponse {
+    use swe_env_grading::report::ResolvedStatus;
+    let resolution = outcome
+        .report
+        .swe_env
+        .as_ref()
+        .and_then(|extras| extras.resolution)
+        .map(|r| match r {
+            ResolvedStatus::Full => "FULL",
+            ResolvedStatus::Partial => "PARTIAL",
+            ResolvedStatus::No => "NO",
+        })
+        .unwrap_or_default();
+    let mut rewards = std::collections::HashMap::from([
+        ("execution".to_owned(), outcome.rewards.execution),
+        ("shaped".to_owned(), outcome.rewards.shaped),
+    ]);
+    if let Some(similarity) = outcome.rewards.similarity {
+        rewards.insert("similarity".to_owned(), similarity);
+    }
+    proto::GradeResponse {
+        instance_id: outcome.instance_id.clone(),
+        resolved: outcome.resolved,
+        resolution: resolution.to_owned(),
+        report_json: json_text(&outcome.report),
+        rewards,
+    }
+}
+
 /// Page size: 0 → 100, at most 1000.
 pub fn page_size(value: u32) -> usize {
     match value {

@@ -4,7 +4,8 @@
 //!
 //! Modules: `config` (YAML + defaults), `auth` (bearer token), `admission` (limits), `tasks` (loaded datasets),
 //! `registry` (episode slots, idempotent replies), `convert` (wire ↔ crate types, validation), `state` (what each
-//! call does, drain), `service` (the handlers), `shutdown` (signals, idle reaper).
+//! call does, drain), `run` (server-driven episodes: the model agent loop), `service` (the handlers), `shutdown`
+//! (signals, idle reaper).
 
 pub mod admission;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod proto;
 pub mod registry;
+pub mod run;
 pub mod service;
 pub mod shutdown;
 pub mod state;

@@ -270,7 +270,7 @@ impl Registry {
     /// Every slot, newest first.
     pub fn snapshot(&self) -> Vec<Arc<EpisodeSlot>> {
         let mut slots: Vec<_> = self.lock().slots.values().cloned().collect();
-        slots.sort_by(|a, b| b.seq.cmp(&a.seq));
+        slots.sort_by_key(|slot| std::cmp::Reverse(slot.seq));
         slots
     }
 }

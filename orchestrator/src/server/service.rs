@@ -102,31 +102,7 @@ impl EnvService for EnvServiceImpl {
         request: Request<proto::GradeRequest>,
     ) -> Result<Response<proto::GradeResponse>, Status> {
         let outcome = self.state.grade(request.into_inner()).await?;
-        let resolution = outcome
-            .report
-            .swe_env
-            .as_ref()
-            .and_then(|extras| extras.resolution)
-            .map(|r| match r {
-                swe_env_grading::report::ResolvedStatus::Full => "FULL",
-                swe_env_grading::report::ResolvedStatus::Partial => "PARTIAL",
-                swe_env_grading::report::ResolvedStatus::No => "NO",
-            })
-            .unwrap_or_default();
-        let mut rewards = std::collections::HashMap::from([
-            ("execution".to_owned(), outcome.rewards.execution),
-            ("shaped".to_owned(), outcome.rewards.shaped),
-        ]);
-        if let Some(similarity) = outcome.rewards.similarity {
-            rewards.insert("similarity".to_owned(), similarity);
-        }
-        Ok(Response::new(proto::GradeResponse {
-            instance_id: outcome.instance_id,
-            resolved: outcome.resolved,
-            resolution: resolution.to_owned(),
-            report_json: serde_json::to_string(&outcome.report).unwrap_or_default(),
-            rewards,
-        }))
+        Ok(Response::new(convert::grade_response(&outcome)))
     }
 
     async fn close_episode(
@@ -150,11 +126,11 @@ impl EnvService for EnvServiceImpl {
 
     async fn run_episode(
         &self,
-        _request: Request<proto::RunEpisodeRequest>,
+        request: Request<proto::RunEpisodeRequest>,
     ) -> Result<Response<Self::RunEpisodeStream>, Status> {
-        Err(ServiceError::Unimplemented {
-            what: "RunEpisode (server-driven episodes need the model agent loop)".to_owned(),
-        }
-        .into())
+        let events = super::run::run_episode(self.state.clone(), request.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(events),
+        )))
     }
 }

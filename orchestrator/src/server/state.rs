@@ -21,7 +21,7 @@ use super::registry::{
     EpisodeSlot, LiveEpisode, NewSlot, Registry, SlotState, Summary, REPLIES_KEPT_AFTER_END,
 };
 use super::tasks::TaskCatalog;
-use crate::episode::{EndInfo, Episode, EpisodeError, StartInfo, ToolFormat};
+use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, ToolFormat};
 use crate::grade::{grade_patch, GradeConfig, GradeOutcome};
 use crate::sandbox::{DockerEngine, SandboxError};
 use crate::task::{image_for, REPO_DIR};
@@ -41,15 +41,15 @@ pub struct ServerState {
     pub admission: Admission,
     grade_config: GradeConfig,
     draining: AtomicBool,
-    inflight: AtomicUsize,
+    inflight: Arc<AtomicUsize>,
     cancel: watch::Sender<bool>,
 }
 
-/// Counts a call in flight (a create or a step) until dropped.
+/// Counts a call in flight (a create, a step, a grading, a server-driven run) until dropped.
 #[must_use = "the call counts as in flight until the guard is dropped"]
-pub struct InflightGuard<'a>(&'a AtomicUsize);
+pub struct InflightGuard(Arc<AtomicUsize>);
 
-impl Drop for InflightGuard<'_> {
+impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -84,15 +84,15 @@ impl ServerState {
             admission,
             grade_config,
             draining: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
+            inflight: Arc::new(AtomicUsize::new(0)),
             cancel: watch::channel(false).0,
         }
     }
 
     /// Registers a call in flight; refused once draining.
-    pub fn enter(&self) -> Result<InflightGuard<'_>, ServiceError> {
+    pub fn enter(&self) -> Result<InflightGuard, ServiceError> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        let guard = InflightGuard(&self.inflight);
+        let guard = InflightGuard(self.inflight.clone());
         if self.draining.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
@@ -141,6 +141,16 @@ impl ServerState {
         request: proto::CreateEpisodeRequest,
     ) -> Result<proto::CreateEpisodeResponse, ServiceError> {
         let _inflight = self.enter()?;
+        let plan = self.plan_episode(&request)?;
+        let (_slot, reply) = self.launch_episode(plan).await?;
+        Ok(reply)
+    }
+
+    /// Validates a CreateEpisode request into what [`Self::launch_episode`] needs.
+    pub fn plan_episode(
+        &self,
+        request: &proto::CreateEpisodeRequest,
+    ) -> Result<EpisodePlan, ServiceError> {
         use proto::create_episode_request::Task;
         let (task_id, task_json) = match &request.task {
             Some(Task::TaskId(id)) => (Some(id.as_str()), None),
@@ -149,7 +159,7 @@ impl ServerState {
         };
         let instance = self.resolve_task(task_id, task_json, &request.image)?;
         let config =
-            convert::episode_config(&request, &self.config.episode, &self.config.trajectory_dir)?;
+            convert::episode_config(request, &self.config.episode, &self.config.trajectory_dir)?;
         let labels = convert::labels(&request.labels)?;
         let model = if request.model_json.is_empty() {
             None
@@ -158,13 +168,12 @@ impl ServerState {
                 .map_err(|e| ServiceError::invalid("model_json", format!("not valid json: {e}")))?;
             Some(value)
         };
-        let specs_text = tool_specs_text(&config.tools);
         let prompt = if request.prompt.is_empty() {
             let mut prompt = Vec::new();
             if config.tool_format == ToolFormat::Text {
                 prompt.push(PromptMessage {
                     role: "system".into(),
-                    content: specs_text.clone(),
+                    content: tool_specs_text(&config.tools),
                 });
             }
             prompt.push(PromptMessage {
@@ -182,15 +191,35 @@ impl ServerState {
                 })
                 .collect()
         };
+        Ok(EpisodePlan {
+            instance,
+            config,
+            labels,
+            info: StartInfo { model, prompt },
+            grade_on_submit: request.grade_on_submit,
+        })
+    }
 
+    /// Admits, starts and registers an episode.
+    pub async fn launch_episode(
+        &self,
+        plan: EpisodePlan,
+    ) -> Result<(Arc<EpisodeSlot>, proto::CreateEpisodeResponse), ServiceError> {
+        let EpisodePlan {
+            instance,
+            config,
+            labels,
+            info,
+            grade_on_submit,
+        } = plan;
         let permit = self.admission.episode()?;
         let start_permit = self.admission.start().await?;
         let episode_id = new_episode_id();
         let image = image_for(&instance, &config.image_template);
         let tool_format = config.tool_format;
+        let specs_text = tool_specs_text(&config.tools);
         let instance_id = instance.instance_id.clone();
         let problem_statement = instance.problem_statement.clone();
-        let info = StartInfo { model, prompt };
         let mut cancel = self.cancel.subscribe();
         let started = Instant::now();
         let episode = tokio::select! {
@@ -208,7 +237,7 @@ impl ServerState {
             tool_format,
             live: LiveEpisode {
                 episode,
-                grade_on_submit: request.grade_on_submit,
+                grade_on_submit,
                 graded: None,
                 permit,
             },
@@ -225,7 +254,7 @@ impl ServerState {
                 .await;
             return Err(ServiceError::ShuttingDown);
         }
-        Ok(proto::CreateEpisodeResponse {
+        let reply = proto::CreateEpisodeResponse {
             episode_id,
             instance_id,
             problem_statement,
@@ -235,7 +264,31 @@ impl ServerState {
             image,
             budget: Some(convert::budget(&budget)),
             repo_dir: REPO_DIR.to_owned(),
-        })
+        };
+        Ok((slot, reply))
+    }
+
+    /// A receiver that fires when the drain cancels calls in flight.
+    pub fn cancelled(&self) -> watch::Receiver<bool> {
+        self.cancel.subscribe()
+    }
+
+    /// Grades `patch` for `instance` with the server's grading settings.
+    pub async fn grade_instance(
+        &self,
+        instance: &Instance,
+        patch: Option<&str>,
+        grading_id: &str,
+    ) -> Result<GradeOutcome, ServiceError> {
+        grade_patch(
+            &self.engine,
+            instance,
+            patch,
+            &self.grade_config,
+            grading_id,
+        )
+        .await
+        .map_err(ServiceError::from_grade)
     }
 
     fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
@@ -350,7 +403,7 @@ impl ServerState {
     }
 
     /// Ends a live episode whose state is locked: writes `episode_end`, removes the container, frees the slot.
-    async fn finish_locked(&self, slot: &EpisodeSlot, state: &mut SlotState, mut end: EndInfo) {
+    pub async fn finish_locked(&self, slot: &EpisodeSlot, state: &mut SlotState, mut end: EndInfo) {
         let Some(mut live) = state.live.take() else {
             return;
         };
@@ -587,7 +640,22 @@ impl ServerState {
     }
 }
 
-fn cancelled_end(detail: &str) -> EndInfo {
+/// Everything needed to start an episode, validated.
+pub struct EpisodePlan {
+    /// The task (with any image override applied).
+    pub instance: Instance,
+    /// Budgets, limits, format.
+    pub config: EpisodeConfig,
+    /// Client labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What `episode_start` records besides the task.
+    pub info: StartInfo,
+    /// Grade each successful submission during its Step.
+    pub grade_on_submit: bool,
+}
+
+/// The end of an episode cancelled for `detail`.
+pub fn cancelled_end(detail: &str) -> EndInfo {
     let mut end = EndInfo::status(EpisodeStatus::Cancelled);
     end.detail = Some(detail.to_owned());
     end

@@ -1,0 +1,186 @@
+//! Rewards over gRPC: Grade on a patch, grade-on-submit in Step, and a server-driven episode (RunEpisode) against
+//! the scripted model server, graded at the end. The server reads a YAML config (grading without network).
+
+use std::time::Duration;
+
+use swe_env::server::proto;
+use swe_env::server::proto::run_episode_event::Event;
+use swe_env_model::scripted::{Script, ScriptedServer};
+
+use crate::episode::fixture;
+use crate::server::{bash, client, containers_of, create_request, text_step, ServerProc, SPANS};
+
+fn start_server(dir: &std::path::Path) -> ServerProc {
+    let config = dir.join("serve.yaml");
+    std::fs::write(
+        &config,
+        "grading:\n  network_mode: none\n  test_timeout_secs: 300\nepisode:\n  cmd_timeout_secs: 60\n",
+    )
+    .unwrap();
+    ServerProc::start(dir, &["--config", config.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grade_and_grade_on_submit_return_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let mut client = client(&server.url()).await;
+    let gold = fixture(SPANS).patch;
+
+    let graded = client
+        .grade(proto::GradeRequest {
+            task: Some(proto::grade_request::Task::TaskId(SPANS.into())),
+            patch: gold.clone(),
+            image: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(graded.resolved, "{}", graded.report_json);
+    assert_eq!(graded.resolution, "FULL");
+    assert_eq!(graded.rewards["execution"], 1.0);
+    let report: serde_json::Value = serde_json::from_str(&graded.report_json).unwrap();
+    assert_eq!(report["resolved"], true);
+
+    let graded = client
+        .grade(proto::GradeRequest {
+            task: Some(proto::grade_request::Task::TaskId(SPANS.into())),
+            patch: String::new(),
+            image: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!graded.resolved);
+
+    // Grade on submit: the submitting Step carries the reward; episode_end carries rewards and report.
+    let id = client
+        .create_episode(proto::CreateEpisodeRequest {
+            grade_on_submit: true,
+            ..create_request(SPANS)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .episode_id;
+    let out = client.step(bash(&id, "true")).await.unwrap().into_inner();
+    assert_eq!(out.reward, None, "no reward before a submission");
+    let edit = "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n    for start, end in map(_check, ranges):\n=======\n    for start, end in sorted(map(_check, ranges)):\n>>>>>>> REPLACE\n</tool>";
+    client.step(text_step(&id, edit)).await.unwrap();
+    let edit = "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n        if merged and start < merged[-1][1]:\n=======\n        if merged and start <= merged[-1][1]:\n>>>>>>> REPLACE\n</tool>";
+    client.step(text_step(&id, edit)).await.unwrap();
+    client
+        .step(bash(&id, "git diff > /tmp/fix.patch"))
+        .await
+        .unwrap();
+    let out = client
+        .step(text_step(&id, "<tool: submit>\n/tmp/fix.patch\n</tool>"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(out.submitted);
+    assert_eq!(out.reward, Some(1.0), "resolved submission earns +1");
+    client
+        .close_episode(proto::CloseEpisodeRequest {
+            episode_id: id.clone(),
+            final_answer: String::new(),
+        })
+        .await
+        .unwrap();
+    let trajectory =
+        swe_env::trajectory::read_trajectory(&server.trajectory_dir().join(format!("{id}.jsonl")))
+            .await
+            .unwrap();
+    let end = trajectory.end.unwrap();
+    assert_eq!(end.rewards.unwrap()["resolved"], true);
+    assert_eq!(end.grading.unwrap()["resolved"], true);
+    assert_eq!(containers_of(&server.owner).await, 0);
+    server.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_result() {
+    let model = ScriptedServer::start(Script::new(crate::model_loop::text_script()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let mut client = client(&server.url()).await;
+
+    // Bad model settings are refused before anything starts.
+    let status = client
+        .run_episode(proto::RunEpisodeRequest {
+            episode: Some(create_request(SPANS)),
+            model: Some(proto::ModelEndpoint {
+                base_url: "ftp://x".into(),
+                model: "m".into(),
+                ..Default::default()
+            }),
+            grade: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("model.base_url"),
+        "{}",
+        status.message()
+    );
+
+    let mut stream = client
+        .run_episode(proto::RunEpisodeRequest {
+            episode: Some(create_request(SPANS)),
+            model: Some(proto::ModelEndpoint {
+                base_url: model.base_url(),
+                model: "scripted".into(),
+                mode: "chat-text".into(),
+                ..Default::default()
+            }),
+            grade: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), stream.message())
+        .await
+        .expect("RunEpisode progresses")
+        .unwrap()
+    {
+        events.push(event.event.unwrap());
+    }
+    let Event::Started(started) = &events[0] else {
+        panic!("first event {:?}", events[0])
+    };
+    assert_eq!(started.instance_id, SPANS);
+    let steps: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(step) => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), 6);
+    assert_eq!(steps[5].observation.as_ref().unwrap().tool, "submit");
+    let Some(Event::Result(result)) = events.last() else {
+        panic!("last event {:?}", events.last())
+    };
+    let episode = result.episode.as_ref().unwrap();
+    assert_eq!(episode.status, "submitted");
+    assert!(!episode.live);
+    let grade = result.grade.as_ref().expect("graded");
+    assert!(grade.resolved, "{}", grade.report_json);
+
+    let trajectory = swe_env::trajectory::read_trajectory(
+        &server
+            .trajectory_dir()
+            .join(format!("{}.jsonl", started.episode_id)),
+    )
+    .await
+    .unwrap();
+    let end = trajectory.end.unwrap();
+    assert!(end.final_answer.is_some());
+    assert_eq!(end.rewards.unwrap()["resolved"], true);
+    assert_eq!(containers_of(&server.owner).await, 0);
+    server.terminate(Duration::from_secs(30));
+}
