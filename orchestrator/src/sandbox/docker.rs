@@ -442,12 +442,13 @@ impl Inner {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
+            // The interactive shell's own stderr (job-control warnings at start-up, prompts) goes nowhere from
+            // its first byte: the engine copies stdout and stderr independently, so anything written there could
+            // arrive after the start-up sentinel and leak into the first command's output.
             cmd: Some(vec![
                 "bash".into(),
-                "--noprofile".into(),
-                "--norc".into(),
-                "--noediting".into(),
-                "-i".into(),
+                "-c".into(),
+                "exec bash --noprofile --norc --noediting -i 2>/dev/null".into(),
             ]),
             env: Some(env),
             ..Default::default()
