@@ -230,7 +230,7 @@ async fn missing_image_is_a_per_instance_error_and_the_run_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
     let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(EXE)
+    let child = Command::new(EXE)
         .args([
             "run-benchmark",
             "fixtures",
