@@ -494,3 +494,71 @@ async fn unreachable_model_endpoint_is_reported_per_instance() {
         "the error names the endpoint: {results}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn evaluate_grades_predictions_in_the_reference_layout() {
+    let out = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures_file()).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .take(3)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let predictions: String = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let patch = if i == 2 { serde_json::Value::Null } else { row["patch"].clone() };
+            format!("{}\n", serde_json::json!({"instance_id": row["instance_id"], "model_name_or_path": "my-model", "model_patch": patch}))
+        })
+        .collect();
+    let preds = out.path().join("preds.jsonl");
+    std::fs::write(&preds, predictions).unwrap();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["instance_id"].as_str().unwrap())
+        .collect();
+    let output = Command::new(EXE)
+        .args(["evaluate", "--predictions"])
+        .arg(&preds)
+        .args([
+            "--dataset",
+            "fixtures",
+            "--instance-ids",
+            &ids.join(","),
+            "--run-id",
+            "ev",
+            "--grading-network",
+            "none",
+            "--json",
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = stats(&output);
+    assert_eq!(stats["model"], "my-model");
+    assert_eq!(stats["resolved"], 2);
+    let summary = report(&out.path().join("ev"));
+    assert_eq!(summary["resolved_instances"], 2);
+    for id in &ids[..2] {
+        let report = out
+            .path()
+            .join(format!("logs/run_evaluation/ev/my-model/{id}/report.json"));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(report[id]["resolved"], true);
+    }
+    let null_report = out.path().join(format!(
+        "logs/run_evaluation/ev/my-model/{}/report.json",
+        ids[2]
+    ));
+    let null_report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&null_report).unwrap()).unwrap();
+    assert_eq!(null_report[ids[2]]["patch_is_None"], true);
+}

@@ -211,3 +211,85 @@ async fn hanging_tests_time_out() {
         Some("tests timed out")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_grading_matches_fresh_grading() {
+    use swe_env::agent::{builtin_prompt, run_gold};
+    use swe_env::episode::{EndInfo, Episode, EpisodeConfig, StartInfo};
+    use swe_env::grade::grade_submission;
+    use swe_env::trajectory::EpisodeStatus;
+
+    let engine = engine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = fixture("swe-env-fixtures__stockroom-1");
+    let config = EpisodeConfig {
+        trajectory_dir: dir.path().to_owned(),
+        ..EpisodeConfig::default()
+    };
+    let info = StartInfo {
+        model: None,
+        prompt: builtin_prompt(&instance.problem_statement),
+    };
+    let mut episode = Episode::start(
+        &engine,
+        &unique_id("inplace"),
+        instance.clone(),
+        config,
+        info,
+    )
+    .await
+    .unwrap();
+    let outcome = run_gold(&mut episode).await.unwrap();
+    let submission = outcome.submission.unwrap();
+    // Leave junk behind, as an agent might: it must not influence the grade.
+    let sandbox = episode.sandbox().unwrap().clone();
+    sandbox
+        .run_command(
+            "cd /testbed && echo junk > stray.txt && echo '# edit' >> README.md",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let in_place = GradeConfig {
+        in_place: true,
+        ..isolated()
+    };
+    let graded = grade_submission(
+        &engine,
+        Some(&sandbox),
+        &instance,
+        Some(&submission),
+        &in_place,
+        &unique_id("g"),
+    )
+    .await
+    .unwrap();
+    assert!(graded.resolved, "{}", graded.test_output);
+    let fresh = grade_submission(
+        &engine,
+        Some(&sandbox),
+        &instance,
+        Some(&submission),
+        &isolated(),
+        &unique_id("g"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(graded.report.tests_status, fresh.report.tests_status);
+    // The empty patch in place: the episode's fix is discarded first, so it must not resolve.
+    let empty = grade_submission(
+        &engine,
+        Some(&sandbox),
+        &instance,
+        Some(""),
+        &in_place,
+        &unique_id("g"),
+    )
+    .await
+    .unwrap();
+    assert!(!empty.resolved);
+    episode
+        .finish(EndInfo::status(EpisodeStatus::Submitted))
+        .await
+        .unwrap();
+}

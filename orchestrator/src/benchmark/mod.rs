@@ -42,8 +42,13 @@ pub enum AgentSpec {
     Gold,
     /// Submits nothing (an empty patch).
     Empty,
-    /// Given predictions (`instance_id` → patch); no episode runs.
-    Predictions(Arc<HashMap<String, Option<String>>>),
+    /// Given predictions (`instance_id` → patch) under a model name; no episode runs.
+    Predictions {
+        /// `model_name_or_path` of the predictions.
+        name: String,
+        /// The patches (`None` = a null prediction).
+        patches: Arc<HashMap<String, Option<String>>>,
+    },
     /// A model behind an OpenAI-compatible endpoint, driven by the agent loop.
     Model(Arc<ModelAgent>),
 }
@@ -64,7 +69,7 @@ impl AgentSpec {
         match self {
             Self::Gold => "gold",
             Self::Empty => "empty",
-            Self::Predictions(_) => "predictions",
+            Self::Predictions { name, .. } => name,
             Self::Model(model) => &model.client_config.model,
         }
     }
@@ -291,7 +296,7 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
     let mut final_answer = None;
     let mut end_detail = None;
     let (submission, agent_outcome) = match &shared.config.agent {
-        AgentSpec::Predictions(map) => match map.get(id) {
+        AgentSpec::Predictions { patches, .. } => match patches.get(id) {
             Some(patch) => (patch.clone(), None),
             None => {
                 return InstanceResult::error(

@@ -48,7 +48,10 @@ pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(crate::benchmark::default_run_id);
     run.run_id = Some(run_id.clone());
     let agent = match (predictions, model.as_str()) {
-        (Some(map), _) => AgentSpec::Predictions(Arc::new(map)),
+        (Some(map), _) => AgentSpec::Predictions {
+            name: model.clone(),
+            patches: Arc::new(map),
+        },
         (None, "gold") => AgentSpec::Gold,
         (None, _) => AgentSpec::Empty,
     };

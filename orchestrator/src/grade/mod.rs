@@ -47,6 +47,10 @@ pub struct GradeConfig {
     pub rewards: RewardConfig,
     /// Container limits of the grading container.
     pub sandbox: SandboxConfig,
+    /// Grade in the episode's own container instead of a fresh one (RL speed: no container start). The episode's
+    /// working-tree changes are discarded and the submission re-applied, so the outcome matches a fresh grading
+    /// unless the agent changed state outside the repository (installed packages, files elsewhere). Default false.
+    pub in_place: bool,
 }
 
 impl Default for GradeConfig {
@@ -59,6 +63,7 @@ impl Default for GradeConfig {
             eval_script: EvalScriptConfig::default(),
             rewards: RewardConfig::default(),
             sandbox: SandboxConfig::default(),
+            in_place: false,
         }
     }
 }
@@ -134,6 +139,52 @@ pub async fn grade_patch(
     let mut outcome = result?;
     outcome.total_ms = started.elapsed().as_millis() as u64;
     info!(instance_id = %instance.instance_id, resolved = outcome.resolved, total_ms = outcome.total_ms, test_ms = outcome.test_ms, "graded");
+    Ok(outcome)
+}
+
+/// Grades `patch` in `episode_sandbox` when `config.in_place` and a sandbox is given, else in a fresh container.
+pub async fn grade_submission(
+    engine: &DockerEngine,
+    episode_sandbox: Option<&DockerSandbox>,
+    instance: &Instance,
+    patch: Option<&str>,
+    config: &GradeConfig,
+    grading_id: &str,
+) -> Result<GradeOutcome, GradeError> {
+    match episode_sandbox {
+        Some(sandbox) if config.in_place => grade_in_place(sandbox, instance, patch, config).await,
+        _ => grade_patch(engine, instance, patch, config, grading_id).await,
+    }
+}
+
+/// Grades in the episode's own container: resets the repository to its checked-out commit (tracked changes and
+/// untracked, non-ignored files go), then applies `patch` and runs the eval script as a fresh grading would.
+pub async fn grade_in_place(
+    sandbox: &DockerSandbox,
+    instance: &Instance,
+    patch: Option<&str>,
+    config: &GradeConfig,
+) -> Result<GradeOutcome, GradeError> {
+    let started = Instant::now();
+    let spec = test_spec(instance, config)?;
+    let reset = format!(
+        "cd {} && git reset -q --hard HEAD && git clean -fdq",
+        swe_env_quote(&spec.repo_dir)
+    );
+    let out = sandbox
+        .exec(&["bash", "-c", &reset], None, Duration::from_secs(300))
+        .await?;
+    if out.exit_code != Some(0) {
+        return Err(GradeError::Spec {
+            instance_id: instance.instance_id.clone(),
+            detail: format!(
+                "cannot reset the repository for in-place grading: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    let mut outcome = grade_in(sandbox, instance, &spec, patch, config).await?;
+    outcome.total_ms = started.elapsed().as_millis() as u64;
     Ok(outcome)
 }
 

@@ -125,6 +125,9 @@ pub struct GradingSettings {
     pub network_mode: String,
     /// Time limit of the eval script, seconds. Default 1800.
     pub test_timeout_secs: u64,
+    /// Grade-on-submit in the episode's own container (no container start; see `GradeConfig::in_place`).
+    /// Default false: a fresh container.
+    pub in_place: bool,
 }
 
 impl Default for GradingSettings {
@@ -133,6 +136,7 @@ impl Default for GradingSettings {
         Self {
             network_mode: grade.network_mode,
             test_timeout_secs: grade.test_timeout.as_secs(),
+            in_place: grade.in_place,
         }
     }
 }
@@ -262,6 +266,7 @@ impl ServerConfig {
             network_mode: self.grading.network_mode.clone(),
             test_timeout: Duration::from_secs(self.grading.test_timeout_secs),
             image_template: self.episode.image_template.clone(),
+            in_place: self.grading.in_place,
             ..GradeConfig::default()
         }
     }

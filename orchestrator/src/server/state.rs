@@ -22,7 +22,7 @@ use super::registry::{
 };
 use super::tasks::TaskCatalog;
 use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, ToolFormat};
-use crate::grade::{grade_patch, GradeConfig, GradeOutcome};
+use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome};
 use crate::sandbox::{DockerEngine, SandboxError};
 use crate::task::{image_for, REPO_DIR};
 use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
@@ -364,8 +364,9 @@ impl ServerState {
             let grading_id = format!("{}-grade-{}", slot.id, outcome.record.step_idx);
             let patch = live.episode.submission().map(str::to_owned);
             let instance = live.episode.instance().clone();
-            match grade_patch(
+            match grade_submission(
                 &self.engine,
+                live.episode.sandbox(),
                 &instance,
                 patch.as_deref(),
                 &self.grade_config,
