@@ -5,6 +5,7 @@
 
 mod benchmark;
 mod common;
+mod datasets;
 mod episode;
 mod gc;
 mod grade;
