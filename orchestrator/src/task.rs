@@ -40,7 +40,7 @@ mod tests {
     fn official_image_names_follow_the_1776_convention() {
         let value = serde_json::json!({
             "repo": "django/django", "instance_id": "django__django-11099", "base_commit": "abc",
-            "patch": "", "test_patch": "", "problem_statement": "", "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]"
+            "patch": "", "test_patch": "diff --git a/t.py b/t.py\n", "problem_statement": "p", "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]"
         });
         let instance: Instance = serde_json::from_value(value).unwrap();
         assert_eq!(

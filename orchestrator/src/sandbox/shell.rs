@@ -134,7 +134,10 @@ mod tests {
         let marker = new_marker();
         let script = command_script("echo hi", &marker);
         assert!(!script.contains(&marker));
-        assert!(script.starts_with("eval $'echo hi' </dev/null\n"));
+        assert!(
+            script.starts_with("eval $'echo hi' </dev/null 2>&1\n"),
+            "{script}"
+        );
     }
 
     #[test]
