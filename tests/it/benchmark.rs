@@ -82,6 +82,41 @@ async fn gold_resolves_everything_and_empty_nothing() {
         gold_stats["total"].as_u64().unwrap() as usize
     );
 
+    // The trajectories export to both training formats, one episode per line.
+    for (format, tool_role) in [("openai-chat", "user"), ("cwm", "tool: edit")] {
+        let file = out.path().join(format!("{format}.jsonl"));
+        let export = Command::new(EXE)
+            .args(["export", "--format", format, "--only-resolved", "-o"])
+            .arg(&file)
+            .arg(dir.join("trajectories"))
+            .output()
+            .unwrap();
+        assert!(
+            export.status.success(),
+            "{}",
+            String::from_utf8_lossy(&export.stderr)
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            text.lines().count() as u64,
+            gold_stats["total"].as_u64().unwrap()
+        );
+        for line in text.lines() {
+            let episode: serde_json::Value = serde_json::from_str(line).unwrap();
+            let roles: Vec<&str> = episode["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["role"].as_str().unwrap())
+                .collect();
+            assert_eq!(roles[..2], ["system", "user"]);
+            assert!(
+                roles.contains(&tool_role) || roles.contains(&"tool: create"),
+                "{format}: {roles:?}"
+            );
+        }
+    }
+
     let empty = run_benchmark(
         &[
             "fixtures",

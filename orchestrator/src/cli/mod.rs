@@ -4,6 +4,7 @@ mod bench;
 mod bench_grading;
 mod bench_grpc;
 mod evaluate;
+mod export;
 mod gc;
 mod images;
 mod model_args;
@@ -59,6 +60,10 @@ enum Command {
     /// Example: `swe-env images pull verified --concurrency 4`.
     #[command(subcommand)]
     Images(images::ImagesCommand),
+    /// Export trajectories to training formats (OpenAI chat messages, CWM transcripts), one episode per line.
+    ///
+    /// Example: `swe-env export runs/RUN/trajectories --format cwm -o cwm.jsonl`.
+    Export(export::ExportArgs),
     /// Open a sandbox and type into it exactly as an agent would (bash commands, or tool calls with --task).
     ///
     /// Example: `swe-env shell --image swe-env/base:bookworm`.
@@ -78,6 +83,7 @@ enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gc(args) => gc::run(args).await,
+        Command::Export(args) => export::run(args).await,
         Command::Images(command) => images::run(command).await,
         Command::RunBenchmark(args) => run_benchmark::run(args).await,
         Command::Evaluate(args) => evaluate::run(args).await,
