@@ -44,6 +44,7 @@ fn completion(seed: u32, text: &str, calls: &[(&str, &str)]) -> ScriptedReply {
             completion_tokens: 10 + u64::from(seed),
         }),
         token_ids: Some(vec![seed, seed + 1, seed + 2]),
+        prompt_token_ids: Some(vec![7, 7, seed]),
         logprobs: Some(vec![
             TokenLogprob {
                 token: format!("t{seed}"),
@@ -230,6 +231,21 @@ async fn fix_in_mode(mode: ApiMode) {
         3
     );
     assert_eq!(server.remaining(), 0, "every scripted reply was used");
+    // The final answer's tokens and every step's prompt token ids land in the trajectory.
+    let end = trajectory.end.as_ref().unwrap();
+    let final_tokens = end.final_answer_tokens.as_ref().unwrap();
+    let last_seed = (n_calls - 1) as i64;
+    assert_eq!(
+        final_tokens.token_ids.as_deref(),
+        Some(&[last_seed, last_seed + 1, last_seed + 2][..])
+    );
+    for (seed, step) in trajectory.steps.iter().enumerate() {
+        assert_eq!(
+            step.tokens.prompt_token_ids.as_deref(),
+            Some(&[7, 7, seed as i64][..]),
+            "step {seed}"
+        );
+    }
 
     // Events: one per call and per step, then the end.
     let n_called = events

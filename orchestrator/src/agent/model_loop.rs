@@ -118,6 +118,7 @@ impl ModelAgentOutcome {
         EndInfo {
             detail: self.detail.clone(),
             final_answer: self.final_answer.clone(),
+            final_answer_tokens: self.final_answer_tokens.clone(),
             ..EndInfo::status(self.agent.status)
         }
     }
@@ -338,6 +339,10 @@ pub fn step_tokens(completion: &Completion) -> StepTokens {
             .logprobs
             .as_ref()
             .map(|tokens| tokens.iter().map(|token| token.token.clone()).collect()),
+        prompt_token_ids: completion
+            .prompt_token_ids
+            .as_ref()
+            .map(|ids| ids.iter().map(|&id| i64::from(id)).collect()),
     }
 }
 

@@ -107,6 +107,8 @@ pub struct EndInfo {
     pub detail: Option<String>,
     /// Final answer after submitting.
     pub final_answer: Option<String>,
+    /// Tokens of the final-answer model turn.
+    pub final_answer_tokens: Option<StepTokens>,
     /// Rewards, when graded.
     pub rewards: Option<Value>,
     /// Grading report, when graded.
@@ -120,6 +122,7 @@ impl EndInfo {
             status,
             detail: None,
             final_answer: None,
+            final_answer_tokens: None,
             rewards: None,
             grading: None,
         }
@@ -454,6 +457,7 @@ impl Episode {
             detail: end.detail,
             submission: self.submission.clone(),
             final_answer: end.final_answer,
+            final_answer_tokens: end.final_answer_tokens,
             n_steps: self.n_steps,
             rewards: end.rewards,
             grading: end.grading,

@@ -247,6 +247,7 @@ pub fn step_action(request: &proto::StepRequest) -> Result<(Action, StepMeta), S
             token_ids: Some(turn.token_ids).filter(|t| !t.is_empty()),
             logprobs: Some(turn.logprobs).filter(|l| !l.is_empty()),
             tokens: None,
+            prompt_token_ids: None,
         },
         reasoning: Some(turn.reasoning).filter(|r| !r.is_empty()),
     };

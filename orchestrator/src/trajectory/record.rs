@@ -79,6 +79,10 @@ pub struct StepTokens {
     /// Completion tokens as strings, when returned alongside logprobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<String>>,
+    /// Prompt token ids, when the server returned them (vLLM `prompt_token_ids`): the exact tokenisation the
+    /// policy saw, for RL without re-tokenising.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<i64>>,
 }
 
 /// The `step` record.
@@ -189,6 +193,9 @@ pub struct EpisodeEnd {
     /// The agent's final answer text after submitting, when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_answer: Option<String>,
+    /// Tokens, ids and logprobs of the model turn that gave the final answer (it is not a step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_answer_tokens: Option<StepTokens>,
     /// Number of steps taken.
     pub n_steps: u32,
     /// Rewards, when graded.
@@ -253,6 +260,7 @@ mod tests {
             detail: None,
             submission: None,
             final_answer: None,
+            final_answer_tokens: None,
             n_steps: 3,
             rewards: None,
             grading: None,
