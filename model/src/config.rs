@@ -6,14 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cwm::CwmLayout;
 use crate::prompt::{
-    BUDGET_PLACEHOLDERS, DEFAULT_BUDGET_TEMPLATE, DEFAULT_FORMAT_ERROR_TEMPLATE,
-    DEFAULT_OBSERVATION_TEMPLATE, DEFAULT_SUBMISSION_TEMPLATE, DEFAULT_SYSTEM_TEMPLATE,
-    DEFAULT_USER_TEMPLATE, FORMAT_ERROR_PLACEHOLDERS, OBSERVATION_PLACEHOLDERS,
-    SUBMISSION_PLACEHOLDERS, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+    DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
 };
 use crate::template::{check_template, TemplateError};
 
-/// The agent's prompt text; any field left out of a YAML file keeps its built-in default.
+/// The agent's prompt text; any field left out of a YAML file keeps its built-in default. (What the model sees
+/// after an action — `<output>`/`<budget>`, `FormatError:` — is rendered by the tools crate; unknown keys such
+/// as an observation template are refused rather than silently ignored.)
 ///
 /// ```yaml
 /// user_template: |
@@ -29,14 +28,6 @@ pub struct AgentPromptConfig {
     pub system_template: String,
     /// First user message; placeholders `issue`, `repo_root`.
     pub user_template: String,
-    /// Budget block; placeholders `remaining_turns`, `remaining_tokens`.
-    pub budget_template: String,
-    /// Tool observation; placeholders `output`, `budget`.
-    pub observation_template: String,
-    /// Format-error message; placeholders `error`, `budget`.
-    pub format_error_template: String,
-    /// Text after a successful submit; placeholder `patch`.
-    pub submission_template: String,
     /// Special tokens of the raw-completions transcript.
     pub cwm_layout: CwmLayout,
 }
@@ -46,10 +37,6 @@ impl Default for AgentPromptConfig {
         AgentPromptConfig {
             system_template: DEFAULT_SYSTEM_TEMPLATE.into(),
             user_template: DEFAULT_USER_TEMPLATE.into(),
-            budget_template: DEFAULT_BUDGET_TEMPLATE.into(),
-            observation_template: DEFAULT_OBSERVATION_TEMPLATE.into(),
-            format_error_template: DEFAULT_FORMAT_ERROR_TEMPLATE.into(),
-            submission_template: DEFAULT_SUBMISSION_TEMPLATE.into(),
             cwm_layout: CwmLayout::default(),
         }
     }
@@ -125,26 +112,6 @@ impl AgentPromptConfig {
             SYSTEM_PLACEHOLDERS,
         )?;
         check_template("user_template", &self.user_template, USER_PLACEHOLDERS)?;
-        check_template(
-            "budget_template",
-            &self.budget_template,
-            BUDGET_PLACEHOLDERS,
-        )?;
-        check_template(
-            "observation_template",
-            &self.observation_template,
-            OBSERVATION_PLACEHOLDERS,
-        )?;
-        check_template(
-            "format_error_template",
-            &self.format_error_template,
-            FORMAT_ERROR_PLACEHOLDERS,
-        )?;
-        check_template(
-            "submission_template",
-            &self.submission_template,
-            SUBMISSION_PLACEHOLDERS,
-        )?;
         Ok(())
     }
 }
@@ -184,13 +151,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("swe-env-model-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("prompts.yaml");
-        std::fs::write(
-            &path,
-            "budget_template: \"turns={{remaining_turns}} tokens={{remaining_tokens}}\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "user_template: \"Fix {{issue}} in {{repo_root}}\"\n").unwrap();
         let config = AgentPromptConfig::from_yaml_file(&path).unwrap();
-        assert_eq!(config.render_budget(2, 9).unwrap(), "turns=2 tokens=9");
+        let inputs = crate::prompt::UserPromptInputs {
+            issue: "bug".into(),
+            repo_root: "/r".into(),
+        };
+        assert_eq!(config.render_user(&inputs).unwrap(), "Fix bug in /r");
         let error = AgentPromptConfig::from_yaml_file(&dir.join("missing.yaml")).unwrap_err();
         assert!(error.to_string().contains("missing.yaml"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -24,10 +24,8 @@ pub use config::{AgentPromptConfig, PromptConfigError};
 pub use cwm::{CwmLayout, CwmRenderError};
 pub use error::ModelError;
 pub use prompt::{
-    SystemPromptInputs, UserPromptInputs, BUDGET_PLACEHOLDERS, DEFAULT_BUDGET_TEMPLATE,
-    DEFAULT_FORMAT_ERROR_TEMPLATE, DEFAULT_OBSERVATION_TEMPLATE, DEFAULT_SUBMISSION_TEMPLATE,
-    DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, FORMAT_ERROR_PLACEHOLDERS,
-    OBSERVATION_PLACEHOLDERS, SUBMISSION_PLACEHOLDERS, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+    SystemPromptInputs, UserPromptInputs, DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE,
+    SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
 };
 pub use retry::RetryConfig;
 pub use template::{check_template, render_template, TemplateError};

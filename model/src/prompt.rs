@@ -1,8 +1,9 @@
 //! The agent's prompts: built-in default templates and what each one is filled with.
 //!
 //! The defaults follow the structure of CWM's SWE-RL scaffold (environment description, the tool
-//! specifications, one-call-per-turn rules; an issue in `<issue_description>` tags; tool outputs in
-//! `<output>` followed by a `<budget>` block) in our own wording. To reproduce a model's training
+//! specifications, one-call-per-turn rules; an issue in `<issue_description>` tags) in our own wording.
+//! Observations (`<output>` + `<budget>`, `FormatError:`) are rendered by the tools crate, the single place
+//! that defines what the model sees after an action. To reproduce a model's training
 //! prompt exactly, override the templates from a YAML file (see `AgentPromptConfig`).
 
 use crate::config::AgentPromptConfig;
@@ -17,14 +18,6 @@ pub const SYSTEM_PLACEHOLDERS: &[&str] = &[
 ];
 /// Placeholders of `user_template`.
 pub const USER_PLACEHOLDERS: &[&str] = &["issue", "repo_root"];
-/// Placeholders of `budget_template`.
-pub const BUDGET_PLACEHOLDERS: &[&str] = &["remaining_turns", "remaining_tokens"];
-/// Placeholders of `observation_template`.
-pub const OBSERVATION_PLACEHOLDERS: &[&str] = &["output", "budget"];
-/// Placeholders of `format_error_template`.
-pub const FORMAT_ERROR_PLACEHOLDERS: &[&str] = &["error", "budget"];
-/// Placeholders of `submission_template`.
-pub const SUBMISSION_PLACEHOLDERS: &[&str] = &["patch"];
 
 /// Default system prompt: who the model is, the container, the tools and the rules.
 pub const DEFAULT_SYSTEM_TEMPLATE: &str = "\
@@ -60,29 +53,6 @@ Correctness comes first: explore the code, reproduce the problem, and run new an
 before submitting. Once you have submitted and are confident in the patch, end with a final report \
 in markdown, with `##` sections on the issue, how you reproduced it, the change you made and how you \
 tested it.";
-
-/// Default budget block appended to every observation.
-pub const DEFAULT_BUDGET_TEMPLATE: &str = "\
-<budget>
-* Remaining turns: {{remaining_turns}}
-* Remaining tokens: {{remaining_tokens}}
-</budget>";
-
-/// Default wrapping of a tool's output.
-pub const DEFAULT_OBSERVATION_TEMPLATE: &str = "<output>\n{{output}}\n</output>\n\n{{budget}}";
-
-/// Default message for a reply whose tool call could not be parsed (sent as a user message).
-pub const DEFAULT_FORMAT_ERROR_TEMPLATE: &str = "FormatError: {{error}}\n\n{{budget}}";
-
-/// Default text shown after a successful submit (it becomes the `output` of that observation).
-pub const DEFAULT_SUBMISSION_TEMPLATE: &str = "\
-Your final submission is now this patch:
-
-<submission>
-{{patch}}
-</submission>
-
-Check that it resolves the issue; you may keep refining it and submit again.";
 
 /// What the system prompt is filled with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,48 +105,6 @@ impl AgentPromptConfig {
             ],
         )
     }
-
-    /// The budget block; `remaining_tokens` may be negative once the context is overrun.
-    pub fn render_budget(
-        &self,
-        remaining_turns: u64,
-        remaining_tokens: i64,
-    ) -> Result<String, TemplateError> {
-        let turns = remaining_turns.to_string();
-        let tokens = remaining_tokens.to_string();
-        render_template(
-            "budget_template",
-            &self.budget_template,
-            &[("remaining_turns", &turns), ("remaining_tokens", &tokens)],
-        )
-    }
-
-    /// A tool observation: the output wrapped, then the budget block (from `render_budget`).
-    pub fn render_observation(&self, output: &str, budget: &str) -> Result<String, TemplateError> {
-        render_template(
-            "observation_template",
-            &self.observation_template,
-            &[("output", output), ("budget", budget)],
-        )
-    }
-
-    /// The message for an unparsable reply.
-    pub fn render_format_error(&self, error: &str, budget: &str) -> Result<String, TemplateError> {
-        render_template(
-            "format_error_template",
-            &self.format_error_template,
-            &[("error", error), ("budget", budget)],
-        )
-    }
-
-    /// The text shown after a successful submit.
-    pub fn render_submission(&self, patch: &str) -> Result<String, TemplateError> {
-        render_template(
-            "submission_template",
-            &self.submission_template,
-            &[("patch", patch)],
-        )
-    }
 }
 
 #[cfg(test)]
@@ -210,19 +138,5 @@ mod tests {
             user.contains("<issue_description>\nCrash on {{empty}} input\n</issue_description>")
         );
         assert!(user.contains("at /testbed"));
-
-        let budget = config.render_budget(3, -5).unwrap();
-        assert_eq!(
-            budget,
-            "<budget>\n* Remaining turns: 3\n* Remaining tokens: -5\n</budget>"
-        );
-        let observation = config.render_observation("ok", &budget).unwrap();
-        assert!(observation.starts_with("<output>\nok\n</output>\n\n<budget>"));
-        let error = config.render_format_error("no tool call", &budget).unwrap();
-        assert!(error.starts_with("FormatError: no tool call\n\n<budget>"));
-        assert!(config
-            .render_submission("diff --git")
-            .unwrap()
-            .contains("<submission>\ndiff --git\n</submission>"));
     }
 }
