@@ -39,10 +39,6 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Remove containers left behind by dead swe-env processes or past their expiry.
-    ///
-    /// Example: `swe-env gc` (orphans only), `swe-env gc --all --json`.
-    Gc(gc::GcArgs),
     /// Run a benchmark end to end: episodes with an agent, grading, resolved rate (resumable).
     ///
     /// Example: `swe-env run-benchmark fixtures --agent gold`.
@@ -55,6 +51,10 @@ enum Command {
     ///
     /// Example: `swe-env run-episode --task ID --tasks tasks.jsonl --model-url http://host:8000/v1 --model NAME`.
     RunEpisode(run_episode::RunEpisodeArgs),
+    /// Serve episodes over gRPC (swe_env.v1.EnvService, health, reflection) until SIGTERM/SIGINT.
+    ///
+    /// Example: `swe-env serve --tasks images/fixtures/tasks.jsonl --token-file token.txt`.
+    Serve(serve::ServeArgs),
     /// Build local images or pre-pull a dataset's task images.
     ///
     /// Example: `swe-env images pull verified --concurrency 4`.
@@ -68,10 +68,10 @@ enum Command {
     ///
     /// Example: `swe-env shell --image swe-env/base:bookworm`.
     Shell(shell::ShellArgs),
-    /// Serve episodes over gRPC (swe_env.v1.EnvService, health, reflection) until SIGTERM/SIGINT.
+    /// Remove containers left behind by dead swe-env processes or past their expiry.
     ///
-    /// Example: `swe-env serve --tasks images/fixtures/tasks.jsonl --token-file token.txt`.
-    Serve(serve::ServeArgs),
+    /// Example: `swe-env gc` (orphans only), `swe-env gc --all --json`.
+    Gc(gc::GcArgs),
     /// Measure the system and print figures (step latency, container start-up, …).
     ///
     /// Example: `swe-env bench sandbox --steps 2000`.
