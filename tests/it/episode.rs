@@ -295,3 +295,52 @@ async fn edit_matches_the_reference_on_generated_files_in_a_container() {
         .unwrap();
     sb.remove().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_agent_falls_back_to_git_apply_when_an_edit_is_ambiguous() {
+    // A one-line-context hunk whose old side (two blank lines) occurs several times in the file: the edit tool
+    // must refuse it, and the gold agent must still land the change (reset the file, `git apply` its diff).
+    let patch = "diff --git a/src/spans/ops.py b/src/spans/ops.py\n--- a/src/spans/ops.py\n+++ b/src/spans/ops.py\n@@ -26,2 +26,3 @@ def merge(ranges):\n \n+# marker between functions\n \n";
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine().await;
+    let mut instance = fixture("swe-env-fixtures__spans-1");
+    instance.patch = patch.to_owned();
+    let info = StartInfo {
+        model: None,
+        prompt: builtin_prompt(&instance.problem_statement),
+    };
+    let mut episode = Episode::start(
+        &engine,
+        &unique_id("gold-fallback"),
+        instance,
+        config(dir.path()),
+        info,
+    )
+    .await
+    .unwrap();
+    let outcome = run_gold(&mut episode).await.unwrap();
+    assert_eq!(outcome.status, EpisodeStatus::Submitted);
+    let submission = outcome.submission.unwrap();
+    assert!(
+        submission.contains("+# marker between functions"),
+        "{submission}"
+    );
+    episode
+        .finish(EndInfo::status(outcome.status))
+        .await
+        .unwrap();
+    let trajectory = read_trajectory(&episode.trajectory_path()).await.unwrap();
+    assert_eq!(
+        trajectory.steps[0].tool_error.as_deref(),
+        Some("several_occurrences"),
+        "{:?}",
+        trajectory.steps[0]
+    );
+    assert!(
+        trajectory
+            .steps
+            .iter()
+            .any(|s| s.raw_action.contains("git apply -v")),
+        "no git apply fallback step"
+    );
+}
