@@ -326,3 +326,22 @@ async fn fork_bomb_is_contained_by_the_pids_limit() {
     other.remove().await.unwrap();
     sb.remove().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_on_one_session_are_serialized() {
+    let sb = base_sandbox("serial", base_config()).await;
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let sb = sb.clone();
+        handles.push(tokio::spawn(async move {
+            let command = format!("echo start-{i}; sleep 0.05; echo end-{i}");
+            (i, sb.run_command(&command, T).await.unwrap())
+        }));
+    }
+    for handle in handles {
+        let (i, out) = handle.await.unwrap();
+        // Each command's output is exactly its own, never interleaved with another's.
+        assert_eq!(text(&out.output), format!("start-{i}\nend-{i}\n"));
+    }
+    sb.remove().await.unwrap();
+}

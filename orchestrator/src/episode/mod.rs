@@ -299,6 +299,7 @@ impl Episode {
     }
 
     /// Runs one action and records it.
+    #[tracing::instrument(name = "step", skip_all, fields(episode_id = %self.id, step_idx = self.n_steps))]
     pub async fn step(
         &mut self,
         action: Action,
