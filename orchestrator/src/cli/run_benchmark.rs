@@ -144,7 +144,13 @@ pub async fn execute(
     for error in &loaded.errors {
         eprintln!("warning: skipped a bad dataset row: {error}");
     }
-    let instances = select(loaded.instances, &args.instance_ids)?;
+    let instances = match select(loaded.instances, &args.instance_ids) {
+        Ok(instances) => instances,
+        Err(error) => {
+            eprintln!("error: {error:#} (in {dataset})");
+            return Ok(ExitCode::from(super::EXIT_USAGE));
+        }
+    };
     if instances.is_empty() {
         eprintln!("error: no instances selected from {dataset}");
         return Ok(ExitCode::from(super::EXIT_USAGE));
