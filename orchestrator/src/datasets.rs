@@ -95,8 +95,20 @@ async fn load_path(path: &Path) -> Result<LoadedDataset, DatasetSourceError> {
         })?
         .map_err(|e| DatasetSourceError::Load {
             path: path.to_owned(),
-            detail: e.to_string(),
+            detail: with_sources(&e),
         })
+}
+
+/// An error with its chain of causes, `outer: inner: …`.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn download(url: &str, dest: &Path) -> Result<(), String> {
@@ -145,5 +157,6 @@ mod tests {
             error.to_string().contains("/no/such/tasks.jsonl"),
             "{error}"
         );
+        assert!(error.to_string().contains("No such file"), "{error}");
     }
 }
