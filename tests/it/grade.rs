@@ -293,3 +293,47 @@ async fn in_place_grading_matches_fresh_grading() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_grading_records_that_the_install_step_could_not_run() {
+    // A SWE-bench repo spec (psf/requests: `python -m pip install .` at eval time) on a fixture image, graded
+    // with the network off: pip fails fast, the report says so, and the image's existing install is used.
+    let engine = engine().await;
+    let mut instance = fixture("swe-env-fixtures__spans-1");
+    instance.repo = "psf/requests".into();
+    instance.version = "2.0".into();
+    instance.test_cmd = None;
+    instance.log_parser = None;
+    let started = std::time::Instant::now();
+    let outcome = grade_patch(
+        &engine,
+        &instance,
+        Some(&instance.patch.clone()),
+        &isolated(),
+        &unique_id("grade-offline"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        outcome.eval_script.contains("python -m pip install ."),
+        "{}",
+        outcome.eval_script
+    );
+    let extras = outcome.report.swe_env.as_ref().unwrap();
+    assert!(extras.install_ran_offline, "{}", outcome.test_output);
+    assert!(
+        matches!(extras.install_exit_code, Some(code) if code != 0),
+        "{:?}",
+        extras.install_exit_code
+    );
+    assert!(
+        outcome.resolved,
+        "the existing editable install still serves the tests:\n{}",
+        outcome.test_output
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "pip must fail fast offline: {:?}",
+        started.elapsed()
+    );
+}

@@ -117,6 +117,29 @@ pub struct SweEnvReport {
     /// Set when the reference harness would have written no report.json at all (patch did not
     /// apply, tests timed out, its parser raised): run summaries count such instances as errors.
     pub harness_error: Option<String>,
+    /// The eval script's install step ran with the grading network off (`>>>>> Install Ran Offline`):
+    /// it could not fetch anything, so the image's existing install was used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub install_ran_offline: bool,
+    /// Exit status of that offline install step (`>>>>> Install Exit Code: N`), when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_exit_code: Option<i64>,
+}
+
+/// Reads the offline-install markers of an eval log: whether the install step ran offline, and its status.
+/// Only lines that start with a marker count (a `set -x` trace of the `echo` starts with `+`).
+pub fn offline_install_status(test_output: &str) -> (bool, Option<i64>) {
+    use crate::eval_script::{INSTALL_EXIT_CODE_MARKER, INSTALL_OFFLINE_MARKER};
+    let mut ran_offline = false;
+    let mut exit_code = None;
+    for line in test_output.lines() {
+        if line.starts_with(INSTALL_OFFLINE_MARKER) {
+            ran_offline = true;
+        } else if let Some(rest) = line.strip_prefix(INSTALL_EXIT_CODE_MARKER) {
+            exit_code = rest.trim_start_matches(':').trim().parse().ok();
+        }
+    }
+    (ran_offline, exit_code)
 }
 
 /// One instance's entry in report.json, fields and order as the reference writes them, plus the
@@ -282,6 +305,19 @@ pub fn grade_instance(input: &GradeInput<'_>, options: &GradingOptions) -> Insta
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn offline_install_markers_are_read_from_line_starts_only() {
+        let log = "+ echo '>>>>> Install Ran Offline (grading network: none)'\n\
+                   >>>>> Install Ran Offline (grading network: none)\n\
+                   + echo '>>>>> Install Exit Code: 0'\n\
+                   >>>>> Install Exit Code: 1\n";
+        assert_eq!(offline_install_status(log), (true, Some(1)));
+        assert_eq!(
+            offline_install_status("+ echo '>>>>> Install Ran Offline'\n"),
+            (false, None)
+        );
+    }
 
     fn gold() -> GoldTests {
         GoldTests {

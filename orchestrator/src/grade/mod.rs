@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use swe_env_grading::dataset::Instance;
 use swe_env_grading::eval_script::{make_test_spec, EvalScriptConfig, GradingNetwork, TestSpec};
 use swe_env_grading::report::{
-    grade_instance, GoldTests, GradeInput, GradingOptions, InstanceReport, TestRunOutcome,
+    grade_instance, offline_install_status, GoldTests, GradeInput, GradingOptions, InstanceReport,
+    TestRunOutcome,
 };
 use swe_env_grading::rewards::{compute_rewards, RewardConfig, Rewards};
 use swe_env_grading::similarity::swe_rl_similarity;
@@ -288,7 +289,12 @@ pub async fn grade_in(
         gold: &gold,
         run: &run,
     };
-    let report = grade_instance(&input, &config.options);
+    let mut report = grade_instance(&input, &config.options);
+    let (install_ran_offline, install_exit_code) = offline_install_status(&run.test_output);
+    if let Some(extras) = report.swe_env.as_mut() {
+        extras.install_ran_offline = install_ran_offline;
+        extras.install_exit_code = install_exit_code;
+    }
     let similarity = if instance.patch.trim().is_empty() {
         None
     } else {
