@@ -582,6 +582,10 @@ async fn evaluate_grades_predictions_in_the_reference_layout() {
     assert_eq!(stats["resolved"], 2);
     let summary = report(&out.path().join("ev"));
     assert_eq!(summary["resolved_instances"], 2);
+    let reference_summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("my-model.ev.json")).unwrap())
+            .unwrap();
+    assert_eq!(reference_summary, summary);
     for id in &ids[..2] {
         let report = out
             .path()

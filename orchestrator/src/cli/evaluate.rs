@@ -55,14 +55,23 @@ pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         (None, "gold") => AgentSpec::Gold,
         (None, _) => AgentSpec::Empty,
     };
-    execute(
+    let code = execute(
         &dataset,
         agent,
         EpisodeConfig::default(),
         &run,
         LogsLayout::Reference,
     )
-    .await
+    .await?;
+    // The reference harness also leaves the run summary as `<model with / → __>.<run_id>.json`.
+    let summary = run.output_dir.join(&run_id).join("report.json");
+    let reference_name = format!("{}.{run_id}.json", model.replace('/', "__"));
+    if tokio::fs::try_exists(&summary).await.unwrap_or(false) {
+        tokio::fs::copy(&summary, run.output_dir.join(&reference_name))
+            .await
+            .with_context(|| format!("writing {reference_name}"))?;
+    }
+    Ok(code)
 }
 
 /// Parses predictions: `instance_id → patch` (a null patch stays `None`) and the model name.
