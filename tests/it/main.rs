@@ -12,6 +12,7 @@ mod grade;
 mod model_loop;
 mod sandbox;
 mod server;
+mod server_docker_down;
 mod server_grade;
 mod server_load;
 mod server_python;

@@ -32,6 +32,11 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts a server with a token file, the fixture tasks and a trajectory dir under `dir`, plus `extra` flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// Like [`ServerProc::start`], with extra environment variables for the server process.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let stderr_path = dir.join(format!("server-{}.log", rand_suffix()));
@@ -45,6 +50,7 @@ impl ServerProc {
             .arg(dir.join("trajectories"))
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("SWE_ENV_TOKEN")
             .stdout(Stdio::piped())
             .stderr(stderr)
