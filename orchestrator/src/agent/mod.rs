@@ -11,7 +11,7 @@ pub use model_loop::{run_model_agent, ModelAgentOutcome, StepEvent};
 
 use tracing::warn;
 
-use crate::episode::{Action, EndInfo, Episode, EpisodeError, StepMeta};
+use crate::episode::{Action, Episode, EpisodeError, StepMeta};
 use crate::trajectory::{EpisodeStatus, PromptMessage};
 
 /// Which built-in agent to run.
@@ -127,15 +127,4 @@ pub fn run_empty(episode: &Episode) -> AgentOutcome {
         submission: None,
         n_steps: episode.n_steps(),
     }
-}
-
-/// Convenience: finish an episode with an agent outcome.
-pub async fn finish_with(
-    episode: &mut Episode,
-    outcome: &AgentOutcome,
-) -> Result<(), EpisodeError> {
-    episode
-        .finish(EndInfo::status(outcome.status))
-        .await
-        .map(|_| ())
 }

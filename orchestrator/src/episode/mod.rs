@@ -152,6 +152,14 @@ impl Episode {
         config: EpisodeConfig,
         info: StartInfo,
     ) -> Result<Self, EpisodeError> {
+        let mut config = config;
+        // A path-less submit diffs the task's repository against its base commit; decided once, here.
+        if config.tools.submission_repo.is_none() {
+            config.tools.submission_repo = Some(SubmissionRepo {
+                repo_dir: REPO_DIR.to_owned(),
+                base_commit: instance.base_commit.clone(),
+            });
+        }
         let image = image_for(&instance, &config.image_template);
         let sandbox_config = SandboxConfig {
             workdir: REPO_DIR.to_owned(),
@@ -328,24 +336,16 @@ impl Episode {
                 (raw, parse_json_call(name, arguments), call_id.clone())
             }
         };
-        let mut tools = self.config.tools.clone();
-        if tools.submission_repo.is_none() {
-            tools.submission_repo = Some(SubmissionRepo {
-                repo_dir: REPO_DIR.to_owned(),
-                base_commit: self.instance.base_commit.clone(),
-            });
-        }
         self.n_steps += 1;
         let started = Instant::now();
         let (observation, result, call, format_error) = match parsed {
             Ok(call) => {
-                let result =
-                    run_tool(&sandbox, &call, &tools)
-                        .await
-                        .map_err(|e| SandboxError::Shell {
-                            container: sandbox.id().to_owned(),
-                            detail: e.message,
-                        })?;
+                let result = run_tool(&sandbox, &call, &self.config.tools)
+                    .await
+                    .map_err(|e| SandboxError::Shell {
+                        container: sandbox.id().to_owned(),
+                        detail: e.message,
+                    })?;
                 self.context_tokens_used += estimate_tokens(raw_action.len() + result.text.len());
                 (
                     render_observation(&result, &self.budget()),
