@@ -337,3 +337,67 @@ async fn offline_grading_records_that_the_install_step_could_not_run() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_timeout_leaves_no_runaway_tests_behind() {
+    use swe_env::agent::builtin_prompt;
+    use swe_env::episode::{EndInfo, Episode, EpisodeConfig, StartInfo};
+    use swe_env::grade::grade_submission;
+    use swe_env::trajectory::EpisodeStatus;
+
+    let engine = engine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = fixture("swe-env-fixtures__retrykit-1");
+    let config = EpisodeConfig {
+        trajectory_dir: dir.path().to_owned(),
+        ..EpisodeConfig::default()
+    };
+    let info = StartInfo {
+        model: None,
+        prompt: builtin_prompt(&instance.problem_statement),
+    };
+    let mut episode = Episode::start(
+        &engine,
+        &unique_id("inplace-hang"),
+        instance.clone(),
+        config,
+        info,
+    )
+    .await
+    .unwrap();
+    let sandbox = episode.sandbox().unwrap().clone();
+    let grade = GradeConfig {
+        in_place: true,
+        test_timeout: Duration::from_secs(8),
+        ..isolated()
+    };
+    let hang = extra_patch("retrykit", "hang.patch");
+    let outcome = grade_submission(
+        &engine,
+        Some(&sandbox),
+        &instance,
+        Some(&hang),
+        &grade,
+        &unique_id("g"),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.timed_out && !outcome.resolved);
+    // The limit killed the whole test process group inside the episode's container.
+    let out = sandbox
+        .run_command(
+            "ps -eo args= | grep -c '[p]ytest' || true",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.output).trim(),
+        "0",
+        "pytest still running after the timeout"
+    );
+    episode
+        .finish(EndInfo::status(EpisodeStatus::Submitted))
+        .await
+        .unwrap();
+}

@@ -247,28 +247,26 @@ pub async fn grade_in(
             sandbox
                 .write_bytes("/eval.sh", spec.eval_script.as_bytes())
                 .await?;
+            // The limit is enforced inside the container by `timeout`, which signals the whole process group:
+            // an in-place grading must not leave runaway tests behind in the episode's container. The exec's own
+            // deadline is only a backstop.
+            let limit_secs = config.test_timeout.as_secs().max(1);
+            let script = format!("timeout -k 5 {limit_secs} bash /eval.sh 2>&1");
             let started = Instant::now();
             let out = sandbox
                 .exec(
-                    &[
-                        "bash",
-                        "-c",
-                        "bash /eval.sh > /tmp/swe_env_test_output.txt 2>&1; echo $?",
-                    ],
+                    &["bash", "-c", &script],
                     None,
-                    config.test_timeout,
+                    config.test_timeout + Duration::from_secs(30),
                 )
                 .await?;
-            test_ms = started.elapsed().as_millis() as u64;
-            run.timed_out = out.timed_out;
-            let output = sandbox
-                .exec(
-                    &["cat", "/tmp/swe_env_test_output.txt"],
-                    None,
-                    Duration::from_secs(120),
-                )
-                .await?;
-            run.test_output = String::from_utf8_lossy(&output.stdout).into_owned();
+            let elapsed = started.elapsed();
+            test_ms = elapsed.as_millis() as u64;
+            // 124: the limit fired; 137 after the limit: it took the KILL that follows.
+            run.timed_out = out.timed_out
+                || out.exit_code == Some(124)
+                || (out.exit_code == Some(137) && elapsed >= config.test_timeout);
+            run.test_output = String::from_utf8_lossy(&out.stdout).into_owned();
             if run.timed_out {
                 run.test_output.push_str(&format!(
                     "\n{}: eval script exceeded {} s\n",
