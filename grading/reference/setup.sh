@@ -11,7 +11,18 @@ repo_root=$(cd "$here/../.." && pwd)
 venv=${SWE_ENV_REF_VENV:-$repo_root/target/swebench-ref-venv}
 python=${PYTHON:-python3}
 
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import swebench.harness.test_spec.test_spec' 2>/dev/null; then
+ready() { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import swebench.harness.test_spec.test_spec' 2>/dev/null; }
+if ready; then
+    echo "reference venv ready: $venv"
+    exit 0
+fi
+
+# Test binaries run in parallel and each may call this script: one builds, the others wait and then find it
+# ready (a second build would replace the venv under a test that is already using it).
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+if ready; then
     echo "reference venv ready: $venv"
     exit 0
 fi

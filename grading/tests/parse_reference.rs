@@ -13,6 +13,9 @@
 
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
+mod common;
+
+use common::{reference_python, repo_root};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,39 +23,6 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use swe_env_grading::log_parsers::{evaluate_log, LogParser, StatusMap};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn reference_python() -> PathBuf {
-    let venv = std::env::var_os("SWE_ENV_REF_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/swebench-ref-venv"));
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import swebench.harness.grading"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        let setup = repo_root().join("grading/reference/setup.sh");
-        let status = Command::new("bash")
-            .arg(&setup)
-            .env("SWE_ENV_REF_VENV", &venv)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", setup.display()));
-        assert!(
-            status.success(),
-            "{} failed ({status}): the reference venv is required",
-            setup.display()
-        );
-    }
-    python
-}
 
 /// (family, path, text) for every corpus file, sorted by path.
 fn corpus() -> Vec<(LogParser, PathBuf, String)> {
@@ -132,7 +102,7 @@ fn parsers_match_swebench_4_1_0_on_the_log_corpus() {
         .iter()
         .map(|(family, _, text)| json!({"family": family.name(), "log": text}))
         .collect();
-    let answers = run_reference(&python, &requests);
+    let answers = run_reference(python, &requests);
 
     let mut compared_tests = 0;
     for ((family, path, text), answer) in cases.iter().zip(&answers) {

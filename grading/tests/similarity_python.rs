@@ -8,19 +8,14 @@
 
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
+mod common;
+
+use common::repo_root;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use swe_env_grading::similarity::{ratio, swe_rl_similarity};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("grading crate has a parent directory")
-        .to_path_buf()
-}
 
 /// splitmix64: a tiny deterministic generator.
 struct Rng(u64);

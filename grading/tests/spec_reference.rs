@@ -10,11 +10,13 @@
 //!
 //! If the venv is missing, the test runs setup.sh itself; if python or pip cannot make it, the test fails.
 
+mod common;
+
+use common::{reference_python, repo_root};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 use swe_env_grading::dataset::{load_dataset_file, Instance};
@@ -25,44 +27,8 @@ use swe_env_grading::specs::{
     python_repo_spec, python_repo_versions, ParserFamily, VERIFIED_REPOS,
 };
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn verified_path() -> PathBuf {
     repo_root().join("../shared/datasets/swe-bench-verified.jsonl")
-}
-
-/// The reference venv's python, creating the venv with setup.sh when needed (once per test binary).
-fn reference_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let venv = std::env::var_os("SWE_ENV_REF_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/swebench-ref-venv"));
-        let python = venv.join("bin/python");
-        let ready = python.exists()
-            && Command::new(&python)
-                .args(["-c", "import swebench.harness.test_spec.test_spec"])
-                .status()
-                .is_ok_and(|s| s.success());
-        if !ready {
-            let setup = repo_root().join("grading/reference/setup.sh");
-            let out = Command::new("bash")
-                .arg(&setup)
-                .env("SWE_ENV_REF_VENV", &venv)
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", setup.display()));
-            assert!(
-                out.status.success(),
-                "reference setup failed (python/pip unusable?): {}\n--- stdout\n{}\n--- stderr\n{}",
-                setup.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        python
-    })
 }
 
 /// Runs grading/reference/dump_reference.py and parses its JSON.
