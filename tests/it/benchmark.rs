@@ -83,7 +83,7 @@ async fn gold_resolves_everything_and_empty_nothing() {
     );
 
     // The trajectories export to both training formats, one episode per line.
-    for (format, tool_role) in [("openai-chat", "user"), ("cwm", "tool: edit")] {
+    for format in ["openai-chat", "cwm"] {
         let file = out.path().join(format!("{format}.jsonl"));
         let export = Command::new(EXE)
             .args(["export", "--format", format, "--only-resolved", "-o"])
@@ -110,10 +110,20 @@ async fn gold_resolves_everything_and_empty_nothing() {
                 .map(|m| m["role"].as_str().unwrap())
                 .collect();
             assert_eq!(roles[..2], ["system", "user"]);
+            // Then one assistant turn and its observation per step: a `user` message in OpenAI chat form (text
+            // tool calls), a `tool: NAME` turn in the CWM transcript.
+            let turns = &roles[2..];
             assert!(
-                roles.contains(&tool_role) || roles.contains(&"tool: create"),
+                turns.len() >= 4 && turns.len().is_multiple_of(2),
                 "{format}: {roles:?}"
             );
+            for pair in turns.chunks(2) {
+                assert_eq!(pair[0], "assistant", "{format}: {roles:?}");
+                match format {
+                    "cwm" => assert!(pair[1].starts_with("tool: "), "{format}: {roles:?}"),
+                    _ => assert_eq!(pair[1], "user", "{format}: {roles:?}"),
+                }
+            }
         }
     }
 
