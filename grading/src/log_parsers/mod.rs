@@ -118,8 +118,8 @@ pub enum LogParseError {
     },
 }
 
-/// The seven Python log-parser families of SWE-bench; which repository uses which is the specs
-/// side's business (its `ParserFamily` maps onto this).
+/// The seven Python log-parser families of SWE-bench (which repository uses which: [`LogParser::for_repo`],
+/// in `specs`, where this enum is also named `ParserFamily`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogParser {
@@ -179,6 +179,16 @@ impl LogParser {
     }
 }
 
+impl LogParser {
+    /// Parses a name as dataset rows and the reference spell it: the canonical names in any case, `-` for `_`,
+    /// and the reference's function names (`parse_log_pytest_v2`).
+    pub fn parse_lenient(name: &str) -> Result<Self, UnknownLogParser> {
+        let norm = name.trim().to_ascii_lowercase().replace('-', "_");
+        let norm = norm.strip_prefix("parse_log_").unwrap_or(&norm);
+        norm.parse().map_err(|_| UnknownLogParser(name.to_string()))
+    }
+}
+
 impl fmt::Display for LogParser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -193,6 +203,7 @@ pub struct UnknownLogParser(pub String);
 impl FromStr for LogParser {
     type Err = UnknownLogParser;
 
+    /// Exactly the canonical names (see [`LogParser::parse_lenient`] for what dataset rows may say).
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         LogParser::ALL
             .into_iter()

@@ -283,7 +283,7 @@ pub async fn grade_in(
     };
     let input = GradeInput {
         model_patch: patch,
-        parser: spec.parser.log_parser(),
+        parser: spec.parser,
         gold: &gold,
         run: &run,
     };
