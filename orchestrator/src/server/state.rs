@@ -540,9 +540,7 @@ impl ServerState {
         let patch = Some(request.patch.as_str()).filter(|p| !p.is_empty());
         let mut cancel = self.cancel.subscribe();
         tokio::select! {
-            result = grade_patch(&self.engine, &instance, patch, &self.grade_config, &grading_id) => {
-                result.map_err(ServiceError::from_grade)
-            }
+            result = self.grade_instance(&instance, patch, &grading_id) => result,
             _ = cancel.wait_for(|cancelled| *cancelled) => Err(ServiceError::ShuttingDown),
         }
     }
