@@ -11,6 +11,7 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+command -v patch >/dev/null 2>&1 || need_pkgs+=(patch) # tests/it/apply_reference.rs runs the apply chain on the host
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 python3 -m venv --help >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -115,32 +115,65 @@ async fn partial_fix_is_partial() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn conftest_spoof_is_defeated() {
+async fn conftest_spoof_fools_the_reference_rules_and_not_hardened() {
+    use swe_env::grade::RuleSet;
     let engine = engine().await;
     let instance = fixture("swe-env-fixtures__spans-1");
     let spoof = extra_patch("spans", "spoof_conftest.patch");
-    let outcome = grade_patch(
+    // swebench-4.1 (the default) reproduces the reference harness, which a conftest.py that rewrites every test
+    // report to "passed" fools: resolved, and nothing is cleaned up.
+    let reference = grade_patch(
         &engine,
         &instance,
         Some(&spoof),
         &isolated(),
+        &unique_id("grade-spoof-ref"),
+    )
+    .await
+    .unwrap();
+    assert!(reference.resolved, "{}", reference.test_output);
+    assert!(reference.spoof_cleanup.is_empty());
+    assert_eq!(
+        reference.report.swe_env.as_ref().unwrap().rule_set,
+        RuleSet::Swebench4_1
+    );
+    // hardened removes the added conftest.py before the tests run.
+    let hardened = grade_patch(
+        &engine,
+        &instance,
+        Some(&spoof),
+        &isolated().with_rules(RuleSet::Hardened),
         &unique_id("grade-spoof"),
     )
     .await
     .unwrap();
     assert!(
-        !outcome.resolved,
+        !hardened.resolved,
         "spoof resolved!\n{}",
-        outcome.test_output
+        hardened.test_output
     );
-    assert!(
-        outcome
-            .spoof_cleanup
-            .iter()
-            .any(|line| line.contains("conftest.py")),
-        "{:?}",
-        outcome.spoof_cleanup
+    assert_eq!(
+        hardened.spoof_cleanup,
+        vec!["removed tests/conftest.py".to_owned()]
     );
+    assert_eq!(
+        hardened.report.swe_env.as_ref().unwrap().rule_set,
+        RuleSet::Hardened
+    );
+    // The gold patch grades the same under every rule set.
+    for rules in RuleSet::ALL {
+        let gold = grade_patch(
+            &engine,
+            &instance,
+            Some(&instance.patch),
+            &isolated().with_rules(rules),
+            &unique_id("grade-rules"),
+        )
+        .await
+        .unwrap();
+        assert!(gold.resolved, "{rules}: {}", gold.test_output);
+        assert!(gold.spoof_cleanup.is_empty(), "{rules}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -265,6 +298,15 @@ async fn in_place_grading_matches_fresh_grading() {
     .await
     .unwrap();
     assert!(graded.resolved, "{}", graded.test_output);
+    // In-place grading sealed the episode's container: the agent's shell and tools are closed for good.
+    let refused = sandbox
+        .run_command("cat /eval.sh", Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, swe_env::sandbox::SandboxError::Sealed { .. }),
+        "{refused}"
+    );
     let fresh = grade_submission(
         &engine,
         Some(&sandbox),
@@ -385,14 +427,15 @@ async fn in_place_timeout_leaves_no_runaway_tests_behind() {
     assert!(outcome.timed_out && !outcome.resolved);
     // The limit killed the whole test process group inside the episode's container.
     let out = sandbox
-        .run_command(
-            "ps -eo args= | grep -c '[p]ytest' || true",
+        .exec(
+            &["sh", "-c", "ps -eo args= | grep -c '[p]ytest' || true"],
+            None,
             Duration::from_secs(10),
         )
         .await
         .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.output).trim(),
+        String::from_utf8_lossy(&out.stdout).trim(),
         "0",
         "pytest still running after the timeout"
     );

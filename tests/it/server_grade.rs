@@ -32,6 +32,7 @@ async fn grade_and_grade_on_submit_return_rewards() {
             task: Some(proto::grade_request::Task::TaskId(SPANS.into())),
             patch: gold.clone(),
             image: String::new(),
+            rules: String::new(),
         })
         .await
         .unwrap()
@@ -47,6 +48,7 @@ async fn grade_and_grade_on_submit_return_rewards() {
             task: Some(proto::grade_request::Task::TaskId(SPANS.into())),
             patch: String::new(),
             image: String::new(),
+            rules: String::new(),
         })
         .await
         .unwrap()
@@ -80,13 +82,20 @@ async fn grade_and_grade_on_submit_return_rewards() {
         .into_inner();
     assert!(out.submitted);
     assert_eq!(out.reward, Some(1.0), "resolved submission earns +1");
-    client
+    // Grading ended the episode: no Step can follow it.
+    assert!(out.done, "grade-on-submit ends the episode");
+    assert_eq!(out.end_status, "submitted");
+    let refused = client.step(bash(&id, "true")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let closed = client
         .close_episode(proto::CloseEpisodeRequest {
             episode_id: id.clone(),
             final_answer: String::new(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.episode.unwrap().status, "submitted");
     let trajectory =
         swe_env::trajectory::read_trajectory(&server.trajectory_dir().join(format!("{id}.jsonl")))
             .await
@@ -170,6 +179,12 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
     assert!(!episode.live);
     let grade = result.grade.as_ref().expect("graded");
     assert!(grade.resolved, "{}", grade.report_json);
+    // The graded episode takes no more Steps.
+    let refused = client
+        .step(bash(&started.episode_id, "cat /eval.sh"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     let trajectory = swe_env::trajectory::read_trajectory(
         &server

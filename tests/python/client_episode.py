@@ -102,7 +102,8 @@ def main():
 
     step(bash("git diff > /tmp/fix.patch"))
     out = step("<tool: submit>\n/tmp/fix.patch\n</tool>")
-    assert out.submitted and out.done, out
+    # A plain submit keeps the episode live (done = the server ended it); CloseEpisode ends it.
+    assert out.submitted and not out.done, out
 
     closed = stub.CloseEpisode(
         env_pb2.CloseEpisodeRequest(episode_id=episode_id, final_answer="sorted and merged touching ranges"),

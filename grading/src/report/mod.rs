@@ -14,8 +14,13 @@
 //!   `SKIPPED [N]` summary lines and join names with spaces in pytest-v2 (not ported: parsing
 //!   stays 4.1.0 under both rules).
 //!
-//! swe-env's own anti-spoofing rule (on by default, [`GradingOptions::exit_code_cross_check`]),
-//! applied on top of 4.1.0 rules: when the test command's exit code is known and non-zero, the
+//! Three rule sets are selectable ([`RuleSet`]): `swebench-4.1` (the default: the reference's
+//! semantics exactly), `swebench-5`, and `hardened` = 4.1.0 plus swe-env's anti-spoofing measures,
+//! of which the grading part is the exit-code cross-check below (the orchestrator adds the
+//! conftest.py restore and a clean tree between apply attempts).
+//!
+//! swe-env's own anti-spoofing rule ([`GradingOptions::exit_code_cross_check`], on under
+//! `hardened` only), applied on top of 4.1.0 rules: when the test command's exit code is known and non-zero, the
 //! parsed status map is non-empty, and no test in it is FAILED or ERROR, the instance is not
 //! resolved (`resolved = false`, `swe_env.exit_code_contradicts_log = true`; `tests_status` is still
 //! reported). The exit code is the one the orchestrator recorded when it ran the tests, else the
@@ -53,28 +58,111 @@ pub enum GradingRules {
     Swebench5,
 }
 
+/// The rule set a grading follows, as users select it (`--rules`, the server config, the gRPC
+/// Grade call) and as report.json records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum RuleSet {
+    /// swebench 4.1.0's semantics exactly, failure modes included (the default).
+    #[default]
+    #[serde(rename = "swebench-4.1")]
+    #[cfg_attr(feature = "clap", value(name = "swebench-4.1"))]
+    Swebench4_1,
+    /// swebench 5.x's stricter grading rules.
+    #[serde(rename = "swebench-5")]
+    #[cfg_attr(feature = "clap", value(name = "swebench-5"))]
+    Swebench5,
+    /// 4.1.0 plus swe-env's anti-spoofing: the exit-code cross-check, conftest.py files the
+    /// submission adds or changes restored before the tests run, a clean tree between apply
+    /// attempts.
+    #[serde(rename = "hardened")]
+    Hardened,
+}
+
+impl RuleSet {
+    /// Every rule set, in the order documentation lists them.
+    pub const ALL: [RuleSet; 3] = [RuleSet::Swebench4_1, RuleSet::Swebench5, RuleSet::Hardened];
+
+    /// The name users type and reports record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleSet::Swebench4_1 => "swebench-4.1",
+            RuleSet::Swebench5 => "swebench-5",
+            RuleSet::Hardened => "hardened",
+        }
+    }
+
+    /// The reference release whose test-status rules apply.
+    pub fn grading_rules(self) -> GradingRules {
+        match self {
+            RuleSet::Swebench5 => GradingRules::Swebench5,
+            RuleSet::Swebench4_1 | RuleSet::Hardened => GradingRules::Swebench4_1,
+        }
+    }
+
+    /// Whether swe-env's anti-spoofing measures are on.
+    pub fn hardened(self) -> bool {
+        self == RuleSet::Hardened
+    }
+}
+
+impl std::fmt::Display for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown rule-set name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown grading rules `{0}`: expected swebench-4.1, swebench-5 or hardened")]
+pub struct UnknownRuleSet(pub String);
+
+impl std::str::FromStr for RuleSet {
+    type Err = UnknownRuleSet;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "swebench-4.1" | "swebench-4.1.0" | "4.1" => Ok(RuleSet::Swebench4_1),
+            "swebench-5" | "5" => Ok(RuleSet::Swebench5),
+            "hardened" => Ok(RuleSet::Hardened),
+            other => Err(UnknownRuleSet(other.to_owned())),
+        }
+    }
+}
+
 /// Grading knobs. Defaults: 4.1.0 rules, pass-and-fail checks, no FAIL_TO_FAIL/PASS_TO_FAIL
-/// grading, swe-env's exit-code cross-check on.
+/// grading, no cross-check (the reference's semantics); [`GradingOptions::for_rule_set`] sets
+/// them for a rule set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GradingOptions {
+    /// The rule set these options implement (recorded in reports).
+    pub rule_set: RuleSet,
     /// Reference release whose rules apply.
     pub rules: GradingRules,
     /// Pass-and-fail (all Python repos) or fail-only.
     pub eval_type: EvalType,
     /// Also grade FAIL_TO_FAIL and PASS_TO_FAIL lists (the reference never does when grading).
     pub calculate_to_fail: bool,
-    /// swe-env's anti-spoofing rule (module documentation); default on.
+    /// swe-env's anti-spoofing rule (module documentation); on under `hardened` only.
     pub exit_code_cross_check: bool,
 }
 
 impl Default for GradingOptions {
     fn default() -> Self {
+        GradingOptions::for_rule_set(RuleSet::default())
+    }
+}
+
+impl GradingOptions {
+    /// The options of a rule set.
+    pub fn for_rule_set(rule_set: RuleSet) -> Self {
         GradingOptions {
-            rules: GradingRules::Swebench4_1,
+            rule_set,
+            rules: rule_set.grading_rules(),
             eval_type: EvalType::PassAndFail,
             calculate_to_fail: false,
-            exit_code_cross_check: true,
+            exit_code_cross_check: rule_set.hardened(),
         }
     }
 }
@@ -98,7 +186,10 @@ pub struct TestRunOutcome {
 /// fields stay exactly as the reference writes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweEnvReport {
-    /// Rules used.
+    /// The rule set that produced this report.
+    #[serde(default)]
+    pub rule_set: RuleSet,
+    /// Test-status rules used (follows from `rule_set`).
     pub rules: GradingRules,
     /// FULL / PARTIAL / NO, when tests were graded.
     pub resolution: Option<ResolvedStatus>,
@@ -220,6 +311,7 @@ pub fn grade_instance(input: &GradeInput<'_>, options: &GradingOptions) -> Insta
         .test_exit_code
         .or_else(|| parse_last_test_exit_code(&run.test_output));
     let mut extras = SweEnvReport {
+        rule_set: options.rule_set,
         rules: options.rules,
         test_exit_code: recorded_exit_code,
         timed_out: run.timed_out,
@@ -367,25 +459,48 @@ mod tests {
     }
 
     #[test]
-    fn non_zero_exit_with_all_passing_log_is_not_resolved() {
+    fn each_rule_set_on_a_non_zero_exit_with_an_all_passing_log() {
         let spoofed = run("PASSED t.py::a\nPASSED t.py::b", Some(1));
+        // swebench-4.1 (the default): the reference resolves it; the exit code is only recorded.
         let report = grade(&spoofed, &GradingOptions::default());
-        assert!(report.patch_successfully_applied);
-        assert!(!report.resolved);
-        assert!(report.swe_env.as_ref().unwrap().exit_code_contradicts_log);
-        // Pure 4.1.0 semantics (cross-check off) resolve it.
-        let lenient = GradingOptions {
-            exit_code_cross_check: false,
-            ..GradingOptions::default()
-        };
-        assert!(grade(&spoofed, &lenient).resolved);
-        // 5.x rules refuse the log altogether.
-        let v5 = GradingOptions {
-            rules: GradingRules::Swebench5,
-            ..GradingOptions::default()
-        };
-        let report = grade(&spoofed, &v5);
+        assert!(report.patch_successfully_applied && report.resolved);
+        let extras = report.swe_env.unwrap();
+        assert_eq!(extras.rule_set, RuleSet::Swebench4_1);
+        assert!(!extras.exit_code_contradicts_log);
+        assert_eq!(extras.test_exit_code, Some(1));
+        // hardened: the cross-check overrides `resolved`, tests_status is still reported.
+        let report = grade(&spoofed, &GradingOptions::for_rule_set(RuleSet::Hardened));
+        assert!(report.patch_successfully_applied && !report.resolved);
+        assert!(report.tests_status.is_some());
+        let extras = report.swe_env.unwrap();
+        assert_eq!(extras.rule_set, RuleSet::Hardened);
+        assert!(extras.exit_code_contradicts_log);
+        // swebench-5 refuses the log altogether.
+        let report = grade(&spoofed, &GradingOptions::for_rule_set(RuleSet::Swebench5));
         assert!(!report.patch_successfully_applied && report.tests_status.is_none());
+        assert_eq!(report.swe_env.unwrap().rule_set, RuleSet::Swebench5);
+    }
+
+    #[test]
+    fn each_rule_set_on_a_skipped_fail_to_pass_test() {
+        let skipped = run("SKIPPED t.py::a\nPASSED t.py::b", Some(0));
+        // 4.1.0 puts a skipped FAIL_TO_PASS test in neither list: resolved (a known reference quirk).
+        assert!(grade(&skipped, &GradingOptions::default()).resolved);
+        assert!(grade(&skipped, &GradingOptions::for_rule_set(RuleSet::Hardened)).resolved);
+        assert!(!grade(&skipped, &GradingOptions::for_rule_set(RuleSet::Swebench5)).resolved);
+    }
+
+    #[test]
+    fn rule_set_names_round_trip() {
+        for rule_set in RuleSet::ALL {
+            assert_eq!(rule_set.as_str().parse::<RuleSet>(), Ok(rule_set));
+            let json = serde_json::to_string(&rule_set).unwrap();
+            assert_eq!(json, format!("\"{}\"", rule_set.as_str()));
+        }
+        let error = "swebench4".parse::<RuleSet>().unwrap_err();
+        assert!(error
+            .to_string()
+            .contains("swebench-4.1, swebench-5 or hardened"));
     }
 
     #[test]
@@ -394,7 +509,7 @@ mod tests {
             ">>>>> Test Exit Code: 0\nPASSED t.py::a\nPASSED t.py::b",
             Some(2),
         );
-        assert!(!grade(&spoofed, &GradingOptions::default()).resolved);
+        assert!(!grade(&spoofed, &GradingOptions::for_rule_set(RuleSet::Hardened)).resolved);
     }
 
     #[test]

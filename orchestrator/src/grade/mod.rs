@@ -1,23 +1,31 @@
-//! Grading a patch for a task in a container: fresh container (by default), anti-spoofing clean-up, the patch
-//! apply chain, the eval script, log parsing, report.json and rewards. The semantics (specs, scripts, parsers,
-//! reports, rewards) come from `swe-env-grading`; this module only runs them.
+//! Grading a patch for a task in a container: fresh container (by default), the patch apply chain, the eval
+//! script, log parsing, report.json and rewards. The semantics (specs, scripts, parsers, reports, rewards) come
+//! from `swe-env-grading`; this module only runs them.
 //!
-//! Anti-spoofing beyond the reference harness: after the model patch applies, files it *added* under test paths
-//! are deleted and `conftest.py` files it *modified* are restored to the base commit (a conftest can rewrite any
-//! test's outcome); the eval script then resets the test patch's files as the reference does. The recorded test
-//! exit code is cross-checked against the parsed log (see `swe_env_grading::report`).
+//! Rule sets ([`RuleSet`], recorded in every report): `swebench-4.1` (default) and `swebench-5` run exactly the
+//! reference's steps (apply chain without clean-up between attempts, eval script); `hardened` adds swe-env's
+//! anti-spoofing: a clean tree between apply attempts, `conftest.py` files the submission added, changed or
+//! deleted put back to the base commit before the tests run (a conftest can rewrite any test's outcome), and the
+//! exit-code cross-check of `swe_env_grading::report`. The eval script resets the test patch's own files under
+//! every rule set, as the reference does.
+//!
+//! Test material (the eval script holds the test patch) only ever enters a container no agent can act in again:
+//! a fresh grading container, or — in-place — the episode's container after [`DockerSandbox::seal_for_grading`]
+//! killed every process in it and closed the shell and the tools for good.
 
 mod apply;
 mod logs;
 
-pub use apply::{apply_chain_script, APPLY_METHODS};
+pub use apply::{applied_method, apply_chain_script, ApplyChain, ApplyMethod, APPLY_METHODS};
 pub use logs::write_instance_logs;
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use swe_env_grading::dataset::Instance;
+use swe_env_grading::eval_script::Semantics;
 use swe_env_grading::eval_script::{make_test_spec, EvalScriptConfig, GradingNetwork, TestSpec};
+pub use swe_env_grading::report::RuleSet;
 use swe_env_grading::report::{
     grade_instance, offline_install_status, GoldTests, GradeInput, GradingOptions, InstanceReport,
     TestRunOutcome,
@@ -40,7 +48,7 @@ pub struct GradeConfig {
     pub test_timeout: Duration,
     /// Image name template for rows without an `image` field.
     pub image_template: String,
-    /// Rules and cross-checks.
+    /// Rules and cross-checks; set them with [`GradeConfig::with_rules`] so they agree with `eval_script`.
     pub options: GradingOptions,
     /// Eval-script options (semantics, exit-code recording). `grading_network` follows `network_mode`.
     pub eval_script: EvalScriptConfig,
@@ -48,10 +56,30 @@ pub struct GradeConfig {
     pub rewards: RewardConfig,
     /// Container limits of the grading container.
     pub sandbox: SandboxConfig,
-    /// Grade in the episode's own container instead of a fresh one (RL speed: no container start). The episode's
-    /// working-tree changes are discarded and the submission re-applied, so the outcome matches a fresh grading
-    /// unless the agent changed state outside the repository (installed packages, files elsewhere). Default false.
+    /// Grade in the episode's own container instead of a fresh one (RL speed: no container start). The container
+    /// is sealed first (every process killed, the agent's shell and tools closed for good: grading is the last
+    /// thing that happens there), the episode's working-tree changes are discarded and the submission re-applied,
+    /// so the outcome matches a fresh grading unless the agent changed state outside the repository (installed
+    /// packages, files elsewhere) — a fresh container (the default) is the only grading a hostile agent cannot
+    /// influence. Default false.
     pub in_place: bool,
+}
+
+impl GradeConfig {
+    /// This configuration under `rule_set`: grading options and eval-script semantics set together.
+    pub fn with_rules(mut self, rule_set: RuleSet) -> Self {
+        self.options = GradingOptions::for_rule_set(rule_set);
+        self.eval_script.semantics = match rule_set {
+            RuleSet::Swebench5 => Semantics::V5,
+            RuleSet::Swebench4_1 | RuleSet::Hardened => Semantics::V4_1_0,
+        };
+        self
+    }
+
+    /// The rule set in force.
+    pub fn rule_set(&self) -> RuleSet {
+        self.options.rule_set
+    }
 }
 
 impl Default for GradeConfig {
@@ -158,8 +186,10 @@ pub async fn grade_submission(
     }
 }
 
-/// Grades in the episode's own container: resets the repository to its checked-out commit (tracked changes and
-/// untracked, non-ignored files go), then applies `patch` and runs the eval script as a fresh grading would.
+/// Grades in the episode's own container: seals it ([`DockerSandbox::seal_for_grading`]: every process killed,
+/// no agent action ever again), resets the repository to its checked-out commit (tracked changes and untracked,
+/// non-ignored files go), then applies `patch` and runs the eval script as a fresh grading would. The caller ends
+/// the episode afterwards; any step it still tries fails with [`SandboxError::Sealed`].
 pub async fn grade_in_place(
     sandbox: &DockerSandbox,
     instance: &Instance,
@@ -168,6 +198,7 @@ pub async fn grade_in_place(
 ) -> Result<GradeOutcome, GradeError> {
     let started = Instant::now();
     let spec = test_spec(instance, config)?;
+    sandbox.seal_for_grading().await?;
     let reset = format!(
         "cd {} && git reset -q --hard HEAD && git clean -fdq",
         swe_env_quote(&spec.repo_dir)
@@ -217,7 +248,9 @@ pub async fn grade_in(
     let mut spoof_cleanup = Vec::new();
     let mut test_ms = 0;
     let patch_text = patch.unwrap_or("");
-    let has_patch = patch.is_some_and(|p| !p.trim().is_empty());
+    // Only a zero-length patch counts as empty: the reference runs the apply chain on a whitespace-only one (and
+    // it fails to apply).
+    let has_patch = patch.is_some_and(|p| !p.is_empty());
     if patch.is_some() {
         if has_patch {
             sandbox
@@ -228,7 +261,15 @@ pub async fn grade_in(
                     &[
                         "bash",
                         "-c",
-                        &apply_chain_script(&spec.repo_dir, "/tmp/swe_env_model.patch"),
+                        &apply_chain_script(
+                            &spec.repo_dir,
+                            "/tmp/swe_env_model.patch",
+                            if config.rule_set().hardened() {
+                                ApplyChain::Hardened
+                            } else {
+                                ApplyChain::Reference
+                            },
+                        ),
                     ],
                     None,
                     Duration::from_secs(300),
@@ -242,8 +283,10 @@ pub async fn grade_in(
             run.patch_applied = true;
             run.apply_method = Some("empty".to_owned());
         }
+        if run.patch_applied && config.rule_set().hardened() {
+            spoof_cleanup = restore_conftests(sandbox, &spec.repo_dir, &spec.base_commit).await?;
+        }
         if run.patch_applied {
-            spoof_cleanup = clean_spoofs(sandbox, &spec.repo_dir, &spec.base_commit).await?;
             sandbox
                 .write_bytes("/eval.sh", spec.eval_script.as_bytes())
                 .await?;
@@ -317,27 +360,23 @@ pub async fn grade_in(
     })
 }
 
-/// Removes files the submission added under test paths and restores modified `conftest.py` files.
-async fn clean_spoofs(
+/// `hardened` only: puts every `conftest.py` the submission added, changed or deleted back to the base commit
+/// (added ones are removed). Nothing else is touched: a legitimate fix may add files under packages named
+/// `test`/`testing` (`django/test/…`, `sympy/testing/…`), and no SWE-bench Verified gold patch touches a
+/// `conftest.py` (checked by a test over all 500).
+async fn restore_conftests(
     sandbox: &DockerSandbox,
     repo_dir: &str,
     base_commit: &str,
 ) -> Result<Vec<String>, GradeError> {
     let script = format!(
         r#"cd {repo} || exit 0
-is_test_path() {{
-  case "/$1" in
-    */test/*|*/tests/*|*/testing/*|*/conftest.py|*/test_*.py|*_test.py|*/tests.py) return 0 ;;
-  esac
-  return 1
-}}
 git add -A >/dev/null 2>&1
-git diff --cached --name-status --no-renames {base} | while IFS=$'\t' read -r status path; do
-  if [ "$status" = A ] && is_test_path "$path"; then
-    git rm -q --cached -- "$path" >/dev/null 2>&1; rm -f -- "$path"; echo "removed $path"
-  elif [ "$status" = M ] && [ "${{path##*/}}" = conftest.py ]; then
-    git checkout -q {base} -- "$path" && echo "restored $path"
-  fi
+git diff --cached --name-status --no-renames -z {base} -- ':(glob)**/conftest.py' | while IFS= read -r -d '' status && IFS= read -r -d '' path; do
+  case "$status" in
+    A) git rm -q --cached -- "$path" >/dev/null 2>&1; rm -f -- "$path"; printf 'removed %s\n' "$path" ;;
+    *) git checkout -q {base} -- "$path" && printf 'restored %s\n' "$path" ;;
+  esac
 done
 git reset -q >/dev/null 2>&1
 true"#,
@@ -355,4 +394,50 @@ true"#,
 
 fn swe_env_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Paths a patch touches (`diff --git a/X b/Y` → Y) and whether it creates them.
+    fn touched(patch: &str) -> Vec<(String, bool)> {
+        let mut files: Vec<(String, bool)> = Vec::new();
+        for line in patch.lines() {
+            if let Some(rest) = line.strip_prefix("diff --git a/") {
+                if let Some((_, b)) = rest.split_once(" b/") {
+                    files.push((b.to_owned(), false));
+                }
+            } else if line.starts_with("new file mode") {
+                if let Some(last) = files.last_mut() {
+                    last.1 = true;
+                }
+            }
+        }
+        files
+    }
+
+    /// The `hardened` clean-up only puts back `conftest.py` files: over all 500 SWE-bench Verified gold patches it
+    /// touches nothing, because no gold patch adds, changes or deletes a conftest.py.
+    #[test]
+    fn hardened_cleanup_leaves_every_verified_gold_patch_alone() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/datasets/swe-bench-verified.jsonl");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (mut rows, mut files) = (0, 0);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let id = row["instance_id"].as_str().unwrap();
+            let patch = row["patch"].as_str().unwrap();
+            rows += 1;
+            for (file, _added) in touched(patch) {
+                files += 1;
+                assert!(
+                    !file.ends_with("conftest.py"),
+                    "{id}: the gold patch touches {file}; the hardened clean-up would revert it"
+                );
+            }
+        }
+        assert_eq!(rows, 500);
+        assert!(files >= 500, "parsed {files} files");
+    }
 }

@@ -160,7 +160,9 @@ impl DockerEngine {
         config: SandboxConfig,
     ) -> Result<DockerSandbox, SandboxError> {
         let started = Instant::now();
-        let name = format!("swe-env-{episode_id}");
+        // A random suffix: two runs may reuse an episode id (same run id in two output directories, a rerun while
+        // an orphan still exists); the `swe-env.episode` label keeps the id itself.
+        let name = format!("swe-env-{episode_id}-{:04x}", rand::random::<u16>());
         let host_config = HostConfig {
             network_mode: Some(config.network_mode.clone()),
             memory: Some(config.memory_bytes),
@@ -209,6 +211,7 @@ impl DockerEngine {
                 session: tokio::sync::Mutex::new(None),
                 cwd: std::sync::Mutex::new(String::new()),
                 removed: AtomicBool::new(false),
+                sealed: AtomicBool::new(false),
             }),
         };
         // From here on, dropping `sandbox` on an error path removes the container.
@@ -320,6 +323,9 @@ struct Inner {
     session: tokio::sync::Mutex<Option<Session>>,
     cwd: std::sync::Mutex<String>,
     removed: AtomicBool,
+    /// Set by [`DockerSandbox::seal_for_grading`]: every agent-facing operation (the shell and the tools'
+    /// file access) is refused from then on; only the grader's own execs run.
+    sealed: AtomicBool,
 }
 
 /// Result of a one-shot exec (not in the persistent shell).
@@ -353,12 +359,40 @@ impl DockerSandbox {
         &self.inner.config
     }
 
+    /// Ends the agent's tenure of this container before test material is copied in (in-place grading): kills
+    /// every process in it by restarting the container (the filesystem is kept; background jobs, daemons and
+    /// anything the agent left running are gone) and refuses every later agent-facing operation — the shell
+    /// ([`Self::run_command`]) and the tools' file access ([`swe_env_tools::ToolSandbox`]) answer
+    /// [`SandboxError::Sealed`]. One-shot [`Self::exec`] / [`Self::write_bytes`], the grader's own tools, keep
+    /// working. Irreversible.
+    pub async fn seal_for_grading(&self) -> Result<(), SandboxError> {
+        self.inner.sealed.store(true, Ordering::SeqCst);
+        let mut guard = self.inner.session.lock().await;
+        *guard = None;
+        self.inner.restart_container().await
+    }
+
+    /// Whether [`Self::seal_for_grading`] ran.
+    pub fn is_sealed(&self) -> bool {
+        self.inner.sealed.load(Ordering::SeqCst)
+    }
+
+    fn ensure_unsealed(&self) -> Result<(), SandboxError> {
+        if self.is_sealed() {
+            return Err(SandboxError::Sealed {
+                container: self.inner.container_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs a command in the persistent shell. See [`swe_env_tools::ToolSandbox::run`].
     pub async fn run_command(
         &self,
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, SandboxError> {
+        self.ensure_unsealed()?;
         self.inner
             .run_in_shell(command, timeout, self.inner.config.max_output_bytes)
             .await
@@ -397,6 +431,7 @@ impl DockerSandbox {
     /// Kills every process in the container by restarting it (the filesystem is kept), then opens a new shell.
     /// The last resort when even a second exec cannot start (e.g. the pids limit is exhausted).
     pub async fn reset_processes(&self) -> Result<(), SandboxError> {
+        self.ensure_unsealed()?;
         let mut guard = self.inner.session.lock().await;
         *guard = None;
         self.inner.restart_container().await?;
@@ -813,6 +848,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
     }
 
     async fn path_kind(&self, path: &str) -> Result<PathKind, swe_env_tools::SandboxError> {
+        self.ensure_unsealed()?;
         let quoted = shell::ansi_c_quote(path.as_bytes());
         let probe = format!(
             "if [ -d {quoted} ]; then echo d; elif [ -f {quoted} ]; then echo f; \
@@ -830,6 +866,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
     }
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, swe_env_tools::SandboxError> {
+        self.ensure_unsealed()?;
         let result = self
             .exec(&["cat", "--", path], None, Duration::from_secs(60))
             .await?;
@@ -859,6 +896,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         path: &str,
         bytes: &[u8],
     ) -> Result<(), swe_env_tools::SandboxError> {
+        self.ensure_unsealed()?;
         Ok(self.write_bytes(path, bytes).await?)
     }
 }

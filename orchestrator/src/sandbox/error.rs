@@ -42,6 +42,15 @@ pub enum SandboxError {
         /// What the command printed.
         detail: String,
     },
+    /// The sandbox was sealed for grading: test material may be inside, so no agent action may run there again.
+    #[error(
+        "container {container} was sealed for grading: the episode is over and its agent can no longer act in it \
+         (start a new episode)"
+    )]
+    Sealed {
+        /// Container id.
+        container: String,
+    },
     /// Any other engine error.
     #[error("docker {op} failed: {detail}")]
     Docker {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::episode::{AntiLeak, EpisodeConfig};
-use crate::grade::GradeConfig;
+use crate::grade::{GradeConfig, RuleSet};
 use crate::sandbox::SandboxConfig;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
 
@@ -128,12 +128,17 @@ pub struct GradingSettings {
     /// Grade-on-submit in the episode's own container (no container start; see `GradeConfig::in_place`).
     /// Default false: a fresh container.
     pub in_place: bool,
+    /// Grading rules: `swebench-4.1` (default, the reference's semantics), `swebench-5` or `hardened`
+    /// (reference + swe-env's anti-spoofing). A Grade call may ask for other rules; grade-on-submit and
+    /// RunEpisode use these.
+    pub rules: RuleSet,
 }
 
 impl Default for GradingSettings {
     fn default() -> Self {
         let grade = GradeConfig::default();
         Self {
+            rules: grade.rule_set(),
             network_mode: grade.network_mode,
             test_timeout_secs: grade.test_timeout.as_secs(),
             in_place: grade.in_place,
@@ -269,6 +274,7 @@ impl ServerConfig {
             in_place: self.grading.in_place,
             ..GradeConfig::default()
         }
+        .with_rules(self.grading.rules)
     }
 }
 

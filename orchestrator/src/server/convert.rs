@@ -282,7 +282,9 @@ pub fn step_response(outcome: &StepOutcome, after: &Budget) -> proto::StepRespon
     proto::StepResponse {
         observation: Some(observation(&outcome.record)),
         step_idx: outcome.record.step_idx,
-        done: outcome.done,
+        // Over gRPC `done` means the episode has ended (a budget ran out here; the caller also ends it when it
+        // grades a submission). A plain submit keeps the episode live: the agent may revise and submit again.
+        done: outcome.end_status.is_some(),
         submitted: outcome.submitted,
         end_status: outcome
             .end_status

@@ -168,15 +168,12 @@ async fn drive(
         None => (cancelled_end("server shutdown"), false),
     };
     let mut grade_reply = None;
-    let submission = live.episode.submission().map(str::to_owned);
-    if grade && gradable {
-        if let Some(patch) = submission {
-            let instance = live.episode.instance().clone();
+    if grade && gradable && live.episode.submission().is_some() {
+        {
+            // The loop is over and nothing else steps this episode (its slot is locked until it ends), so
+            // in-place grading may seal its container.
             let grading_id = format!("{}-grade", slot.id);
-            match state
-                .grade_instance(&instance, Some(&patch), &grading_id)
-                .await
-            {
+            match state.grade_episode(&live.episode, &grading_id).await {
                 Ok(outcome) => {
                     end.rewards = serde_json::to_value(&outcome.rewards).ok();
                     end.grading = serde_json::to_value(&outcome.report).ok();

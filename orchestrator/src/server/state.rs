@@ -22,7 +22,7 @@ use super::registry::{
 };
 use super::tasks::TaskCatalog;
 use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, ToolFormat};
-use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome};
+use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
 use crate::sandbox::{DockerEngine, SandboxError};
 use crate::task::{image_for, REPO_DIR};
 use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
@@ -273,17 +273,36 @@ impl ServerState {
         self.cancel.subscribe()
     }
 
-    /// Grades `patch` for `instance` with the server's grading settings.
+    /// Grades `patch` for `instance` in a fresh container with the server's grading settings, under `rules` when
+    /// given (else the configured rules).
     pub async fn grade_instance(
         &self,
         instance: &Instance,
         patch: Option<&str>,
+        rules: Option<RuleSet>,
         grading_id: &str,
     ) -> Result<GradeOutcome, ServiceError> {
-        grade_patch(
+        let config = match rules {
+            Some(rules) => self.grade_config.clone().with_rules(rules),
+            None => self.grade_config.clone(),
+        };
+        grade_patch(&self.engine, instance, patch, &config, grading_id)
+            .await
+            .map_err(ServiceError::from_grade)
+    }
+
+    /// Grades an episode's submission with the server's settings (in its own container when `grading.in_place`;
+    /// the container is sealed then). The caller ends the episode right after: grading is its last act.
+    pub async fn grade_episode(
+        &self,
+        episode: &Episode,
+        grading_id: &str,
+    ) -> Result<GradeOutcome, ServiceError> {
+        grade_submission(
             &self.engine,
-            instance,
-            patch,
+            episode.sandbox(),
+            episode.instance(),
+            episode.submission(),
             &self.grade_config,
             grading_id,
         )
@@ -360,20 +379,13 @@ impl ServerState {
             }
         };
         let mut reply = convert::step_response(&outcome, &live.episode.budget());
-        if outcome.submitted && live.grade_on_submit {
+        // A submission graded on submit ends the episode: grading is the last thing that happens in it, so no
+        // Step can ever run where test material was (in-place grading also seals the container first).
+        let grade_now = outcome.submitted && live.grade_on_submit;
+        let mut grading_failed = None;
+        if grade_now {
             let grading_id = format!("{}-grade-{}", slot.id, outcome.record.step_idx);
-            let patch = live.episode.submission().map(str::to_owned);
-            let instance = live.episode.instance().clone();
-            match grade_submission(
-                &self.engine,
-                live.episode.sandbox(),
-                &instance,
-                patch.as_deref(),
-                &self.grade_config,
-                &grading_id,
-            )
-            .await
-            {
+            match self.grade_episode(&live.episode, &grading_id).await {
                 Ok(graded) => {
                     reply.reward = Some(graded.rewards.shaped);
                     live.graded = Some((
@@ -383,6 +395,7 @@ impl ServerState {
                 }
                 Err(error) => {
                     warn!(episode_id = %slot.id, %error, "grading the submission failed; no reward");
+                    grading_failed = Some(format!("grading failed: {error}"));
                 }
             }
         }
@@ -391,9 +404,16 @@ impl ServerState {
             n_steps: live.episode.n_steps(),
             submission: live.episode.submission().map(str::to_owned),
         });
-        if let Some(status) = outcome.end_status {
-            self.finish_locked(&slot, &mut state, EndInfo::status(status))
-                .await;
+        let end_status = outcome
+            .end_status
+            .or(grade_now.then_some(EpisodeStatus::Submitted));
+        // `done` means exactly this: the server has ended the episode and accepts no more Steps.
+        reply.done = end_status.is_some();
+        if let Some(status) = end_status {
+            reply.end_status = status.as_str().to_owned();
+            let mut end = EndInfo::status(status);
+            end.detail = grading_failed;
+            self.finish_locked(&slot, &mut state, end).await;
         }
         if !request.request_id.is_empty() {
             state
@@ -538,9 +558,19 @@ impl ServerState {
         let _permit = self.admission.episode()?;
         let grading_id = format!("grade-{}", new_episode_id());
         let patch = Some(request.patch.as_str()).filter(|p| !p.is_empty());
+        let rules = if request.rules.is_empty() {
+            None
+        } else {
+            Some(
+                request
+                    .rules
+                    .parse::<RuleSet>()
+                    .map_err(|e| ServiceError::invalid("rules", e.to_string()))?,
+            )
+        };
         let mut cancel = self.cancel.subscribe();
         tokio::select! {
-            result = self.grade_instance(&instance, patch, &grading_id) => result,
+            result = self.grade_instance(&instance, patch, rules, &grading_id) => result,
             _ = cancel.wait_for(|cancelled| *cancelled) => Err(ServiceError::ShuttingDown),
         }
     }
