@@ -1,5 +1,6 @@
-//! The submit tool (a patch file becomes the episode's submission) and [`compute_submission`], which diffs the
-//! repository against the base commit for agents that do not write patch files themselves.
+//! The submit tool (a patch file becomes the episode's submission) and [`compute_submission_excluding`], which
+//! diffs the repository against the base commit for agents that do not write patch files themselves, leaving out
+//! the untracked files the repository already had at episode start ([`record_untracked`]) while they are unchanged.
 
 use std::time::Duration;
 
@@ -40,20 +41,61 @@ pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// Stages everything in `repo_dir` and returns `git diff --cached --binary <base_commit>` (may be empty when
-/// nothing changed). Runs in a subshell of the persistent shell, so the shell's directory is untouched; the diff
-/// goes through a temporary file in the sandbox so the shell's output cap cannot cut it.
-pub async fn compute_submission(
+/// A file that was untracked (and not ignored) in the repository at episode start: a path not in the base commit
+/// that `git add -A` picks up, such as a `build/` tree left by `pip install .` that the image's `.gitignore` does
+/// not cover. Recorded by [`record_untracked`] and kept on the host ([`crate::SubmissionRepo`]), never only in the
+/// sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UntrackedFile {
+    /// Path relative to the repository, as git's `-z` output gives it (any bytes: spaces, quotes, newlines,
+    /// non-UTF-8).
+    pub path: Vec<u8>,
+    /// git's file mode (`100644`, `100755`, `120000` for a symbolic link).
+    pub mode: String,
+    /// git's blob hash of the content (full length).
+    pub blob: String,
+}
+
+/// Shell lines (inside a subshell already in the repository) that make `$swe_env_dir` a new temporary directory
+/// and stage everything into a copy of the repository's index there (`$swe_env_dir/index`), so the agent's own
+/// index is never touched. `GIT_INDEX_FILE` is exported for the rest of the subshell only.
+const STAGE_IN_TEMP_INDEX: &str = "swe_env_index=\"$(git rev-parse --git-path index)\" || exit\n\
+     swe_env_dir=\"$(mktemp -d)\" || exit\n\
+     export GIT_INDEX_FILE=\"$swe_env_dir/index\"\n\
+     if [ -f \"$swe_env_index\" ]; then\n\
+       cp -- \"$swe_env_index\" \"$GIT_INDEX_FILE\" || { rm -rf -- \"$swe_env_dir\"; exit 1; }\n\
+     fi\n\
+     git add -A || { swe_env_status=$?; rm -rf -- \"$swe_env_dir\"; exit \"$swe_env_status\"; }\n";
+
+/// Shell: after a failed command, remove the temporary directory and exit with that command's status.
+const CLEAN_UP_AND_FAIL: &str =
+    "{ swe_env_status=$?; rm -rf -- \"$swe_env_dir\"; exit \"$swe_env_status\"; }";
+
+/// `git diff --cached --raw` of the files added since `base` (new paths), NUL-separated, into `$swe_env_dir/added`.
+fn added_files_command(base: &str) -> String {
+    format!(
+        "git diff --cached --raw -z --no-abbrev --no-renames --diff-filter=A {} -- > \"$swe_env_dir/added\"",
+        shell_quote(base)
+    )
+}
+
+/// The binary patch of the temporary index against `base`, into `$swe_env_dir/patch`.
+fn patch_command(base: &str) -> String {
+    format!(
+        "git -c core.quotepath=off diff --cached --binary --no-color --no-ext-diff {} -- > \"$swe_env_dir/patch\"",
+        shell_quote(base)
+    )
+}
+
+/// Runs `body` in a subshell in `repo_dir`; the last line printed must be the temporary directory.
+async fn run_in_repo(
     sandbox: &dyn ToolSandbox,
     repo_dir: &str,
-    base_commit: &str,
-) -> Result<Vec<u8>, SubmissionError> {
+    body: &str,
+) -> Result<String, SubmissionError> {
     let command = format!(
-        "(builtin cd -- {repo} && git add -A && swe_env_patch=\"$(mktemp)\" && git -c core.quotepath=off diff \
-         --cached --binary --no-color --no-ext-diff {base} -- > \"$swe_env_patch\" && builtin printf '%s\\n' \
-         \"$swe_env_patch\")",
-        repo = shell_quote(repo_dir),
-        base = shell_quote(base_commit),
+        "( builtin cd -- {} || exit 1\n{body}\n)",
+        shell_quote(repo_dir)
     );
     let output = sandbox.run(&command, SUBMISSION_TIMEOUT).await?;
     let printed = String::from_utf8_lossy(&output.output).into_owned();
@@ -62,22 +104,147 @@ pub async fn compute_submission(
             repo_dir: repo_dir.to_owned(),
         });
     }
-    let patch_path = printed.lines().last().unwrap_or_default().trim().to_owned();
-    if output.exit_code != Some(0) || !patch_path.starts_with('/') {
+    let dir = printed.lines().last().unwrap_or_default().trim().to_owned();
+    if output.exit_code != Some(0) || !dir.starts_with('/') {
         return Err(SubmissionError::GitFailed {
             repo_dir: repo_dir.to_owned(),
             exit_code: output.exit_code,
             output: printed,
         });
     }
-    let patch = sandbox.read_file(&patch_path).await?;
+    Ok(dir)
+}
+
+/// Parses `git diff --raw -z --no-renames` output (`:old_mode new_mode old_hash new_hash status NUL path NUL`…).
+fn parse_raw_added(raw: &[u8]) -> Vec<UntrackedFile> {
+    let mut files = Vec::new();
+    let mut fields = raw.split(|byte| *byte == 0);
+    while let (Some(meta), Some(path)) = (fields.next(), fields.next()) {
+        let meta = String::from_utf8_lossy(meta);
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        if let [_, new_mode, _, new_hash, _status] = parts[..] {
+            files.push(UntrackedFile {
+                path: path.to_vec(),
+                mode: new_mode.to_owned(),
+                blob: new_hash.to_owned(),
+            });
+        }
+    }
+    files
+}
+
+/// Records the repository's untracked, non-ignored files with their modes and blob hashes: every path `git add -A`
+/// would add that `base_commit` does not have. Stages into a temporary copy of the index, so the repository's
+/// index is untouched (the blobs do land in its object store, as with any `git add`).
+pub async fn record_untracked(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    base_commit: &str,
+) -> Result<Vec<UntrackedFile>, SubmissionError> {
+    let body = format!(
+        "{STAGE_IN_TEMP_INDEX}{added} || {CLEAN_UP_AND_FAIL}\nbuiltin printf '%s\\n' \"$swe_env_dir\"",
+        added = added_files_command(base_commit),
+    );
+    let dir = run_in_repo(sandbox, repo_dir, &body).await?;
+    let raw = sandbox.read_file(&format!("{dir}/added")).await;
+    remove_dir(sandbox, &dir).await?;
+    Ok(parse_raw_added(&raw?))
+}
+
+async fn remove_dir(sandbox: &dyn ToolSandbox, dir: &str) -> Result<(), SandboxError> {
     sandbox
         .run(
-            &format!("rm -f -- {}", shell_quote(&patch_path)),
+            &format!("rm -rf -- {}", shell_quote(dir)),
             SUBMISSION_TIMEOUT,
         )
         .await?;
+    Ok(())
+}
+
+/// Stages everything in `repo_dir` and returns `git diff --cached --binary <base_commit>` (may be empty when
+/// nothing changed). Same as [`compute_submission_excluding`] with nothing to exclude.
+pub async fn compute_submission(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    base_commit: &str,
+) -> Result<Vec<u8>, SubmissionError> {
+    compute_submission_excluding(sandbox, repo_dir, base_commit, &[]).await
+}
+
+/// Stages everything in `repo_dir` and returns `git diff --cached --binary <base_commit>` (may be empty when
+/// nothing changed), leaving out each file of `preexisting` (see [`record_untracked`]) whose path, mode and blob
+/// are unchanged: the episode did not touch it, so it is not part of the answer.
+///
+/// A pre-existing untracked file the agent modified (content or mode) stays in, as a new file with its whole
+/// current content, since the base commit does not have it. Grading in a fresh container of the same image finds
+/// that file already there: `git apply -v` refuses the patch, the apply chain cleans the tree (`git clean -fd`
+/// removes every untracked file) and `git apply -v --reject` then creates the file with the agent's content. A
+/// pre-existing untracked file the agent deleted cannot be expressed in a patch against the base commit (which
+/// never had it), so it simply does not appear; the grading container still has it.
+///
+/// Staging happens in a temporary copy of the index, so the repository's index is left as it was found. Runs in
+/// subshells of the persistent shell, so the shell's directory is untouched; the diff goes through a temporary
+/// file in the sandbox so the shell's output cap cannot cut it, and the excluded paths go to git NUL-separated
+/// through a file (`--pathspec-from-file`, git >= 2.26), so any number of any bytes is fine.
+pub async fn compute_submission_excluding(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    base_commit: &str,
+    preexisting: &[UntrackedFile],
+) -> Result<Vec<u8>, SubmissionError> {
+    let added = if preexisting.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{} || {CLEAN_UP_AND_FAIL}\n",
+            added_files_command(base_commit)
+        )
+    };
+    let body = format!(
+        "{STAGE_IN_TEMP_INDEX}{added}{patch} || {CLEAN_UP_AND_FAIL}\nbuiltin printf '%s\\n' \"$swe_env_dir\"",
+        patch = patch_command(base_commit),
+    );
+    let dir = run_in_repo(sandbox, repo_dir, &body).await?;
+    let result = finish_submission(sandbox, repo_dir, base_commit, preexisting, &dir).await;
+    let removed = remove_dir(sandbox, &dir).await;
+    let patch = result?;
+    removed?;
     Ok(patch)
+}
+
+/// The part of [`compute_submission_excluding`] after the first staging, in the temporary directory `dir`.
+async fn finish_submission(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    base_commit: &str,
+    preexisting: &[UntrackedFile],
+    dir: &str,
+) -> Result<Vec<u8>, SubmissionError> {
+    if preexisting.is_empty() {
+        return Ok(sandbox.read_file(&format!("{dir}/patch")).await?);
+    }
+    let before: std::collections::HashSet<&UntrackedFile> = preexisting.iter().collect();
+    let added = parse_raw_added(&sandbox.read_file(&format!("{dir}/added")).await?);
+    let mut unchanged = Vec::new();
+    for file in added.iter().filter(|file| before.contains(file)) {
+        unchanged.extend_from_slice(&file.path);
+        unchanged.push(0);
+    }
+    if unchanged.is_empty() {
+        return Ok(sandbox.read_file(&format!("{dir}/patch")).await?);
+    }
+    sandbox
+        .write_file(&format!("{dir}/unchanged"), &unchanged)
+        .await?;
+    let body = format!(
+        "swe_env_dir={dir}\nexport GIT_INDEX_FILE=\"$swe_env_dir/index\"\n\
+         git --literal-pathspecs rm -q --cached -f --ignore-unmatch --pathspec-from-file=\"$swe_env_dir/unchanged\" \
+         --pathspec-file-nul || exit\n{patch} || exit\nbuiltin printf '%s\\n' \"$swe_env_dir\"",
+        dir = shell_quote(dir),
+        patch = patch_command(base_commit),
+    );
+    run_in_repo(sandbox, repo_dir, &body).await?;
+    Ok(sandbox.read_file(&format!("{dir}/patch")).await?)
 }
 
 /// True when `patch` has the structure of a diff: a `diff --git` header, or a `--- ` line directly followed by a
@@ -151,7 +318,13 @@ pub(crate) async fn run_submit(
                         .to_owned(),
                 );
             };
-            match compute_submission(sandbox, &repo.repo_dir, &repo.base_commit).await {
+            let submission = compute_submission_excluding(
+                sandbox,
+                &repo.repo_dir,
+                &repo.base_commit,
+                &repo.preexisting_untracked,
+            );
+            match submission.await {
                 Ok(bytes) => (bytes, format!("the changes in {}", repo.repo_dir)),
                 Err(SubmissionError::Sandbox(error)) => return Err(error),
                 Err(error) => {
@@ -343,10 +516,7 @@ mod tests {
         let base = String::from_utf8(out.output).unwrap().trim().to_owned();
         let repo_dir = format!("{}/repo", sandbox.root().to_str().unwrap());
         let config = ToolConfig {
-            submission_repo: Some(SubmissionRepo {
-                repo_dir: repo_dir.clone(),
-                base_commit: base.clone(),
-            }),
+            submission_repo: Some(SubmissionRepo::new(repo_dir.clone(), base.clone())),
             ..ToolConfig::default()
         };
 
@@ -393,10 +563,7 @@ mod tests {
             "{error:?}"
         );
         let config = ToolConfig {
-            submission_repo: Some(SubmissionRepo {
-                repo_dir: repo_dir.clone(),
-                base_commit: bad_base.into(),
-            }),
+            submission_repo: Some(SubmissionRepo::new(repo_dir.clone(), bad_base)),
             ..ToolConfig::default()
         };
         let failed = submit(&sandbox, None, &config).await;
@@ -406,5 +573,95 @@ mod tests {
         );
         assert!(failed.text.starts_with(&prefix), "{}", failed.text);
         assert!(failed.text.contains(bad_base), "{}", failed.text);
+    }
+}
+
+#[cfg(test)]
+mod exclusion_tests {
+    use super::*;
+    use crate::host::UnisolatedHostSandbox;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The `diff --git` header lines of a patch.
+    fn headers(patch: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(patch)
+            .lines()
+            .filter(|line| line.starts_with("diff --git "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn unchanged_preexisting_untracked_files_are_left_out() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let setup = "mkdir tmp && export TMPDIR=\"$PWD/tmp\" && mkdir repo && cd repo && git init -q \
+                     && git config user.email t@e.st && git config user.name t && printf 'ignored/\\n' > .gitignore \
+                     && printf 'a\\n' > x.py && git add -A && git commit -qm base \
+                     && mkdir -p build/lib ignored && for i in $(seq 1 2000); do echo $i > build/lib/f$i.py; done \
+                     && printf 'q\\n' > \"build/it's a -- note.txt\" && printf 'n\\n' > 'build/new\nline' \
+                     && printf 'l\\n' > \"$(printf 'build/caf\\351')\" && printf 'g\\n' > 'build/*' \
+                     && printf 'k\\n' > build/keep.txt && printf 'i\\n' > ignored/x && git rev-parse HEAD";
+        let out = sandbox.run(setup, TIMEOUT).await.unwrap();
+        let printed = String::from_utf8_lossy(&out.output).into_owned();
+        assert_eq!(out.exit_code, Some(0), "{printed}");
+        let base = printed.trim().to_owned();
+        let repo_dir = format!("{}/repo", sandbox.root().to_str().unwrap());
+
+        let recorded = record_untracked(&sandbox, &repo_dir, &base).await.unwrap();
+        assert_eq!(recorded.len(), 2005, "ignored files are not recorded");
+        assert!(recorded
+            .iter()
+            .any(|file| file.path == b"build/caf\xe9" && file.mode == "100644"));
+        assert!(recorded.iter().any(|file| file.path == b"build/new\nline"));
+        assert!(recorded.iter().all(|file| file.blob.len() >= 40));
+
+        // Nothing changed: nothing to submit, while the plain computation sweeps everything up.
+        let patch = compute_submission_excluding(&sandbox, &repo_dir, &base, &recorded)
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&patch), "");
+        let everything = compute_submission(&sandbox, &repo_dir, &base)
+            .await
+            .unwrap();
+        assert_eq!(headers(&everything).len(), 2005);
+
+        // A tracked edit, a new file, an edit of a pre-existing untracked file, a mode change of another, a
+        // deletion of a third (not expressible against the base commit); `build/*` (a glob if taken as a
+        // pathspec) stays unchanged and out. Something staged by the agent stays staged.
+        let change = "cd \"$TMPDIR/../repo\" && printf 'b\\n' > x.py && printf 'new\\n' > 'fresh file.py' \
+                      && printf 'more\\n' >> \"build/it's a -- note.txt\" && chmod +x build/keep.txt \
+                      && rm build/lib/f1.py && git add x.py && cd /";
+        let out = sandbox.run(change, TIMEOUT).await.unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        let patch = compute_submission_excluding(&sandbox, &repo_dir, &base, &recorded)
+            .await
+            .unwrap();
+        assert_eq!(
+            headers(&patch),
+            [
+                "diff --git a/build/it's a -- note.txt b/build/it's a -- note.txt",
+                "diff --git a/build/keep.txt b/build/keep.txt",
+                "diff --git a/fresh file.py b/fresh file.py",
+                "diff --git a/x.py b/x.py",
+            ],
+            "{}",
+            String::from_utf8_lossy(&patch)
+        );
+        assert!(String::from_utf8_lossy(&patch).contains("+q\n+more\n"));
+        assert_eq!(sandbox.cwd().await.unwrap(), "/");
+        let out = sandbox
+            .run(
+                "cd \"$TMPDIR/../repo\" && git diff --cached --name-only && git status --porcelain -uno \
+                 && ls -A \"$TMPDIR\" | wc -l; cd /",
+                TIMEOUT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.output),
+            "x.py\nM  x.py\n0\n",
+            "the index is as the agent left it and no temporary directory is left"
+        );
     }
 }

@@ -2,10 +2,12 @@
 //! ([`ToolResult`]), and the dispatch ([`run_tool`]). Tool-level failures are data in the result; `Err` is only
 //! the sandbox's infrastructure failing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::{ToolCall, ToolName};
 use crate::sandbox::{SandboxError, ToolSandbox};
+use crate::submit::UntrackedFile;
 
 /// Default per-command timeout of the bash tool (CWM's session timeout).
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,13 +38,29 @@ impl Default for ToolConfig {
     }
 }
 
-/// The repository a path-less `submit` diffs (see [`crate::compute_submission`]).
+/// The repository a path-less `submit` diffs (see [`crate::submit::compute_submission_excluding`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmissionRepo {
     /// Absolute path of the repository inside the sandbox (e.g. `/testbed`).
     pub repo_dir: String,
     /// The commit the patch is taken against (the task's base commit).
     pub base_commit: String,
+    /// Untracked, non-ignored files the repository already had when the episode started, with their modes and blob
+    /// hashes (from [`crate::submit::record_untracked`]), kept here on the host. A submission leaves out each one
+    /// that is unchanged; one the agent modified stays in (see `compute_submission_excluding`). Empty: nothing is
+    /// left out.
+    pub preexisting_untracked: Arc<[UntrackedFile]>,
+}
+
+impl SubmissionRepo {
+    /// `repo_dir` diffed against `base_commit`, with no pre-existing untracked files recorded.
+    pub fn new(repo_dir: impl Into<String>, base_commit: impl Into<String>) -> Self {
+        Self {
+            repo_dir: repo_dir.into(),
+            base_commit: base_commit.into(),
+            preexisting_untracked: Arc::from(Vec::new()),
+        }
+    }
 }
 
 /// Why a tool did not do what was asked. Each kind has its own message in [`ToolResult::text`].

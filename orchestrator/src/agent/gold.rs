@@ -172,14 +172,11 @@ pub fn git_apply_action(file: &FileDiff) -> String {
     )
 }
 
-/// The action that writes the submission patch and the submit that follows it.
-pub fn submit_actions(base_commit: &str) -> [String; 2] {
-    [
-        format!(
-            "<tool: bash>\ncd /testbed && git add -A && git diff --cached {base_commit} > /tmp/swe_env_submission.patch; git reset -q\n</tool>"
-        ),
-        "<tool: submit>\n/tmp/swe_env_submission.patch\n</tool>".to_owned(),
-    ]
+/// The submit action: a path-less submit, so the episode computes the submission from the repository against the
+/// task's base commit and leaves out untracked files the image already had (see
+/// `swe_env_tools::submit::compute_submission_excluding`).
+pub fn submit_actions() -> [String; 1] {
+    ["<tool: submit>\n\n</tool>".to_owned()]
 }
 
 #[cfg(test)]

@@ -54,7 +54,6 @@ pub fn builtin_prompt(problem_statement: &str) -> Vec<PromptMessage> {
 /// Runs the gold agent on an episode until it submits (or a budget ends it). Does not call `finish`.
 pub async fn run_gold(episode: &mut Episode) -> Result<AgentOutcome, EpisodeError> {
     let patch = episode.instance().patch.clone();
-    let base_commit = episode.instance().base_commit.clone();
     for file in gold::split_patch(&patch) {
         let mut failed = false;
         for action in gold::file_actions(&file) {
@@ -100,7 +99,7 @@ pub async fn run_gold(episode: &mut Episode) -> Result<AgentOutcome, EpisodeErro
         }
     }
     let mut submission = None;
-    for action in gold::submit_actions(&base_commit) {
+    for action in gold::submit_actions() {
         let outcome = episode
             .step(Action::Text(action), StepMeta::default())
             .await?;

@@ -8,10 +8,12 @@ pub use anti_leak::{anti_leak_script, AntiLeak};
 pub use config::{EpisodeConfig, ToolFormat};
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use swe_env_grading::dataset::Instance;
+use swe_env_tools::submit::{record_untracked, SubmissionError};
 use swe_env_tools::{
     parse_json_call, parse_text_call, render_call_error, render_observation, run_tool, Budget,
     SubmissionRepo, ToolCall, ToolResult,
@@ -155,10 +157,8 @@ impl Episode {
         let mut config = config;
         // A path-less submit diffs the task's repository against its base commit; decided once, here.
         if config.tools.submission_repo.is_none() {
-            config.tools.submission_repo = Some(SubmissionRepo {
-                repo_dir: REPO_DIR.to_owned(),
-                base_commit: instance.base_commit.clone(),
-            });
+            config.tools.submission_repo =
+                Some(SubmissionRepo::new(REPO_DIR, instance.base_commit.clone()));
         }
         let image = image_for(&instance, &config.image_template);
         let sandbox_config = SandboxConfig {
@@ -187,6 +187,16 @@ impl Episode {
                 warn!(episode_id = id, output = %String::from_utf8_lossy(&out.output), "anti-leak set-up failed");
             }
         }
+        let excluded_untracked = match config.tools.submission_repo.as_mut() {
+            Some(repo) => match record_preexisting_untracked(&sandbox, id, repo).await {
+                Ok(n_files) => n_files,
+                Err(error) => {
+                    let _ = sandbox.remove().await;
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
         let prompt_tokens: usize = info.prompt.iter().map(|m| m.content.len()).sum();
         let start = EpisodeStart {
             schema_version: SCHEMA_VERSION,
@@ -208,6 +218,7 @@ impl Episode {
                 "nano_cpus": sandbox_config.nano_cpus,
                 "pids_limit": sandbox_config.pids_limit,
                 "anti_leak": config.anti_leak.as_str(),
+                "submission_excluded_untracked_files": excluded_untracked,
             }),
             model: info.model,
             prompt: info.prompt,
@@ -471,6 +482,46 @@ impl Episode {
         info!(episode_id = %self.id, status = end.status.as_str(), n_steps = self.n_steps, "episode ended");
         released?;
         Ok(record)
+    }
+}
+
+/// Records on the host the untracked, non-ignored files `repo` already has (a `build/` tree the image's
+/// `.gitignore` misses, …), so path-less submissions leave them out while unchanged. Returns how many there are, or
+/// `None` when they could not be recorded (then submissions include them, as a warning says). A sandbox failure is
+/// an error.
+async fn record_preexisting_untracked(
+    sandbox: &DockerSandbox,
+    episode_id: &str,
+    repo: &mut SubmissionRepo,
+) -> Result<Option<usize>, EpisodeError> {
+    match record_untracked(sandbox, &repo.repo_dir, &repo.base_commit).await {
+        Ok(files) => {
+            if !files.is_empty() {
+                info!(
+                    episode_id,
+                    repo_dir = %repo.repo_dir,
+                    n_files = files.len(),
+                    "pre-existing untracked files recorded; unchanged ones are left out of submissions"
+                );
+            }
+            let n_files = files.len();
+            repo.preexisting_untracked = Arc::from(files);
+            Ok(Some(n_files))
+        }
+        Err(SubmissionError::Sandbox(error)) => Err(SandboxError::Shell {
+            container: sandbox.id().to_owned(),
+            detail: error.message,
+        }
+        .into()),
+        Err(error) => {
+            warn!(
+                episode_id,
+                repo_dir = %repo.repo_dir,
+                %error,
+                "could not record the pre-existing untracked files; submissions will include them"
+            );
+            Ok(None)
+        }
     }
 }
 
