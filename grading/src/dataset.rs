@@ -108,6 +108,8 @@ pub struct LoadedDataset {
     pub instances: Vec<Instance>,
     /// Rows that did not, in file order.
     pub errors: Vec<RowError>,
+    /// Row numbers of every parsed row, by instance id (to find duplicates).
+    rows_by_id: BTreeMap<String, Vec<usize>>,
 }
 
 impl LoadedDataset {
@@ -115,6 +117,41 @@ impl LoadedDataset {
     pub fn get(&self, instance_id: &str) -> Option<&Instance> {
         self.instances.iter().find(|i| i.instance_id == instance_id)
     }
+
+    /// Instance ids that more than one parsed row carries, sorted by id, with their row numbers. Running either
+    /// copy would be a guess, so [`load_dataset_file`] rejects such a file; callers of the `*_str` loaders check
+    /// this themselves.
+    pub fn duplicates(&self) -> Vec<DuplicateId> {
+        self.rows_by_id
+            .iter()
+            .filter(|(_, rows)| rows.len() > 1)
+            .map(|(id, rows)| DuplicateId {
+                instance_id: id.clone(),
+                rows: rows.clone(),
+            })
+            .collect()
+    }
+}
+
+/// An instance id carried by several rows of one dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DuplicateId {
+    /// The repeated id.
+    pub instance_id: String,
+    /// The 1-based row numbers carrying it, ascending.
+    pub rows: Vec<usize>,
+}
+
+impl fmt::Display for DuplicateId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<String> = self.rows.iter().map(usize::to_string).collect();
+        write!(f, "{} (rows {})", self.instance_id, rows.join(", "))
+    }
+}
+
+fn list_duplicates(duplicates: &[DuplicateId]) -> String {
+    let items: Vec<String> = duplicates.iter().map(DuplicateId::to_string).collect();
+    items.join("; ")
 }
 
 /// A whole-file failure: the file could not be read or has no recognisable row structure.
@@ -153,6 +190,18 @@ pub enum DatasetError {
         /// The reader's message.
         message: String,
     },
+    /// Several rows carry the same instance id.
+    #[error(
+        "dataset {path} has duplicate instance ids: {}; every instance_id must be unique: remove or rename the \
+         extra rows",
+        list_duplicates(duplicates)
+    )]
+    DuplicateIds {
+        /// The dataset file.
+        path: PathBuf,
+        /// Each repeated id with its rows.
+        duplicates: Vec<DuplicateId>,
+    },
     /// The extension is not one of `.jsonl`, `.json`, `.parquet`.
     #[error("dataset {path} has an unknown format (expected .jsonl, .json or .parquet)")]
     UnknownFormat {
@@ -161,8 +210,22 @@ pub enum DatasetError {
     },
 }
 
-/// Loads a dataset file, choosing the format by extension (`.jsonl`/`.ndjson`, `.json`, `.parquet`).
+/// Loads a dataset file, choosing the format by extension (`.jsonl`/`.ndjson`, `.json`, `.parquet`). A file in
+/// which two rows carry the same instance id is rejected ([`DatasetError::DuplicateIds`]).
 pub fn load_dataset_file(path: &Path) -> Result<LoadedDataset, DatasetError> {
+    let loaded = load_any_format(path)?;
+    let duplicates = loaded.duplicates();
+    if duplicates.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(DatasetError::DuplicateIds {
+            path: path.to_path_buf(),
+            duplicates,
+        })
+    }
+}
+
+fn load_any_format(path: &Path) -> Result<LoadedDataset, DatasetError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -268,7 +331,13 @@ impl LoadedDataset {
 
     fn push_value(&mut self, row: usize, value: Value) {
         match instance_from_value(value) {
-            Ok(instance) => self.instances.push(instance),
+            Ok(instance) => {
+                self.rows_by_id
+                    .entry(instance.instance_id.clone())
+                    .or_default()
+                    .push(row);
+                self.instances.push(instance);
+            }
             Err(err) => self.errors.push(err.at_row(row)),
         }
     }
@@ -549,6 +618,44 @@ mod tests {
         let data = json!({"data": [row()]}).to_string();
         assert_eq!(load_json_str(&data).unwrap().instances.len(), 1);
         assert!(matches!(load_json_str("3"), Err(JsonLoadError::Shape)));
+    }
+
+    #[test]
+    fn duplicate_ids_are_found_with_their_rows_and_reject_the_file() {
+        let mut other = row();
+        other["instance_id"] = json!("psf__requests-2");
+        let text = format!("{}\n{}\n\n{}\n{}\n", row(), other, row(), other);
+        let loaded = load_jsonl_str(&text);
+        assert_eq!(
+            loaded.duplicates(),
+            vec![
+                DuplicateId {
+                    instance_id: "psf__requests-1".into(),
+                    rows: vec![1, 4]
+                },
+                DuplicateId {
+                    instance_id: "psf__requests-2".into(),
+                    rows: vec![2, 5]
+                },
+            ]
+        );
+        let path = std::env::temp_dir().join(format!("swe-env-dup-{}.jsonl", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let err = load_dataset_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, DatasetError::DuplicateIds { .. }));
+        let message = err.to_string();
+        assert!(
+            message.contains("psf__requests-1 (rows 1, 4); psf__requests-2 (rows 2, 5)"),
+            "{message}"
+        );
+        // A JSON list counts rows from 1 too; distinct ids load.
+        let list = json!([row(), other, row()]).to_string();
+        let dups = load_json_str(&list).unwrap().duplicates();
+        assert_eq!(dups[0].rows, vec![1, 3]);
+        assert!(load_jsonl_str(&format!("{}\n", row()))
+            .duplicates()
+            .is_empty());
     }
 
     #[test]

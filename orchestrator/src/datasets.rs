@@ -56,10 +56,30 @@ pub fn cache_root() -> PathBuf {
         .join(".cache/swe-env")
 }
 
-/// Loads `source`: `fixtures`, an alias (`verified`, `lite`, `full`), or a path.
+/// Loads `source`: `fixtures`, an alias (`verified`, `lite`, `full`), or a path. The one way every command reads
+/// its `--tasks` / dataset argument.
 pub async fn load_source(source: &str) -> Result<LoadedDataset, DatasetSourceError> {
     if source == "fixtures" {
         return Ok(load_jsonl_str(FIXTURE_TASKS_JSONL));
+    }
+    load_path(&source_path(source).await?).await
+}
+
+/// The file behind `source` (for consumers that take paths, like the server's config): an alias is downloaded
+/// into the cache when missing, `fixtures` is the embedded file written to `<cache>/fixtures/tasks.jsonl`.
+pub async fn source_path(source: &str) -> Result<PathBuf, DatasetSourceError> {
+    if source == "fixtures" {
+        let path = cache_root().join("fixtures/tasks.jsonl");
+        let current = tokio::fs::read_to_string(&path).await.ok();
+        if current.as_deref() != Some(FIXTURE_TASKS_JSONL) {
+            write_atomically(&path, FIXTURE_TASKS_JSONL.as_bytes())
+                .await
+                .map_err(|detail| DatasetSourceError::Load {
+                    path: path.clone(),
+                    detail: format!("cannot write the embedded fixture tasks: {detail}"),
+                })?;
+        }
+        return Ok(path);
     }
     if let Some(alias) = DatasetAlias::from_name(source) {
         let file = hub_parquet_file(
@@ -80,9 +100,25 @@ pub async fn load_source(source: &str) -> Result<LoadedDataset, DatasetSourceErr
                 }
             })?;
         }
-        return load_path(&file.cache_path).await;
+        return Ok(file.cache_path);
     }
-    load_path(Path::new(source)).await
+    Ok(PathBuf::from(source))
+}
+
+/// Writes `bytes` to `dest` through a temporary file and a rename (concurrent readers see old or new, never half).
+async fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let partial = dest.with_extension(format!("partial.{}", std::process::id()));
+    tokio::fs::write(&partial, bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::fs::rename(&partial, dest)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn load_path(path: &Path) -> Result<LoadedDataset, DatasetSourceError> {
@@ -123,19 +159,7 @@ async fn download(url: &str, dest: &Path) -> Result<(), String> {
         return Err(format!("HTTP {}", response.status()));
     }
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let partial = dest.with_extension("parquet.partial");
-    tokio::fs::write(&partial, &bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::fs::rename(&partial, dest)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    write_atomically(dest, &bytes).await
 }
 
 #[cfg(test)]
@@ -148,6 +172,14 @@ mod tests {
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert!(loaded.instances.len() >= 5);
         assert!(loaded.instances.iter().all(|i| i.image.is_some()));
+    }
+
+    #[tokio::test]
+    async fn fixtures_have_a_path_for_path_consumers() {
+        let path = source_path("fixtures").await.unwrap();
+        let from_path = load_dataset_file(&path).unwrap();
+        let embedded = load_source("fixtures").await.unwrap();
+        assert_eq!(from_path.instances.len(), embedded.instances.len());
     }
 
     #[tokio::test]

@@ -20,8 +20,8 @@ fn main() -> ExitCode {
     match runtime.block_on(swe_env::cli::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(swe_env::cli::EXIT_INFRA)
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -3,16 +3,21 @@
 
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
+mod apply_reference;
 mod benchmark;
+mod cli_contract;
 mod common;
 mod datasets;
 mod episode;
 mod gc;
 mod grade;
+mod grading_leaks;
 mod model_loop;
+mod run_integrity;
 mod sandbox;
 mod server;
 mod server_docker_down;
 mod server_grade;
 mod server_load;
 mod server_python;
+mod submission;

@@ -2,6 +2,7 @@
 //! → rewards; bounded concurrency, resumable (`results.jsonl`), clean on Ctrl-C, reference-compatible outputs.
 //! `swe-env run-benchmark` and `swe-env evaluate` are both this runner (evaluate grades given predictions).
 
+pub mod manifest;
 pub mod results;
 pub mod summary;
 
@@ -21,7 +22,7 @@ use crate::sandbox::{DockerEngine, SandboxError};
 use crate::task::image_for;
 use crate::trajectory::EpisodeStatus;
 use results::{read_results, InstanceResult, InstanceStatus, ResultsFile};
-use summary::{run_stats, write_run_outputs, RunStats};
+use summary::{finish_run, RunStats};
 
 /// When images are pulled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -98,6 +99,16 @@ pub struct RunConfig {
     pub grade: GradeConfig,
     /// Re-run instances whose earlier result was an error.
     pub retry_errors: bool,
+    /// Selected dataset rows that are not run (evaluate: no prediction); report.json counts them as incomplete,
+    /// like the reference harness.
+    pub ungraded_ids: Vec<String>,
+    /// Prediction ids that are not in the dataset; counted in the summary.
+    pub unknown_prediction_ids: Vec<String>,
+}
+
+/// The directory name of a model in the reference log layout (`/` → `__`, as the harness does).
+pub fn log_dir_name(model: &str) -> String {
+    model.replace('/', "__")
 }
 
 /// What a run produced.
@@ -215,21 +226,7 @@ pub async fn run_benchmark(
         }
     }
     let results: Vec<InstanceResult> = done.into_values().collect();
-    let stats = run_stats(
-        &config.run_id,
-        &config.model_name,
-        total,
-        &results,
-        started.elapsed().as_secs_f64(),
-    );
-    write_run_outputs(
-        &config.dir,
-        &dataset_ids,
-        &config.model_name,
-        &results,
-        &stats,
-    )
-    .await?;
+    let stats = finish_run(&config, &dataset_ids, &results, started.elapsed()).await?;
     Ok(RunOutcome {
         stats,
         results,
@@ -238,7 +235,7 @@ pub async fn run_benchmark(
 }
 
 /// The outcome of one image pull, shared by every instance that needs the image.
-type PullCell = tokio::sync::OnceCell<Result<(), String>>;
+type PullCell = tokio::sync::OnceCell<Result<(), ImageError>>;
 
 struct Counters {
     done: usize,
@@ -250,7 +247,7 @@ struct Shared {
     config: RunConfig,
     episode_config: EpisodeConfig,
     results: Mutex<ResultsFile>,
-    /// One pull per image at a time; the value is the pull's outcome (error text).
+    /// One pull per image at a time; the value is the pull's outcome.
     pulls: Mutex<HashMap<String, Arc<PullCell>>>,
     counters: std::sync::Mutex<Counters>,
     total: usize,
@@ -288,7 +285,13 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
     let repo = &instance.repo;
     let image = image_for(instance, &shared.episode_config.image_template);
     if let Err(error) = ensure_image(shared, &image).await {
-        return InstanceResult::error(id, repo, "image_missing", error);
+        let mut result = InstanceResult::error(id, repo, error.kind(), error.to_string());
+        // A given prediction is a submission even when its image is missing: the harness counts it as an error,
+        // not as incomplete.
+        if let AgentSpec::Predictions { patches, .. } = &shared.config.agent {
+            result.submission = patches.get(id).cloned().flatten();
+        }
+        return result;
     }
     // The submission, from an episode or from the given predictions.
     let mut episode = None;
@@ -296,15 +299,17 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
     let mut final_answer = None;
     let mut end_detail = None;
     let (submission, agent_outcome) = match &shared.config.agent {
+        // Given predictions (a file, or the gold / empty patches): no episode, the patch is graded as is.
         AgentSpec::Predictions { patches, .. } => match patches.get(id) {
             Some(patch) => (patch.clone(), None),
             None => {
+                // `evaluate` runs only predicted instances; a library caller that passes others gets this.
                 return InstanceResult::error(
                     id,
                     repo,
                     "no_prediction",
-                    format!("no prediction for {id}"),
-                )
+                    format!("no prediction for {id}: pass only instances that have one"),
+                );
             }
         },
         agent => {
@@ -487,21 +492,124 @@ async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResul
     }
 }
 
+/// Why an instance's image is not available; [`ImageError::kind`] is the `error_kind` of its result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImageError {
+    /// Not present locally and `--pull never`.
+    #[error(
+        "image {image} is not present and --pull never forbids pulling: build or pull it first \
+         (`swe-env images pull …`), or use --pull missing"
+    )]
+    NotPresent {
+        /// The image.
+        image: String,
+    },
+    /// The registry has no such image (or tag).
+    #[error("image {image} does not exist in its registry ({detail}): check the name and --image-template")]
+    NotFound {
+        /// The image.
+        image: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The registry refused the credentials (or the repository is private).
+    #[error(
+        "pulling {image} was denied ({detail}): `docker login` to its registry, or check the name"
+    )]
+    Auth {
+        /// The image.
+        image: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The registry could not be reached (DNS, connection refused, TLS, timeout).
+    #[error("the registry of {image} is unreachable ({detail}): check the network, proxy and registry host")]
+    RegistryUnreachable {
+        /// The image.
+        image: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// Any other pull failure.
+    #[error("cannot pull {image}: {detail} (check the image name template and registry access)")]
+    Pull {
+        /// The image.
+        image: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The Docker engine itself failed.
+    #[error("{0}")]
+    Engine(String),
+}
+
+impl ImageError {
+    /// The `error_kind` recorded in results.jsonl.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotPresent { .. } | Self::NotFound { .. } => "image_missing",
+            Self::Auth { .. } => "registry_auth",
+            Self::RegistryUnreachable { .. } => "registry_unreachable",
+            Self::Pull { .. } => "pull_failed",
+            Self::Engine(_) => "docker_unavailable",
+        }
+    }
+
+    /// Classifies a failed pull of `image` by what the engine reported.
+    fn from_pull(image: &str, error: SandboxError) -> Self {
+        let detail = match error {
+            SandboxError::ImageNotFound { image: what } => {
+                return Self::NotFound {
+                    image: image.to_owned(),
+                    detail: what,
+                }
+            }
+            SandboxError::EngineUnavailable { .. } => return Self::Engine(error.to_string()),
+            SandboxError::Docker { detail, .. } => detail,
+            other => other.to_string(),
+        };
+        let lower = detail.to_ascii_lowercase();
+        let image = image.to_owned();
+        if lower.contains("unauthorized")
+            || lower.contains("authentication required")
+            || lower.contains("pull access denied")
+            || lower.contains("denied:")
+        {
+            Self::Auth { image, detail }
+        } else if lower.contains("manifest unknown")
+            || lower.contains("not found")
+            || lower.contains("does not exist")
+        {
+            Self::NotFound { image, detail }
+        } else if lower.contains("connection refused")
+            || lower.contains("no such host")
+            || lower.contains("dial tcp")
+            || lower.contains("i/o timeout")
+            || lower.contains("tls:")
+            || lower.contains("timeout")
+            || lower.contains("http: server gave http response to https client")
+        {
+            Self::RegistryUnreachable { image, detail }
+        } else {
+            Self::Pull { image, detail }
+        }
+    }
+}
+
 /// Makes `image` available according to the pull policy; one pull per image even with many workers.
-async fn ensure_image(shared: &Shared, image: &str) -> Result<(), String> {
+async fn ensure_image(shared: &Shared, image: &str) -> Result<(), ImageError> {
     let present = shared
         .engine
         .image_info(image)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ImageError::Engine(e.to_string()))?
         .is_some();
     match shared.config.pull {
         PullPolicy::Never if present => return Ok(()),
         PullPolicy::Never => {
-            return Err(format!(
-                "image {image} is not present and --pull never forbids pulling: build or pull it first \
-                 (`swe-env images pull …`), or use --pull missing"
-            ))
+            return Err(ImageError::NotPresent {
+                image: image.to_owned(),
+            })
         }
         PullPolicy::Missing if present => return Ok(()),
         _ => {}
@@ -515,9 +623,11 @@ async fn ensure_image(shared: &Shared, image: &str) -> Result<(), String> {
         .clone();
     cell.get_or_init(|| async {
         shared.progress.note(&format!("pulling {image}"));
-        shared.engine.pull_image(image, |_| {}).await.map_err(|e| {
-            format!("cannot pull {image}: {e} (check the image name template and registry access)")
-        })
+        let pulled = shared.engine.pull_image(image, |_| {}).await;
+        if let Err(error) = &pulled {
+            warn!(image, %error, "pull failed");
+        }
+        pulled.map_err(|e| ImageError::from_pull(image, e))
     })
     .await
     .clone()
@@ -539,18 +649,53 @@ fn error_kind_of_episode(error: &crate::episode::EpisodeError) -> &'static str {
     }
 }
 
-/// A run id from the current time (`YYYYmmdd-HHMMSS`).
+/// A fresh run id: the current time and a random suffix (`YYYYmmdd-HHMMSS-xxxx`), so runs started in the same
+/// second get different directories.
 pub fn default_run_id() -> String {
     let now = crate::trajectory::record::now_rfc3339();
-    // 2026-11-25T20:36:36.123Z → 20261125-203636
-    let digits: String = now
-        .chars()
-        .take(19)
-        .filter(|c| c.is_ascii_digit())
-        .collect();
-    format!(
-        "{}-{}",
-        &digits[..8.min(digits.len())],
-        &digits[8.min(digits.len())..]
-    )
+    // 2026-11-25T20:36:36.123Z → 20261125-203636-3f9a
+    let digits: String = now.chars().take(19).filter(char::is_ascii_digit).collect();
+    let (date, time) = digits.split_at(8.min(digits.len()));
+    format!("{date}-{time}-{:04x}", rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pull_error(detail: &str) -> ImageError {
+        ImageError::from_pull(
+            "reg.example/x:1",
+            SandboxError::Docker {
+                op: "pull image",
+                detail: detail.to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn pull_failures_keep_their_kind() {
+        let kinds = [
+            (
+                "Get \"https://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused",
+                "registry_unreachable",
+            ),
+            (
+                "pull access denied for x, repository does not exist or may require 'docker login'",
+                "registry_auth",
+            ),
+            ("unauthorized: authentication required", "registry_auth"),
+            (
+                "manifest for reg.example/x:1 not found: manifest unknown",
+                "image_missing",
+            ),
+            ("something else entirely", "pull_failed"),
+        ];
+        for (detail, kind) in kinds {
+            assert_eq!(pull_error(detail).kind(), kind, "{detail}");
+        }
+        let not_found =
+            ImageError::from_pull("x", SandboxError::ImageNotFound { image: "x".into() });
+        assert_eq!(not_found.kind(), "image_missing");
+    }
 }

@@ -4,30 +4,49 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
-use swe_env_grading::report::{make_run_summary, RunSummary};
+use swe_env_grading::report::{make_run_summary, InstanceReport, RunSummary};
 
 use super::results::{InstanceResult, InstanceStatus};
+use super::RunConfig;
 
-/// Aggregates of a run, printed as a table and written as JSON.
+/// Aggregates of a run, printed as a table and written as `stats.json`. The instance counts (total, submitted,
+/// completed, resolved, unresolved, empty patch, error, incomplete) are copied from the run's report.json
+/// ([`make_run_summary`], the reference harness's counting), so the three never disagree.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunStats {
     /// Run id.
     pub run_id: String,
     /// Agent or model name.
     pub model: String,
-    /// Instances selected.
+    /// Instances in the run's dataset selection (report.json `total_instances`).
     pub total: usize,
-    /// Instances with a result.
-    pub finished: usize,
-    /// Resolved instances.
+    /// Instances with a prediction (report.json `submitted_instances`).
+    pub submitted: usize,
+    /// Instances graded with a report (report.json `completed_instances`).
+    pub completed: usize,
+    /// Resolved instances (report.json `resolved_instances`).
     pub resolved: usize,
+    /// Completed and not resolved (report.json `unresolved_instances`).
+    pub unresolved: usize,
+    /// Predictions with an empty or null patch (report.json `empty_patch_instances`).
+    pub empty_patch: usize,
+    /// Predictions with a patch but no report (report.json `error_instances`).
+    pub error: usize,
+    /// Instances without a prediction (report.json `incomplete_ids`, counted).
+    pub incomplete: usize,
+    /// Predictions whose instance id is not in the dataset (not graded).
+    pub unknown_predictions: usize,
+    /// Instances with a result in `results.jsonl` (this run and earlier attempts).
+    pub finished: usize,
     /// Resolved / total, in percent.
     pub resolved_pct: f64,
     /// Per repository: instances finished and resolved.
     pub per_repo: BTreeMap<String, RepoStats>,
-    /// Errors by kind.
+    /// Instances whose run failed (`status: error` in results.jsonl), by kind. Those with a submission are
+    /// report.json errors, those without are incomplete.
     pub errors_by_kind: BTreeMap<String, usize>,
     /// Mean agent turns over finished instances.
     pub mean_turns: f64,
@@ -48,18 +67,43 @@ pub struct RepoStats {
     pub resolved: usize,
 }
 
-/// Computes the aggregates of `results` over `total` selected instances.
+/// The predictions (`instance_id → patch`) and reports of `results`, as the reference harness's run report sees
+/// them: an instance whose run failed before it had a submission has no prediction.
+fn predictions_and_reports(
+    results: &[InstanceResult],
+) -> (
+    BTreeMap<String, Option<String>>,
+    BTreeMap<String, InstanceReport>,
+) {
+    let mut predictions = BTreeMap::new();
+    let mut reports = BTreeMap::new();
+    for result in results {
+        if result.status == InstanceStatus::Error && result.submission.is_none() {
+            continue;
+        }
+        predictions.insert(result.instance_id.clone(), result.submission.clone());
+        if let Some(report) = &result.report {
+            reports.insert(result.instance_id.clone(), report.clone());
+        }
+    }
+    (predictions, reports)
+}
+
+/// The run's report.json: `dataset_ids` are every selected row (run or not).
+pub fn run_summary(dataset_ids: &[String], results: &[InstanceResult]) -> RunSummary {
+    let (predictions, reports) = predictions_and_reports(results);
+    make_run_summary(dataset_ids, &predictions, &reports)
+}
+
+/// Computes the aggregates of `results`; the instance counts come from `summary` (see [`run_summary`]).
 pub fn run_stats(
     run_id: &str,
     model: &str,
-    total: usize,
+    summary: &RunSummary,
+    unknown_predictions: usize,
     results: &[InstanceResult],
     wall_seconds: f64,
 ) -> RunStats {
-    let resolved = results
-        .iter()
-        .filter(|r| r.status == InstanceStatus::Resolved)
-        .count();
     let mut per_repo: BTreeMap<String, RepoStats> = BTreeMap::new();
     let mut errors_by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for result in results {
@@ -73,16 +117,24 @@ pub fn run_stats(
         }
     }
     let finished = results.len();
+    let total = summary.total_instances;
     RunStats {
         run_id: run_id.to_owned(),
         model: model.to_owned(),
         total,
+        submitted: summary.submitted_instances,
+        completed: summary.completed_instances,
+        resolved: summary.resolved_instances,
+        unresolved: summary.unresolved_instances,
+        empty_patch: summary.empty_patch_instances,
+        error: summary.error_instances,
+        incomplete: summary.incomplete_ids.len(),
+        unknown_predictions,
         finished,
-        resolved,
         resolved_pct: if total == 0 {
             0.0
         } else {
-            100.0 * resolved as f64 / total as f64
+            100.0 * summary.resolved_instances as f64 / total as f64
         },
         per_repo,
         errors_by_kind,
@@ -95,6 +147,30 @@ pub fn run_stats(
         instance_seconds: results.iter().map(|r| r.total_ms as f64 / 1e3).sum(),
         wall_seconds,
     }
+}
+
+/// The end of a run: computes report.json once and derives the stats from it, then writes predictions.jsonl,
+/// report.json, stats.json and summary.md into the run directory. `run_ids` are the instances that were run;
+/// the config's ungraded rows are added to the report's dataset.
+pub async fn finish_run(
+    config: &RunConfig,
+    run_ids: &[String],
+    results: &[InstanceResult],
+    wall: Duration,
+) -> std::io::Result<RunStats> {
+    let mut dataset_ids = run_ids.to_vec();
+    dataset_ids.extend(config.ungraded_ids.iter().cloned());
+    let summary = run_summary(&dataset_ids, results);
+    let stats = run_stats(
+        &config.run_id,
+        &config.model_name,
+        &summary,
+        config.unknown_prediction_ids.len(),
+        results,
+        wall.as_secs_f64(),
+    );
+    write_run_outputs(&config.dir, &config.model_name, results, &summary, &stats).await?;
+    Ok(stats)
 }
 
 /// The terminal table (also the body of summary.md).
@@ -112,6 +188,27 @@ pub fn render_table(stats: &RunStats) -> String {
         stats.tokens,
         stats.wall_seconds
     );
+    let _ = writeln!(
+        out,
+        "total {} · submitted {} · completed {} · resolved {} · unresolved {} · empty patch {} · error {} · \
+         incomplete {}{}",
+        stats.total,
+        stats.submitted,
+        stats.completed,
+        stats.resolved,
+        stats.unresolved,
+        stats.empty_patch,
+        stats.error,
+        stats.incomplete,
+        if stats.unknown_predictions > 0 {
+            format!(
+                " · predictions for unknown instances {}",
+                stats.unknown_predictions
+            )
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "| repo | finished | resolved | % |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
@@ -126,7 +223,7 @@ pub fn render_table(stats: &RunStats) -> String {
     }
     if !stats.errors_by_kind.is_empty() {
         let _ = writeln!(out);
-        let _ = writeln!(out, "| error kind | count |");
+        let _ = writeln!(out, "| run failure kind | count |");
         let _ = writeln!(out, "|---|---:|");
         for (kind, count) in &stats.errors_by_kind {
             let _ = writeln!(out, "| {kind} | {count} |");
@@ -135,40 +232,31 @@ pub fn render_table(stats: &RunStats) -> String {
     out
 }
 
-/// Writes predictions.jsonl, report.json and summary.md into `dir`.
+/// Writes predictions.jsonl, report.json, stats.json and summary.md into `dir`.
 pub async fn write_run_outputs(
     dir: &Path,
-    dataset_ids: &[String],
     model: &str,
     results: &[InstanceResult],
+    summary: &RunSummary,
     stats: &RunStats,
-) -> std::io::Result<RunSummary> {
+) -> std::io::Result<()> {
+    let (predictions, _) = predictions_and_reports(results);
     let mut predictions_text = String::new();
-    let mut predictions = BTreeMap::new();
-    let mut reports = BTreeMap::new();
-    for result in results {
-        if result.status == InstanceStatus::Error && result.submission.is_none() {
-            continue;
-        }
+    for (instance_id, patch) in &predictions {
         let line = serde_json::json!({
-            "instance_id": result.instance_id,
+            "instance_id": instance_id,
             "model_name_or_path": model,
-            "model_patch": result.submission.clone().unwrap_or_default(),
+            "model_patch": patch.clone().unwrap_or_default(),
         });
         predictions_text.push_str(&line.to_string());
         predictions_text.push('\n');
-        predictions.insert(result.instance_id.clone(), result.submission.clone());
-        if let Some(report) = &result.report {
-            reports.insert(result.instance_id.clone(), report.clone());
-        }
     }
-    let summary = make_run_summary(dataset_ids, &predictions, &reports);
     tokio::fs::write(dir.join("predictions.jsonl"), predictions_text).await?;
-    let report_text = serde_json::to_string_pretty(&summary).map_err(std::io::Error::other)?;
+    let report_text = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
     tokio::fs::write(dir.join("report.json"), report_text).await?;
     let stats_text = serde_json::to_string_pretty(stats).map_err(std::io::Error::other)?;
     tokio::fs::write(dir.join("stats.json"), stats_text).await?;
     let markdown = format!("# swe-env run {}\n\n{}", stats.run_id, render_table(stats));
     tokio::fs::write(dir.join("summary.md"), markdown).await?;
-    Ok(summary)
+    Ok(())
 }

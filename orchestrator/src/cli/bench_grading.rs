@@ -75,6 +75,8 @@ pub async fn run(args: GradingBenchArgs) -> anyhow::Result<ExitCode> {
             episode: EpisodeConfig::default(),
             grade: grade_config.clone(),
             retry_errors: false,
+            ungraded_ids: Vec::new(),
+            unknown_prediction_ids: Vec::new(),
         };
         let (_keep, cancel) = watch::channel(false);
         let outcome =

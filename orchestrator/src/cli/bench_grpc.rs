@@ -2,7 +2,6 @@
 //! side by side with the in-process `Episode::step` on the same task and action, then episodes/s through the
 //! service (create → one step → close) with concurrent clients.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,9 @@ const TRUE_ACTION: &str = "<tool: bash>\ntrue\n</tool>";
 /// Arguments of `swe-env bench grpc`.
 #[derive(Debug, clap::Args)]
 pub struct GrpcBenchArgs {
-    /// Tasks file holding `--task`.
-    #[arg(long, default_value = "images/fixtures/tasks.jsonl")]
-    tasks: PathBuf,
+    /// Tasks holding `--task`: `fixtures`, `verified`/`lite`/`full`, or a JSONL/JSON/parquet file.
+    #[arg(long, default_value = "fixtures")]
+    tasks: String,
     /// Task whose image runs the episodes.
     #[arg(long, default_value = "swe-env-fixtures__spans-1")]
     task: String,
@@ -105,10 +104,12 @@ fn create_request(task: &str) -> proto::CreateEpisodeRequest {
 
 /// Runs the benchmark.
 pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.steps > 0 && args.concurrency > 0,
-        "--steps and --concurrency must be positive"
-    );
+    if args.steps == 0 || args.concurrency == 0 {
+        return Err(super::error::usage(
+            "--steps and --concurrency must be positive",
+        ));
+    }
+    let tasks_path = crate::datasets::source_path(&args.tasks).await?;
     let work_dir = std::env::temp_dir().join(format!("swe-env-bench-grpc-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir).context("creating the work directory")?;
     let token = format!("{:032x}", rand::random::<u128>());
@@ -116,7 +117,7 @@ pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&token_file, &token).context("writing the token file")?;
     let config = ServerConfig {
         listen: Some("127.0.0.1:0".to_owned()),
-        tasks: vec![args.tasks.clone()],
+        tasks: vec![tasks_path],
         token_file: Some(token_file),
         trajectory_dir: work_dir.join("trajectories"),
         max_episodes: args.concurrency.max(1) + 2,
@@ -175,10 +176,10 @@ async fn measure(
 
     // The same steps in process: Episode::step with the same task, action and trajectory disk.
     let engine = DockerEngine::connect(server::DOCKER_API_TIMEOUT).await?;
-    let dataset = swe_env_grading::dataset::load_dataset_file(&args.tasks)?;
+    let dataset = crate::datasets::load_source(&args.tasks).await?;
     let instance = dataset
         .get(&args.task)
-        .with_context(|| format!("task {} not in {}", args.task, args.tasks.display()))?
+        .with_context(|| format!("task {} not in {}", args.task, args.tasks))?
         .clone();
     let episode_config = EpisodeConfig {
         max_turns: 100_000,

@@ -1,15 +1,24 @@
 //! `swe-env evaluate`: grade given predictions (or the gold / empty patches) like the reference harness, with
 //! workers and resume, writing `logs/run_evaluation/<run_id>/<model>/<instance>/…` and the run summary.
+//!
+//! As in the harness, only dataset instances that have a prediction are graded (`--instance-ids` narrows further);
+//! the others count as `incomplete` in report.json. No agent episode runs: `gold` grades each row's `patch`,
+//! `empty` the empty patch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use swe_env_grading::dataset::Instance;
 
-use super::run_benchmark::{execute, LogsLayout, RunArgs};
+use super::run_benchmark::{execute_instances, load_tasks, select, LogsLayout, RunArgs, RunScope};
 use crate::benchmark::AgentSpec;
 use crate::episode::EpisodeConfig;
+
+/// How many unknown prediction ids a warning names before it only counts.
+const NAMED_UNKNOWN_IDS: usize = 10;
 
 /// Arguments of `swe-env evaluate`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +27,8 @@ use crate::episode::EpisodeConfig;
     swe-env evaluate --predictions preds.jsonl --dataset verified --workers 8 --run-id eval1"
 )]
 pub struct EvaluateArgs {
-    /// A predictions file (JSONL or JSON list of {instance_id, model_name_or_path, model_patch}), or `gold`/`empty`.
+    /// A predictions file (JSONL or JSON list of {instance_id, model_name_or_path, model_patch}), or `gold` (each
+    /// row's reference patch) / `empty` (the empty patch).
     #[arg(long)]
     predictions: String,
     /// `verified`, `lite`, `full`, `fixtures`, or a dataset path.
@@ -28,35 +38,148 @@ pub struct EvaluateArgs {
     run: RunArgs,
 }
 
+/// A predictions file that cannot be used; names the file and the line (or list entry) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionsError {
+    /// The file could not be read.
+    #[error("cannot read predictions {path}: {io} (pass a JSONL or JSON predictions file, or `gold` / `empty`)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        io: std::io::Error,
+    },
+    /// A row is not a JSON object (or the JSON list does not parse).
+    #[error("predictions {path}, {at}: not a JSON object ({detail}); each row must be {{\"instance_id\": …, \"model_name_or_path\": …, \"model_patch\": …}}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// `line N` or `entry N`.
+        at: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// A row has no string `instance_id`.
+    #[error(
+        "predictions {path}, {at}: no string \"instance_id\"; every prediction names its instance"
+    )]
+    NoInstanceId {
+        /// The file.
+        path: PathBuf,
+        /// `line N` or `entry N`.
+        at: String,
+    },
+    /// `model_patch` is neither a string nor null.
+    #[error("predictions {path}, {at}: \"model_patch\" must be a string (a diff) or null")]
+    BadPatch {
+        /// The file.
+        path: PathBuf,
+        /// `line N` or `entry N`.
+        at: String,
+    },
+    /// The same instance is predicted twice with different patches.
+    #[error("predictions {path}, {at}: {instance_id} already has a different prediction at {first}; keep one per instance")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// Where the second one is.
+        at: String,
+        /// Where the first one is.
+        first: String,
+        /// The instance.
+        instance_id: String,
+    },
+}
+
+/// Parsed predictions: `instance_id → patch` (`None` = a null patch) and the model name.
+#[derive(Debug)]
+struct Predictions {
+    patches: HashMap<String, Option<String>>,
+    model: String,
+}
+
 pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
-    let (predictions, model) = match args.predictions.as_str() {
-        "gold" | "empty" => (None, args.predictions.clone()),
-        path => {
-            let text = tokio::fs::read_to_string(path)
-                .await
-                .with_context(|| format!("reading predictions {path}"))?;
-            let (map, model) =
-                parse_predictions(&text).with_context(|| format!("parsing predictions {path}"))?;
-            (Some(map), model)
-        }
+    let given = match args.predictions.as_str() {
+        "gold" | "empty" => None,
+        path => Some(read_predictions(Path::new(path)).await?),
     };
-    let dataset = args.dataset.clone();
+    let all = load_tasks(&args.dataset).await?;
+    let unknown: Vec<String> = match &given {
+        Some(predictions) => {
+            let known: BTreeSet<&str> = all.iter().map(|i| i.instance_id.as_str()).collect();
+            let mut unknown: Vec<String> = predictions
+                .patches
+                .keys()
+                .filter(|id| !known.contains(id.as_str()))
+                .cloned()
+                .collect();
+            unknown.sort();
+            unknown
+        }
+        None => Vec::new(),
+    };
+    let instances = select(all, &args.run.instance_ids, &args.dataset)?;
+    let selected = instances.len();
+    let predictions = match given {
+        Some(predictions) => predictions,
+        None => gold_or_empty(&args.predictions, &instances),
+    };
+    if !unknown.is_empty() {
+        let named: Vec<&str> = unknown
+            .iter()
+            .take(NAMED_UNKNOWN_IDS)
+            .map(String::as_str)
+            .collect();
+        let more = unknown.len().saturating_sub(NAMED_UNKNOWN_IDS);
+        eprintln!(
+            "warning: {} prediction(s) name instances not in {}, not graded: {}{}",
+            unknown.len(),
+            args.dataset,
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let (graded, ungraded): (Vec<Instance>, Vec<Instance>) = instances
+        .into_iter()
+        .partition(|i| predictions.patches.contains_key(&i.instance_id));
+    if !args.run.instance_ids.is_empty() && !ungraded.is_empty() {
+        eprintln!(
+            "warning: {} of the selected instances have no prediction and are not graded",
+            ungraded.len()
+        );
+    }
+    if graded.is_empty() {
+        return Err(super::error::usage(format!(
+            "no prediction matches an instance of {} ({} selected, {} predictions): check the dataset and \
+             --instance-ids",
+            args.dataset,
+            selected,
+            predictions.patches.len()
+        )));
+    }
+    let model = predictions.model.clone();
     let mut run = args.run;
     let run_id = run
         .run_id
         .clone()
         .unwrap_or_else(crate::benchmark::default_run_id);
     run.run_id = Some(run_id.clone());
-    let agent = match (predictions, model.as_str()) {
-        (Some(map), _) => AgentSpec::Predictions {
-            name: model.clone(),
-            patches: Arc::new(map),
-        },
-        (None, "gold") => AgentSpec::Gold,
-        (None, _) => AgentSpec::Empty,
+    let agent = AgentSpec::Predictions {
+        name: model.clone(),
+        patches: Arc::new(predictions.patches),
     };
-    let code = execute(
-        &dataset,
+    let scope = RunScope {
+        dataset: args.dataset.clone(),
+        ungraded_ids: ungraded.into_iter().map(|i| i.instance_id).collect(),
+        unknown_prediction_ids: unknown,
+    };
+    let code = execute_instances(
+        graded,
+        scope,
         agent,
         EpisodeConfig::default(),
         &run,
@@ -65,7 +188,7 @@ pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     .await?;
     // The reference harness also leaves the run summary as `<model with / → __>.<run_id>.json`.
     let summary = run.output_dir.join(&run_id).join("report.json");
-    let reference_name = format!("{}.{run_id}.json", model.replace('/', "__"));
+    let reference_name = format!("{}.{run_id}.json", crate::benchmark::log_dir_name(&model));
     if tokio::fs::try_exists(&summary).await.unwrap_or(false) {
         tokio::fs::copy(&summary, run.output_dir.join(&reference_name))
             .await
@@ -74,30 +197,162 @@ pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Parses predictions: `instance_id → patch` (a null patch stays `None`) and the model name.
-fn parse_predictions(text: &str) -> anyhow::Result<(HashMap<String, Option<String>>, String)> {
-    let rows: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text)?
+/// The harness's gold mode (each row's reference patch, byte for byte) or the empty patch, for every instance.
+fn gold_or_empty(which: &str, instances: &[Instance]) -> Predictions {
+    let patches = instances
+        .iter()
+        .map(|i| {
+            let patch = if which == "gold" {
+                i.patch.clone()
+            } else {
+                String::new()
+            };
+            (i.instance_id.clone(), Some(patch))
+        })
+        .collect();
+    Predictions {
+        patches,
+        model: which.to_owned(),
+    }
+}
+
+async fn read_predictions(path: &Path) -> Result<Predictions, PredictionsError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|io| PredictionsError::Read {
+            path: path.to_owned(),
+            io,
+        })?;
+    parse_predictions(&text, path)
+}
+
+/// Parses predictions (a JSON list, or JSONL); the model name is the first row's `model_name_or_path` (`None`
+/// when absent, like the harness).
+fn parse_predictions(text: &str, path: &Path) -> Result<Predictions, PredictionsError> {
+    let json_error = |at: String, error: serde_json::Error| PredictionsError::Json {
+        path: path.to_owned(),
+        at,
+        detail: error.to_string(),
+    };
+    let rows: Vec<(String, serde_json::Value)> = if text.trim_start().starts_with('[') {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| json_error(format!("line {}", e.line()), e))?;
+        list.into_iter()
+            .enumerate()
+            .map(|(i, row)| (format!("entry {}", i + 1), row))
+            .collect()
     } else {
         text.lines()
-            .filter(|l| !l.trim().is_empty())
             .enumerate()
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1)))
-            .collect::<anyhow::Result<_>>()?
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let at = format!("line {}", i + 1);
+                serde_json::from_str(l)
+                    .map(|row| (at.clone(), row))
+                    .map_err(|e| json_error(at, e))
+            })
+            .collect::<Result<_, _>>()?
     };
-    let mut map = HashMap::new();
-    let mut model = String::from("predictions");
-    for (i, row) in rows.iter().enumerate() {
-        let id = row["instance_id"]
-            .as_str()
-            .with_context(|| format!("prediction {} has no instance_id", i + 1))?;
-        if let Some(name) = row["model_name_or_path"].as_str() {
-            model = name.to_owned();
+    let mut patches = HashMap::new();
+    let mut first_at: HashMap<String, String> = HashMap::new();
+    let mut model = None;
+    for (at, row) in rows {
+        if !row.is_object() {
+            return Err(PredictionsError::Json {
+                path: path.to_owned(),
+                at,
+                detail: format!("found {}", kind_of(&row)),
+            });
         }
-        map.insert(
-            id.to_owned(),
-            row["model_patch"].as_str().map(str::to_owned),
-        );
+        let Some(id) = row["instance_id"].as_str() else {
+            return Err(PredictionsError::NoInstanceId {
+                path: path.to_owned(),
+                at,
+            });
+        };
+        let patch = match &row["model_patch"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(patch) => Some(patch.clone()),
+            _ => {
+                return Err(PredictionsError::BadPatch {
+                    path: path.to_owned(),
+                    at,
+                })
+            }
+        };
+        if model.is_none() {
+            model = Some(
+                row["model_name_or_path"]
+                    .as_str()
+                    .unwrap_or("None")
+                    .to_owned(),
+            );
+        }
+        match patches.get(id) {
+            Some(earlier) if *earlier != patch => {
+                return Err(PredictionsError::Duplicate {
+                    path: path.to_owned(),
+                    first: first_at.get(id).cloned().unwrap_or_default(),
+                    at,
+                    instance_id: id.to_owned(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                first_at.insert(id.to_owned(), at);
+                patches.insert(id.to_owned(), patch);
+            }
+        }
     }
-    Ok((map, model))
+    Ok(Predictions {
+        patches,
+        model: model.unwrap_or_else(|| "None".to_owned()),
+    })
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Predictions, PredictionsError> {
+        parse_predictions(text, Path::new("p.jsonl"))
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let good = r#"{"instance_id": "a", "model_name_or_path": "m/x", "model_patch": "d"}"#;
+        let error = parse(&format!("{good}\nnot json\n")).unwrap_err();
+        assert!(error.to_string().contains("line 2"), "{error}");
+        let error = parse(&format!("{good}\n\n{{\"model_patch\": \"d\"}}\n")).unwrap_err();
+        assert!(error.to_string().contains("line 3"), "{error}");
+        assert!(error.to_string().contains("instance_id"), "{error}");
+        let other = r#"{"instance_id": "a", "model_patch": "other"}"#;
+        let error = parse(&format!("{good}\n{other}\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("line 2") && error.to_string().contains("line 1"),
+            "{error}"
+        );
+        let error = parse("[1]").unwrap_err();
+        assert!(error.to_string().contains("entry 1"), "{error}");
+    }
+
+    #[test]
+    fn same_prediction_twice_is_one_and_null_stays_null() {
+        let row = r#"{"instance_id": "a", "model_name_or_path": "m/x", "model_patch": null}"#;
+        let predictions = parse(&format!("{row}\n{row}\n")).unwrap();
+        assert_eq!(predictions.patches.len(), 1);
+        assert_eq!(predictions.patches["a"], None);
+        assert_eq!(predictions.model, "m/x");
+    }
 }

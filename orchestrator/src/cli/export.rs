@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::trajectory::export::{to_cwm_transcript, to_openai_chat};
-use crate::trajectory::read_trajectory;
+use crate::trajectory::{read_trajectory, EpisodeStatus};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,6 +17,46 @@ pub enum ExportFormat {
     OpenaiChat,
     /// CWM transcript (roles `system`, `user`, `assistant`, `tool: NAME`).
     Cwm,
+}
+
+/// An episode ending to keep (`--only-status`); the names are those written in trajectories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum StatusFilter {
+    /// The agent submitted.
+    Submitted,
+    /// The turn budget ran out.
+    MaxTurns,
+    /// The context-token budget ran out.
+    ContextExhausted,
+    /// The wall-clock budget ran out.
+    WallClock,
+    /// Too many consecutive format errors.
+    FormatErrors,
+    /// The model endpoint failed.
+    ModelError,
+    /// The sandbox failed.
+    SandboxError,
+    /// Closed by the client before a submission.
+    Closed,
+    /// Cancelled (shutdown, Ctrl-C).
+    Cancelled,
+}
+
+impl StatusFilter {
+    fn status(self) -> EpisodeStatus {
+        match self {
+            Self::Submitted => EpisodeStatus::Submitted,
+            Self::MaxTurns => EpisodeStatus::MaxTurns,
+            Self::ContextExhausted => EpisodeStatus::ContextExhausted,
+            Self::WallClock => EpisodeStatus::WallClock,
+            Self::FormatErrors => EpisodeStatus::FormatErrors,
+            Self::ModelError => EpisodeStatus::ModelError,
+            Self::SandboxError => EpisodeStatus::SandboxError,
+            Self::Closed => EpisodeStatus::Closed,
+            Self::Cancelled => EpisodeStatus::Cancelled,
+        }
+    }
 }
 
 /// Arguments of `swe-env export`.
@@ -35,9 +75,9 @@ pub struct ExportArgs {
     /// Output file (JSONL); standard output when absent.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Keep only episodes that ended with this status (e.g. `submitted`); unfinished episodes have no status.
-    #[arg(long)]
-    only_status: Option<String>,
+    /// Keep only episodes that ended with this status; unfinished episodes have no status.
+    #[arg(long, value_enum)]
+    only_status: Option<StatusFilter>,
     /// Keep only episodes whose grading resolved the task.
     #[arg(long)]
     only_resolved: bool,
@@ -79,7 +119,11 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        if !keep(&trajectory, args.only_status.as_deref(), args.only_resolved) {
+        if !keep(
+            &trajectory,
+            args.only_status.map(StatusFilter::status),
+            args.only_resolved,
+        ) {
             skipped += 1;
             continue;
         }
@@ -115,12 +159,12 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn keep(
     trajectory: &crate::trajectory::ReadTrajectory,
-    only_status: Option<&str>,
+    only_status: Option<EpisodeStatus>,
     only_resolved: bool,
 ) -> bool {
     let end = trajectory.end.as_ref();
     if let Some(status) = only_status {
-        if end.map(|e| e.status.as_str()) != Some(status) {
+        if end.map(|e| e.status) != Some(status) {
             return false;
         }
     }

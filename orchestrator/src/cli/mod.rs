@@ -3,6 +3,7 @@
 mod bench;
 mod bench_grading;
 mod bench_grpc;
+mod error;
 mod evaluate;
 mod export;
 mod gc;
@@ -17,6 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use error::CliError;
+
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the command ran but its result is a failure (e.g. tests failed, some instances errored).
@@ -25,6 +28,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: infrastructure failure (Docker unreachable, disk full).
 pub const EXIT_INFRA: u8 = 3;
+/// Exit code: interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs software-engineering agents in sandboxed Docker containers and records every step.
 #[derive(Debug, Parser)]
@@ -79,9 +84,9 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Runs the parsed command and returns the process exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+/// Runs the parsed command and returns the process exit code; a failure is typed by its exit code.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let outcome = match cli.command {
         Command::Gc(args) => gc::run(args).await,
         Command::Export(args) => export::run(args).await,
         Command::Images(command) => images::run(command).await,
@@ -91,7 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shell(args) => shell::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(command) => bench::run(command).await,
-    }
+    };
+    outcome.map_err(CliError::classify)
 }
 
 /// Logs to stderr; `RUST_LOG` wins over `-v`.

@@ -32,25 +32,40 @@ pub struct ModelArgs {
     /// Most output tokens per turn; overrides the config.
     #[arg(long)]
     pub max_tokens: Option<u32>,
-    /// Time allowed for one model request, in seconds.
-    #[arg(long, default_value_t = 600)]
-    pub request_timeout_secs: u64,
-    /// Most attempts per model call (1 = no retry).
-    #[arg(long, default_value_t = 5)]
-    pub max_attempts: u32,
+    /// Time allowed for one model request, in seconds [default: 600].
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
+    /// Most attempts per model call (1 = no retry) [default: 5].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
 }
 
+/// Default of `--request-timeout-secs`.
+const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+/// Default of `--max-attempts`.
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
 impl ModelArgs {
-    /// Whether a model was asked for.
+    /// Whether a model was asked for: any model option given. [`Self::agent_config`] then checks that the
+    /// endpoint and the model name are both there, so `--model NAME` alone is a usage error, never a silent
+    /// fallback to a built-in agent.
     pub fn is_set(&self) -> bool {
         !self.model_urls.is_empty()
+            || !self.model.is_empty()
+            || self.mode.is_some()
+            || self.config.is_some()
+            || self.api_key_env.is_some()
+            || self.temperature.is_some()
+            || self.max_tokens.is_some()
+            || self.request_timeout_secs.is_some()
+            || self.max_attempts.is_some()
     }
 
     /// Checks that endpoint and model name come together.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.model_urls.is_empty(),
-            "--model-url is required (an OpenAI-compatible base URL ending in /v1)"
+            "model options need --model-url (an OpenAI-compatible base URL ending in /v1) and --model NAME"
         );
         anyhow::ensure!(
             !self.model.is_empty(),
@@ -85,8 +100,11 @@ impl ModelArgs {
         let mut client = ClientConfig::new(first, self.model.clone());
         client.endpoints = self.model_urls.clone();
         client.api_key_env = self.api_key_env.clone();
-        client.request_timeout = Duration::from_secs(self.request_timeout_secs);
-        client.retry.max_attempts = self.max_attempts;
+        client.request_timeout = Duration::from_secs(
+            self.request_timeout_secs
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
+        );
+        client.retry.max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         client
     }
 }

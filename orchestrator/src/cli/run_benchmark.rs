@@ -24,8 +24,30 @@ use crate::grade::GradeConfig;
 use crate::sandbox::DockerEngine;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
 
-/// Exit code when interrupted (128 + SIGINT), as shells report it.
-pub const EXIT_INTERRUPTED: u8 = 130;
+use super::EXIT_INTERRUPTED;
+
+/// Network of grading containers (a closed set: a typo fails when the arguments are parsed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GradingNetwork {
+    /// Docker's default bridge, as the reference harness grades (the tests may reach the network).
+    #[default]
+    Bridge,
+    /// No network (only `lo`): the submission's tests are isolated.
+    None,
+    /// The host's network stack (for tests that need a service on the host).
+    Host,
+}
+
+impl GradingNetwork {
+    /// The Docker `network_mode` value.
+    pub fn as_docker_mode(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::None => "none",
+            Self::Host => "host",
+        }
+    }
+}
 
 /// Arguments shared by `run-benchmark` and `evaluate`: what to run and where results go.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +58,8 @@ pub struct RunArgs {
     /// Instances run at once.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Run id (output sub-directory); rerunning the same id resumes it. Default: the current time.
+    /// Run id (output sub-directory); rerunning the same id resumes it if its settings match (manifest.json).
+    /// Default: the current time and a random suffix (`20261130-051500-3f9a`).
     #[arg(long)]
     pub run_id: Option<String>,
     /// Where runs are written.
@@ -48,15 +71,23 @@ pub struct RunArgs {
     /// When to pull images.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
-    /// Network of grading containers: `bridge` (as the reference harness) or `none`.
-    #[arg(long, default_value = "bridge")]
-    pub grading_network: String,
+    /// Network of grading containers.
+    #[arg(long, value_enum, default_value_t = GradingNetwork::Bridge)]
+    pub grading_network: GradingNetwork,
     /// Time limit of the tests at grading, seconds.
     #[arg(long, default_value_t = 1800)]
     pub test_timeout: u64,
+    /// Grading rules: `swebench-4.1` (the reference harness exactly), `swebench-5`, or `hardened` (reference +
+    /// anti-spoofing: conftest.py restored, clean tree between apply attempts, exit-code cross-check).
+    #[arg(long, value_enum, default_value_t = crate::grade::RuleSet::Swebench4_1)]
+    pub rules: crate::grade::RuleSet,
     /// Re-run instances whose earlier result in this run was an error.
     #[arg(long)]
     pub retry_errors: bool,
+    /// Resume this run even though result-changing settings differ from those it started with (agent, model
+    /// config, dataset content, budgets, grading options); the differences are recorded in its manifest.json.
+    #[arg(long)]
+    pub force_resume: bool,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -93,10 +124,10 @@ pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
         let config = args
             .model
             .agent_config()
-            .context("model agent configuration")?;
+            .map_err(|e| super::error::usage(format!("{e:#}")))?;
         let client_config = args.model.client_config();
-        let client =
-            swe_env_model::ModelClient::new(client_config.clone()).context("model client")?;
+        let client = swe_env_model::ModelClient::new(client_config.clone())
+            .map_err(|e| super::error::usage(format!("model client: {e}")))?;
         AgentSpec::Model(Arc::new(ModelAgent {
             client,
             client_config,
@@ -126,7 +157,28 @@ pub enum LogsLayout {
     Reference,
 }
 
-/// Loads the dataset, runs it, prints the summary; shared with `evaluate`.
+/// Loads a task source (`fixtures`, an alias, a path: see [`load_source`]); bad rows are warned about and skipped.
+/// A source that cannot be loaded is an input error (exit 2).
+pub(super) async fn load_tasks(dataset: &str) -> anyhow::Result<Vec<Instance>> {
+    let loaded = load_source(dataset).await?;
+    for error in &loaded.errors {
+        eprintln!("warning: skipped a bad dataset row: {error}");
+    }
+    Ok(loaded.instances)
+}
+
+/// Dataset rows outside the graded set that the run summary still counts.
+#[derive(Debug, Clone, Default)]
+pub struct RunScope {
+    /// The dataset source as given (recorded in the run's manifest.json with the sha256 of its content).
+    pub dataset: String,
+    /// Selected rows that are not run (evaluate: no prediction); report.json counts them as incomplete.
+    pub ungraded_ids: Vec<String>,
+    /// Prediction ids that are not in the dataset (warned about, counted in the summary).
+    pub unknown_prediction_ids: Vec<String>,
+}
+
+/// Loads the dataset, runs it, prints the summary.
 pub async fn execute(
     dataset: &str,
     agent: AgentSpec,
@@ -134,27 +186,30 @@ pub async fn execute(
     args: &RunArgs,
     layout: LogsLayout,
 ) -> anyhow::Result<ExitCode> {
-    let loaded = match load_source(dataset).await {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-    };
-    for error in &loaded.errors {
-        eprintln!("warning: skipped a bad dataset row: {error}");
-    }
-    let instances = match select(loaded.instances, &args.instance_ids) {
-        Ok(instances) => instances,
-        Err(error) => {
-            eprintln!("error: {error:#} (in {dataset})");
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-    };
-    if instances.is_empty() {
-        eprintln!("error: no instances selected from {dataset}");
-        return Ok(ExitCode::from(super::EXIT_USAGE));
-    }
+    let instances = select(load_tasks(dataset).await?, &args.instance_ids, dataset)?;
+    execute_instances(
+        instances,
+        RunScope {
+            dataset: dataset.to_owned(),
+            ..RunScope::default()
+        },
+        agent,
+        episode,
+        args,
+        layout,
+    )
+    .await
+}
+
+/// Runs `instances`, prints the summary; shared with `evaluate`.
+pub async fn execute_instances(
+    instances: Vec<Instance>,
+    scope: RunScope,
+    agent: AgentSpec,
+    episode: EpisodeConfig,
+    args: &RunArgs,
+    layout: LogsLayout,
+) -> anyhow::Result<ExitCode> {
     let engine = DockerEngine::connect(Duration::from_secs(120))
         .await
         .context("connecting to Docker")?;
@@ -177,11 +232,11 @@ pub async fn execute(
             .output_dir
             .join("logs/run_evaluation")
             .join(&run_id)
-            .join(agent.name()),
+            .join(crate::benchmark::log_dir_name(agent.name())),
     };
     let config = RunConfig {
         run_id: run_id.clone(),
-        logs_dir,
+        logs_dir: logs_dir.clone(),
         dir: dir.clone(),
         model_name: agent.name().to_owned(),
         agent,
@@ -189,13 +244,32 @@ pub async fn execute(
         pull: args.pull,
         episode,
         grade: GradeConfig {
-            network_mode: args.grading_network.clone(),
+            network_mode: args.grading_network.as_docker_mode().to_owned(),
             test_timeout: Duration::from_secs(args.test_timeout),
             image_template: args.image_template.clone(),
             ..GradeConfig::default()
-        },
+        }
+        .with_rules(args.rules),
         retry_errors: args.retry_errors,
+        ungraded_ids: scope.ungraded_ids,
+        unknown_prediction_ids: scope.unknown_prediction_ids,
     };
+    // Held until the run ends: a second process on this run directory fails fast.
+    let instance_ids = instances.iter().map(|i| i.instance_id.clone()).collect();
+    let _run_lock = crate::benchmark::manifest::begin_run(
+        &config,
+        &scope.dataset,
+        instance_ids,
+        args.force_resume,
+    )
+    .await
+    .map_err(|error| {
+        if error.is_usage() {
+            super::error::usage(error.to_string())
+        } else {
+            anyhow::Error::new(error)
+        }
+    })?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -214,11 +288,21 @@ pub async fn execute(
         .await
         .with_context(|| format!("writing run outputs under {}", dir.display()))?;
     progress.bar.finish_and_clear();
-    print_outcome(&outcome, args.json, &dir)?;
+    print_outcome(&outcome, args.json, &dir, &logs_dir)?;
     Ok(exit_code(&outcome))
 }
 
-fn select(instances: Vec<Instance>, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
+/// The instances named by `--instance-ids` (all when none); an unknown id or an empty selection is a usage error.
+pub(super) fn select(
+    instances: Vec<Instance>,
+    ids: &[String],
+    dataset: &str,
+) -> anyhow::Result<Vec<Instance>> {
+    if instances.is_empty() {
+        return Err(super::error::usage(format!(
+            "no instances in {dataset}: check the dataset path or alias"
+        )));
+    }
     if ids.is_empty() {
         return Ok(instances);
     }
@@ -229,18 +313,26 @@ fn select(instances: Vec<Instance>, ids: &[String]) -> anyhow::Result<Vec<Instan
         .filter(|id| !known.contains(*id))
         .copied()
         .collect();
-    anyhow::ensure!(
-        unknown.is_empty(),
-        "unknown instance ids: {}",
-        unknown.join(", ")
-    );
+    if !unknown.is_empty() {
+        let mut unknown = unknown;
+        unknown.sort_unstable();
+        return Err(super::error::usage(format!(
+            "unknown instance ids (not in {dataset}): {}",
+            unknown.join(", ")
+        )));
+    }
     Ok(instances
         .into_iter()
         .filter(|i| wanted.contains(i.instance_id.as_str()))
         .collect())
 }
 
-fn print_outcome(outcome: &RunOutcome, json: bool, dir: &std::path::Path) -> anyhow::Result<()> {
+fn print_outcome(
+    outcome: &RunOutcome,
+    json: bool,
+    dir: &std::path::Path,
+    logs_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome.stats)?);
         return Ok(());
@@ -262,8 +354,14 @@ fn print_outcome(outcome: &RunOutcome, json: bool, dir: &std::path::Path) -> any
         println!("interrupted: partial results kept; run the same command again to resume");
     }
     println!(
-        "outputs: {} (predictions.jsonl, report.json, summary.md, trajectories/, logs/)",
-        dir.display()
+        "outputs: {} (predictions.jsonl, report.json, stats.json, summary.md{}); grading logs: {}",
+        dir.display(),
+        if dir.join("trajectories").exists() {
+            ", trajectories/"
+        } else {
+            ""
+        },
+        logs_dir.display()
     );
     Ok(())
 }

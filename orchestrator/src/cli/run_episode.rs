@@ -12,7 +12,7 @@ use swe_env_model::{ModelClient, ModelError};
 use tokio::sync::mpsc;
 
 use super::model_args::ModelArgs;
-use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::agent::{add_client_info, run_model_agent, start_info_for, ApiMode, StepEvent};
 use crate::episode::{EndInfo, Episode, EpisodeConfig};
 use crate::sandbox::DockerEngine;
@@ -31,9 +31,9 @@ pub struct RunEpisodeArgs {
     /// Task id (`instance_id`) to run.
     #[arg(long)]
     task: String,
-    /// Tasks file (JSONL/JSON/parquet in SWE-bench format) holding `--task`.
+    /// Tasks holding `--task`: `fixtures`, `verified`/`lite`/`full`, or a JSONL/JSON/parquet file.
     #[arg(long)]
-    tasks: PathBuf,
+    tasks: String,
     #[command(flatten)]
     model: ModelArgs,
     /// Turn budget [default: 128].
@@ -84,7 +84,7 @@ pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
         Ok(agent) => agent,
         Err(error) => return usage_error(format!("{error:#}")),
     };
-    let dataset = match swe_env_grading::dataset::load_dataset_file(&args.tasks) {
+    let dataset = match crate::datasets::load_source(&args.tasks).await {
         Ok(dataset) => dataset,
         Err(error) => return usage_error(format!("loading tasks: {error}")),
     };
@@ -95,7 +95,7 @@ pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
         return usage_error(format!(
             "task {} is not in {} ({} tasks loaded)",
             args.task,
-            args.tasks.display(),
+            args.tasks,
             dataset.instances.len()
         ));
     };
@@ -172,6 +172,9 @@ pub async fn run(args: RunEpisodeArgs) -> anyhow::Result<ExitCode> {
         "trajectory": episode.trajectory_path(),
     });
     print_result(&result, args.json);
+    if record.status == EpisodeStatus::Cancelled && agent_outcome.is_none() {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     let success = record.status == EpisodeStatus::Submitted && submitted;
     Ok(ExitCode::from(if success { EXIT_OK } else { EXIT_FAILED }))
 }

@@ -25,9 +25,9 @@ pub struct ServeArgs {
     /// Serve on a unix socket only (no TCP unless --listen is also given).
     #[arg(long)]
     unix_socket: Option<PathBuf>,
-    /// Tasks file (JSONL/JSON/parquet, SWE-bench format); repeatable.
+    /// Tasks: `fixtures`, `verified`/`lite`/`full`, or a JSONL/JSON/parquet file (SWE-bench format); repeatable.
     #[arg(long = "tasks")]
-    tasks: Vec<PathBuf>,
+    tasks: Vec<String>,
     /// File holding the bearer token (else SWE_ENV_TOKEN; with neither, auth is off).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -64,7 +64,7 @@ impl ServeArgs {
             config.unix_socket = self.unix_socket;
         }
         if !self.tasks.is_empty() {
-            config.tasks = self.tasks;
+            config.tasks = self.tasks.into_iter().map(PathBuf::from).collect();
         }
         if self.token_file.is_some() {
             config.token_file = self.token_file;
@@ -90,13 +90,20 @@ impl ServeArgs {
 
 /// Runs the server until a stop signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = match args.resolve() {
+    let mut config = match args.resolve() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::from(super::EXIT_USAGE));
         }
     };
+    // Task sources (flags or config file) go through the one loader's resolution: `fixtures` and the aliases
+    // become files the server reads.
+    let mut tasks = Vec::with_capacity(config.tasks.len());
+    for source in &config.tasks {
+        tasks.push(crate::datasets::source_path(&source.to_string_lossy()).await?);
+    }
+    config.tasks = tasks;
     let running = match server::start(config).await {
         Ok(running) => running,
         Err(error @ (server::ServerError::Config(_) | server::ServerError::Tasks(_))) => {

@@ -34,9 +34,9 @@ pub struct ShellArgs {
     /// Task id to open in tool mode (input is `<tool: NAME>` … `</tool>` calls).
     #[arg(long, requires = "tasks")]
     task: Option<String>,
-    /// Tasks file (JSONL/JSON/parquet in SWE-bench format) holding `--task`.
+    /// Tasks holding `--task`: `fixtures`, `verified`/`lite`/`full`, or a JSONL/JSON/parquet file.
     #[arg(long)]
-    tasks: Option<PathBuf>,
+    tasks: Option<String>,
     /// Where the trajectory of a tool-mode session is written.
     #[arg(long, default_value = "runs/shell")]
     trajectory_dir: PathBuf,
@@ -109,17 +109,17 @@ async fn tool_mode(
     engine: &DockerEngine,
     args: &ShellArgs,
     task: &str,
-    tasks: &std::path::Path,
+    tasks: &str,
 ) -> anyhow::Result<ExitCode> {
-    let dataset = swe_env_grading::dataset::load_dataset_file(tasks)
-        .with_context(|| format!("loading tasks from {}", tasks.display()))?;
+    let dataset = crate::datasets::load_source(tasks)
+        .await
+        .with_context(|| format!("loading tasks from {tasks}"))?;
     for error in &dataset.errors {
         eprintln!("warning: skipped a bad row: {error}");
     }
     let Some(instance) = dataset.get(task).cloned() else {
         eprintln!(
-            "error: task {task} is not in {} ({} tasks loaded)",
-            tasks.display(),
+            "error: task {task} is not in {tasks} ({} tasks loaded)",
             dataset.instances.len()
         );
         return Ok(ExitCode::from(super::EXIT_USAGE));
