@@ -147,6 +147,9 @@ async fn gold_resolves_everything_and_empty_nothing() {
     );
     let empty_stats = stats(&empty);
     assert_eq!(empty_stats["resolved"], 0);
+    // The default rules (swebench-4.1) produce exactly what main produced before rule sets existed.
+    assert_same_as_golden(&dir, "gold");
+    assert_same_as_golden(&out.path().join("empty"), "empty");
     assert_eq!(
         report(&out.path().join("empty"))["empty_patch_instances"],
         empty_stats["total"]
@@ -611,4 +614,33 @@ async fn evaluate_grades_predictions_in_the_reference_layout() {
     let null_report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&null_report).unwrap()).unwrap();
     assert_eq!(null_report[ids[2]]["patch_is_None"], true);
+}
+
+/// `run_dir`'s report.json and the reference fields of its per-instance reports equal `tests/it/golden/fixtures-NAME`.
+fn assert_same_as_golden(run_dir: &Path, name: &str) {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/it/golden/fixtures-{name}"));
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        read(&run_dir.join("report.json")),
+        read(&golden.join("report.json")),
+        "{name}: run summary differs from the golden one"
+    );
+    let expected = read(&golden.join("instances.json"));
+    let expected = expected.as_object().unwrap();
+    for (id, want) in expected {
+        let report = read(&run_dir.join("logs").join(id).join("report.json"));
+        let mut got = report[id].clone();
+        let extras = got.as_object_mut().unwrap().remove("swe_env").unwrap();
+        assert_eq!(extras["rule_set"], "swebench-4.1", "{name} {id}");
+        assert_eq!(
+            &got, want,
+            "{name} {id}: reference fields differ from the golden report"
+        );
+    }
 }
