@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_on_closed_output();
     let cli = swe_env::cli::Cli::parse();
     swe_env::cli::init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -24,4 +25,23 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// When the reader of our output goes away (`swe-env gc --json | head -1`), `println!` panics with a broken pipe.
+/// Stop quietly instead, with the status a shell reports for a process ended by SIGPIPE (128 + 13), as command-line
+/// tools do. Every other panic keeps the default report.
+fn quiet_on_closed_output() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(swe_env::cli::EXIT_OUTPUT_CLOSED));
+        }
+        default_hook(info);
+    }));
 }

@@ -211,6 +211,14 @@ async fn exit_codes_follow_the_documented_table() {
         "{\"instance_id\": \"a\", \"model_patch\": \"\"}\nnot json\n",
     )
     .unwrap();
+    let mixed = dir.join("mixed.jsonl");
+    std::fs::write(
+        &mixed,
+        "{\"instance_id\": \"a\", \"model_name_or_path\": \"m1\", \"model_patch\": \"\"}\n\
+         {\"instance_id\": \"b\", \"model_name_or_path\": \"m2\", \"model_patch\": \"\"}\n",
+    )
+    .unwrap();
+    let mixed = mixed.to_str().unwrap();
     let bad_config = dir.join("agent.yaml");
     std::fs::write(&bad_config, "mode: no-such-mode\n").unwrap();
     let output_dir = dir.to_str().unwrap();
@@ -331,6 +339,77 @@ async fn exit_codes_follow_the_documented_table() {
             None,
             2,
             "--model-url",
+        ),
+        (
+            "--run-id that leaves the output directory",
+            bench(&["--run-id", "../escape"]),
+            None,
+            2,
+            "not a run id",
+        ),
+        (
+            "empty --run-id",
+            bench(&["--run-id", ""]),
+            None,
+            2,
+            "not a run id",
+        ),
+        (
+            "--workers 0",
+            bench(&["--workers", "0"]),
+            None,
+            2,
+            "--workers",
+        ),
+        (
+            "--max-turns 0",
+            bench(&["--max-turns", "0"]),
+            None,
+            2,
+            "--max-turns",
+        ),
+        (
+            "--agent together with --model-url",
+            bench(&["--agent", "empty", "--model-url", url, "--model", "m"]),
+            None,
+            2,
+            "cannot be used with",
+        ),
+        (
+            "empty --instance-ids entry",
+            bench(&["--instance-ids", ""]),
+            None,
+            2,
+            "empty id",
+        ),
+        (
+            "export of a path that does not exist",
+            to_strings(&["export", "/no/such/trajectories", "--format", "cwm"]),
+            None,
+            2,
+            "/no/such/trajectories",
+        ),
+        (
+            "--rules typo",
+            bench(&["--rules", "swebench-4"]),
+            None,
+            2,
+            "swebench-4",
+        ),
+        (
+            "predictions naming two models",
+            to_strings(&[
+                "evaluate",
+                "--predictions",
+                mixed,
+                "--dataset",
+                "fixtures",
+                "--output-dir",
+                output_dir,
+            ]),
+            None,
+            2,
+            "one model per run",
         ),
         (
             "Docker unreachable",
@@ -490,4 +569,41 @@ async fn an_unreachable_registry_keeps_its_kind_in_the_results() {
     let report = json_file(&out.path().join("reg/report.json"));
     assert_eq!(report["error_instances"], 1, "{report}");
     assert_eq!(stats["error"], 1, "{stats}");
+}
+
+#[test]
+fn closed_output_and_piped_stderr_are_handled_quietly() {
+    // `| head -0`: the reader is gone before the first line; no panic, the SIGPIPE status.
+    let mut child = Command::new(EXE)
+        .args(["gc", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        matches!(output.status.code(), Some(0) | Some(141)),
+        "{}",
+        describe(&output)
+    );
+    // Log lines on a pipe carry no ANSI colour codes.
+    let output = Command::new(EXE)
+        .args(["-vv", "gc", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("DEBUG"),
+        "expected debug log lines: {}",
+        describe(&output)
+    );
+    assert!(
+        !output.stderr.contains(&0x1b),
+        "ANSI escape in piped stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -176,6 +176,93 @@ async fn conftest_spoof_fools_the_reference_rules_and_not_hardened() {
     }
 }
 
+/// A pytest plugin that marks every test passed and forces exit status 0, loaded through pytest's configuration
+/// instead of a conftest.py (found by an independent tester against `--rules hardened`).
+const PLUGIN_SPOOF: &str = r#"diff --git a/src/spans/_plug.py b/src/spans/_plug.py
+new file mode 100644
+index 0000000..0485a07
+--- /dev/null
++++ b/src/spans/_plug.py
+@@ -0,0 +1,13 @@
++import pytest
++
++
++@pytest.hookimpl(hookwrapper=True)
++def pytest_runtest_makereport(item, call):
++    outcome = yield
++    report = outcome.get_result()
++    report.outcome = "passed"
++    report.longrepr = None
++
++
++def pytest_sessionfinish(session, exitstatus):
++    session.exitstatus = 0
+"#;
+
+const PYPROJECT_ADDOPTS: &str = r#"diff --git a/pyproject.toml b/pyproject.toml
+index 6cba5e8..78a8729 100644
+--- a/pyproject.toml
++++ b/pyproject.toml
+@@ -13,3 +13,4 @@ where = ["src"]
+ 
+ [tool.pytest.ini_options]
+ testpaths = ["tests"]
++addopts = "-p spans._plug"
+"#;
+
+const PYTEST_INI_ADDED: &str = r#"diff --git a/pytest.ini b/pytest.ini
+new file mode 100644
+index 0000000..1111111
+--- /dev/null
++++ b/pytest.ini
+@@ -0,0 +1,3 @@
++[pytest]
++testpaths = tests
++addopts = -p spans._plug
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_spoofs_through_pytest_configuration_fool_the_reference_and_not_hardened() {
+    use swe_env::grade::RuleSet;
+    let engine = engine().await;
+    let instance = fixture("swe-env-fixtures__spans-1");
+    for (config_patch, touched) in [
+        (PYPROJECT_ADDOPTS, "restored pyproject.toml"),
+        (PYTEST_INI_ADDED, "removed pytest.ini"),
+    ] {
+        let spoof = format!("{config_patch}{PLUGIN_SPOOF}");
+        let reference = grade_patch(
+            &engine,
+            &instance,
+            Some(&spoof),
+            &isolated(),
+            &unique_id("grade-plugin-ref"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            reference.resolved,
+            "{touched}: the reference rules are fooled\n{}",
+            reference.test_output
+        );
+        let hardened = grade_patch(
+            &engine,
+            &instance,
+            Some(&spoof),
+            &isolated().with_rules(RuleSet::Hardened),
+            &unique_id("grade-plugin"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !hardened.resolved,
+            "{touched}: spoof resolved under hardened\n{}",
+            hardened.test_output
+        );
+        assert_eq!(hardened.spoof_cleanup, vec![touched.to_owned()]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_that_does_not_apply_is_an_outcome() {
     let engine = engine().await;

@@ -72,9 +72,9 @@ pub enum RuleSet {
     #[serde(rename = "swebench-5")]
     #[cfg_attr(feature = "clap", value(name = "swebench-5"))]
     Swebench5,
-    /// 4.1.0 plus swe-env's anti-spoofing: the exit-code cross-check, conftest.py files the
-    /// submission adds or changes restored before the tests run, a clean tree between apply
-    /// attempts.
+    /// 4.1.0 plus swe-env's anti-spoofing: the exit-code cross-check, the pytest configuration
+    /// the submission touches (conftest.py, pytest.ini, tox.ini, pytest sections of setup.cfg /
+    /// pyproject.toml) restored before the tests run, a clean tree between apply attempts.
     #[serde(rename = "hardened")]
     Hardened,
 }

@@ -272,7 +272,7 @@ struct GradingSettings<'a> {
     in_place: bool,
     image_template: &'a str,
     options: &'a swe_env_grading::report::GradingOptions,
-    eval_script: &'a swe_env_grading::eval_script::EvalScriptConfig,
+    eval_script: swe_env_grading::eval_script::EvalScriptConfig,
     rewards: &'a swe_env_grading::rewards::RewardConfig,
 }
 
@@ -392,7 +392,7 @@ impl RunManifest {
                 in_place: grade.in_place,
                 image_template: &grade.image_template,
                 options: &grade.options,
-                eval_script: &grade.eval_script,
+                eval_script: grade.effective_eval_script(),
                 rewards: &grade.rewards,
             },
         };

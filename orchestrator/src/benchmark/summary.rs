@@ -179,19 +179,20 @@ pub fn render_table(stats: &RunStats) -> String {
     let _ = writeln!(out, "run {} · {}", stats.run_id, stats.model);
     let _ = writeln!(
         out,
-        "resolved {}/{} ({:.1}%) · finished {} · mean turns {:.1} · tokens {} · wall {:.1}s",
+        "resolved {}/{} ({:.1}%) · finished {} · run failures {} · mean turns {:.1} · tokens {} · wall {:.1}s",
         stats.resolved,
         stats.total,
         stats.resolved_pct,
         stats.finished,
+        stats.errors_by_kind.values().sum::<usize>(),
         stats.mean_turns,
         stats.tokens,
         stats.wall_seconds
     );
     let _ = writeln!(
         out,
-        "total {} · submitted {} · completed {} · resolved {} · unresolved {} · empty patch {} · error {} · \
-         incomplete {}{}",
+        "report.json (harness counts): total {} · submitted {} · completed {} · resolved {} · unresolved {} · \
+         empty patch {} · error {} · incomplete {}{}",
         stats.total,
         stats.submitted,
         stats.completed,

@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// Grading overhead (everything but the test command) and the orchestrator's per-instance overhead of a gold
     /// run-benchmark (total − model time − test time), on the fixture tasks.
     Grading(GradingBenchArgs),
+    /// Fault injection against a real `swe-env serve`: client deadlines and cancels mid-step, shell hijacks,
+    /// containers removed outside, hostile limits, kill -9 and restart, drain; one row per fault.
+    Chaos(super::bench_chaos::ChaosBenchArgs),
 }
 
 /// Arguments of `swe-env bench sandbox`.
@@ -112,6 +115,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Sandbox(args) => sandbox(args).await,
         BenchCommand::Grpc(args) => super::bench_grpc::run(args).await,
         BenchCommand::Grading(args) => super::bench_grading::run(args).await,
+        BenchCommand::Chaos(args) => super::bench_chaos::run(args).await,
     }
 }
 

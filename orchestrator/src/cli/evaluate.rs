@@ -89,6 +89,21 @@ pub enum PredictionsError {
         /// The instance.
         instance_id: String,
     },
+    /// Rows name different models: one run grades one model.
+    #[error(
+        "predictions {path}, {at}: model \"{other}\" differs from \"{first}\" named earlier; evaluate one model per \
+         run (split the file by model_name_or_path)"
+    )]
+    MixedModels {
+        /// The file.
+        path: PathBuf,
+        /// Where the other model is named.
+        at: String,
+        /// The first model named.
+        first: String,
+        /// The other one.
+        other: String,
+    },
 }
 
 /// Parsed predictions: `instance_id → patch` (`None` = a null patch) and the model name.
@@ -234,7 +249,21 @@ fn parse_predictions(text: &str, path: &Path) -> Result<Predictions, Predictions
         at,
         detail: error.to_string(),
     };
-    let rows: Vec<(String, serde_json::Value)> = if text.trim_start().starts_with('[') {
+    // The harness also takes a JSON object `{instance_id: prediction}` (SWE-agent's form); a one-line JSONL file
+    // is an object too, but one that names its instance itself.
+    let dict = if text.trim_start().starts_with('{') {
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+            Ok(map) if !map.contains_key("instance_id") => Some(map),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let rows: Vec<(String, serde_json::Value)> = if let Some(map) = dict {
+        map.into_iter()
+            .map(|(key, row)| (format!("entry \"{key}\""), row))
+            .collect()
+    } else if text.trim_start().starts_with('[') {
         let list: Vec<serde_json::Value> =
             serde_json::from_str(text).map_err(|e| json_error(format!("line {}", e.line()), e))?;
         list.into_iter()
@@ -280,14 +309,6 @@ fn parse_predictions(text: &str, path: &Path) -> Result<Predictions, Predictions
                 })
             }
         };
-        if model.is_none() {
-            model = Some(
-                row["model_name_or_path"]
-                    .as_str()
-                    .unwrap_or("None")
-                    .to_owned(),
-            );
-        }
         match patches.get(id) {
             Some(earlier) if *earlier != patch => {
                 return Err(PredictionsError::Duplicate {
@@ -299,9 +320,22 @@ fn parse_predictions(text: &str, path: &Path) -> Result<Predictions, Predictions
             }
             Some(_) => {}
             None => {
-                first_at.insert(id.to_owned(), at);
+                first_at.insert(id.to_owned(), at.clone());
                 patches.insert(id.to_owned(), patch);
             }
+        }
+        let named = row["model_name_or_path"].as_str().unwrap_or("None");
+        match &model {
+            None => model = Some(named.to_owned()),
+            Some(first) if first != named => {
+                return Err(PredictionsError::MixedModels {
+                    path: path.to_owned(),
+                    at,
+                    first: first.clone(),
+                    other: named.to_owned(),
+                })
+            }
+            Some(_) => {}
         }
     }
     Ok(Predictions {
@@ -345,6 +379,27 @@ mod tests {
         );
         let error = parse("[1]").unwrap_err();
         assert!(error.to_string().contains("entry 1"), "{error}");
+        let mixed = r#"{"instance_id": "b", "model_name_or_path": "m/y", "model_patch": "d"}"#;
+        let error = parse(&format!("{good}\n{mixed}\n")).unwrap_err();
+        assert!(
+            matches!(error, PredictionsError::MixedModels { .. })
+                && error.to_string().contains("line 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_harness_dict_form_is_read() {
+        let text = r#"{"a": {"instance_id": "a", "model_name_or_path": "m", "model_patch": "d"},
+                      "b": {"instance_id": "b", "model_name_or_path": "m", "model_patch": null}}"#;
+        let predictions = parse(text).unwrap();
+        assert_eq!(predictions.patches.len(), 2);
+        assert_eq!(predictions.patches["a"].as_deref(), Some("d"));
+        assert_eq!(predictions.model, "m");
+        // A one-line JSONL file is an object too, but a row.
+        let one = parse(r#"{"instance_id": "a", "model_name_or_path": "m", "model_patch": "d"}"#)
+            .unwrap();
+        assert_eq!(one.patches.len(), 1);
     }
 
     #[test]

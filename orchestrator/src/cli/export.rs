@@ -83,12 +83,26 @@ pub struct ExportArgs {
     only_resolved: bool,
 }
 
+/// The trajectory files named by `inputs`: files as given, directories' `*.jsonl` files, and for a run directory
+/// (one with a `trajectories/` sub-directory) its trajectories. A missing input is bad input (exit 2).
 fn trajectory_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
+        if !input.exists() {
+            return Err(super::error::usage(format!(
+                "{} does not exist: give trajectory files, a trajectories directory or a run directory",
+                input.display()
+            )));
+        }
         if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("reading {}", input.display()))?
+            let nested = input.join("trajectories");
+            let dir = if nested.is_dir() {
+                nested
+            } else {
+                input.clone()
+            };
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|path| path.extension().is_some_and(|ext| ext == "jsonl"))
                 .collect();
@@ -105,7 +119,12 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let files = trajectory_files(&args.inputs)?;
     let mut out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            std::fs::File::create(path).map_err(|e| {
+                super::error::usage(format!(
+                    "cannot create the output {}: {e} (check the directory exists and is writable)",
+                    path.display()
+                ))
+            })?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };

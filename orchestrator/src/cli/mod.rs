@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and one module per subcommand. `main.rs` only calls [`run`].
 
 mod bench;
+mod bench_chaos;
 mod bench_grading;
 mod bench_grpc;
 mod error;
@@ -30,6 +31,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_INFRA: u8 = 3;
 /// Exit code: interrupted by Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code: the reader of our standard output or error went away (128 + SIGPIPE, as shells report it).
+pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 
 /// Runs software-engineering agents in sandboxed Docker containers and records every step.
 #[derive(Debug, Parser)]
@@ -109,8 +112,12 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal (and not with NO_COLOR set).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }

@@ -56,11 +56,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub instance_ids: Vec<String>,
     /// Instances run at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub workers: usize,
     /// Run id (output sub-directory); rerunning the same id resumes it if its settings match (manifest.json).
     /// Default: the current time and a random suffix (`20261130-051500-3f9a`).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_run_id)]
     pub run_id: Option<String>,
     /// Where runs are written.
     #[arg(long, default_value = "runs")]
@@ -75,7 +75,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = GradingNetwork::Bridge)]
     pub grading_network: GradingNetwork,
     /// Time limit of the tests at grading, seconds.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub test_timeout: u64,
     /// Grading rules: `swebench-4.1` (the reference harness exactly), `swebench-5`, or `hardened` (reference +
     /// anti-spoofing: conftest.py restored, clean tree between apply attempts, exit-code cross-check).
@@ -104,13 +104,13 @@ pub struct RunBenchmarkArgs {
     /// `verified`, `lite`, `full` (SWE-bench on the HF hub, cached), `fixtures` (built-in), or a JSONL/JSON/parquet path.
     pub dataset: String,
     /// Built-in agent.
-    #[arg(long, value_enum, default_value_t = BuiltinAgent::Gold)]
+    #[arg(long, value_enum, default_value_t = BuiltinAgent::Gold, conflicts_with = "model_urls")]
     pub agent: BuiltinAgent,
     /// Maximum agent turns per episode.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_turns: u32,
     /// Wall-clock budget per episode, seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// A model agent instead of a built-in one (`--model-url URL --model NAME`; `--agent` is then ignored).
     #[command(flatten)]
@@ -306,6 +306,11 @@ pub(super) fn select(
     if ids.is_empty() {
         return Ok(instances);
     }
+    if ids.iter().any(|id| id.trim().is_empty()) {
+        return Err(super::error::usage(
+            "--instance-ids holds an empty id: give comma-separated instance ids, e.g. --instance-ids a__b-1,c__d-2",
+        ));
+    }
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let known: HashSet<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
     let unknown: Vec<&str> = wanted
@@ -435,5 +440,24 @@ impl Progress for BarProgress {
 
     fn note(&self, message: &str) {
         self.say(message);
+    }
+}
+
+/// A run id names a directory under `--output-dir` and goes into container names: 1–100 characters of
+/// `[A-Za-z0-9._-]`, starting with a letter or digit (so never `.`, `..`, empty, or a path).
+pub fn parse_run_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 100
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a run id: use 1-100 letters, digits, `.`, `_` or `-`, starting with a letter or digit \
+             (it names a directory under --output-dir and goes into container names)"
+        ))
     }
 }

@@ -4,10 +4,11 @@
 //!
 //! Rule sets ([`RuleSet`], recorded in every report): `swebench-4.1` (default) and `swebench-5` run exactly the
 //! reference's steps (apply chain without clean-up between attempts, eval script); `hardened` adds swe-env's
-//! anti-spoofing: a clean tree between apply attempts, `conftest.py` files the submission added, changed or
-//! deleted put back to the base commit before the tests run (a conftest can rewrite any test's outcome), and the
-//! exit-code cross-check of `swe_env_grading::report`. The eval script resets the test patch's own files under
-//! every rule set, as the reference does.
+//! anti-spoofing: a clean tree between apply attempts, the pytest configuration the submission touched put back to
+//! the base commit before the tests run (conftest.py, pytest.ini, tox.ini, pytest sections of setup.cfg /
+//! pyproject.toml: each can load a plugin that rewrites any test's outcome), and the exit-code cross-check of
+//! `swe_env_grading::report`. The eval script resets the test patch's own files under every rule set, as the
+//! reference does.
 //!
 //! Test material (the eval script holds the test patch) only ever enters a container no agent can act in again:
 //! a fresh grading container, or — in-place — the episode's container after [`DockerSandbox::seal_for_grading`]
@@ -79,6 +80,17 @@ impl GradeConfig {
     /// The rule set in force.
     pub fn rule_set(&self) -> RuleSet {
         self.options.rule_set
+    }
+
+    /// The eval-script options gradings use: `eval_script` with `grading_network` following `network_mode`.
+    pub fn effective_eval_script(&self) -> EvalScriptConfig {
+        let mut script = self.eval_script;
+        script.grading_network = if self.network_mode == "none" {
+            GradingNetwork::None
+        } else {
+            GradingNetwork::Bridge
+        };
+        script
     }
 }
 
@@ -222,13 +234,7 @@ pub async fn grade_in_place(
 
 /// The eval script and metadata for `instance` under `config`.
 pub fn test_spec(instance: &Instance, config: &GradeConfig) -> Result<TestSpec, GradeError> {
-    let mut script_config = config.eval_script;
-    script_config.grading_network = if config.network_mode == "none" {
-        GradingNetwork::None
-    } else {
-        GradingNetwork::Bridge
-    };
-    make_test_spec(instance, &script_config).map_err(|e| GradeError::Spec {
+    make_test_spec(instance, &config.effective_eval_script()).map_err(|e| GradeError::Spec {
         instance_id: instance.instance_id.clone(),
         detail: e.to_string(),
     })
@@ -284,7 +290,7 @@ pub async fn grade_in(
             run.apply_method = Some("empty".to_owned());
         }
         if run.patch_applied && config.rule_set().hardened() {
-            spoof_cleanup = restore_conftests(sandbox, &spec.repo_dir, &spec.base_commit).await?;
+            spoof_cleanup = restore_test_config(sandbox, &spec.repo_dir, &spec.base_commit).await?;
         }
         if run.patch_applied {
             sandbox
@@ -360,22 +366,46 @@ pub async fn grade_in(
     })
 }
 
-/// `hardened` only: puts every `conftest.py` the submission added, changed or deleted back to the base commit
-/// (added ones are removed). Nothing else is touched: a legitimate fix may add files under packages named
-/// `test`/`testing` (`django/test/…`, `sympy/testing/…`), and no SWE-bench Verified gold patch touches a
-/// `conftest.py` (checked by a test over all 500).
-async fn restore_conftests(
+/// `hardened` only: undoes what the submission did to pytest's configuration, the known ways for a patch to rewrite
+/// test outcomes without fixing anything. Every `conftest.py`, `pytest.ini` and `tox.ini` the submission added,
+/// changed or deleted goes back to the base commit (added ones are removed); a `setup.cfg` / `pyproject.toml` it
+/// added is removed, and one it changed is restored when its pytest section (`[tool:pytest]` / `[pytest]`,
+/// `[tool.pytest…]`) differs — other sections (dependencies, linters) keep the submission's edits. Nothing else is
+/// touched: a legitimate fix may add files under packages named `test`/`testing` (`django/test/…`), and over the
+/// 500 SWE-bench Verified gold patches only pylint-dev__pylint-4661 touches one of these files (setup.cfg, outside
+/// its pytest section; checked by a test). Code the tests import can still change their behaviour at import time:
+/// hardened defeats configuration spoofs, not every conceivable one.
+async fn restore_test_config(
     sandbox: &DockerSandbox,
     repo_dir: &str,
     base_commit: &str,
 ) -> Result<Vec<String>, GradeError> {
     let script = format!(
         r#"cd {repo} || exit 0
+pytest_section() {{
+  case "$1" in
+    toml) awk '/^[[:space:]]*\[/{{on = ($0 ~ /^[[:space:]]*\[+tool\.pytest/)}} on' ;;
+    *) awk '/^[[:space:]]*\[/{{on = ($0 ~ /^[[:space:]]*\[(tool:pytest|pytest)\]/)}} on' ;;
+  esac
+}}
 git add -A >/dev/null 2>&1
-git diff --cached --name-status --no-renames -z {base} -- ':(glob)**/conftest.py' | while IFS= read -r -d '' status && IFS= read -r -d '' path; do
+git diff --cached --name-status --no-renames -z {base} | while IFS= read -r -d '' status && IFS= read -r -d '' path; do
+  case "${{path##*/}}" in
+    conftest.py|pytest.ini|tox.ini) kind=whole ;;
+    setup.cfg) kind=ini ;;
+    pyproject.toml) kind=toml ;;
+    *) continue ;;
+  esac
   case "$status" in
-    A) git rm -q --cached -- "$path" >/dev/null 2>&1; rm -f -- "$path"; printf 'removed %s\n' "$path" ;;
-    *) git checkout -q {base} -- "$path" && printf 'restored %s\n' "$path" ;;
+    A) git rm -q --cached -- "$path" >/dev/null 2>&1; rm -f -- "$path"; printf 'removed %s
+' "$path" ;;
+    D) git checkout -q {base} -- "$path" && printf 'restored %s
+' "$path" ;;
+    *)
+      if [ "$kind" = whole ] || [ "$(git show {base}:"$path" | pytest_section "$kind")" != "$(pytest_section "$kind" < "$path")" ]; then
+        git checkout -q {base} -- "$path" && printf 'restored %s
+' "$path"
+      fi ;;
   esac
 done
 git reset -q >/dev/null 2>&1
@@ -415,8 +445,9 @@ mod tests {
         files
     }
 
-    /// The `hardened` clean-up only puts back `conftest.py` files: over all 500 SWE-bench Verified gold patches it
-    /// touches nothing, because no gold patch adds, changes or deletes a conftest.py.
+    /// The `hardened` clean-up only undoes pytest configuration: over all 500 SWE-bench Verified gold patches it
+    /// touches nothing (no gold patch touches a conftest.py, pytest.ini or tox.ini; the one setup.cfg edit is outside
+    /// the pytest section).
     #[test]
     fn hardened_cleanup_leaves_every_verified_gold_patch_alone() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -424,6 +455,7 @@ mod tests {
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (mut rows, mut files) = (0, 0);
+        let mut config_edits = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
             let id = row["instance_id"].as_str().unwrap();
@@ -431,13 +463,26 @@ mod tests {
             rows += 1;
             for (file, _added) in touched(patch) {
                 files += 1;
+                let name = file.rsplit('/').next().unwrap_or(&file);
                 assert!(
-                    !file.ends_with("conftest.py"),
+                    !matches!(name, "conftest.py" | "pytest.ini" | "tox.ini"),
                     "{id}: the gold patch touches {file}; the hardened clean-up would revert it"
                 );
+                if matches!(name, "setup.cfg" | "pyproject.toml") {
+                    config_edits.push(format!("{id}:{file}"));
+                }
             }
         }
         assert_eq!(rows, 500);
         assert!(files >= 500, "parsed {files} files");
+        // Its hunks edit [options], [isort] and [mypy]; its pytest section stays as it was, so hardened keeps it.
+        assert_eq!(config_edits, ["pylint-dev__pylint-4661:setup.cfg"]);
+        let pylint = text
+            .lines()
+            .find(|l| l.contains("\"pylint-dev__pylint-4661\""))
+            .unwrap();
+        let patch: serde_json::Value = serde_json::from_str(pylint).unwrap();
+        let setup_cfg = patch["patch"].as_str().unwrap();
+        assert!(!setup_cfg.contains("[tool:pytest]") && !setup_cfg.contains("addopts"));
     }
 }
