@@ -35,7 +35,13 @@ pub struct ClientConfig {
     pub endpoint_cooldown: Duration,
     /// How failures are retried.
     pub retry: RetryConfig,
+    /// Largest response body read, in bytes (default [`DEFAULT_MAX_RESPONSE_BYTES`], 32 MiB); reading stops there
+    /// and the call fails with [`ModelError::ResponseTooLarge`].
+    pub max_response_bytes: usize,
 }
+
+/// Default [`ClientConfig::max_response_bytes`]: 32 MiB (a long completion with top logprobs is a few MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 impl ClientConfig {
     /// A config for one endpoint and model with every other field at its default.
@@ -48,6 +54,7 @@ impl ClientConfig {
             max_in_flight_per_endpoint: 64,
             endpoint_cooldown: Duration::from_secs(5),
             retry: RetryConfig::default(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -75,6 +82,9 @@ enum AttemptFailure {
         detail: String,
         body: Bytes,
     },
+    TooLarge {
+        limit: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -93,6 +103,7 @@ impl AttemptFailure {
                 format!("HTTP {status}: {}", snippet(body, 200))
             }
             AttemptFailure::Malformed { detail, .. } => format!("malformed body: {detail}"),
+            AttemptFailure::TooLarge { limit } => format!("response body over {limit} bytes"),
         }
     }
 }
@@ -102,7 +113,7 @@ impl AttemptError {
         match &self.failure {
             AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
             AttemptFailure::Status { status, .. } => is_retryable_status(*status),
-            AttemptFailure::Malformed { .. } => false,
+            AttemptFailure::Malformed { .. } | AttemptFailure::TooLarge { .. } => false,
         }
     }
 }
@@ -261,6 +272,7 @@ impl ModelClient {
                 detail,
                 body_snippet: snippet(&body, BODY_SNIPPET_CHARS),
             },
+            AttemptFailure::TooLarge { limit } => ModelError::ResponseTooLarge { endpoint, limit },
         }
     }
 
@@ -296,7 +308,7 @@ impl ModelClient {
                 let endpoint_fault = match &failure {
                     AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
                     AttemptFailure::Status { status, .. } => is_retryable_status(*status),
-                    AttemptFailure::Malformed { .. } => false,
+                    AttemptFailure::Malformed { .. } | AttemptFailure::TooLarge { .. } => false,
                 };
                 if endpoint_fault {
                     self.pool.mark_failed(lease.index);
@@ -331,7 +343,7 @@ impl ModelClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        let body = response.bytes().await.map_err(transport_failure)?;
+        let body = read_body_at_most(response, self.config.max_response_bytes).await?;
         if !(200..300).contains(&status) {
             return Err(AttemptFailure::Status {
                 status,
@@ -341,6 +353,22 @@ impl ModelClient {
         }
         parse_reply(kind, &body).map_err(|detail| AttemptFailure::Malformed { detail, body })
     }
+}
+
+/// Reads a response body chunk by chunk, failing as soon as it passes `limit` bytes: at most `limit` bytes are ever
+/// held, whatever the server sends (with or without a Content-Length).
+async fn read_body_at_most(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, AttemptFailure> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
+        if body.len() + chunk.len() > limit {
+            return Err(AttemptFailure::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn transport_failure(error: reqwest::Error) -> AttemptFailure {

@@ -60,6 +60,17 @@ pub enum ModelError {
         /// The start of the response body.
         body_snippet: String,
     },
+    /// The response body passed the client's size limit; reading stopped there.
+    #[error(
+        "model response body over {limit} bytes from {endpoint}; reading stopped there. Lower max_tokens or the \
+         logprobs asked for, or raise the client's max_response_bytes"
+    )]
+    ResponseTooLarge {
+        /// The endpoint that answered.
+        endpoint: String,
+        /// The limit in force (`ClientConfig::max_response_bytes`).
+        limit: usize,
+    },
     /// The configured API-key environment variable is not set.
     #[error("api key environment variable {name} is not set; export it or drop api_key_env from the config")]
     MissingApiKey {
@@ -89,7 +100,7 @@ impl ModelError {
             ModelError::Unreachable { attempts, .. }
             | ModelError::TimedOut { attempts, .. }
             | ModelError::HttpStatus { attempts, .. } => *attempts,
-            ModelError::MalformedResponse { .. } => 1,
+            ModelError::MalformedResponse { .. } | ModelError::ResponseTooLarge { .. } => 1,
             ModelError::MissingApiKey { .. }
             | ModelError::InvalidConfig(_)
             | ModelError::InvalidRequest(_) => 0,

@@ -19,7 +19,7 @@ mod template;
 mod types;
 mod wire;
 
-pub use client::{ClientConfig, ModelClient};
+pub use client::{ClientConfig, ModelClient, DEFAULT_MAX_RESPONSE_BYTES};
 pub use config::{AgentPromptConfig, PromptConfigError};
 pub use cwm::{CwmLayout, CwmRenderError};
 pub use error::ModelError;

@@ -147,24 +147,103 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Largest dataset file downloaded: 4 GiB (SWE-bench's largest splits are tens of MB).
+pub const MAX_DATASET_DOWNLOAD_BYTES: u64 = 4 << 30;
+
 async fn download(url: &str, dest: &Path) -> Result<(), String> {
+    download_at_most(url, dest, MAX_DATASET_DOWNLOAD_BYTES).await
+}
+
+/// Downloads `url` to `dest` (through a temporary file and a rename), streaming to disk so memory stays bounded
+/// by one chunk; more than `max_bytes` is an error and leaves no file.
+async fn download_at_most(url: &str, dest: &Path, max_bytes: u64) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
     let _ = rustls::crypto::ring::default_provider().install_default();
     info!(url, dest = %dest.display(), "downloading dataset");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(600))
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    write_atomically(dest, &bytes).await
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let partial = dest.with_extension(format!("partial.{}", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(format!(
+                    "the download is over {max_bytes} bytes, the dataset size limit; download the file yourself \
+                     and pass its path"
+                ));
+            }
+            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(error);
+    }
+    tokio::fs::rename(&partial, dest)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one HTTP response of `len` bytes on a loopback port.
+    async fn serve_bytes(len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&vec![b'x'; len]).await;
+            }
+        });
+        format!("http://{addr}/data.jsonl")
+    }
+
+    #[tokio::test]
+    async fn downloads_over_the_limit_fail_and_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("sub/data.jsonl");
+        let url = serve_bytes(3 << 20).await;
+        let error = download_at_most(&url, &dest, 1 << 20).await.unwrap_err();
+        assert_eq!(
+            error,
+            "the download is over 1048576 bytes, the dataset size limit; download the file yourself and pass its path"
+        );
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            0,
+            "no partial file left"
+        );
+        download_at_most(&url, &dest, 3 << 20).await.unwrap();
+        assert_eq!(std::fs::metadata(&dest).unwrap().len(), 3 << 20);
+    }
 
     #[tokio::test]
     async fn fixtures_are_embedded_and_valid() {

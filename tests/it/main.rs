@@ -5,6 +5,7 @@
 
 mod apply_reference;
 mod benchmark;
+mod chaos;
 mod cli_contract;
 mod common;
 mod datasets;
@@ -12,12 +13,18 @@ mod episode;
 mod gc;
 mod grade;
 mod grading_leaks;
+mod memory_bounds;
 mod model_loop;
+mod remote_engine;
 mod run_integrity;
 mod sandbox;
 mod server;
+mod server_crash;
 mod server_docker_down;
 mod server_grade;
+mod server_limits;
 mod server_load;
 mod server_python;
+mod shell_hijack;
+mod step_survival;
 mod submission;

@@ -381,7 +381,24 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
         .expect("live episode listed");
     assert!(info.live);
     assert_eq!(info.n_steps, 7);
-    assert!(info.submission.contains("sorted(map(_check, ranges))"));
+    // Listings carry the submission's size and hash; the patch comes from GetSubmission.
+    #[allow(deprecated)]
+    let listed_patch = info.submission.clone();
+    assert_eq!(listed_patch, "", "no patch in listings");
+    let submission = client
+        .get_submission(proto::GetSubmissionRequest {
+            episode_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(submission
+        .submission
+        .contains("sorted(map(_check, ranges))"));
+    assert_eq!(info.submission_bytes, submission.submission.len() as u64);
+    assert_eq!(info.submission_bytes, submission.submission_bytes);
+    assert_eq!(info.submission_sha256, submission.submission_sha256);
+    assert_eq!(info.submission_sha256.len(), 64);
 
     let closed = client
         .close_episode(proto::CloseEpisodeRequest {

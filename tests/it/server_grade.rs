@@ -11,10 +11,15 @@ use crate::episode::fixture;
 use crate::server::{bash, client, containers_of, create_request, text_step, ServerProc, SPANS};
 
 fn start_server(dir: &std::path::Path) -> ServerProc {
+    start_server_with(dir, "")
+}
+
+/// Like [`start_server`], with more YAML (e.g. the `model_endpoints` RunEpisode may use).
+fn start_server_with(dir: &std::path::Path, extra_yaml: &str) -> ServerProc {
     let config = dir.join("serve.yaml");
     std::fs::write(
         &config,
-        "grading:\n  network_mode: none\n  test_timeout_secs: 300\nepisode:\n  cmd_timeout_secs: 60\n",
+        format!("grading:\n  network_mode: none\n  test_timeout_secs: 300\nepisode:\n  cmd_timeout_secs: 60\n{extra_yaml}"),
     )
     .unwrap();
     ServerProc::start(dir, &["--config", config.to_str().unwrap()])
@@ -113,7 +118,13 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(dir.path());
+    let server = start_server_with(
+        dir.path(),
+        &format!(
+            "model_endpoints:\n  scripted:\n    base_url: {}\n    models: [scripted]\n",
+            model.base_url()
+        ),
+    );
     let mut client = client(&server.url()).await;
 
     // Bad model settings are refused before anything starts.
@@ -140,7 +151,7 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
         .run_episode(proto::RunEpisodeRequest {
             episode: Some(create_request(SPANS)),
             model: Some(proto::ModelEndpoint {
-                base_url: model.base_url(),
+                endpoint: "scripted".into(),
                 model: "scripted".into(),
                 mode: "chat-text".into(),
                 ..Default::default()

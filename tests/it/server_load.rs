@@ -163,7 +163,11 @@ async fn sigkill_mid_load_then_restart_removes_the_dead_servers_containers() {
             .await
             .unwrap();
         assert!(trajectory.start.is_some());
-        assert!(trajectory.end.is_none());
+        // Closed by the restarted server: the episode's process died (issue 11).
+        assert_eq!(
+            trajectory.end.as_ref().map(|e| e.status),
+            Some(swe_env::trajectory::EpisodeStatus::Crashed)
+        );
         assert_eq!(trajectory.steps.len(), 1);
         assert!(trajectory.steps[0]
             .observation
@@ -181,7 +185,7 @@ async fn sigkill_mid_load_then_restart_removes_the_dead_servers_containers() {
         while stream.message().await.unwrap().is_some() {
             n += 1;
         }
-        assert_eq!(n, 2, "start + one step");
+        assert_eq!(n, 3, "start + one step + the crashed end");
         // The old episode is not live on the new server.
         let status = client.step(bash(id, "true")).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound);

@@ -8,6 +8,7 @@ so the exit status is non-zero.
 Usage: python client_episode.py TARGET TOKEN TASK_ID   (TARGET: host:port or unix:/path/to.sock)
 """
 
+import hashlib
 import json
 import sys
 
@@ -110,7 +111,13 @@ def main():
         metadata=auth,
     )
     assert closed.episode.status == "submitted", closed
-    assert "sorted(map(_check, ranges))" in closed.episode.submission
+    # Listings carry the submission's size and SHA-256, not the patch (the old `submission` field stays empty);
+    # GetSubmission returns the patch.
+    assert closed.episode.submission == "", closed.episode.submission
+    got = stub.GetSubmission(env_pb2.GetSubmissionRequest(episode_id=episode_id), metadata=auth)
+    assert "sorted(map(_check, ranges))" in got.submission
+    assert closed.episode.submission_bytes == len(got.submission.encode()) == got.submission_bytes
+    assert closed.episode.submission_sha256 == hashlib.sha256(got.submission.encode()).hexdigest()
 
     # A closed episode refuses steps with FAILED_PRECONDITION.
     try:

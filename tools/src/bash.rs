@@ -13,6 +13,23 @@ pub(crate) async fn run_bash(
     command: &str,
     config: &ToolConfig,
 ) -> Result<ToolResult, SandboxError> {
+    if let Some(offset) = command.bytes().position(|b| b == 0) {
+        // bash reads a command as a C string: it would silently run only the part before the NUL.
+        return Ok(ToolResult {
+            tool: ToolName::Bash,
+            error: Some(ToolErrorKind::NulInCommand),
+            text: format!(
+                "command contains a NUL byte (\\0) at offset {offset}; bash cannot pass NUL bytes in a command: \
+                 use printf '\\0' instead. Nothing was run."
+            ),
+            exit_code: None,
+            timed_out: false,
+            truncated: false,
+            restarted: false,
+            duration: Duration::ZERO,
+            submission: None,
+        });
+    }
     let output = sandbox.run(command, config.cmd_timeout).await?;
     let mut text = String::from_utf8_lossy(&output.output).into_owned();
     let mut notes = Vec::new();
@@ -117,6 +134,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(lossy.text, "a\u{fffd}b");
+    }
+
+    #[tokio::test]
+    async fn nul_byte_is_refused_and_nothing_runs() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let result = run_tool(
+            &sandbox,
+            &bash("touch ran\0; rm -rf /"),
+            &ToolConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(result.error, Some(ToolErrorKind::NulInCommand));
+        assert_eq!(
+            result.text,
+            "command contains a NUL byte (\\0) at offset 9; bash cannot pass NUL bytes in a command: use \
+             printf '\\0' instead. Nothing was run."
+        );
+        assert!(!sandbox.root().join("ran").exists());
     }
 
     #[tokio::test]

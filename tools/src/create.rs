@@ -3,15 +3,28 @@
 use crate::call::ToolName;
 use crate::edit::count_lines;
 use crate::sandbox::{PathKind, SandboxError, ToolSandbox};
-use crate::tool::{parent_dir, resolve_path, ToolErrorKind, ToolResult};
+use crate::tool::{parent_dir, resolve_path, ToolConfig, ToolErrorKind, ToolResult};
 
-/// Creates `path` (relative to the shell's current directory) holding exactly `content`, mode 0644.
+/// Creates `path` (relative to the shell's current directory) holding exactly `content`, mode 0644; content over
+/// [`ToolConfig::max_file_bytes`] is refused.
 pub(crate) async fn run_create(
     sandbox: &dyn ToolSandbox,
     path: &str,
     content: &str,
+    config: &ToolConfig,
 ) -> Result<ToolResult, SandboxError> {
     let failed = |kind, text| Ok(ToolResult::failed(ToolName::Create, kind, text));
+    let limit = config.max_file_bytes;
+    if content.len() > limit {
+        return failed(
+            ToolErrorKind::TooLarge,
+            format!(
+                "Cannot create {path}: the content is {} bytes, over the {limit}-byte limit of the create tool. \
+                 Write large files with bash instead (for example a script that generates them).",
+                content.len()
+            ),
+        );
+    }
     let abs_path = resolve_path(&sandbox.cwd().await?, path);
     if abs_path.ends_with('/') {
         return failed(
@@ -73,6 +86,34 @@ mod tests {
     use crate::{run_tool, ToolCall, ToolConfig, ToolErrorKind, ToolSandbox};
 
     const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn content_over_the_limit_is_refused() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let config = ToolConfig {
+            max_file_bytes: 10,
+            ..ToolConfig::default()
+        };
+        let create = |content: &str| ToolCall::Create {
+            path: "big.txt".into(),
+            content: content.into(),
+        };
+        let refused = run_tool(&sandbox, &create("0123456789\n"), &config)
+            .await
+            .unwrap();
+        assert_eq!(refused.error, Some(ToolErrorKind::TooLarge));
+        assert_eq!(
+            refused.text,
+            "Cannot create big.txt: the content is 11 bytes, over the 10-byte limit of the create tool. Write large \
+             files with bash instead (for example a script that generates them)."
+        );
+        let root = sandbox.root().to_str().unwrap().to_owned();
+        assert!(sandbox.read_file(&format!("{root}/big.txt")).await.is_err());
+        let made = run_tool(&sandbox, &create("012345678\n"), &config)
+            .await
+            .unwrap();
+        assert_eq!(made.error, None, "{}", made.text);
+    }
 
     #[tokio::test]
     async fn create_paths() {

@@ -13,7 +13,7 @@
 //! - The file's mode is kept because [`ToolSandbox::write_file`] keeps it.
 
 use crate::call::ToolName;
-use crate::sandbox::{PathKind, SandboxError, ToolSandbox};
+use crate::sandbox::{BoundedRead, PathKind, SandboxError, ToolSandbox};
 use crate::tool::{resolve_path, ToolConfig, ToolErrorKind, ToolResult};
 
 /// How many occurrence line numbers a several-occurrences message lists at most.
@@ -210,8 +210,18 @@ pub(crate) async fn run_edit(
             )
         }
     }
-    let bytes = match sandbox.read_file(&abs_path).await {
-        Ok(bytes) => bytes,
+    let limit = config.max_file_bytes;
+    let bytes = match sandbox.read_file_at_most(&abs_path, limit).await {
+        Ok(BoundedRead::Whole(bytes)) => bytes,
+        Ok(BoundedRead::TooLarge { size }) => {
+            return failed(
+                ToolErrorKind::TooLarge,
+                format!(
+                    "Cannot edit {path}: it is {size} bytes, over the {limit}-byte limit of the edit tool. Change \
+                     large files with bash instead (sed -i, or a short python script)."
+                ),
+            );
+        }
         Err(error) => {
             return failed(
                 ToolErrorKind::Unreadable,
@@ -270,6 +280,16 @@ pub(crate) async fn run_edit(
             n_search,
             n_replace,
         } => {
+            if new_content.len() > limit {
+                return failed(
+                    ToolErrorKind::TooLarge,
+                    format!(
+                        "No replacement was performed: {path} would be {} bytes after the edit, over the \
+                         {limit}-byte limit of the edit tool. Change large files with bash instead.",
+                        new_content.len()
+                    ),
+                );
+            }
             if let Err(error) = sandbox.write_file(&abs_path, new_content.as_bytes()).await {
                 return failed(
                     ToolErrorKind::WriteFailed,
@@ -452,6 +472,53 @@ mod tests {
     }
 
     const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn files_over_the_limit_are_refused_before_reading() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = sandbox.root().to_str().unwrap().to_owned();
+        let file = format!("{root}/f.txt");
+        sandbox.write_file(&file, &[b'a'; 101]).await.unwrap();
+        let config = ToolConfig {
+            max_file_bytes: 100,
+            ..ToolConfig::default()
+        };
+        let edit = |search: &str, replace: &str| ToolCall::Edit {
+            path: "f.txt".into(),
+            search: search.into(),
+            replace: replace.into(),
+        };
+        let a101 = "a".repeat(101);
+        let result = run_tool(&sandbox, &edit(&a101, "b"), &config)
+            .await
+            .unwrap();
+        assert_eq!(result.error, Some(ToolErrorKind::TooLarge));
+        assert_eq!(
+            result.text,
+            "Cannot edit f.txt: it is 101 bytes, over the 100-byte limit of the edit tool. Change large files with \
+             bash instead (sed -i, or a short python script)."
+        );
+        assert_eq!(sandbox.read_file(&file).await.unwrap(), a101.as_bytes());
+
+        // A file at the limit is edited; an edit that would grow it beyond the limit is refused.
+        sandbox.write_file(&file, &[b'a'; 100]).await.unwrap();
+        let a100 = "a".repeat(100);
+        let grown = run_tool(&sandbox, &edit(&a100, &a101), &config)
+            .await
+            .unwrap();
+        assert_eq!(grown.error, Some(ToolErrorKind::TooLarge));
+        assert_eq!(
+            grown.text,
+            "No replacement was performed: f.txt would be 101 bytes after the edit, over the 100-byte limit of the \
+             edit tool. Change large files with bash instead."
+        );
+        assert_eq!(sandbox.read_file(&file).await.unwrap(), a100.as_bytes());
+        let shrunk = run_tool(&sandbox, &edit(&a100, "b"), &config)
+            .await
+            .unwrap();
+        assert_eq!(shrunk.error, None, "{}", shrunk.text);
+        assert_eq!(sandbox.read_file(&file).await.unwrap(), b"b");
+    }
 
     #[tokio::test]
     async fn success_message() {

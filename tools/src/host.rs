@@ -469,6 +469,33 @@ impl ToolSandbox for UnisolatedHostSandbox {
             .map_err(|error| sandbox_error(&format!("cannot read {path}"), error))
     }
 
+    async fn read_file_at_most(
+        &self,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<crate::sandbox::BoundedRead, SandboxError> {
+        use crate::sandbox::BoundedRead;
+        use tokio::io::AsyncReadExt;
+        let failed = |error| sandbox_error(&format!("cannot read {path}"), error);
+        let file = tokio::fs::File::open(path).await.map_err(failed)?;
+        let size = file.metadata().await.map_err(failed)?.len();
+        let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX);
+        if size > limit {
+            return Ok(BoundedRead::TooLarge { size });
+        }
+        let mut bytes = Vec::new();
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(failed)?;
+        if bytes.len() > max_bytes {
+            return Ok(BoundedRead::TooLarge {
+                size: size.max(bytes.len() as u64),
+            });
+        }
+        Ok(BoundedRead::Whole(bytes))
+    }
+
     async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         let existed = tokio::fs::metadata(path).await.is_ok();

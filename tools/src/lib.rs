@@ -27,9 +27,12 @@ pub use host::{HostSandboxConfig, UnisolatedHostSandbox};
 pub use json::{openai_tools, parse_json_call, parse_json_call_value};
 pub use parse::{parse_text_args, parse_text_call};
 pub use render::{render_call_error, render_observation, tool_specs_text, truncate_right, Budget};
-pub use sandbox::{CommandOutput, PathKind, SandboxError, ToolSandbox};
+pub use sandbox::{BoundedRead, CommandOutput, PathKind, SandboxError, ToolSandbox};
 pub use submit::{compute_submission, looks_like_diff, SubmissionError};
-pub use tool::{run_tool, SubmissionRepo, ToolConfig, ToolErrorKind, ToolResult};
+pub use tool::{
+    run_tool, SubmissionRepo, ToolConfig, ToolErrorKind, ToolResult, DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_SUBMISSION_BYTES,
+};
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,18 @@ pub enum PathKind {
     Other,
 }
 
+/// What [`ToolSandbox::read_file_at_most`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedRead {
+    /// The whole file, at most the limit.
+    Whole(Vec<u8>),
+    /// The file is over the limit; its content was not kept. `size` is its size in bytes (at least limit + 1).
+    TooLarge {
+        /// Size of the file in bytes (a lower bound when the file system does not report it, as in `/proc`).
+        size: u64,
+    },
+}
+
 /// Infrastructure failure of the sandbox (Docker down, container gone). Tool-level failures are never this.
 #[derive(Debug, thiserror::Error)]
 #[error("sandbox error: {message}")]
@@ -62,6 +74,22 @@ pub trait ToolSandbox: Send + Sync {
     async fn path_kind(&self, path: &str) -> Result<PathKind, SandboxError>;
     /// The exact bytes of the file at `path` (absolute). A missing or unreadable file is an `Err`.
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError>;
+    /// The bytes of the file at `path` (absolute) when it has at most `max_bytes` bytes, else its size only.
+    /// Implementations must not hold more than about `max_bytes` of it in memory; this default reads the whole
+    /// file first and suits only sandboxes whose files are trusted to be small.
+    async fn read_file_at_most(
+        &self,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<BoundedRead, SandboxError> {
+        let bytes = self.read_file(path).await?;
+        if bytes.len() > max_bytes {
+            return Ok(BoundedRead::TooLarge {
+                size: bytes.len() as u64,
+            });
+        }
+        Ok(BoundedRead::Whole(bytes))
+    }
     /// Writes exactly `bytes` to `path` (absolute). An existing file keeps its mode; a new one gets 0644.
     async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError>;
 }

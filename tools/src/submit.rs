@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::call::ToolName;
-use crate::sandbox::{PathKind, SandboxError, ToolSandbox};
+use crate::sandbox::{BoundedRead, PathKind, SandboxError, ToolSandbox};
 use crate::tool::{resolve_path, ToolConfig, ToolErrorKind, ToolResult};
 
 /// Time allowed for `git add -A && git diff` in [`compute_submission`].
@@ -33,6 +33,16 @@ pub enum SubmissionError {
         exit_code: Option<i32>,
         /// What git printed.
         output: String,
+    },
+    /// The patch is over the size limit (see [`compute_submission_at_most`]); it was not read into memory.
+    #[error("the patch of {repo_dir} is {size} bytes, over the {max_bytes}-byte limit")]
+    TooLarge {
+        /// The repository.
+        repo_dir: String,
+        /// The patch's size in bytes.
+        size: u64,
+        /// The limit.
+        max_bytes: usize,
     },
 }
 
@@ -192,6 +202,18 @@ pub async fn compute_submission_excluding(
     base_commit: &str,
     preexisting: &[UntrackedFile],
 ) -> Result<Vec<u8>, SubmissionError> {
+    compute_submission_at_most(sandbox, repo_dir, base_commit, preexisting, usize::MAX).await
+}
+
+/// [`compute_submission_excluding`] with a size limit: a patch over `max_bytes` is
+/// [`SubmissionError::TooLarge`] and is never read into memory (the sandbox may apply its own lower limit).
+pub async fn compute_submission_at_most(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    base_commit: &str,
+    preexisting: &[UntrackedFile],
+    max_bytes: usize,
+) -> Result<Vec<u8>, SubmissionError> {
     let added = if preexisting.is_empty() {
         String::new()
     } else {
@@ -206,22 +228,47 @@ pub async fn compute_submission_excluding(
     );
     let dir = run_in_repo(sandbox, repo_dir, &body).await?;
     let result = finish_submission(sandbox, repo_dir, base_commit, preexisting, &dir).await;
+    let result = match result {
+        Ok(()) => read_patch(sandbox, repo_dir, &dir, max_bytes).await,
+        Err(error) => Err(error),
+    };
     let removed = remove_dir(sandbox, &dir).await;
     let patch = result?;
     removed?;
     Ok(patch)
 }
 
-/// The part of [`compute_submission_excluding`] after the first staging, in the temporary directory `dir`.
+/// Reads `$dir/patch` when it has at most `max_bytes` bytes.
+async fn read_patch(
+    sandbox: &dyn ToolSandbox,
+    repo_dir: &str,
+    dir: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>, SubmissionError> {
+    match sandbox
+        .read_file_at_most(&format!("{dir}/patch"), max_bytes)
+        .await?
+    {
+        BoundedRead::Whole(patch) => Ok(patch),
+        BoundedRead::TooLarge { size } => Err(SubmissionError::TooLarge {
+            repo_dir: repo_dir.to_owned(),
+            size,
+            max_bytes,
+        }),
+    }
+}
+
+/// The part of [`compute_submission_excluding`] after the first staging, in the temporary directory `dir`: leaves
+/// `$dir/patch` holding the final patch.
 async fn finish_submission(
     sandbox: &dyn ToolSandbox,
     repo_dir: &str,
     base_commit: &str,
     preexisting: &[UntrackedFile],
     dir: &str,
-) -> Result<Vec<u8>, SubmissionError> {
+) -> Result<(), SubmissionError> {
     if preexisting.is_empty() {
-        return Ok(sandbox.read_file(&format!("{dir}/patch")).await?);
+        return Ok(());
     }
     let before: std::collections::HashSet<&UntrackedFile> = preexisting.iter().collect();
     let added = parse_raw_added(&sandbox.read_file(&format!("{dir}/added")).await?);
@@ -231,7 +278,7 @@ async fn finish_submission(
         unchanged.push(0);
     }
     if unchanged.is_empty() {
-        return Ok(sandbox.read_file(&format!("{dir}/patch")).await?);
+        return Ok(());
     }
     sandbox
         .write_file(&format!("{dir}/unchanged"), &unchanged)
@@ -244,7 +291,7 @@ async fn finish_submission(
         patch = patch_command(base_commit),
     );
     run_in_repo(sandbox, repo_dir, &body).await?;
-    Ok(sandbox.read_file(&format!("{dir}/patch")).await?)
+    Ok(())
 }
 
 /// True when `patch` has the structure of a diff: a `diff --git` header, or a `--- ` line directly followed by a
@@ -262,6 +309,15 @@ pub fn looks_like_diff(patch: &[u8]) -> bool {
                 .iter()
                 .any(|line| line.starts_with("@@ "))
     })
+}
+
+/// The tool error of a submission over the limit.
+fn too_large_text(source: &str, size: u64, max_bytes: usize) -> String {
+    format!(
+        "Failed to submit {source}: the submission is {size} bytes, over the {max_bytes}-byte limit. A fix is \
+         usually small: leave generated, binary or data files out of it (delete them, or list them in .gitignore), \
+         then submit again."
+    )
 }
 
 /// Runs the submit tool.
@@ -297,8 +353,17 @@ pub(crate) async fn run_submit(
                     )
                 }
             }
-            match sandbox.read_file(&abs_path).await {
-                Ok(bytes) => (bytes, path.to_owned()),
+            match sandbox
+                .read_file_at_most(&abs_path, config.max_submission_bytes)
+                .await
+            {
+                Ok(BoundedRead::Whole(bytes)) => (bytes, path.to_owned()),
+                Ok(BoundedRead::TooLarge { size }) => {
+                    return failed(
+                        ToolErrorKind::TooLarge,
+                        too_large_text(path, size, config.max_submission_bytes),
+                    )
+                }
                 Err(error) => {
                     return failed(
                         ToolErrorKind::Unreadable,
@@ -318,15 +383,26 @@ pub(crate) async fn run_submit(
                         .to_owned(),
                 );
             };
-            let submission = compute_submission_excluding(
+            let submission = compute_submission_at_most(
                 sandbox,
                 &repo.repo_dir,
                 &repo.base_commit,
                 &repo.preexisting_untracked,
+                config.max_submission_bytes,
             );
             match submission.await {
                 Ok(bytes) => (bytes, format!("the changes in {}", repo.repo_dir)),
                 Err(SubmissionError::Sandbox(error)) => return Err(error),
+                Err(SubmissionError::TooLarge { size, .. }) => {
+                    return failed(
+                        ToolErrorKind::TooLarge,
+                        too_large_text(
+                            &format!("the changes in {}", repo.repo_dir),
+                            size,
+                            config.max_submission_bytes,
+                        ),
+                    )
+                }
                 Err(error) => {
                     return failed(
                         ToolErrorKind::GitFailed,
@@ -464,6 +540,82 @@ mod tests {
             no_path.text,
             "Failed to submit: give the path of a patch file, for example after `git diff > /tmp/fix.patch`."
         );
+    }
+
+    #[tokio::test]
+    async fn submissions_over_the_limit_are_tool_errors() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = sandbox.root().to_str().unwrap().to_owned();
+        let big = format!("{DIFF}{}", "+x\n".repeat(100));
+        sandbox
+            .write_file(&format!("{root}/fix.patch"), big.as_bytes())
+            .await
+            .unwrap();
+        let capped = ToolConfig {
+            max_submission_bytes: 64,
+            ..ToolConfig::default()
+        };
+        let refused = submit(&sandbox, Some("fix.patch"), &capped).await;
+        assert_eq!(refused.error, Some(ToolErrorKind::TooLarge));
+        assert_eq!(refused.submission, None);
+        assert_eq!(
+            refused.text,
+            format!(
+                "Failed to submit fix.patch: the submission is {} bytes, over the 64-byte limit. A fix is usually \
+                 small: leave generated, binary or data files out of it (delete them, or list them in .gitignore), \
+                 then submit again.",
+                big.len()
+            )
+        );
+        let roomy = ToolConfig {
+            max_submission_bytes: big.len(),
+            ..ToolConfig::default()
+        };
+        let accepted = submit(&sandbox, Some("fix.patch"), &roomy).await;
+        assert_eq!(accepted.error, None, "{}", accepted.text);
+        assert_eq!(accepted.submission.as_deref(), Some(big.as_bytes()));
+
+        // A computed submission: the patch is measured in the sandbox and refused without being read.
+        let setup = "mkdir repo && cd repo && git init -q && git config user.email t@e.st && git config user.name t \
+                     && printf 'a\\n' > x.py && git add -A && git commit -qm base \
+                     && seq 1 1000 > data.txt && git rev-parse HEAD && cd /";
+        let out = sandbox.run(setup, TIMEOUT).await.unwrap();
+        let printed = String::from_utf8_lossy(&out.output).into_owned();
+        assert_eq!(out.exit_code, Some(0), "{printed}");
+        let repo_dir = format!("{root}/repo");
+        let repo = SubmissionRepo::new(repo_dir.clone(), printed.trim());
+        let size = compute_submission(&sandbox, &repo_dir, printed.trim())
+            .await
+            .unwrap()
+            .len();
+        let capped = ToolConfig {
+            submission_repo: Some(repo.clone()),
+            max_submission_bytes: 1000,
+            ..ToolConfig::default()
+        };
+        let refused = submit(&sandbox, None, &capped).await;
+        assert_eq!(refused.error, Some(ToolErrorKind::TooLarge));
+        assert!(
+            refused.text.starts_with(&format!(
+                "Failed to submit the changes in {repo_dir}: the submission is {size} bytes, over the 1000-byte \
+                 limit."
+            )),
+            "{}",
+            refused.text
+        );
+        let error =
+            compute_submission_at_most(&sandbox, &repo_dir, printed.trim(), &[], 1000).await;
+        assert!(
+            matches!(error, Err(SubmissionError::TooLarge { size: s, max_bytes: 1000, .. }) if s as usize == size),
+            "{error:?}"
+        );
+        let roomy = ToolConfig {
+            submission_repo: Some(repo),
+            max_submission_bytes: size,
+            ..ToolConfig::default()
+        };
+        let accepted = submit(&sandbox, None, &roomy).await;
+        assert_eq!(accepted.error, None, "{}", accepted.text);
     }
 
     #[tokio::test]

@@ -13,6 +13,10 @@ use crate::submit::UntrackedFile;
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default number of unchanged lines shown before and after an edit.
 pub const DEFAULT_EDIT_CONTEXT_LINES: usize = 4;
+/// Default largest submission (a patch) the submit tool accepts: 4 MiB.
+pub const DEFAULT_MAX_SUBMISSION_BYTES: usize = 4 << 20;
+/// Default largest file edit reads and edit/create write: 8 MiB (edit holds the whole file in memory a few times).
+pub const DEFAULT_MAX_FILE_BYTES: usize = 8 << 20;
 
 /// Knobs of the tools for one episode. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,12 @@ pub struct ToolConfig {
     pub show_exit_code: bool,
     /// Where `submit` without a path computes the patch from; `None` (default) makes a path required.
     pub submission_repo: Option<SubmissionRepo>,
+    /// Largest accepted submission in bytes, for a patch file and a computed patch alike (default
+    /// [`DEFAULT_MAX_SUBMISSION_BYTES`], 4 MiB). A larger one is a [`ToolErrorKind::TooLarge`] tool error.
+    pub max_submission_bytes: usize,
+    /// Largest file edit reads and edit/create write, in bytes (default [`DEFAULT_MAX_FILE_BYTES`], 8 MiB). A
+    /// larger one is a [`ToolErrorKind::TooLarge`] tool error; nothing beyond the limit is held in memory.
+    pub max_file_bytes: usize,
 }
 
 impl Default for ToolConfig {
@@ -34,6 +44,8 @@ impl Default for ToolConfig {
             edit_context_lines: DEFAULT_EDIT_CONTEXT_LINES,
             show_exit_code: false,
             submission_repo: None,
+            max_submission_bytes: DEFAULT_MAX_SUBMISSION_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -70,6 +82,8 @@ impl SubmissionRepo {
 pub enum ToolErrorKind {
     /// bash: the command hit the per-command timeout and was interrupted.
     TimedOut,
+    /// bash: the command contains a NUL byte, which bash cannot receive; nothing ran.
+    NulInCommand,
     /// bash: the shell died or was wedged and had to be restarted (state reset).
     SessionRestarted,
     /// edit: the SEARCH block has no lines.
@@ -102,6 +116,9 @@ pub enum ToolErrorKind {
     NoPatchPath,
     /// submit: computing the patch with git failed.
     GitFailed,
+    /// edit/create/submit: the file, the new content or the submission is over its size limit
+    /// ([`ToolConfig::max_file_bytes`], [`ToolConfig::max_submission_bytes`]).
+    TooLarge,
 }
 
 /// The outcome of one tool call: the text the model sees plus structured fields for trajectories.
@@ -172,7 +189,7 @@ pub async fn run_tool(
             replace,
         } => crate::edit::run_edit(sandbox, path, search, replace, config).await,
         ToolCall::Create { path, content } => {
-            crate::create::run_create(sandbox, path, content).await
+            crate::create::run_create(sandbox, path, content, config).await
         }
         ToolCall::Submit { path } => {
             crate::submit::run_submit(sandbox, path.as_deref(), config).await

@@ -233,3 +233,54 @@ async fn scripted_server_stops_when_dropped() {
     let error = client.call(&ModelRequest::prompt("p")).await.unwrap_err();
     assert!(matches!(error, ModelError::Unreachable { .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_100_mb_body_is_a_named_error_read_no_further_than_the_limit() {
+    let huge = "x".repeat(100 << 20);
+    let server = ScriptedServer::start(
+        Script::new(vec![ScriptedReply::text(huge)]).with_fallback(ScriptedReply::text("small")),
+    )
+    .await
+    .unwrap();
+    let config = fast_config(vec![server.base_url()]);
+    assert_eq!(
+        config.max_response_bytes,
+        swe_env_model::DEFAULT_MAX_RESPONSE_BYTES
+    );
+    let client = ModelClient::new(config).unwrap();
+    let error = client
+        .call(&ModelRequest::prompt("p"))
+        .await
+        .expect_err("a body over the limit fails");
+    assert!(
+        matches!(&error, ModelError::ResponseTooLarge { limit, .. } if *limit == 32 << 20),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "model response body over 33554432 bytes from {}; reading stopped there. Lower max_tokens or the \
+             logprobs asked for, or raise the client's max_response_bytes",
+            server.base_url()
+        )
+    );
+    assert_eq!(server.request_count(), 1, "not retried");
+    assert_eq!(error.attempts(), 1);
+
+    // The next reply is small and goes through; a tight limit refuses it too.
+    let completion = client.call(&ModelRequest::prompt("p")).await.unwrap();
+    assert_eq!(completion.text, "small");
+    let tight = swe_env_model::ClientConfig {
+        max_response_bytes: 64,
+        ..fast_config(vec![server.base_url()])
+    };
+    let error = ModelClient::new(tight)
+        .unwrap()
+        .call(&ModelRequest::prompt("p"))
+        .await
+        .expect_err("over 64 bytes");
+    assert!(
+        matches!(error, ModelError::ResponseTooLarge { limit: 64, .. }),
+        "{error:?}"
+    );
+}

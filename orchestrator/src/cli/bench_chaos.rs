@@ -18,6 +18,8 @@ use crate::sandbox::DockerEngine;
 use crate::server::proto;
 use crate::server::proto::env_service_client::EnvServiceClient;
 
+use super::bench_grpc::{Bearer, Client};
+
 /// Arguments of `swe-env bench chaos`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Example:\n  swe-env bench chaos --json")]
@@ -43,25 +45,6 @@ struct FaultRow {
     leaked_containers: usize,
     detail: String,
 }
-
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Client = EnvServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
->;
 
 /// A `swe-env serve` child process.
 struct Server {
@@ -269,46 +252,110 @@ async fn client_deadline(lab: &Lab, client: &mut Client) -> anyhow::Result<Fault
 }
 
 async fn client_cancel_mid_write(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
-    let episode = lab.create(client).await?;
-    let content = "0123456789abcdef\n".repeat(180_000); // ~3 MB, under the gRPC message cap
-    let action = format!("<tool: create>\n/tmp/chaos-big.txt\n{content}</tool>");
-    let mut request = tonic::Request::new(proto::StepRequest {
-        episode_id: episode.clone(),
-        request_id: "chaos-write-1".into(),
-        action: Some(proto::step_request::Action::Text(action.clone())),
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_millis(30));
-    let _ = client.step(request).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let expected = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
-    let expected: String = expected
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sum = step_text(
-        client,
-        bash(
+    let episode = client
+        .create_episode(proto::CreateEpisodeRequest {
+            task: Some(proto::create_episode_request::Task::TaskId(
+                lab.task.clone(),
+            )),
+            budgets: Some(proto::Budgets {
+                context_tokens: Some(1_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .episode_id;
+    let content = "0123456789abcdef\n".repeat(12_000); // ~200 KB; the action's text counts against the context budget
+                                                       // Control: the same write, not cut, completes.
+    let control = client
+        .step(proto::StepRequest {
+            episode_id: episode.clone(),
+            action: Some(proto::step_request::Action::Text(format!(
+                "<tool: create>\n/tmp/chaos-control.txt\n{content}</tool>"
+            ))),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().observation.unwrap_or_default());
+    let control_ok = match &control {
+        Ok(observation) => observation.tool_error.is_empty(),
+        Err(_) => false,
+    };
+    if !control_ok {
+        let detail = format!("the uncut control write failed: {control:?}");
+        return Ok(settle(
+            lab,
+            client,
             &episode,
-            "sha256sum /tmp/chaos-big.txt 2>/dev/null || echo absent",
-            "",
-        ),
+            1,
+            "client cancel mid-write",
+            false,
+            detail,
+        )
+        .await);
+    }
+    // What a complete write leaves: the control file's hash, as the tool wrote it.
+    let control_sum = step_text(
+        client,
+        bash(&episode, "sha256sum < /tmp/chaos-control.txt", ""),
     )
     .await?;
-    let complete = sum.contains(&expected);
-    let absent = sum.contains("absent");
-    // Steps: the write (if it was accepted) and the check; the write must then be recorded once.
-    let acknowledged = if absent { 1 } else { 2 };
-    let detail = format!(
-        "file afterwards: {}",
-        if complete {
-            "complete"
-        } else if absent {
-            "never written"
+    let Some(expected) = control_sum
+        .split_whitespace()
+        .find(|word| word.len() == 64 && word.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_owned)
+    else {
+        let detail = format!("cannot hash the control file: {control_sum:?}");
+        return Ok(settle(
+            lab,
+            client,
+            &episode,
+            2,
+            "client cancel mid-write",
+            false,
+            detail,
+        )
+        .await);
+    };
+    // Cut the call at growing deadlines, so some land while the file is being written.
+    let (mut complete, mut absent, mut partial) = (0, 0, 0);
+    let mut acknowledged = 2;
+    for (i, deadline_ms) in [5u64, 15, 30, 60, 120].into_iter().enumerate() {
+        let path = format!("/tmp/chaos-big-{i}.txt");
+        let mut request = tonic::Request::new(proto::StepRequest {
+            episode_id: episode.clone(),
+            request_id: format!("chaos-write-{i}"),
+            action: Some(proto::step_request::Action::Text(format!(
+                "<tool: create>\n{path}\n{content}</tool>"
+            ))),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_millis(deadline_ms));
+        let _ = client.step(request).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sum = step_text(
+            client,
+            bash(
+                &episode,
+                &format!("sha256sum < {path} 2>/dev/null || echo absent"),
+                "",
+            ),
+        )
+        .await?;
+        acknowledged += 1;
+        if sum.contains(&expected) {
+            complete += 1;
+            acknowledged += 1; // the write was accepted and must be recorded once
+        } else if sum.contains("absent") {
+            absent += 1;
         } else {
-            "PARTIAL"
+            partial += 1;
+            acknowledged += 1;
         }
+    }
+    let detail = format!(
+        "5 cut writes of 200 KB: {complete} complete, {absent} never started, {partial} PARTIAL"
     );
     Ok(settle(
         lab,
@@ -316,7 +363,7 @@ async fn client_cancel_mid_write(lab: &Lab, client: &mut Client) -> anyhow::Resu
         &episode,
         acknowledged,
         "client cancel mid-write",
-        complete || absent,
+        partial == 0,
         detail,
     )
     .await)
@@ -514,10 +561,12 @@ async fn hostile_limits(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultR
     })
 }
 
-/// A bystander episode stepping every 50 ms until told to stop; counts successes and failures.
+/// A bystander episode stepping every 100 ms until told to stop; counts successes and failures.
 struct Bystander {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// The first failures, for the report.
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
     episode: String,
@@ -525,25 +574,59 @@ struct Bystander {
 
 async fn start_bystander(lab: &Lab, server: &Server) -> anyhow::Result<Bystander> {
     let mut client = lab.client(server).await?;
-    let episode = lab.create(&mut client).await?;
+    let episode = client
+        .create_episode(proto::CreateEpisodeRequest {
+            task: Some(proto::create_episode_request::Task::TaskId(
+                lab.task.clone(),
+            )),
+            budgets: Some(proto::Budgets {
+                max_turns: Some(1000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .episode_id;
     let (ok, failed, stop) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let task = {
-        let (ok, failed, stop, episode) =
-            (ok.clone(), failed.clone(), stop.clone(), episode.clone());
+        let (ok, failed, stop, episode, errors) = (
+            ok.clone(),
+            failed.clone(),
+            stop.clone(),
+            episode.clone(),
+            errors.clone(),
+        );
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
                 let expect = format!("tick-{i}");
-                match step_text(&mut client, bash(&episode, &format!("echo {expect}"), "")).await {
-                    Ok(text) if text.contains(&expect) => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                let error =
+                    match step_text(&mut client, bash(&episode, &format!("echo {expect}"), ""))
+                        .await
+                    {
+                        Ok(text) if text.contains(&expect) => None,
+                        Ok(text) => Some(format!("wrong output {text:?}")),
+                        Err(error) => Some(format!("{error:#}")),
+                    };
+                match error {
+                    None => ok.fetch_add(1, Ordering::SeqCst),
+                    Some(error) => {
+                        if let Ok(mut errors) = errors.lock() {
+                            if errors.len() < 3 {
+                                errors.push(error);
+                            }
+                        }
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
                 };
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             close(&mut client, &episode).await;
         })
@@ -551,6 +634,7 @@ async fn start_bystander(lab: &Lab, server: &Server) -> anyhow::Result<Bystander
     Ok(Bystander {
         ok,
         failed,
+        errors,
         stop,
         task,
         episode,
@@ -728,7 +812,18 @@ async fn run_faults(lab: &Lab) -> anyhow::Result<Vec<FaultRow>> {
         survived: failed == 0 && ok > 0,
         lost_records: recorded.abs_diff(ok + failed),
         leaked_containers: lab.containers_of_episode(&bystander.episode).await,
-        detail: format!("{ok} steps ok, {failed} failed"),
+        detail: format!(
+            "{ok} steps ok, {failed} failed{}",
+            bystander
+                .errors
+                .lock()
+                .map(|e| if e.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.join("; "))
+                })
+                .unwrap_or_default()
+        ),
     });
     let (row, restarted) = crash_and_restart(lab, server).await?;
     rows.push(row);

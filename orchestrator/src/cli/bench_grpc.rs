@@ -64,8 +64,9 @@ fn latency(mut samples: Vec<Duration>) -> Latency {
     }
 }
 
+/// Adds `authorization: Bearer …` to every call (shared with `bench chaos`).
 #[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub(super) struct Bearer(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(
@@ -79,7 +80,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Client = EnvServiceClient<
+pub(super) type Client = EnvServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
 >;
 

@@ -19,46 +19,6 @@ pub enum ExportFormat {
     Cwm,
 }
 
-/// An episode ending to keep (`--only-status`); the names are those written in trajectories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum StatusFilter {
-    /// The agent submitted.
-    Submitted,
-    /// The turn budget ran out.
-    MaxTurns,
-    /// The context-token budget ran out.
-    ContextExhausted,
-    /// The wall-clock budget ran out.
-    WallClock,
-    /// Too many consecutive format errors.
-    FormatErrors,
-    /// The model endpoint failed.
-    ModelError,
-    /// The sandbox failed.
-    SandboxError,
-    /// Closed by the client before a submission.
-    Closed,
-    /// Cancelled (shutdown, Ctrl-C).
-    Cancelled,
-}
-
-impl StatusFilter {
-    fn status(self) -> EpisodeStatus {
-        match self {
-            Self::Submitted => EpisodeStatus::Submitted,
-            Self::MaxTurns => EpisodeStatus::MaxTurns,
-            Self::ContextExhausted => EpisodeStatus::ContextExhausted,
-            Self::WallClock => EpisodeStatus::WallClock,
-            Self::FormatErrors => EpisodeStatus::FormatErrors,
-            Self::ModelError => EpisodeStatus::ModelError,
-            Self::SandboxError => EpisodeStatus::SandboxError,
-            Self::Closed => EpisodeStatus::Closed,
-            Self::Cancelled => EpisodeStatus::Cancelled,
-        }
-    }
-}
-
 /// Arguments of `swe-env export`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -77,7 +37,7 @@ pub struct ExportArgs {
     output: Option<PathBuf>,
     /// Keep only episodes that ended with this status; unfinished episodes have no status.
     #[arg(long, value_enum)]
-    only_status: Option<StatusFilter>,
+    only_status: Option<EpisodeStatus>,
     /// Keep only episodes whose grading resolved the task.
     #[arg(long)]
     only_resolved: bool,
@@ -138,11 +98,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        if !keep(
-            &trajectory,
-            args.only_status.map(StatusFilter::status),
-            args.only_resolved,
-        ) {
+        if !keep(&trajectory, args.only_status, args.only_resolved) {
             skipped += 1;
             continue;
         }

@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long)]
     shutdown_grace_secs: Option<u64>,
+    /// Seconds between background reconciles (orphans of dead owners, failed removals, crashed trajectories).
+    #[arg(long)]
+    reconcile_interval_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -83,6 +86,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.shutdown_grace_secs {
             config.shutdown_grace_secs = v;
+        }
+        if let Some(v) = self.reconcile_interval_secs {
+            config.reconcile_interval_secs = v;
         }
         Ok(config)
     }

@@ -16,7 +16,7 @@ use swe_env_grading::dataset::Instance;
 use swe_env_tools::submit::{record_untracked, SubmissionError};
 use swe_env_tools::{
     parse_json_call, parse_text_call, render_call_error, render_observation, run_tool, Budget,
-    SubmissionRepo, ToolCall, ToolResult,
+    SubmissionRepo, ToolCall, ToolConfig, ToolResult,
 };
 use tracing::{info, warn};
 
@@ -27,6 +27,10 @@ use crate::trajectory::{
     EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
     TrajectoryWriteError, TrajectoryWriter, SCHEMA_VERSION,
 };
+
+/// The shortest timeout a command gets, even when the episode's wall-clock budget is (almost) spent; the episode
+/// ends right after that step.
+pub const MIN_STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why an episode operation failed (infrastructure, or a call on an ended episode).
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +228,7 @@ impl Episode {
             prompt: info.prompt,
             versions: json!({"swe_env": env!("CARGO_PKG_VERSION"), "trajectory_schema": SCHEMA_VERSION}),
             started_at: now_rfc3339(),
+            owner: Some(engine.owner().to_label()),
         };
         if let Err(error) = writer.append(&Record::EpisodeStart(start)).await {
             let _ = sandbox.remove().await;
@@ -297,8 +302,12 @@ impl Episode {
 
     /// The budget the model sees after `n_steps` steps.
     pub fn budget(&self) -> Budget {
+        self.budget_after(self.n_steps)
+    }
+
+    fn budget_after(&self, n_steps: u32) -> Budget {
         Budget {
-            remaining_turns: u64::from(self.config.max_turns.saturating_sub(self.n_steps)),
+            remaining_turns: u64::from(self.config.max_turns.saturating_sub(n_steps)),
             remaining_tokens: self.config.context_tokens as i64 - self.context_tokens_used as i64,
             observation_cap_bytes: self.config.observation_cap_bytes,
         }
@@ -315,6 +324,19 @@ impl Episode {
         } else {
             None
         }
+    }
+
+    /// The tool configuration of the next step: a command may run at most its own timeout and at most the time
+    /// left in the episode's wall-clock budget (never less than [`MIN_STEP_TIMEOUT`]), so one command cannot
+    /// outlive the episode.
+    fn step_tool_config(&self) -> ToolConfig {
+        let left = self
+            .config
+            .wall_clock
+            .saturating_sub(self.started.elapsed());
+        let mut tools = self.config.tools.clone();
+        tools.cmd_timeout = tools.cmd_timeout.min(left.max(MIN_STEP_TIMEOUT));
+        tools
     }
 
     /// Runs one action and records it.
@@ -347,19 +369,21 @@ impl Episode {
                 (raw, parse_json_call(name, arguments), call_id.clone())
             }
         };
-        self.n_steps += 1;
+        // A step counts once it is recorded: one dropped half-way (a server shutdown cancelling it) is not counted,
+        // so `n_steps` always equals the steps in the trajectory.
+        let step_idx = self.n_steps;
         let started = Instant::now();
         let (observation, result, call, format_error) = match parsed {
             Ok(call) => {
-                let result = run_tool(&sandbox, &call, &self.config.tools)
-                    .await
-                    .map_err(|e| SandboxError::Shell {
-                        container: sandbox.id().to_owned(),
-                        detail: e.message,
-                    })?;
+                let tools = self.step_tool_config();
+                let result = match run_tool(&sandbox, &call, &tools).await {
+                    Ok(result) => result,
+                    // A container removed from outside (`docker rm -f`) is named as such.
+                    Err(e) => return Err(sandbox.classify_failure(e.message).await.into()),
+                };
                 self.context_tokens_used += estimate_tokens(raw_action.len() + result.text.len());
                 (
-                    render_observation(&result, &self.budget()),
+                    render_observation(&result, &self.budget_after(step_idx + 1)),
                     Some(result),
                     Some(call),
                     None,
@@ -368,7 +392,7 @@ impl Episode {
             Err(error) => {
                 self.context_tokens_used +=
                     estimate_tokens(raw_action.len() + error.to_string().len());
-                let rendered = render_call_error(&error, &self.budget());
+                let rendered = render_call_error(&error, &self.budget_after(step_idx + 1));
                 let format_error = Some(error.to_string());
                 (rendered, None, None, format_error)
             }
@@ -381,7 +405,7 @@ impl Episode {
             None => false,
         };
         let record = step_record(
-            self.n_steps - 1,
+            step_idx,
             raw_action,
             call.as_ref(),
             call_id,
@@ -392,6 +416,7 @@ impl Episode {
             meta,
         );
         self.writer.append(&Record::Step(record.clone())).await?;
+        self.n_steps = step_idx + 1;
         let end_status = self.exhausted_budget();
         Ok(StepOutcome {
             observation,

@@ -75,35 +75,41 @@ impl CappedOutput {
 pub enum ScanEvent {
     /// Keep scanning: no complete sentinel yet.
     Pending,
-    /// The sentinel line was complete: the text after the marker up to (not including) the newline.
+    /// The sentinel was complete: the bytes after the marker up to (not including) the terminator byte.
     Done(Vec<u8>),
 }
 
 /// Longest sentinel trailer (exit code + working directory) we accept before giving up on a line.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-/// Finds `marker` followed by a trailer line in a byte stream; everything before the marker is command output.
+/// Finds `marker` followed by a trailer ended by a terminator byte in a byte stream; everything before the marker
+/// is command output.
 #[derive(Debug)]
 pub struct SentinelScanner {
     marker: Vec<u8>,
+    terminator: u8,
     pending: Vec<u8>,
     trailer: Option<Vec<u8>>,
+    rest: Vec<u8>,
 }
 
 impl SentinelScanner {
-    /// A scanner for one command's unique marker.
-    pub fn new(marker: impl Into<Vec<u8>>) -> Self {
+    /// A scanner for one command's unique marker whose trailer ends at `terminator` (the shell protocol uses NUL,
+    /// which no path contains).
+    pub fn new(marker: impl Into<Vec<u8>>, terminator: u8) -> Self {
         Self {
             marker: marker.into(),
+            terminator,
             pending: Vec::new(),
             trailer: None,
+            rest: Vec::new(),
         }
     }
 
     /// Feeds a chunk; output bytes that certainly precede the marker are pushed into `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut CappedOutput) -> ScanEvent {
         if let Some(trailer) = self.trailer.as_mut() {
-            return finish_trailer(trailer, chunk);
+            return finish_trailer(trailer, chunk, self.terminator, &mut self.rest);
         }
         self.pending.extend_from_slice(chunk);
         if let Some(at) = find(&self.pending, &self.marker) {
@@ -111,7 +117,7 @@ impl SentinelScanner {
             let rest = self.pending[at + self.marker.len()..].to_vec();
             self.pending.clear();
             let mut trailer = Vec::new();
-            let event = finish_trailer(&mut trailer, &rest);
+            let event = finish_trailer(&mut trailer, &rest, self.terminator, &mut self.rest);
             self.trailer = Some(trailer);
             return event;
         }
@@ -122,16 +128,27 @@ impl SentinelScanner {
         ScanEvent::Pending
     }
 
+    /// Bytes that came after the trailer's terminator in the chunk that completed it.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rest)
+    }
+
     /// Bytes held back as a possible marker prefix (emitted when the stream ends without a sentinel).
     pub fn take_pending(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.pending)
     }
 }
 
-fn finish_trailer(trailer: &mut Vec<u8>, chunk: &[u8]) -> ScanEvent {
-    match chunk.iter().position(|&b| b == b'\n') {
+fn finish_trailer(
+    trailer: &mut Vec<u8>,
+    chunk: &[u8],
+    terminator: u8,
+    rest: &mut Vec<u8>,
+) -> ScanEvent {
+    match chunk.iter().position(|&b| b == terminator) {
         Some(nl) => {
             trailer.extend_from_slice(&chunk[..nl]);
+            rest.extend_from_slice(&chunk[nl + 1..]);
             ScanEvent::Done(std::mem::take(trailer))
         }
         None => {
@@ -182,7 +199,7 @@ mod tests {
 
     #[test]
     fn scanner_finds_marker_split_across_chunks() {
-        let mut scanner = SentinelScanner::new(&b"@@END@@"[..]);
+        let mut scanner = SentinelScanner::new(&b"@@END@@"[..], b'\n');
         let mut out = CappedOutput::new(1024);
         assert_eq!(
             scanner.feed(b"some output @@E", &mut out),
@@ -194,11 +211,12 @@ mod tests {
             ScanEvent::Done(b"0:/testbed".to_vec())
         );
         assert_eq!(out.into_bytes(), b"some output ");
+        assert_eq!(scanner.take_rest(), b"later");
     }
 
     #[test]
     fn scanner_ignores_partial_marker_in_output() {
-        let mut scanner = SentinelScanner::new(&b"@@END@@"[..]);
+        let mut scanner = SentinelScanner::new(&b"@@END@@"[..], b'\n');
         let mut out = CappedOutput::new(1024);
         assert_eq!(scanner.feed(b"@@EN", &mut out), ScanEvent::Pending);
         assert_eq!(

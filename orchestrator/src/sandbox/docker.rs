@@ -44,6 +44,10 @@ const SHELL_ENV: &[&str] = &[
 /// How long a new shell may take to print its start-up sentinel.
 const SHELL_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the guard of a command may take to print START (it runs builtins only, in microseconds); a shell
+/// that does not print it ignores commands (e.g. `extdebug` with a failing DEBUG trap) and is replaced.
+const GUARD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection to a Docker engine, and the owner identity stamped on every container it creates.
 #[derive(Clone)]
 pub struct DockerEngine {
@@ -74,19 +78,37 @@ pub struct ImageInfo {
 }
 
 impl DockerEngine {
-    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and checks that it answers.
+    /// Connects to the engine the environment names, as the Docker CLI reads it (`DOCKER_HOST` = `unix://` or
+    /// `tcp://`, TLS with `DOCKER_TLS_VERIFY` + `DOCKER_CERT_PATH`; the default socket when unset), and checks that
+    /// it answers. A `DOCKER_HOST` that cannot be honoured is an error, never the local socket.
     pub async fn connect(api_timeout: Duration) -> Result<Self, SandboxError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| SandboxError::docker("connect", e))?
+        Self::connect_to(&super::EngineEndpoint::from_env()?, api_timeout).await
+    }
+
+    /// Connects to `endpoint` and checks that it answers.
+    pub async fn connect_to(
+        endpoint: &super::EngineEndpoint,
+        api_timeout: Duration,
+    ) -> Result<Self, SandboxError> {
+        let at_endpoint = |error: SandboxError| match error {
+            SandboxError::EngineUnavailable { detail } => SandboxError::EngineUnavailable {
+                detail: format!("{endpoint}: {detail}"),
+            },
+            other => other,
+        };
+        let docker = endpoint
+            .client()
+            .map_err(at_endpoint)?
             .with_timeout(api_timeout);
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| SandboxError::docker("negotiate version", e))?;
+            .map_err(|e| at_endpoint(SandboxError::docker("negotiate version", e)))?;
         docker
             .ping()
             .await
-            .map_err(|e| SandboxError::docker("ping", e))?;
+            .map_err(|e| at_endpoint(SandboxError::docker("ping", e)))?;
+        debug!(engine = %endpoint, "connected to the Docker engine");
         Ok(Self {
             docker,
             owner: Owner::current(),
@@ -273,22 +295,210 @@ fn split_image_tag(image: &str) -> (&str, &str) {
     }
 }
 
+/// At most this many container removals run at once in this process: under mass close, dockerd fails far more
+/// removals ("directory not empty", "did not receive an exit event") when hundreds run together.
+pub const MAX_CONCURRENT_REMOVALS: usize = 32;
+/// How long one removal may keep retrying transient engine errors before it is reported failed.
+pub const REMOVAL_DEADLINE: Duration = Duration::from_secs(120);
+
+fn removal_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_REMOVALS))
+}
+
+/// What a failed remove call means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalRetry {
+    /// 404: the container does not exist (any more): removal confirmed.
+    Gone,
+    /// 409 "removal … already in progress": someone else is removing it; NOT a confirmation — poll until the
+    /// engine says 404, and remove again if that removal failed.
+    InProgress,
+    /// A transient engine failure seen under load; retry with backoff.
+    Transient,
+    /// Anything else: report it.
+    Fatal,
+}
+
+/// Classifies the error of a force-remove call.
+pub fn classify_removal_error(error: &bollard::errors::Error) -> RemovalRetry {
+    use bollard::errors::Error as E;
+    match error {
+        E::DockerResponseServerError {
+            status_code: 404, ..
+        } => RemovalRetry::Gone,
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => classify_removal_message(*status_code, message),
+        E::RequestTimeoutError => RemovalRetry::Transient,
+        // The connection broke mid-call (the engine is overloaded or restarting): the next call says more.
+        E::IOError { .. } | E::HyperResponseError { .. } | E::HyperLegacyError { .. } => {
+            RemovalRetry::Transient
+        }
+        _ => RemovalRetry::Fatal,
+    }
+}
+
+/// Classifies a remove error answered by the engine with `status_code` and `message`.
+pub fn classify_removal_message(status_code: u16, message: &str) -> RemovalRetry {
+    let message = message.to_ascii_lowercase();
+    if status_code == 404 || message.contains("no such container") {
+        return RemovalRetry::Gone;
+    }
+    if message.contains("already in progress") {
+        return RemovalRetry::InProgress;
+    }
+    const TRANSIENT: &[&str] = &[
+        "unable to remove filesystem",
+        "directory not empty",
+        "device or resource busy",
+        "could not kill running container",
+        "did not receive an exit event",
+        "request timed out",
+        "timeout",
+        "context deadline exceeded",
+    ];
+    if status_code == 409 || TRANSIENT.iter().any(|t| message.contains(t)) {
+        return RemovalRetry::Transient;
+    }
+    RemovalRetry::Fatal
+}
+
+/// Force-removes a container (and its anonymous volumes) and returns only once the engine confirms it is gone
+/// (the remove call succeeded, or the container is 404). Transient engine errors are retried with backoff until
+/// [`REMOVAL_DEADLINE`]; at most [`MAX_CONCURRENT_REMOVALS`] removals run at once.
 async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let _permit = removal_permits()
+        .acquire()
+        .await
+        .map_err(|_| SandboxError::Docker {
+            op: "remove container",
+            detail: "the removal limiter is closed".into(),
+        })?;
     let options = RemoveContainerOptions {
         force: true,
         v: true,
         ..Default::default()
     };
-    match docker.remove_container(id, Some(options)).await {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        // 409: removal already in progress (e.g. a concurrent drop); the container is going away.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => Ok(()),
-        Err(e) => Err(SandboxError::docker("remove container", e)),
+    let deadline = Instant::now() + REMOVAL_DEADLINE;
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let error = match docker.remove_container(id, Some(options.clone())).await {
+            Ok(()) => {
+                if attempt > 1 {
+                    info!(container = %id, attempt, "container removed after retries");
+                }
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        match classify_removal_error(&error) {
+            RemovalRetry::Gone => return Ok(()),
+            RemovalRetry::Fatal => return Err(SandboxError::docker("remove container", error)),
+            RemovalRetry::InProgress => {
+                debug!(container = %id, "removal already in progress elsewhere; waiting for the engine to confirm");
+                if wait_until_gone(docker, id, deadline).await {
+                    return Ok(());
+                }
+            }
+            RemovalRetry::Transient => {
+                debug!(container = %id, attempt, %error, "transient removal failure; retrying");
+            }
+        }
+        if Instant::now() + backoff >= deadline {
+            warn!(container = %id, attempt, %error, "container removal still failing; giving up for now");
+            return Err(SandboxError::docker("remove container", error));
+        }
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 + 1));
+        tokio::time::sleep(backoff + jitter / 2).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Polls until the engine answers 404 for `id` (true), or another removal attempt is due (false): the
+/// concurrent removal failed (the container is `dead`) or is taking long.
+async fn wait_until_gone(docker: &Docker, id: &str, deadline: Instant) -> bool {
+    let until = (Instant::now() + Duration::from_secs(10)).min(deadline);
+    loop {
+        match docker.inspect_container(id, None).await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return true,
+            Ok(inspect) => {
+                let state = inspect.state.as_ref();
+                let removing = state.and_then(|s| s.status)
+                    == Some(bollard::models::ContainerStateStatusEnum::REMOVING);
+                if !removing && state.and_then(|s| s.dead) == Some(true) {
+                    // The other removal gave up and left a dead container: remove it again now.
+                    return false;
+                }
+            }
+            Err(_) => {}
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use super::*;
+
+    #[test]
+    fn removal_errors_seen_under_mass_close_are_retried_and_in_progress_is_not_confirmation() {
+        use RemovalRetry::*;
+        let cases = [
+            (404, "No such container: abc", Gone),
+            (
+                409,
+                "removal of container abc is already in progress",
+                InProgress,
+            ),
+            (
+                500,
+                "unable to remove filesystem for abc: unlinkat /var/lib/docker/containers/abc: directory not empty",
+                Transient,
+            ),
+            (
+                500,
+                "could not kill running container abc, cannot remove - tried to kill container, but did not receive an exit event",
+                Transient,
+            ),
+            (500, "request timed out", Transient),
+            (
+                409,
+                "You cannot remove a running container abc. Stop the container before attempting removal",
+                Transient,
+            ),
+            (500, "invalid container name or id", Fatal),
+            (400, "bad parameter", Fatal),
+        ];
+        for (status, message, expected) in cases {
+            assert_eq!(
+                classify_removal_message(status, message),
+                expected,
+                "{status} {message}"
+            );
+            let error = bollard::errors::Error::DockerResponseServerError {
+                status_code: status,
+                message: message.to_owned(),
+            };
+            assert_eq!(
+                classify_removal_error(&error),
+                expected,
+                "{status} {message}"
+            );
+        }
+        assert_eq!(
+            classify_removal_error(&bollard::errors::Error::RequestTimeoutError),
+            Transient
+        );
     }
 }
 
@@ -299,6 +509,20 @@ struct Session {
     input: Pin<Box<dyn AsyncWrite + Send>>,
     output: OutputStream,
     shell_pid: u32,
+}
+
+/// How reading towards a command's START marker ended.
+enum StartEnd {
+    /// START seen; the bytes that followed it in the same read.
+    Started(Vec<u8>),
+    Deadline,
+    Eof,
+}
+
+/// Writes a frame to the shell's stdin.
+async fn write_script(session: &mut Session, script: &str) -> std::io::Result<()> {
+    session.input.write_all(script.as_bytes()).await?;
+    session.input.flush().await
 }
 
 /// How reading towards a sentinel ended.
@@ -327,6 +551,28 @@ struct Inner {
     /// file access) is refused from then on; only the grader's own execs run.
     sealed: AtomicBool,
 }
+
+/// The script behind [`DockerSandbox::write_bytes`] (`$1` = byte count, `$2` = path). `head -c N` reads exactly N
+/// bytes, so completion does not depend on stdin being half-closed; the length check catches a stdin cut short;
+/// the temporary file is removed on every failure (and on SIGTERM/SIGHUP/SIGINT/SIGPIPE).
+const ATOMIC_WRITE_SCRIPT: &str = r#"target=$2
+if [ -L "$target" ]; then target=$(readlink -f -- "$target") || exit 1; fi
+if [ -d "$target" ]; then echo "$target is a directory" >&2; exit 1; fi
+tmp="${target%/*}/.${target##*/}.swe-env-write.$$"
+trap 'rm -f -- "$tmp"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+head -c "$1" > "$tmp" || exit 1
+n=$(wc -c < "$tmp") || exit 1
+if [ "$n" -ne "$1" ]; then echo "only $n of $1 bytes arrived; the file was left unchanged" >&2; exit 1; fi
+if [ -e "$target" ]; then
+  chmod "$(stat -c %a -- "$target")" "$tmp" || exit 1
+  chown "$(stat -c %u:%g -- "$target")" "$tmp" 2>/dev/null || true
+else
+  chmod 0644 "$tmp" || exit 1
+fi
+mv -f -- "$tmp" "$target" || exit 1
+trap - EXIT
+"#;
 
 /// Result of a one-shot exec (not in the persistent shell).
 #[derive(Debug, Clone, Default)]
@@ -408,17 +654,21 @@ impl DockerSandbox {
         self.inner.exec(argv, stdin, timeout, MAX_FILE_BYTES).await
     }
 
-    /// Writes exactly `bytes` to `path` (absolute); an existing file keeps its mode, a new one gets 0644.
+    /// Writes exactly `bytes` to `path` (absolute), atomically: the bytes go to a temporary file in the same
+    /// directory, which replaces `path` by a rename only once all of them arrived, so an interrupted or failed
+    /// write leaves the old file (or no file) and never a partial one. An existing file keeps its mode (and owner
+    /// where permitted), a new one gets 0644; a symlink is written through to the file it names. One exec.
     pub async fn write_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
-        // `head -c N` reads exactly N bytes, so completion does not depend on stdin being half-closed; `>` on an
-        // existing file truncates in place and keeps its mode.
         let len = bytes.len().to_string();
-        let argv = ["sh", "-c", "head -c \"$1\" > \"$2\"", "sh", &len, path];
+        let argv = ["sh", "-c", ATOMIC_WRITE_SCRIPT, "sh", &len, path];
         let result = self
             .exec(&argv, Some(bytes), Duration::from_secs(60))
             .await?;
         if result.exit_code != Some(0) {
-            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            let mut detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            if result.timed_out {
+                detail = format!("timed out after 60 s; the file was left unchanged. {detail}");
+            }
             return Err(SandboxError::File {
                 op: "write",
                 path: path.to_owned(),
@@ -439,13 +689,36 @@ impl DockerSandbox {
         Ok(())
     }
 
+    /// Classifies a failure of the agent's tools in this container: [`SandboxError::ContainerGone`] when the
+    /// engine no longer knows the container (removed from outside), else [`SandboxError::Shell`] with `detail`.
+    pub async fn classify_failure(&self, detail: String) -> SandboxError {
+        let id = &self.inner.container_id;
+        match self.inner.docker.inspect_container(id, None).await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => SandboxError::ContainerGone {
+                container: id.clone(),
+                detail: "no such container".into(),
+            },
+            _ => SandboxError::Shell {
+                container: id.clone(),
+                detail,
+            },
+        }
+    }
+
     /// Removes the container. Idempotent.
     pub async fn remove(&self) -> Result<(), SandboxError> {
         if self.inner.removed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         *self.inner.session.lock().await = None;
-        remove_container(&self.inner.docker, &self.inner.container_id).await
+        let result = remove_container(&self.inner.docker, &self.inner.container_id).await;
+        if result.is_err() {
+            // Not confirmed gone: the drop safety net (and the server's reconcile, or `swe-env gc`) try again.
+            self.inner.removed.store(false, Ordering::SeqCst);
+        }
+        result
     }
 }
 
@@ -505,7 +778,7 @@ impl Inner {
             output,
             shell_pid: 0,
         };
-        let mut scanner = SentinelScanner::new(marker.as_bytes());
+        let mut scanner = SentinelScanner::new(marker.as_bytes(), shell::TRAILER_END);
         let mut out = CappedOutput::new(64 * 1024);
         let deadline = TokioInstant::now() + SHELL_START_TIMEOUT;
         match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
@@ -517,7 +790,7 @@ impl Inner {
                     ))
                 })?;
                 session.shell_pid = u32::try_from(pid).unwrap_or(0);
-                self.set_cwd(cwd);
+                self.set_cwd(&cwd);
                 Ok(session)
             }
             ReadEnd::Deadline => Err(self.shell_error("bash did not start within 30 s")),
@@ -543,38 +816,65 @@ impl Inner {
         }
         let marker = shell::new_marker();
         let script = shell::command_script(command, &marker);
-        let mut scanner = SentinelScanner::new(marker.as_bytes());
+        let mut scanner = SentinelScanner::new(marker.as_bytes(), shell::TRAILER_END);
         let mut out = CappedOutput::new(cap_bytes);
         let mut timed_out = false;
+        let deadline = TokioInstant::now() + timeout;
 
-        let end = match guard.as_mut() {
-            None => ReadEnd::Eof,
-            Some(session) => {
-                let written = async {
-                    session.input.write_all(script.as_bytes()).await?;
-                    session.input.flush().await
-                }
-                .await;
-                if written.is_err() {
-                    ReadEnd::Eof
-                } else {
-                    let deadline = TokioInstant::now() + timeout;
-                    match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
-                        ReadEnd::Deadline => {
-                            timed_out = true;
-                            self.interrupt(session, &mut scanner, &mut out).await
-                        }
-                        other => other,
+        // Up to two attempts: a shell whose state makes it ignore the guard (it never prints START) has not run the
+        // command; it is replaced and the command runs in the new shell.
+        let mut end = ReadEnd::Eof;
+        for attempt in 0..2 {
+            let Some(session) = guard.as_mut() else {
+                break;
+            };
+            if write_script(session, &script).await.is_err() {
+                end = ReadEnd::Eof;
+                break;
+            }
+            let start_deadline = deadline.min(TokioInstant::now() + GUARD_TIMEOUT);
+            match self.read_start(session, &marker, start_deadline).await {
+                StartEnd::Started(first) => {
+                    if let ScanEvent::Done(trailer) = scanner.feed(&first, &mut out) {
+                        end = ReadEnd::Done(trailer);
+                        break;
                     }
                 }
+                StartEnd::Eof => {
+                    end = ReadEnd::Eof;
+                    break;
+                }
+                StartEnd::Deadline if attempt == 0 && TokioInstant::now() < deadline => {
+                    warn!(container = %self.container_id, "the shell ignored the command guard (its state blocks every command); replacing it");
+                    let old_pid = session.shell_pid;
+                    *guard = None;
+                    *guard = Some(self.restart_session(old_pid).await?);
+                    restarted = true;
+                    continue;
+                }
+                StartEnd::Deadline => {
+                    end = ReadEnd::Deadline;
+                    timed_out = true;
+                    break;
+                }
             }
-        };
+            end = match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
+                ReadEnd::Deadline => {
+                    timed_out = true;
+                    self.interrupt(session, &marker, &mut scanner, &mut out)
+                        .await
+                }
+                other => other,
+            };
+            break;
+        }
 
         let exit_code = match end {
             ReadEnd::Done(trailer) => match shell::parse_trailer(&trailer) {
                 Some((code, cwd)) => {
-                    self.set_cwd(cwd);
-                    Some(code)
+                    self.set_cwd(&cwd);
+                    // An interrupted command has no status of its own: `$?` would be whatever ran last.
+                    (!timed_out).then_some(code)
                 }
                 None => None,
             },
@@ -599,10 +899,48 @@ impl Inner {
         })
     }
 
-    /// Escalates after a timeout: SIGINT the shell's children, then SIGKILL them; each step waits for the sentinel.
+    /// Reads up to the command's START marker, dropping what comes before it: bytes a background job printed
+    /// between commands, a late sentinel of an interrupted command, hooks of the agent's. None of it is this
+    /// command's output.
+    async fn read_start(
+        &self,
+        session: &mut Session,
+        marker: &str,
+        deadline: TokioInstant,
+    ) -> StartEnd {
+        let start = shell::start_marker(marker);
+        let mut scanner = SentinelScanner::new(start.as_bytes(), shell::TRAILER_END);
+        let mut dropped = CappedOutput::new(4096);
+        let found = loop {
+            let frame = match tokio::time::timeout_at(deadline, session.output.next()).await {
+                Err(_) => break StartEnd::Deadline,
+                Ok(None) | Ok(Some(Err(_))) => break StartEnd::Eof,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let bytes = match frame {
+                LogOutput::StdOut { message }
+                | LogOutput::StdErr { message }
+                | LogOutput::Console { message } => message,
+                LogOutput::StdIn { .. } => continue,
+            };
+            // START's trailer is empty: what follows its NUL is the command's output.
+            if let ScanEvent::Done(_) = scanner.feed(&bytes, &mut dropped) {
+                break StartEnd::Started(scanner.take_rest());
+            }
+        };
+        if dropped.total_bytes() > 0 {
+            debug!(container = %self.container_id, bytes = dropped.total_bytes(), "dropped shell output printed between commands");
+        }
+        found
+    }
+
+    /// Escalates after a timeout: SIGINT the shell and its children (Ctrl-C: the shell drops the rest of the command
+    /// line and reads the next), write a line that prints the sentinel in place of the dropped one, then SIGKILL the
+    /// children; each step waits for the sentinel.
     async fn interrupt(
         &self,
         session: &mut Session,
+        marker: &str,
         scanner: &mut SentinelScanner,
         out: &mut CappedOutput,
     ) -> ReadEnd {
@@ -620,6 +958,13 @@ impl Inner {
             if killed.is_err() {
                 // Cannot even start a process (e.g. pids limit): the caller will restart the container.
                 return ReadEnd::Deadline;
+            }
+            if include_shell
+                && write_script(session, &shell::recovery_script(marker))
+                    .await
+                    .is_err()
+            {
+                return ReadEnd::Eof;
             }
             let deadline = TokioInstant::now() + self.config.interrupt_grace;
             match read_until(&mut session.output, scanner, out, deadline).await {
@@ -774,9 +1119,11 @@ impl Inner {
         Ok(None)
     }
 
-    fn set_cwd(&self, cwd: String) {
+    /// Records the shell's cwd. A directory name that is not UTF-8 cannot be a tool path: it is kept with U+FFFD in
+    /// place of the bad bytes (relative edit/create paths then fail to resolve rather than land elsewhere).
+    fn set_cwd(&self, cwd: &[u8]) {
         if let Ok(mut guard) = self.cwd.lock() {
-            *guard = cwd;
+            *guard = String::from_utf8_lossy(cwd).into_owned();
         }
     }
 
@@ -889,6 +1236,52 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
             .into());
         }
         Ok(result.stdout)
+    }
+
+    async fn read_file_at_most(
+        &self,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<swe_env_tools::BoundedRead, swe_env_tools::SandboxError> {
+        use swe_env_tools::BoundedRead;
+        self.ensure_unsealed()?;
+        // The size first (one line), then at most limit + 1 bytes: `head` stops reading there, so a huge file is
+        // never streamed to the host, and the capture holds at most the limit (never more than MAX_FILE_BYTES).
+        let limit = max_bytes.min(MAX_FILE_BYTES);
+        let take = (limit + 1).to_string();
+        let limit_text = limit.to_string();
+        let script = "size=$(stat -L -c %s -- \"$1\") || exit; echo \"$size\"; \
+                      [ \"$size\" -gt \"$2\" ] || exec head -c \"$3\" -- \"$1\"";
+        let argv = ["sh", "-c", script, "sh", path, &limit_text, &take];
+        let result = self
+            .inner
+            .exec(&argv, None, Duration::from_secs(60), limit + 64)
+            .await?;
+        let newline = result.stdout.iter().position(|byte| *byte == b'\n');
+        let size = newline.and_then(|end| {
+            std::str::from_utf8(&result.stdout[..end])
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        });
+        let (Some(end), Some(size), Some(0)) = (newline, size, result.exit_code) else {
+            let detail = String::from_utf8_lossy(&result.stderr).trim().to_owned();
+            return Err(SandboxError::File {
+                op: "read",
+                path: path.to_owned(),
+                detail,
+            }
+            .into());
+        };
+        let limit_u64 = limit as u64;
+        if size > limit_u64 || result.stdout.len() - end - 1 > limit || result.stdout_truncated {
+            return Ok(BoundedRead::TooLarge {
+                size: size.max(limit_u64 + 1),
+            });
+        }
+        let mut content = result.stdout;
+        content.drain(..=end);
+        Ok(BoundedRead::Whole(content))
     }
 
     async fn write_file(

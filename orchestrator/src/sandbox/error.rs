@@ -10,6 +10,31 @@ pub enum SandboxError {
         /// What the client said.
         detail: String,
     },
+    /// `DOCKER_HOST` (or a TLS variable) names something swe-env cannot use; nothing is connected instead.
+    #[error(
+        "{variable}={value:?} cannot be used: {reason}. Supported DOCKER_HOST forms: {forms}",
+        forms = super::endpoint::SUPPORTED_FORMS
+    )]
+    EngineConfig {
+        /// The environment variable at fault.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused, and what to do.
+        reason: String,
+    },
+    /// `DOCKER_TLS_VERIFY` is set and a certificate or key is missing or unusable.
+    #[error(
+        "TLS material for the Docker engine, {}: {detail}. DOCKER_TLS_VERIFY is set, so DOCKER_CERT_PATH (default \
+         ~/.docker) must hold ca.pem, cert.pem and key.pem in PEM form, as for the Docker CLI",
+        path.display()
+    )]
+    EngineTls {
+        /// The file (or certificate directory) at fault.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The task image is not present locally.
     #[error("image {image} not found: build it (`swe-env images build`) or pull it")]
     ImageNotFound {
@@ -17,7 +42,7 @@ pub enum SandboxError {
         image: String,
     },
     /// The container vanished (removed behind our back, or the engine restarted).
-    #[error("container {container} is gone: {detail}")]
+    #[error("container {container} was removed outside swe-env; the episode is over ({detail})")]
     ContainerGone {
         /// Container id or name.
         container: String,
@@ -73,11 +98,12 @@ impl SandboxError {
             E::IOError { err } => Self::EngineUnavailable {
                 detail: err.to_string(),
             },
+            // hyper's own message is only "client error (Connect)": the cause (refused, TLS) is in the chain.
             E::HyperResponseError { err } => Self::EngineUnavailable {
-                detail: err.to_string(),
+                detail: with_causes(&err),
             },
             E::HyperLegacyError { err } => Self::EngineUnavailable {
-                detail: err.to_string(),
+                detail: with_causes(&err),
             },
             E::SocketNotFoundError(path) => Self::EngineUnavailable {
                 detail: format!("no socket at {path}"),
@@ -92,6 +118,21 @@ impl SandboxError {
             },
         }
     }
+}
+
+/// `error: cause: cause…`, each distinct message once.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<SandboxError> for swe_env_tools::SandboxError {

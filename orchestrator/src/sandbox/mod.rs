@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod config;
 pub mod docker;
+pub mod endpoint;
 pub mod error;
 pub mod gc;
 pub mod owner;
@@ -11,5 +12,6 @@ pub mod shell;
 
 pub use config::SandboxConfig;
 pub use docker::{DockerEngine, DockerSandbox, ExecOutput, ImageInfo};
+pub use endpoint::EngineEndpoint;
 pub use error::SandboxError;
-pub use gc::{collect_garbage, GcReport, GcScope};
+pub use gc::{collect_garbage, collect_garbage_with, GcReport, GcScope};

@@ -54,12 +54,58 @@ impl Owner {
 
     /// Whether this owner is known to be dead. Owners on other hosts are never known dead (only expiry applies).
     pub fn is_dead_here(&self) -> bool {
+        matches!(self.liveness(), Liveness::Dead(_))
+    }
+
+    /// Whether this owner is alive, dead (and why) or on another host. A zombie (state `Z`: killed, not yet
+    /// reaped by its parent) is dead: it holds its pid and start time until reaped, but runs nothing.
+    pub fn liveness(&self) -> Liveness {
         if self.host != host_name() {
-            return false;
+            return Liveness::OtherHost;
         }
-        match process_start_ticks(self.pid) {
-            None => true,
-            Some(ticks) => self.start_ticks != 0 && ticks != self.start_ticks,
+        match process_stat(self.pid) {
+            None => Liveness::Dead(DeadBecause::PidGone),
+            Some(stat) if self.start_ticks != 0 && stat.start_ticks != self.start_ticks => {
+                Liveness::Dead(DeadBecause::StartTimeDiffers)
+            }
+            Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => {
+                Liveness::Dead(DeadBecause::Zombie)
+            }
+            Some(_) => Liveness::Alive,
+        }
+    }
+}
+
+/// What is known of an owner process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Running on this host.
+    Alive,
+    /// Dead on this host.
+    Dead(DeadBecause),
+    /// On another host: its liveness cannot be checked here.
+    OtherHost,
+}
+
+/// Why an owner on this host is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadBecause {
+    /// No process has that pid.
+    PidGone,
+    /// The pid is a zombie (killed, not reaped yet).
+    Zombie,
+    /// The pid was reused by another process (its start time differs).
+    StartTimeDiffers,
+}
+
+impl DeadBecause {
+    /// Human-readable form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PidGone => "pid gone",
+            Self::Zombie => "zombie",
+            Self::StartTimeDiffers => "start time differs (pid reused)",
         }
     }
 }
@@ -90,11 +136,30 @@ fn host_name() -> String {
 }
 
 fn process_start_ticks(pid: u32) -> Option<u64> {
+    process_stat(pid).map(|stat| stat.start_ticks)
+}
+
+/// The fields of `/proc/PID/stat` the owner check needs.
+struct ProcStat {
+    /// Field 3: R, S, D, Z (zombie), X (dead)…
+    state: char,
+    /// Field 22: start time in clock ticks since boot.
+    start_ticks: u64,
+}
+
+fn process_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<ProcStat> {
     // Fields after the command name, which is in parentheses and may contain spaces.
-    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let after_comm = stat.get(stat.rfind(')')? + 2..)?;
     // after_comm starts at field 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = after_comm.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_ticks = fields.nth(22 - 4)?.parse().ok()?;
+    Some(ProcStat { state, start_ticks })
 }
 
 #[cfg(test)]
@@ -128,5 +193,39 @@ mod tests {
             start_ticks: 1,
         };
         assert!(!other_host.is_dead_here());
+        assert_eq!(other_host.liveness(), Liveness::OtherHost);
+    }
+
+    #[test]
+    fn stat_parsing_reads_state_and_start_time() {
+        let stat = "1234 (a (weird) name) Z 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let parsed = parse_stat(stat).unwrap();
+        assert_eq!(parsed.state, 'Z');
+        assert_eq!(parsed.start_ticks, 987654);
+    }
+
+    #[test]
+    fn a_zombie_owner_is_dead() {
+        // A child killed and not waited for stays a zombie: its pid and start time are still in /proc.
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let owner = Owner {
+            host: host_name(),
+            pid: child.id(),
+            start_ticks: process_start_ticks(child.id()).unwrap(),
+        };
+        assert_eq!(owner.liveness(), Liveness::Alive);
+        child.kill().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_stat(child.id()).map(|s| s.state) != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "no zombie");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(owner.liveness(), Liveness::Dead(DeadBecause::Zombie));
+        assert!(owner.is_dead_here());
+        child.wait().unwrap();
+        assert_eq!(owner.liveness(), Liveness::Dead(DeadBecause::PidGone));
     }
 }

@@ -2,6 +2,7 @@
 //! Read from a YAML file (every field optional, unknown fields refused), then overridden by CLI flags. Defaults
 //! are defined once, in [`ServerConfig::default`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,12 +44,27 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Ended episodes remembered for ListEpisodes / CloseEpisode (their trajectories stay on disk). Default 10000.
     pub max_ended_remembered: usize,
-    /// Environment variable holding the API key RunEpisode sends to model endpoints. Default none (no key).
+    /// How often the running server reconciles, seconds: orphaned containers of dead owners, removals of its own
+    /// containers that failed, trajectories of crashed episodes. Default 60.
+    pub reconcile_interval_secs: u64,
+    /// Removed: an API key attached to whatever URL a client sent could be exfiltrated. A config that still sets
+    /// it is refused at start; give each entry of `model_endpoints` its own `api_key_env` instead.
     pub model_api_key_env: Option<String>,
+    /// The model endpoints RunEpisode may use, by name (the client sends `ModelEndpoint.endpoint`). Each endpoint's
+    /// API key is only ever sent to that endpoint's `base_url`. Default none: RunEpisode is refused unless
+    /// `allow_client_base_urls` is set.
+    pub model_endpoints: BTreeMap<String, ModelEndpointConfig>,
+    /// Let RunEpisode clients send their own `ModelEndpoint.base_url` (the server then calls any address the
+    /// client names). No API key is ever sent to a client URL. Default false.
+    pub allow_client_base_urls: bool,
+    /// The most a request may ask for (budgets, limits, sizes, page sizes); above it is INVALID_ARGUMENT.
+    pub maxima: Maxima,
     /// Episode defaults and sandbox limits.
     pub episode: EpisodeDefaults,
     /// Grading settings.
     pub grading: GradingSettings,
+    /// Memory bounds: tool file and submission sizes, retained ended-episode bytes.
+    pub memory: MemoryBounds,
 }
 
 impl Default for ServerConfig {
@@ -65,9 +81,67 @@ impl Default for ServerConfig {
             trajectory_dir: PathBuf::from("runs/serve"),
             shutdown_grace_secs: 30,
             max_ended_remembered: 10_000,
+            reconcile_interval_secs: 60,
             model_api_key_env: None,
+            model_endpoints: BTreeMap::new(),
+            allow_client_base_urls: false,
+            maxima: Maxima::default(),
             episode: EpisodeDefaults::default(),
             grading: GradingSettings::default(),
+            memory: MemoryBounds::default(),
+        }
+    }
+}
+
+/// Memory bounds of the server (YAML `memory:`). Each is at most [`MemoryBounds::CEILING_BYTES`] (the sandbox's
+/// own read limit) except the ended-episode budget.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryBounds {
+    /// Largest submission an episode accepts (patch file or computed), bytes. Default 4 MiB.
+    pub max_submission_bytes: usize,
+    /// Largest file edit reads and edit/create write, bytes. Default 8 MiB.
+    pub max_file_bytes: usize,
+    /// Bytes the remembered ended episodes may hold together (submissions, stored replies, labels), beside the
+    /// count bound `max_ended_remembered`; the oldest are forgotten first. Default 256 MiB.
+    pub max_ended_remembered_bytes: usize,
+}
+
+impl MemoryBounds {
+    /// The operator maximum of `max_submission_bytes` and `max_file_bytes`: 64 MiB.
+    pub const CEILING_BYTES: usize = crate::sandbox::docker::MAX_FILE_BYTES;
+
+    /// Sets the tool limits of an episode.
+    pub fn apply(&self, tools: &mut swe_env_tools::ToolConfig) {
+        tools.max_submission_bytes = self.max_submission_bytes;
+        tools.max_file_bytes = self.max_file_bytes;
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("memory.max_submission_bytes", self.max_submission_bytes),
+            ("memory.max_file_bytes", self.max_file_bytes),
+        ] {
+            if value == 0 || value > Self::CEILING_BYTES {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!(
+                        "{value} is not between 1 and {} bytes (the sandbox's read limit)",
+                        Self::CEILING_BYTES
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for MemoryBounds {
+    fn default() -> Self {
+        Self {
+            max_submission_bytes: swe_env_tools::DEFAULT_MAX_SUBMISSION_BYTES,
+            max_file_bytes: swe_env_tools::DEFAULT_MAX_FILE_BYTES,
+            max_ended_remembered_bytes: 256 << 20,
         }
     }
 }
@@ -111,8 +185,100 @@ impl Default for EpisodeDefaults {
             anti_leak: episode.anti_leak,
             network_mode: sandbox.network_mode,
             memory_bytes: sandbox.memory_bytes,
-            cpus: sandbox.nano_cpus as f64 / 1e9,
+            // Docker refuses more CPUs than the host has: on a one-CPU host the default is 1.
+            cpus: (sandbox.nano_cpus as f64 / 1e9).min(host_cpus()),
             pids_limit: sandbox.pids_limit,
+        }
+    }
+}
+
+/// An operator-approved model endpoint for RunEpisode (entry of `model_endpoints`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEndpointConfig {
+    /// Base URL of the OpenAI-compatible API (e.g. `http://10.0.0.5:8000/v1`). Required.
+    pub base_url: String,
+    /// Model names a client may ask for; the first is used when the client names none. Empty (the default): any
+    /// name, and the client must name one.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Environment variable holding this endpoint's API key (sent as `Authorization: Bearer`, to this endpoint
+    /// only). Default none: no key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Most requests in flight to this endpoint for one model, over every RunEpisode. Default 64.
+    #[serde(default = "default_endpoint_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_endpoint_concurrency() -> usize {
+    64
+}
+
+/// The most a client may ask for in a request. Every client-settable number has one; a request above it is
+/// refused with INVALID_ARGUMENT naming the field and the maximum. Defaults (what an unset field gets) live in
+/// `episode`, and must not be above these.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Maxima {
+    /// `limits.memory_bytes`: container memory, bytes. Default 16 GiB.
+    pub memory_bytes: i64,
+    /// `limits.cpus`: container CPUs. Default the host's CPU count (Docker refuses more).
+    pub cpus: f64,
+    /// `limits.pids_limit`: container processes. Default 8192.
+    pub pids_limit: i64,
+    /// `limits.cmd_timeout_secs`: one bash command, seconds. Default 1800.
+    pub cmd_timeout_secs: u64,
+    /// `budgets.max_turns`. Default 1024.
+    pub max_turns: u32,
+    /// `budgets.context_tokens`. Default 1048576.
+    pub context_tokens: u64,
+    /// `budgets.observation_cap_bytes`: one observation's text. Default 1 MiB.
+    pub observation_cap_bytes: u64,
+    /// `budgets.wall_clock_secs`: one episode, seconds. Default 14400 (4 h).
+    pub wall_clock_secs: u64,
+    /// `labels`: labels per episode. Default 16.
+    pub labels: usize,
+    /// `labels`: bytes of one label key or value. Default 256.
+    pub label_bytes: usize,
+    /// `prompt`: messages of the initial prompt. Default 64.
+    pub prompt_messages: usize,
+    /// `prompt`: bytes of all prompt messages together. Default 1 MiB.
+    pub prompt_bytes: usize,
+    /// `model_json`: bytes. Default 64 KiB.
+    pub model_json_bytes: usize,
+    /// `task_json` (CreateEpisode, Grade): bytes of an inline task row. Default 1 MiB.
+    pub task_json_bytes: usize,
+    /// `page_size` of ListTasks and ListEpisodes. Default 1000.
+    pub page_size: u32,
+    /// `model.max_tokens` of RunEpisode: tokens per completion. Default 65536.
+    pub model_max_tokens: u32,
+}
+
+/// The host's CPU count (1 when unknown).
+pub fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+impl Default for Maxima {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 << 30,
+            cpus: host_cpus(),
+            pids_limit: 8192,
+            cmd_timeout_secs: 1800,
+            max_turns: 1024,
+            context_tokens: 1 << 20,
+            observation_cap_bytes: 1 << 20,
+            wall_clock_secs: 4 * 3600,
+            labels: 16,
+            label_bytes: 256,
+            prompt_messages: 64,
+            prompt_bytes: 1 << 20,
+            model_json_bytes: 64 << 10,
+            task_json_bytes: 1 << 20,
+            page_size: 1000,
+            model_max_tokens: 65536,
         }
     }
 }
@@ -230,6 +396,94 @@ impl ServerConfig {
         if !(self.episode.cpus.is_finite() && self.episode.cpus > 0.0) {
             return invalid("episode.cpus", "must be a positive number");
         }
+        if self.model_api_key_env.is_some() {
+            return invalid(
+                "model_api_key_env",
+                "was removed (a key sent to any client URL could be stolen); list the endpoints under \
+                 `model_endpoints` with an `api_key_env` each",
+            );
+        }
+        self.validate_maxima()?;
+        self.memory.validate()?;
+        for (name, endpoint) in &self.model_endpoints {
+            let url = endpoint.base_url.trim();
+            if name.is_empty() {
+                return invalid("model_endpoints", "an endpoint name is empty");
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    field: "model_endpoints.base_url",
+                    reason: format!("endpoint `{name}`: an http:// or https:// URL is required"),
+                });
+            }
+            if let Some(env) = &endpoint.api_key_env {
+                if std::env::var(env).map_or(true, |key| key.is_empty()) {
+                    return Err(ConfigError::Invalid {
+                        field: "model_endpoints.api_key_env",
+                        reason: format!(
+                            "endpoint `{name}`: environment variable `{env}` is not set (export the key in it, \
+                             or remove `api_key_env` for an endpoint without a key)"
+                        ),
+                    });
+                }
+            }
+            if endpoint.concurrency == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "model_endpoints.concurrency",
+                    reason: format!("endpoint `{name}`: must be at least 1"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every maximum is usable and no default is above its maximum.
+    fn validate_maxima(&self) -> Result<(), ConfigError> {
+        let (m, e) = (&self.maxima, &self.episode);
+        if !(m.cpus.is_finite() && m.cpus >= 0.01) {
+            return Err(ConfigError::Invalid {
+                field: "maxima.cpus",
+                reason: "must be a number of at least 0.01".to_owned(),
+            });
+        }
+        let checks: [(&'static str, f64, f64); 7] = [
+            ("memory_bytes", e.memory_bytes as f64, m.memory_bytes as f64),
+            ("cpus", e.cpus, m.cpus),
+            ("pids_limit", e.pids_limit as f64, m.pids_limit as f64),
+            (
+                "cmd_timeout_secs",
+                e.cmd_timeout_secs as f64,
+                m.cmd_timeout_secs as f64,
+            ),
+            ("max_turns", f64::from(e.max_turns), f64::from(m.max_turns)),
+            (
+                "context_tokens",
+                e.context_tokens as f64,
+                m.context_tokens as f64,
+            ),
+            (
+                "wall_clock_secs",
+                e.wall_clock_secs as f64,
+                m.wall_clock_secs as f64,
+            ),
+        ];
+        for (name, default, maximum) in checks {
+            if default > maximum {
+                return Err(ConfigError::Invalid {
+                    field: "maxima",
+                    reason: format!(
+                        "`episode.{name}` ({default}) is above `maxima.{name}` ({maximum}); raise the maximum or \
+                         lower the default"
+                    ),
+                });
+            }
+        }
+        if m.page_size == 0 {
+            return Err(ConfigError::Invalid {
+                field: "maxima.page_size",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -263,6 +517,11 @@ impl ServerConfig {
     /// Grace period of a shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Period of the background reconcile (at least 1 s).
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_secs(self.reconcile_interval_secs.max(1))
     }
 
     /// The grading configuration derived from these settings.
@@ -311,6 +570,44 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("max_episodes"), "{error}");
         assert!(ServerConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn maxima_and_endpoints_parse_and_defaults_must_fit_under_maxima() {
+        let config = ServerConfig::from_yaml_str(
+            "maxima:\n  memory_bytes: 8589934592\n  page_size: 10\nmodel_endpoints:\n  local:\n    base_url: http://127.0.0.1:8000/v1\n    models: [m]\n",
+        )
+        .unwrap();
+        assert_eq!(config.maxima.memory_bytes, 8 << 30);
+        assert_eq!(config.maxima.page_size, 10);
+        assert_eq!(config.maxima.cpus, host_cpus());
+        let local = &config.model_endpoints["local"];
+        assert_eq!(local.models, ["m"]);
+        assert_eq!(local.concurrency, 64);
+        assert_eq!(local.api_key_env, None);
+        assert!(!config.allow_client_base_urls);
+        config.validate().unwrap();
+        assert!(ServerConfig::default().episode.cpus <= ServerConfig::default().maxima.cpus);
+
+        let too_low = ServerConfig {
+            maxima: Maxima {
+                pids_limit: 100,
+                ..Maxima::default()
+            },
+            ..ServerConfig::default()
+        };
+        let error = too_low.validate().unwrap_err().to_string();
+        assert!(error.contains("maxima.pids_limit"), "{error}");
+        assert!(error.contains("episode.pids_limit"), "{error}");
+
+        let old_key = ServerConfig {
+            model_api_key_env: Some("OPENAI_API_KEY".into()),
+            ..ServerConfig::default()
+        };
+        let error = old_key.validate().unwrap_err().to_string();
+        assert!(error.contains("model_endpoints"), "{error}");
+        let error = ServerConfig::from_yaml_str("maxima:\n  memory: 1\n").unwrap_err();
+        assert!(error.contains("memory"), "{error}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use swe_env_grading::dataset::{instance_from_value, Instance};
 use swe_env_tools::Budget;
 
-use super::config::EpisodeDefaults;
+use super::config::{EpisodeDefaults, Maxima};
 use super::error::ServiceError;
 use super::proto;
 use crate::episode::{Action, EpisodeConfig, StepMeta, StepOutcome, ToolFormat};
@@ -18,10 +18,6 @@ use crate::trajectory::{EpisodeEnd, EpisodeStart, Record, StepRecord, StepTokens
 pub const MAX_ID_BYTES: usize = 128;
 /// Longest accepted action text or tool-call arguments.
 pub const MAX_ACTION_BYTES: usize = 1 << 20;
-/// Most labels per episode, and the longest label key or value.
-pub const MAX_LABELS: usize = 16;
-/// Longest label key or value.
-pub const MAX_LABEL_BYTES: usize = 256;
 
 /// Wire tool format of a [`ToolFormat`].
 pub fn tool_format_to_proto(format: ToolFormat) -> proto::ToolFormat {
@@ -66,55 +62,107 @@ pub fn episode_id(field: &str, id: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Parses an inline task row.
-pub fn inline_task(field: &str, json: &str) -> Result<Instance, ServiceError> {
+/// Parses an inline task row of at most `max_bytes` (`maxima.task_json_bytes`).
+pub fn inline_task(field: &str, json: &str, max_bytes: usize) -> Result<Instance, ServiceError> {
+    size_at_most(field, json.len(), max_bytes, "task_json_bytes")?;
     let value: Value = serde_json::from_str(json)
         .map_err(|e| ServiceError::invalid(field, format!("not valid json: {e}")))?;
     instance_from_value(value).map_err(|e| ServiceError::invalid(field, e.to_string()))
 }
 
-/// Checks labels.
+/// Checks labels against the server's maxima (`maxima.labels`, `maxima.label_bytes`).
 pub fn labels(
     labels: &std::collections::HashMap<String, String>,
+    maxima: &Maxima,
 ) -> Result<BTreeMap<String, String>, ServiceError> {
-    if labels.len() > MAX_LABELS {
+    if labels.len() > maxima.labels {
         return Err(ServiceError::invalid(
             "labels",
-            format!("at most {MAX_LABELS} labels"),
+            above(labels.len(), maxima.labels, " labels", "labels"),
         ));
     }
     for (key, value) in labels {
-        if key.is_empty() || key.len() > MAX_LABEL_BYTES || value.len() > MAX_LABEL_BYTES {
-            return Err(ServiceError::invalid(
-                "labels",
-                format!(
-                    "keys must be 1..={MAX_LABEL_BYTES} bytes and values at most {MAX_LABEL_BYTES}"
-                ),
-            ));
+        if key.is_empty() {
+            return Err(ServiceError::invalid("labels", "a key is empty"));
+        }
+        for (what, text) in [("key", key), ("value", value)] {
+            if text.len() > maxima.label_bytes {
+                return Err(ServiceError::invalid(
+                    "labels",
+                    format!(
+                        "a {what} of {}",
+                        above(text.len(), maxima.label_bytes, " bytes", "label_bytes")
+                    ),
+                ));
+            }
         }
     }
     Ok(labels.clone().into_iter().collect())
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+/// "`value` is above the server maximum `max` (server config `maxima.key`)", both with `unit` (e.g. " bytes").
+fn above(
+    value: impl std::fmt::Display,
+    max: impl std::fmt::Display,
+    unit: &str,
+    key: &str,
+) -> String {
+    format!("{value}{unit} is above the server maximum {max}{unit} (server config `maxima.{key}`)")
+}
+
+/// A size (bytes) of a request field checked against its maximum.
+fn size_at_most(field: &str, len: usize, max: usize, key: &str) -> Result<(), ServiceError> {
+    if len > max {
+        return Err(ServiceError::invalid(field, above(len, max, " bytes", key)));
+    }
+    Ok(())
+}
+
+/// `value` when it is at least `min` and at most the operator's maximum `max` (`maxima.{key}`).
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
     field: &str,
     value: Option<T>,
     min: T,
     max: T,
+    key: &str,
 ) -> Result<Option<T>, ServiceError> {
-    match value {
-        Some(v) if !(v >= min && v <= max) => Err(ServiceError::invalid(
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    if v > max {
+        return Err(ServiceError::invalid(field, above(v, max, "", key)));
+    }
+    // Incomparable (NaN) is refused too.
+    if !matches!(
+        v.partial_cmp(&min),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    ) {
+        return Err(ServiceError::invalid(
             field,
-            format!("{v} is outside {min}..={max}"),
+            format!("{v} is not a value of at least {min}"),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// A page size: 0 → 100 (or the maximum when lower), at most `maxima.page_size`.
+pub fn page_size(value: u32, max: u32) -> Result<usize, ServiceError> {
+    match value {
+        0 => Ok(100.min(max) as usize),
+        v if v > max => Err(ServiceError::invalid(
+            "page_size",
+            above(v, max, "", "page_size"),
         )),
-        other => Ok(other),
+        v => Ok(v as usize),
     }
 }
 
-/// The episode configuration of a CreateEpisode request: server defaults, then the request's budgets and limits.
+/// The episode configuration of a CreateEpisode request: server defaults, then the request's budgets and limits,
+/// each at most the operator's maximum (`maxima`). Also checks the sizes of `prompt` and `model_json`.
 pub fn episode_config(
     request: &proto::CreateEpisodeRequest,
     defaults: &EpisodeDefaults,
+    maxima: &Maxima,
     trajectory_dir: &std::path::Path,
 ) -> Result<EpisodeConfig, ServiceError> {
     let base = EpisodeConfig::default();
@@ -135,53 +183,101 @@ pub fn episode_config(
     config.sandbox.pids_limit = defaults.pids_limit;
 
     if let Some(budgets) = &request.budgets {
-        if let Some(v) = in_range("budgets.max_turns", budgets.max_turns, 1, 100_000)? {
+        let b = budgets;
+        let m = maxima;
+        if let Some(v) = within(
+            "budgets.max_turns",
+            b.max_turns,
+            1,
+            m.max_turns,
+            "max_turns",
+        )? {
             config.max_turns = v;
         }
-        if let Some(v) = in_range("budgets.context_tokens", budgets.context_tokens, 1, 1 << 32)? {
+        if let Some(v) = within(
+            "budgets.context_tokens",
+            b.context_tokens,
+            1,
+            m.context_tokens,
+            "context_tokens",
+        )? {
             config.context_tokens = v;
         }
-        if let Some(v) = in_range(
+        if let Some(v) = within(
             "budgets.observation_cap_bytes",
-            budgets.observation_cap_bytes,
+            b.observation_cap_bytes,
             64,
-            16 << 20,
+            m.observation_cap_bytes,
+            "observation_cap_bytes",
         )? {
-            config.observation_cap_bytes = v as usize;
+            config.observation_cap_bytes = usize::try_from(v).unwrap_or(usize::MAX);
         }
-        if let Some(v) = in_range(
+        if let Some(v) = within(
             "budgets.wall_clock_secs",
-            budgets.wall_clock_secs,
+            b.wall_clock_secs,
             1,
-            7 * 24 * 3600,
+            m.wall_clock_secs,
+            "wall_clock_secs",
         )? {
             config.wall_clock = Duration::from_secs(v);
         }
     }
     if let Some(limits) = &request.limits {
-        if let Some(v) = in_range(
+        let (l, m) = (limits, maxima);
+        if let Some(v) = within(
             "limits.cmd_timeout_secs",
-            limits.cmd_timeout_secs,
+            l.cmd_timeout_secs,
             1,
-            24 * 3600,
+            m.cmd_timeout_secs,
+            "cmd_timeout_secs",
         )? {
             config.tools.cmd_timeout = Duration::from_secs(v);
         }
-        if let Some(v) = in_range(
+        if let Some(v) = within(
             "limits.memory_bytes",
-            limits.memory_bytes,
+            l.memory_bytes,
             16 << 20,
-            1 << 40,
+            m.memory_bytes,
+            "memory_bytes",
         )? {
             config.sandbox.memory_bytes = v;
         }
-        if let Some(v) = in_range("limits.cpus", limits.cpus, 0.01, 256.0)? {
+        if let Some(v) = within("limits.cpus", l.cpus, 0.01, m.cpus, "cpus")? {
             config.sandbox.nano_cpus = (v * 1e9) as i64;
         }
-        if let Some(v) = in_range("limits.pids_limit", limits.pids_limit, 16, 1 << 22)? {
+        if let Some(v) = within(
+            "limits.pids_limit",
+            l.pids_limit,
+            16,
+            m.pids_limit,
+            "pids_limit",
+        )? {
             config.sandbox.pids_limit = v;
         }
     }
+    if request.prompt.len() > maxima.prompt_messages {
+        return Err(ServiceError::invalid(
+            "prompt",
+            above(
+                request.prompt.len(),
+                maxima.prompt_messages,
+                " messages",
+                "prompt_messages",
+            ),
+        ));
+    }
+    let prompt_bytes: usize = request
+        .prompt
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    size_at_most("prompt", prompt_bytes, maxima.prompt_bytes, "prompt_bytes")?;
+    size_at_most(
+        "model_json",
+        request.model_json.len(),
+        maxima.model_json_bytes,
+        "model_json_bytes",
+    )?;
     Ok(config)
 }
 
@@ -421,14 +517,6 @@ pub fn grade_response(outcome: &crate::grade::GradeOutcome) -> proto::GradeRespo
     }
 }
 
-/// Page size: 0 → 100, at most 1000.
-pub fn page_size(value: u32) -> usize {
-    match value {
-        0 => 100,
-        v => v.min(1000) as usize,
-    }
-}
-
 /// A numeric page token (empty = start).
 pub fn page_token(token: &str) -> Result<Option<u64>, ServiceError> {
     if token.is_empty() {
@@ -463,6 +551,7 @@ mod tests {
     #[test]
     fn budgets_and_limits_override_defaults_within_ranges() {
         let defaults = EpisodeDefaults::default();
+        let maxima = Maxima::default();
         let mut request = proto::CreateEpisodeRequest {
             tool_format: proto::ToolFormat::Json as i32,
             budgets: Some(proto::Budgets {
@@ -475,7 +564,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let config = episode_config(&request, &defaults, std::path::Path::new("t")).unwrap();
+        let config =
+            episode_config(&request, &defaults, &maxima, std::path::Path::new("t")).unwrap();
         assert_eq!(config.max_turns, 5);
         assert_eq!(config.tool_format, ToolFormat::Json);
         assert_eq!(config.sandbox.nano_cpus, 500_000_000);
@@ -485,7 +575,7 @@ mod tests {
             max_turns: Some(0),
             ..Default::default()
         });
-        let error = episode_config(&request, &defaults, std::path::Path::new("t"))
+        let error = episode_config(&request, &defaults, &maxima, std::path::Path::new("t"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("budgets.max_turns"), "{error}");
@@ -494,13 +584,13 @@ mod tests {
             cpus: Some(f64::NAN),
             ..Default::default()
         });
-        let error = episode_config(&request, &defaults, std::path::Path::new("t"))
+        let error = episode_config(&request, &defaults, &maxima, std::path::Path::new("t"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("limits.cpus"), "{error}");
         request.limits = None;
         request.tool_format = 9;
-        assert!(episode_config(&request, &defaults, std::path::Path::new("t")).is_err());
+        assert!(episode_config(&request, &defaults, &maxima, std::path::Path::new("t")).is_err());
     }
 
     #[test]
@@ -532,7 +622,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("page_token"));
-        assert_eq!(page_size(0), 100);
-        assert_eq!(page_size(5000), 1000);
+        assert_eq!(page_size(0, 1000).unwrap(), 100);
+        assert_eq!(page_size(7, 1000).unwrap(), 7);
+        let error = page_size(5000, 1000).unwrap_err().to_string();
+        assert!(error.contains("above the server maximum 1000"), "{error}");
+        assert!(error.contains("maxima.page_size"), "{error}");
     }
 }

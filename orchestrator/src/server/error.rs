@@ -61,8 +61,16 @@ pub enum ServiceError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// The episode's container was removed from outside swe-env (`docker rm -f`): the episode is over.
+    #[error("container {container} was removed outside swe-env; the episode is over (create a new episode)")]
+    SandboxGone {
+        /// The container id.
+        container: String,
+    },
     /// The server is shutting down.
-    #[error("the server is shutting down")]
+    #[error(
+        "the server is shutting down and accepts no new work; retry on another server or after it restarts"
+    )]
     ShuttingDown,
     /// The Docker engine cannot be reached.
     #[error("the server's container engine is unavailable; retry later")]
@@ -120,6 +128,7 @@ impl ServiceError {
         match error {
             SandboxError::EngineUnavailable { .. } => Self::EngineUnavailable,
             SandboxError::ImageNotFound { image } => Self::ImageMissing { image },
+            SandboxError::ContainerGone { container, .. } => Self::SandboxGone { container },
             other => Self::Internal {
                 context,
                 detail: other.to_string(),
@@ -162,9 +171,10 @@ impl ServiceError {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::TaskNotFound { .. } | Self::EpisodeNotFound { .. } => Code::NotFound,
-            Self::EpisodeEnded { .. } | Self::ImageMissing { .. } | Self::Ungradable { .. } => {
-                Code::FailedPrecondition
-            }
+            Self::EpisodeEnded { .. }
+            | Self::ImageMissing { .. }
+            | Self::Ungradable { .. }
+            | Self::SandboxGone { .. } => Code::FailedPrecondition,
             Self::Exhausted { .. } => Code::ResourceExhausted,
             Self::ShuttingDown | Self::EngineUnavailable => Code::Unavailable,
             Self::Unimplemented { .. } => Code::Unimplemented,
@@ -183,6 +193,7 @@ impl From<ServiceError> for Status {
         let retry_after = match &error {
             ServiceError::Exhausted { retry_after, .. } => Some(*retry_after),
             ServiceError::EngineUnavailable => Some(Duration::from_secs(5)),
+            ServiceError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         };
         if let Some(retry_after) = retry_after {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod proto;
+pub mod recover;
 pub mod registry;
 pub mod run;
 pub mod service;
@@ -42,7 +43,7 @@ use self::proto::env_service_server::EnvServiceServer;
 use self::service::EnvServiceImpl;
 use self::state::ServerState;
 use self::tasks::TaskCatalog;
-use crate::sandbox::{collect_garbage, DockerEngine, GcScope, SandboxError};
+use crate::sandbox::{DockerEngine, SandboxError};
 
 /// Timeout of individual Docker API calls made by the server.
 pub const DOCKER_API_TIMEOUT: Duration = Duration::from_secs(120);
@@ -91,6 +92,7 @@ pub struct RunningServer {
     stop_accepting: watch::Sender<bool>,
     listeners: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     reaper: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -106,17 +108,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     })?;
     let engine = DockerEngine::connect(DOCKER_API_TIMEOUT).await?;
-    match collect_garbage(&engine, GcScope::Orphans).await {
-        Ok(report) if !report.removed.is_empty() || !report.failed.is_empty() => {
-            info!(
-                removed = report.removed.len(),
-                failed = report.failed.len(),
-                "reconciled orphaned containers"
-            )
-        }
-        Ok(_) => {}
-        Err(error) => warn!(%error, "orphan reconciliation failed"),
-    }
     let auth = BearerAuth::new(token);
     if !auth.enabled() {
         warn!(
@@ -125,6 +116,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     info!(tasks = tasks.len(), "tasks loaded");
     let state = Arc::new(ServerState::new(config, engine, tasks));
+    // Before serving: orphans of dead owners (a zombie owner is dead) and trajectories of crashed episodes.
+    let mut reconciled = std::collections::HashSet::new();
+    shutdown::reconcile(&state, &mut reconciled).await;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -193,6 +187,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         info!(path = %path.display(), "listening (unix socket)");
     }
     let reaper = tokio::spawn(shutdown::run_reaper(state.clone()));
+    let reconciler = tokio::spawn(shutdown::run_reconciler(state.clone(), reconciled));
     Ok(RunningServer {
         state,
         tcp_addr,
@@ -200,6 +195,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         stop_accepting,
         listeners,
         reaper,
+        reconciler,
         health,
     })
 }
@@ -238,15 +234,19 @@ impl RunningServer {
         self.shutdown(grace).await
     }
 
-    /// Stops accepting, lets calls in flight finish within `grace`, cancels the rest, ends live episodes with
-    /// status `cancelled` (trajectories finished, containers removed) and stops the listeners.
+    /// Turns health NOT_SERVING, refuses new work, lets live episodes Step and Close and calls in flight finish
+    /// within `grace`, cancels the rest, ends live episodes with status `cancelled` (trajectories finished,
+    /// containers removed) and stops the listeners.
     pub async fn shutdown(self, grace: Duration) -> DrainReport {
+        // Health first, so balancers stop routing here; the listeners keep serving during the grace period so
+        // clients can Step and Close their live episodes (new work is refused with UNAVAILABLE).
         self.health
             .set_not_serving::<EnvServiceServer<EnvServiceImpl>>()
             .await;
-        self.stop_accepting.send_replace(true);
         let report = self.state.drain(grace).await;
+        self.stop_accepting.send_replace(true);
         self.reaper.abort();
+        self.reconciler.abort();
         for listener in self.listeners {
             let abort = listener.abort_handle();
             match tokio::time::timeout(LISTENER_CLOSE_TIMEOUT, listener).await {

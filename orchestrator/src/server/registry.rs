@@ -48,8 +48,44 @@ pub struct Summary {
     /// Steps taken.
     pub n_steps: u32,
     /// Last accepted submission.
-    pub submission: Option<String>,
+    pub submission: Option<StoredSubmission>,
 }
+
+/// A submission as the registry keeps it: the patch, shared (listings and clones never copy it), with its size
+/// and SHA-256 computed once.
+#[derive(Debug, Clone)]
+pub struct StoredSubmission {
+    /// The patch.
+    pub patch: Arc<str>,
+    /// Lowercase hex SHA-256 of the patch.
+    pub sha256: String,
+}
+
+impl StoredSubmission {
+    /// Stores `patch` and computes its digest.
+    pub fn new(patch: &str) -> Self {
+        Self {
+            patch: Arc::from(patch),
+            sha256: sha256_hex(patch.as_bytes()),
+        }
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+/// Bytes an ended episode's slot is charged for besides its submission and stored replies (ids, labels, summary).
+const ENDED_SLOT_OVERHEAD_BYTES: usize = 1024;
 
 /// One episode of the registry.
 pub struct EpisodeSlot {
@@ -67,8 +103,8 @@ pub struct EpisodeSlot {
     pub tool_format: ToolFormat,
     /// The trajectory file.
     pub trajectory_path: PathBuf,
-    /// Guarded state; held for the whole of a step.
-    pub state: tokio::sync::Mutex<SlotState>,
+    /// Guarded state; held for the whole of a step (by the step's own task: `lock_owned`).
+    pub state: Arc<tokio::sync::Mutex<SlotState>>,
     summary: Mutex<Summary>,
     last_active_ms: AtomicU64,
     clock: Instant,
@@ -103,6 +139,24 @@ impl EpisodeSlot {
         }
     }
 
+    /// The summary's submission for `patch` (the episode's current one): the stored one when unchanged, so the
+    /// digest is computed once per new submission.
+    pub fn stored_submission(&self, patch: Option<&str>) -> Option<StoredSubmission> {
+        let patch = patch?;
+        match self.summary().submission {
+            Some(stored) if *stored.patch == *patch => Some(stored),
+            _ => Some(StoredSubmission::new(patch)),
+        }
+    }
+
+    /// Bytes the registry charges an ended episode: its submission, `reply_bytes` of stored replies, labels and a
+    /// fixed overhead.
+    fn retained_bytes(&self, reply_bytes: usize) -> usize {
+        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let submission = self.summary().submission.map_or(0, |s| s.patch.len());
+        ENDED_SLOT_OVERHEAD_BYTES + labels + submission + reply_bytes
+    }
+
     /// The episode's public description.
     pub fn info(&self) -> proto::EpisodeInfo {
         let summary = self.summary();
@@ -115,34 +169,76 @@ impl EpisodeSlot {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             n_steps: summary.n_steps,
-            submission: summary.submission.unwrap_or_default(),
+            submission_bytes: summary
+                .submission
+                .as_ref()
+                .map_or(0, |s| s.patch.len() as u64),
+            submission_sha256: summary.submission.map(|s| s.sha256).unwrap_or_default(),
             created_at: self.created_at.clone(),
             idle_ms: self.idle().as_millis() as u64,
             labels: self.labels.clone().into_iter().collect(),
             tool_format: super::convert::tool_format_to_proto(self.tool_format) as i32,
+            // `submission` (deprecated) stays empty: listings carry the size and hash, not the patch.
+            ..Default::default()
         }
     }
+}
+
+/// SHA-256 of what a Step asked for (action and model turn), stored with its reply: a retry must ask for the same.
+pub type RequestDigest = [u8; 32];
+
+/// The request id was used before for a different request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestMismatch;
+
+/// A stored Step reply and the digest of the request it answered.
+struct StoredReply {
+    digest: RequestDigest,
+    reply: proto::StepResponse,
 }
 
 /// Stored Step replies, bounded by total observation bytes.
 #[derive(Default)]
 pub struct ReplyCache {
-    by_id: HashMap<String, proto::StepResponse>,
+    by_id: HashMap<String, StoredReply>,
     order: VecDeque<String>,
     bytes: usize,
 }
 
 impl ReplyCache {
-    /// The stored reply for `request_id`.
+    /// The stored reply for `request_id`, whatever request it answered.
     pub fn get(&self, request_id: &str) -> Option<&proto::StepResponse> {
-        self.by_id.get(request_id)
+        self.by_id.get(request_id).map(|stored| &stored.reply)
     }
 
-    /// Stores a reply, evicting the oldest beyond the byte bound (the newest is always kept).
-    pub fn insert(&mut self, request_id: String, reply: proto::StepResponse) {
+    /// The stored reply for `request_id` if it answered a request with `digest`; [`DigestMismatch`] if it answered
+    /// another request.
+    pub fn lookup(
+        &self,
+        request_id: &str,
+        digest: &RequestDigest,
+    ) -> Result<Option<&proto::StepResponse>, DigestMismatch> {
+        match self.by_id.get(request_id) {
+            Some(stored) if stored.digest == *digest => Ok(Some(&stored.reply)),
+            Some(_) => Err(DigestMismatch),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a reply and the digest of its request, evicting the oldest beyond the byte bound (the newest is
+    /// always kept).
+    pub fn insert(
+        &mut self,
+        request_id: String,
+        digest: RequestDigest,
+        reply: proto::StepResponse,
+    ) {
         self.bytes += reply_bytes(&reply);
-        if let Some(old) = self.by_id.insert(request_id.clone(), reply) {
-            self.bytes = self.bytes.saturating_sub(reply_bytes(&old));
+        if let Some(old) = self
+            .by_id
+            .insert(request_id.clone(), StoredReply { digest, reply })
+        {
+            self.bytes = self.bytes.saturating_sub(reply_bytes(&old.reply));
         } else {
             self.order.push_back(request_id);
         }
@@ -158,6 +254,11 @@ impl ReplyCache {
         }
     }
 
+    /// Bytes charged for the stored replies (observation text plus a fixed overhead each).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Number of stored replies.
     pub fn len(&self) -> usize {
         self.order.len()
@@ -171,7 +272,7 @@ impl ReplyCache {
     fn evict_oldest(&mut self) {
         if let Some(id) = self.order.pop_front() {
             if let Some(old) = self.by_id.remove(&id) {
-                self.bytes = self.bytes.saturating_sub(reply_bytes(&old));
+                self.bytes = self.bytes.saturating_sub(reply_bytes(&old.reply));
             }
         }
     }
@@ -195,26 +296,32 @@ pub struct NewSlot {
     pub live: LiveEpisode,
 }
 
-/// All episodes of the server: live ones, and up to a bound of ended ones.
+/// All episodes of the server: live ones, and ended ones up to a count and a byte budget (oldest forgotten first).
 pub struct Registry {
     inner: Mutex<RegistryInner>,
     max_ended: usize,
+    max_ended_bytes: usize,
     clock: Instant,
 }
 
 #[derive(Default)]
 struct RegistryInner {
     slots: HashMap<String, Arc<EpisodeSlot>>,
-    ended: VecDeque<String>,
+    /// Ended episodes, oldest first, with the bytes each is charged.
+    ended: VecDeque<(String, usize)>,
+    /// Sum of the charged bytes of `ended`.
+    ended_bytes: usize,
     next_seq: u64,
 }
 
 impl Registry {
-    /// An empty registry remembering at most `max_ended` ended episodes.
-    pub fn new(max_ended: usize) -> Self {
+    /// An empty registry remembering at most `max_ended` ended episodes holding at most `max_ended_bytes` bytes
+    /// together (submissions, stored replies, labels; see [`Registry::mark_ended`]).
+    pub fn new(max_ended: usize, max_ended_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(RegistryInner::default()),
             max_ended,
+            max_ended_bytes,
             clock: Instant::now(),
         }
     }
@@ -228,26 +335,45 @@ impl Registry {
     /// Adds a live episode.
     pub fn insert(&self, new: NewSlot) -> Arc<EpisodeSlot> {
         let trajectory_path = new.live.episode.trajectory_path();
+        self.insert_slot(
+            new.id,
+            new.instance_id,
+            new.labels,
+            new.tool_format,
+            trajectory_path,
+            Some(new.live),
+        )
+    }
+
+    fn insert_slot(
+        &self,
+        id: String,
+        instance_id: String,
+        labels: BTreeMap<String, String>,
+        tool_format: ToolFormat,
+        trajectory_path: PathBuf,
+        live: Option<LiveEpisode>,
+    ) -> Arc<EpisodeSlot> {
         let mut inner = self.lock();
         inner.next_seq += 1;
         let slot = Arc::new(EpisodeSlot {
-            id: new.id.clone(),
+            id: id.clone(),
             seq: inner.next_seq,
-            instance_id: new.instance_id,
+            instance_id,
             created_at: crate::trajectory::record::now_rfc3339(),
-            labels: new.labels,
-            tool_format: new.tool_format,
+            labels,
+            tool_format,
             trajectory_path,
-            state: tokio::sync::Mutex::new(SlotState {
-                live: Some(new.live),
+            state: Arc::new(tokio::sync::Mutex::new(SlotState {
+                live,
                 replies: ReplyCache::default(),
-            }),
+            })),
             summary: Mutex::new(Summary::default()),
             last_active_ms: AtomicU64::new(0),
             clock: self.clock,
         });
         slot.touch();
-        inner.slots.insert(new.id, slot.clone());
+        inner.slots.insert(id, slot.clone());
         slot
     }
 
@@ -256,15 +382,35 @@ impl Registry {
         self.lock().slots.get(episode_id).cloned()
     }
 
-    /// Notes that an episode ended; forgets the oldest ended ones beyond the bound.
-    pub fn mark_ended(&self, episode_id: &str) {
+    /// Notes that an episode ended, charging it for its submission, `reply_bytes` of stored replies and its labels;
+    /// forgets the oldest ended ones beyond the count or the byte budget (an episode over the whole budget on its
+    /// own is forgotten at once; its trajectory stays on disk for GetTrajectory / GetSubmission).
+    pub fn mark_ended(&self, episode_id: &str, reply_bytes: usize) {
+        let charged = self
+            .get(episode_id)
+            .map_or(ENDED_SLOT_OVERHEAD_BYTES, |slot| {
+                slot.retained_bytes(reply_bytes)
+            });
         let mut inner = self.lock();
-        inner.ended.push_back(episode_id.to_owned());
-        while inner.ended.len() > self.max_ended {
-            if let Some(old) = inner.ended.pop_front() {
-                inner.slots.remove(&old);
-            }
+        if inner.ended.iter().any(|(id, _)| id == episode_id) {
+            return;
         }
+        inner.ended.push_back((episode_id.to_owned(), charged));
+        inner.ended_bytes += charged;
+        while inner.ended.len() > self.max_ended || inner.ended_bytes > self.max_ended_bytes {
+            let Some((old, bytes)) = inner.ended.pop_front() else {
+                break;
+            };
+            inner.ended_bytes -= bytes;
+            inner.slots.remove(&old);
+            tracing::debug!(episode_id = %old, bytes, "forgetting an ended episode (retention bound)");
+        }
+    }
+
+    /// Ended episodes remembered and the bytes they are charged.
+    pub fn ended_usage(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.ended.len(), inner.ended_bytes)
     }
 
     /// Every slot, newest first.
@@ -289,18 +435,105 @@ mod tests {
         }
     }
 
+    /// An ended episode of `id` with a submission of `patch_bytes` bytes, marked ended with `reply_bytes`.
+    fn end_one(registry: &Registry, id: &str, patch_bytes: usize, reply_bytes: usize) {
+        let slot = registry.insert_slot(
+            id.to_owned(),
+            "task".to_owned(),
+            BTreeMap::new(),
+            ToolFormat::Text,
+            PathBuf::from(format!("/nonexistent/{id}.jsonl")),
+            None,
+        );
+        let patch = "p".repeat(patch_bytes);
+        slot.set_summary(Summary {
+            status: Some(EpisodeStatus::Submitted),
+            n_steps: 1,
+            submission: slot.stored_submission(Some(&patch)),
+        });
+        registry.mark_ended(id, reply_bytes);
+    }
+
+    #[test]
+    fn ended_episodes_are_bounded_in_bytes_oldest_forgotten_first() {
+        let per_episode = 3000 + ENDED_SLOT_OVERHEAD_BYTES;
+        let registry = Registry::new(100, 2 * per_episode + 500);
+        end_one(&registry, "a", 3000, 0);
+        end_one(&registry, "b", 3000, 0);
+        assert_eq!(registry.ended_usage(), (2, 2 * per_episode));
+        end_one(&registry, "c", 3000, 0);
+        assert!(registry.get("a").is_none(), "the oldest is forgotten");
+        assert!(registry.get("b").is_some() && registry.get("c").is_some());
+        assert_eq!(registry.ended_usage(), (2, 2 * per_episode));
+
+        // Stored replies count too: a big reply store pushes out two older episodes.
+        end_one(&registry, "d", 0, 3000 + per_episode);
+        assert!(registry.get("b").is_none() && registry.get("c").is_none());
+        assert!(registry.get("d").is_some());
+        assert_eq!(
+            registry.ended_usage(),
+            (1, 3000 + per_episode + ENDED_SLOT_OVERHEAD_BYTES)
+        );
+
+        // One episode over the whole budget is not kept at all; the count bound still applies on its own.
+        end_one(&registry, "huge", 3 * per_episode, 0);
+        assert!(registry.get("huge").is_none() && registry.get("d").is_none());
+        assert_eq!(registry.ended_usage(), (0, 0));
+        let by_count = Registry::new(2, usize::MAX);
+        for id in ["x", "y", "z"] {
+            end_one(&by_count, id, 10, 0);
+        }
+        assert!(by_count.get("x").is_none() && by_count.get("z").is_some());
+        assert_eq!(by_count.ended_usage().0, 2);
+    }
+
+    #[test]
+    fn info_carries_the_submission_size_and_hash_not_the_patch() {
+        let registry = Registry::new(10, usize::MAX);
+        end_one(&registry, "e", 0, 0);
+        let slot = registry.get("e").unwrap();
+        slot.set_summary(Summary {
+            status: Some(EpisodeStatus::Submitted),
+            n_steps: 1,
+            submission: slot.stored_submission(Some("abc")),
+        });
+        let info = slot.info();
+        assert_eq!(info.submission_bytes, 3);
+        assert_eq!(
+            info.submission_sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        #[allow(deprecated)]
+        let patch_field = info.submission;
+        assert_eq!(patch_field, "", "the deprecated patch field stays empty");
+        let same = slot.stored_submission(Some("abc")).unwrap();
+        assert!(Arc::ptr_eq(
+            &same.patch,
+            &slot.summary().submission.unwrap().patch
+        ));
+    }
+
     #[test]
     fn reply_cache_is_bounded_and_keeps_the_newest() {
         let mut cache = ReplyCache::default();
-        cache.insert("a".into(), reply(10));
-        cache.insert("b".into(), reply(REPLY_CACHE_BYTES));
+        cache.insert("a".into(), [0; 32], reply(10));
+        cache.insert("b".into(), [0; 32], reply(REPLY_CACHE_BYTES));
         assert!(cache.get("a").is_none(), "oldest evicted beyond the bound");
         assert!(cache.get("b").is_some(), "newest always kept");
         for i in 0..20 {
-            cache.insert(format!("r{i}"), reply(1));
+            cache.insert(format!("r{i}"), [0; 32], reply(1));
         }
         cache.keep_newest(REPLIES_KEPT_AFTER_END);
         assert_eq!(cache.len(), REPLIES_KEPT_AFTER_END);
         assert!(cache.get("r19").is_some() && cache.get("r11").is_none());
+    }
+
+    #[test]
+    fn a_stored_reply_answers_only_the_request_it_was_for() {
+        let mut cache = ReplyCache::default();
+        assert_eq!(cache.lookup("r", &[1; 32]), Ok(None));
+        cache.insert("r".into(), [1; 32], reply(3));
+        assert_eq!(cache.lookup("r", &[1; 32]), Ok(Some(&reply(3))));
+        assert_eq!(cache.lookup("r", &[2; 32]), Err(DigestMismatch));
     }
 }

@@ -1,15 +1,18 @@
-//! Server-driven episodes (RunEpisode): the server starts an episode, runs the model agent loop against the
-//! client's OpenAI-compatible endpoint, streams each recorded step, grades when asked, and ends the episode. The
+//! Server-driven episodes (RunEpisode): the server starts an episode, runs the model agent loop against an
+//! OpenAI-compatible endpoint (one the operator configured, by name; a client URL only when allowed, never with a
+//! key), streams each recorded step, grades when asked, and ends the episode. The
 //! episode lives in the registry like any other (listed, cancelled by a drain); its slot stays locked while the
 //! loop runs, so client Steps on it wait and then find it ended.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use swe_env_model::{ClientConfig, ModelClient};
 use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::warn;
 
+use super::config::{Maxima, ModelEndpointConfig, ServerConfig};
 use super::convert;
 use super::error::ServiceError;
 use super::proto;
@@ -28,21 +31,58 @@ const EVENT_BUFFER: usize = 64;
 /// A stream of RunEpisode events.
 pub type EventReceiver = mpsc::Receiver<Result<proto::RunEpisodeEvent, Status>>;
 
+/// Model clients of the operator's endpoints, shared by every RunEpisode so that an endpoint's `concurrency` holds
+/// across episodes; made on first use, one per (endpoint, model).
+#[derive(Debug, Default)]
+pub struct ModelClients {
+    clients: Mutex<HashMap<(String, String), Arc<ModelClient>>>,
+}
+
+impl ModelClients {
+    /// The shared client of configured endpoint `name` for `model`.
+    fn get(
+        &self,
+        name: &str,
+        endpoint: &ModelEndpointConfig,
+        model: &str,
+    ) -> Result<Arc<ModelClient>, ServiceError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (name.to_owned(), model.to_owned());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut config = ClientConfig::new(endpoint.base_url.trim(), model);
+        // The key of this endpoint, for this endpoint only.
+        config.api_key_env = endpoint.api_key_env.clone();
+        config.max_in_flight_per_endpoint = endpoint.concurrency;
+        let client = ModelClient::new(config).map_err(|e| ServiceError::Internal {
+            context: "building the model client of a configured endpoint",
+            detail: format!("endpoint `{name}`: {e}"),
+        })?;
+        let client = Arc::new(client);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
 /// Validates the request, starts the episode and spawns the loop; the first event (`started`) is already queued.
 pub async fn run_episode(
     state: Arc<ServerState>,
     request: proto::RunEpisodeRequest,
 ) -> Result<EventReceiver, ServiceError> {
-    let inflight = state.enter()?;
+    let inflight = state.admit_new()?;
     let create = request
         .episode
         .ok_or_else(|| ServiceError::invalid("episode", "required"))?;
     let endpoint = request
         .model
         .ok_or_else(|| ServiceError::invalid("model", "required"))?;
-    let (agent, client_config) = agent_config(&endpoint, state.config.model_api_key_env.clone())?;
-    let client = ModelClient::new(client_config.clone())
-        .map_err(|e| ServiceError::invalid("model", e.to_string()))?;
+    let agent = agent_config(&endpoint, &state.config.maxima)?;
+    let client = model_client(&state, &endpoint)?;
+    let client_config = client.config().clone();
     let mut plan = state.plan_episode(&create)?;
     plan.config.tool_format = agent.mode.tool_format();
     plan.info = start_info_for(&plan.instance, &agent, &plan.config).map_err(|e| {
@@ -64,12 +104,86 @@ pub async fn run_episode(
     Ok(receiver)
 }
 
-/// The agent configuration and model client of an endpoint, validated.
-fn agent_config(
+/// The names of the configured endpoints, for error messages.
+fn endpoint_names(config: &ServerConfig) -> String {
+    if config.model_endpoints.is_empty() {
+        return "none configured".to_owned();
+    }
+    config
+        .model_endpoints
+        .keys()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The model client of a request: a configured endpoint by name (its key goes to it and nowhere else), or — only
+/// when the operator allows client URLs — the client's URL, with no key.
+fn model_client(
+    state: &ServerState,
     endpoint: &proto::ModelEndpoint,
-    api_key_env: Option<String>,
-) -> Result<(ModelAgentConfig, ClientConfig), ServiceError> {
+) -> Result<Arc<ModelClient>, ServiceError> {
+    let config = &state.config;
+    let name = endpoint.endpoint.trim();
     let url = endpoint.base_url.trim();
+    if !name.is_empty() && !url.is_empty() {
+        return Err(ServiceError::invalid(
+            "model.base_url",
+            "set either `endpoint` (a server endpoint by name) or `base_url`, not both",
+        ));
+    }
+    if !name.is_empty() {
+        let Some(configured) = config.model_endpoints.get(name) else {
+            return Err(ServiceError::invalid(
+                "model.endpoint",
+                format!(
+                    "unknown endpoint `{name}`; this server's endpoints: {}",
+                    endpoint_names(config)
+                ),
+            ));
+        };
+        let model = match (endpoint.model.as_str(), configured.models.first()) {
+            ("", Some(first)) => first.clone(),
+            ("", None) => {
+                return Err(ServiceError::invalid(
+                    "model.model",
+                    format!("required: endpoint `{name}` serves any model name, so name one"),
+                ))
+            }
+            (model, _) => {
+                if !configured.models.is_empty() && !configured.models.iter().any(|m| m == model) {
+                    return Err(ServiceError::invalid(
+                        "model.model",
+                        format!(
+                            "`{model}` is not allowed on endpoint `{name}`; allowed: {}",
+                            configured.models.join(", ")
+                        ),
+                    ));
+                }
+                model.to_owned()
+            }
+        };
+        return state.model_clients.get(name, configured, &model);
+    }
+    if url.is_empty() {
+        return Err(ServiceError::invalid(
+            "model.endpoint",
+            format!(
+                "required: name one of this server's endpoints ({})",
+                endpoint_names(config)
+            ),
+        ));
+    }
+    if !config.allow_client_base_urls {
+        return Err(ServiceError::invalid(
+            "model.base_url",
+            format!(
+                "this server does not call client-chosen URLs; name one of its endpoints in `model.endpoint` \
+                 ({}), or ask its operator to set `allow_client_base_urls: true`",
+                endpoint_names(config)
+            ),
+        ));
+    }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ServiceError::invalid(
             "model.base_url",
@@ -79,6 +193,17 @@ fn agent_config(
     if endpoint.model.is_empty() {
         return Err(ServiceError::invalid("model.model", "required"));
     }
+    // A client URL never gets a key (`api_key_env` stays unset).
+    let client = ModelClient::new(ClientConfig::new(url, endpoint.model.clone()))
+        .map_err(|e| ServiceError::invalid("model", e.to_string()))?;
+    Ok(Arc::new(client))
+}
+
+/// The agent configuration of an endpoint's mode and sampling, validated.
+fn agent_config(
+    endpoint: &proto::ModelEndpoint,
+    maxima: &Maxima,
+) -> Result<ModelAgentConfig, ServiceError> {
     let mut agent = ModelAgentConfig::default();
     if !endpoint.mode.is_empty() {
         agent.mode = ApiMode::from_name(&endpoint.mode).ok_or_else(|| {
@@ -101,14 +226,21 @@ fn agent_config(
                 "must be at least 1",
             ));
         }
+        if max_tokens > maxima.model_max_tokens {
+            return Err(ServiceError::invalid(
+                "model.max_tokens",
+                format!(
+                    "{max_tokens} is above the server maximum {} (server config `maxima.model_max_tokens`)",
+                    maxima.model_max_tokens
+                ),
+            ));
+        }
         agent.sampling.max_tokens = Some(max_tokens);
     }
     agent
         .validate()
         .map_err(|e| ServiceError::invalid("model", e.to_string()))?;
-    let mut client = ClientConfig::new(url, endpoint.model.clone());
-    client.api_key_env = api_key_env;
-    Ok((agent, client))
+    Ok(agent)
 }
 
 fn event(event: Event) -> proto::RunEpisodeEvent {
@@ -119,7 +251,7 @@ fn event(event: Event) -> proto::RunEpisodeEvent {
 async fn drive(
     state: Arc<ServerState>,
     slot: Arc<EpisodeSlot>,
-    client: ModelClient,
+    client: Arc<ModelClient>,
     agent: ModelAgentConfig,
     grade: bool,
     events: mpsc::Sender<Result<proto::RunEpisodeEvent, Status>>,

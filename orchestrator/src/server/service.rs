@@ -122,6 +122,35 @@ impl EnvService for EnvServiceImpl {
         Ok(Response::new(self.state.list_episodes(request.get_ref())?))
     }
 
+    async fn get_submission(
+        &self,
+        request: Request<proto::GetSubmissionRequest>,
+    ) -> Result<Response<proto::GetSubmissionResponse>, Status> {
+        let episode_id = request.into_inner().episode_id;
+        convert::episode_id("episode_id", &episode_id)?;
+        // A remembered episode answers from memory (the patch is shared, not copied); an episode the server no
+        // longer remembers (or from a previous run) answers from its trajectory's `episode_end`.
+        let submission = match self.state.registry.get(&episode_id) {
+            Some(slot) => slot.summary().submission,
+            None => self
+                .state
+                .trajectory(&episode_id)
+                .await?
+                .end
+                .and_then(|end| end.submission)
+                .map(|patch| super::registry::StoredSubmission::new(&patch)),
+        };
+        let reply = match submission {
+            Some(stored) => proto::GetSubmissionResponse {
+                submission_bytes: stored.patch.len() as u64,
+                submission: stored.patch.to_string(),
+                submission_sha256: stored.sha256,
+            },
+            None => proto::GetSubmissionResponse::default(),
+        };
+        Ok(Response::new(reply))
+    }
+
     type RunEpisodeStream = EventStream;
 
     async fn run_episode(

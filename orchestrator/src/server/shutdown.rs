@@ -1,5 +1,7 @@
-//! Termination signals and the idle reaper: the two background concerns of a running server.
+//! Termination signals, the idle reaper and the periodic reconcile: the background concerns of a running server.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use super::state::ServerState;
+use crate::sandbox::{collect_garbage, GcScope};
 
 /// Which signal asked the server to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,55 @@ pub async fn run_reaper(state: Arc<ServerState>) {
         if reaped > 0 {
             info!(reaped, "ended idle episodes");
         }
+    }
+}
+
+/// One reconcile pass: removes orphaned containers of dead owners (and expired ones), retries removals of this
+/// server's containers that failed, and closes the trajectories of crashed episodes (`done`: files known to need
+/// nothing more).
+pub async fn reconcile(state: &ServerState, done: &mut HashSet<PathBuf>) {
+    match collect_garbage(&state.engine, GcScope::Orphans).await {
+        Ok(report) if !report.removed.is_empty() || !report.failed.is_empty() => info!(
+            removed = report.removed.len(),
+            failed = report.failed.len(),
+            "reconciled orphaned containers"
+        ),
+        Ok(_) => {}
+        Err(error) => warn!(%error, "orphan reconciliation failed"),
+    }
+    let retried = state.retry_failed_removals().await;
+    if retried > 0 {
+        info!(retried, "removed containers whose first removal failed");
+    }
+    let closed = super::recover::close_crashed_trajectories(
+        &state.config.trajectory_dir,
+        state.engine.owner(),
+        |episode_id| {
+            state
+                .registry
+                .get(episode_id)
+                .is_some_and(|slot| slot.summary().status.is_none())
+        },
+        done,
+    )
+    .await;
+    if !closed.closed.is_empty() {
+        info!(
+            closed = closed.closed.len(),
+            "closed trajectories of crashed episodes"
+        );
+    }
+}
+
+/// Runs [`reconcile`] every `reconcile_interval` until the server drains.
+pub async fn run_reconciler(state: Arc<ServerState>, mut done: HashSet<PathBuf>) {
+    let period = state.config.reconcile_interval();
+    loop {
+        tokio::time::sleep(period).await;
+        if state.is_draining() {
+            return;
+        }
+        reconcile(&state, &mut done).await;
     }
 }
 

@@ -1,16 +1,19 @@
 //! What the service does, independent of the wire: create, step, close, grade, reap idle episodes, and drain at
 //! shutdown. The gRPC handlers in `service` only translate to and from this.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use prost::Message;
 use serde_json::Value;
 use swe_env_grading::dataset::Instance;
 use swe_env_tools::{openai_tools, tool_specs_text};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{watch, OwnedMutexGuard};
+use tracing::{error, info, warn, Instrument};
 
 use super::admission::Admission;
 use super::config::ServerConfig;
@@ -18,10 +21,13 @@ use super::convert;
 use super::error::ServiceError;
 use super::proto;
 use super::registry::{
-    EpisodeSlot, LiveEpisode, NewSlot, Registry, SlotState, Summary, REPLIES_KEPT_AFTER_END,
+    DigestMismatch, EpisodeSlot, LiveEpisode, NewSlot, Registry, RequestDigest, SlotState, Summary,
+    REPLIES_KEPT_AFTER_END,
 };
 use super::tasks::TaskCatalog;
-use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, ToolFormat};
+use crate::episode::{
+    Action, EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, StepMeta, ToolFormat,
+};
 use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
 use crate::sandbox::{DockerEngine, SandboxError};
 use crate::task::{image_for, REPO_DIR};
@@ -39,6 +45,8 @@ pub struct ServerState {
     pub registry: Registry,
     /// Admission limits.
     pub admission: Admission,
+    /// Model clients of the configured endpoints (RunEpisode).
+    pub model_clients: super::run::ModelClients,
     grade_config: GradeConfig,
     draining: AtomicBool,
     inflight: Arc<AtomicUsize>,
@@ -75,13 +83,17 @@ impl ServerState {
             Duration::from_millis(config.start_queue_ms),
         );
         let grade_config = config.grade_config();
-        let registry = Registry::new(config.max_ended_remembered);
+        let registry = Registry::new(
+            config.max_ended_remembered,
+            config.memory.max_ended_remembered_bytes,
+        );
         Self {
             config,
             engine,
             tasks,
             registry,
             admission,
+            model_clients: super::run::ModelClients::default(),
             grade_config,
             draining: AtomicBool::new(false),
             inflight: Arc::new(AtomicUsize::new(0)),
@@ -89,10 +101,21 @@ impl ServerState {
         }
     }
 
-    /// Registers a call in flight; refused once draining.
+    /// Registers a call on existing work (a Step of a live episode) in flight. Accepted during the drain's grace
+    /// period, so clients can finish their episodes; refused once the grace period is over.
     pub fn enter(&self) -> Result<InflightGuard, ServiceError> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = InflightGuard(self.inflight.clone());
+        if *self.cancel.borrow() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    /// Registers a call that starts new work (CreateEpisode, RunEpisode, Grade) in flight; refused as soon as the
+    /// server drains (UNAVAILABLE with a retry hint: another server, or this one after its restart).
+    pub fn admit_new(&self) -> Result<InflightGuard, ServiceError> {
+        let guard = self.enter()?;
         if self.draining.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown);
         }
@@ -118,7 +141,9 @@ impl ServerState {
                         task_id: id.to_owned(),
                     })?
             }
-            (None, Some(json)) => convert::inline_task("task_json", json)?,
+            (None, Some(json)) => {
+                convert::inline_task("task_json", json, self.config.maxima.task_json_bytes)?
+            }
             (None, None) => {
                 return Err(ServiceError::invalid(
                     "task",
@@ -140,7 +165,7 @@ impl ServerState {
         &self,
         request: proto::CreateEpisodeRequest,
     ) -> Result<proto::CreateEpisodeResponse, ServiceError> {
-        let _inflight = self.enter()?;
+        let _inflight = self.admit_new()?;
         let plan = self.plan_episode(&request)?;
         let (_slot, reply) = self.launch_episode(plan).await?;
         Ok(reply)
@@ -158,9 +183,14 @@ impl ServerState {
             None => (None, None),
         };
         let instance = self.resolve_task(task_id, task_json, &request.image)?;
-        let config =
-            convert::episode_config(request, &self.config.episode, &self.config.trajectory_dir)?;
-        let labels = convert::labels(&request.labels)?;
+        let mut config = convert::episode_config(
+            request,
+            &self.config.episode,
+            &self.config.maxima,
+            &self.config.trajectory_dir,
+        )?;
+        self.config.memory.apply(&mut config.tools);
+        let labels = convert::labels(&request.labels, &self.config.maxima)?;
         let model = if request.model_json.is_empty() {
             None
         } else {
@@ -319,25 +349,39 @@ impl ServerState {
             })
     }
 
-    /// Runs one step (idempotent by request id).
+    /// Runs one step (idempotent by request id). Once accepted (valid, episode live, request id new) the step runs
+    /// in its own task: a client that gives up (deadline, cancel, dropped connection) does not stop it, and its
+    /// reply is stored under the request id for the retry. A retry arriving while the step runs waits for it (the
+    /// slot's lock) and gets the stored reply; the same request id with another action or model turn is refused.
     pub async fn step(
-        &self,
+        self: &Arc<Self>,
         request: proto::StepRequest,
     ) -> Result<proto::StepResponse, ServiceError> {
         // Validate the whole request before looking anything up.
         convert::episode_id("episode_id", &request.episode_id)?;
         let (action, meta) = convert::step_action(&request)?;
+        let digest = request_digest(&request);
         let slot = self.slot(&request.episode_id)?;
-        let _inflight = self.enter()?;
-        let mut state = slot.state.lock().await;
+        let inflight = self.enter()?;
+        let state = slot.state.clone().lock_owned().await;
         if !request.request_id.is_empty() {
-            if let Some(stored) = state.replies.get(&request.request_id) {
-                let mut replay = stored.clone();
-                replay.replayed = true;
-                return Ok(replay);
+            match state.replies.lookup(&request.request_id, &digest) {
+                Ok(Some(stored)) => {
+                    let mut replay = stored.clone();
+                    replay.replayed = true;
+                    return Ok(replay);
+                }
+                Ok(None) => {}
+                Err(DigestMismatch) => {
+                    return Err(ServiceError::invalid(
+                        "request_id",
+                        "already used for a Step with another action or model turn; use a new request_id \
+                         for a new action, and resend exactly the same request to retry",
+                    ))
+                }
             }
         }
-        let Some(live) = state.live.as_mut() else {
+        if state.live.is_none() {
             return Err(ServiceError::EpisodeEnded {
                 episode_id: slot.id.clone(),
                 status: slot
@@ -345,6 +389,98 @@ impl ServerState {
                     .status
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_else(|| "closed".to_owned()),
+            });
+        }
+        // Accepted: from here on the step belongs to its task, which owns the slot's lock until it is recorded.
+        let this = Arc::clone(self);
+        let task_slot = Arc::clone(&slot);
+        let task = async move {
+            let _inflight = inflight;
+            this.run_step(task_slot, state, request, digest, action, meta)
+                .await
+        };
+        match tokio::spawn(task.instrument(tracing::Span::current())).await {
+            Ok(result) => result,
+            Err(join_error) => {
+                // `run_step` catches panics of the step itself; this is a panic while ending the episode, or the
+                // runtime shutting down.
+                let detail = format!("the step task failed: {join_error}");
+                error!(episode_id = %slot.id, %detail, "step task failed");
+                self.end_after_panic(&slot, &detail).await;
+                Err(ServiceError::Internal {
+                    context: "stepping",
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// The accepted step, in its own task: runs it with the slot locked, ends the episode as `sandbox_error` if it
+    /// panics, and stores a successful reply under the request id.
+    async fn run_step(
+        self: Arc<Self>,
+        slot: Arc<EpisodeSlot>,
+        mut state: OwnedMutexGuard<SlotState>,
+        request: proto::StepRequest,
+        digest: RequestDigest,
+        action: Action,
+        meta: StepMeta,
+    ) -> Result<proto::StepResponse, ServiceError> {
+        let stepped = AssertUnwindSafe(self.step_locked(&slot, &mut state, &request, action, meta))
+            .catch_unwind()
+            .await;
+        let result = match stepped {
+            Ok(result) => result,
+            Err(panic) => {
+                let detail = format!("the step panicked: {}", panic_message(panic.as_ref()));
+                error!(episode_id = %slot.id, %detail, "step panicked; ending the episode");
+                let mut end = EndInfo::status(EpisodeStatus::SandboxError);
+                end.detail = Some(format!("internal error: {detail}"));
+                self.finish_locked(&slot, &mut state, end).await;
+                Err(ServiceError::Internal {
+                    context: "stepping",
+                    detail,
+                })
+            }
+        };
+        if let Ok(reply) = &result {
+            if !request.request_id.is_empty() {
+                state
+                    .replies
+                    .insert(request.request_id.clone(), digest, reply.clone());
+            }
+        }
+        result
+    }
+
+    /// Ends an episode whose step task died outside [`Self::run_step`]'s own panic handling.
+    async fn end_after_panic(&self, slot: &EpisodeSlot, detail: &str) {
+        let mut state = slot.state.lock().await;
+        if state.live.is_some() {
+            let mut end = EndInfo::status(EpisodeStatus::SandboxError);
+            end.detail = Some(format!("internal error: {detail}"));
+            self.finish_locked(slot, &mut state, end).await;
+        } else if slot.summary().status.is_none() {
+            // The episode was taken out of its slot by an ending that did not complete.
+            let mut summary = slot.summary();
+            summary.status = Some(EpisodeStatus::SandboxError);
+            slot.set_summary(summary);
+        }
+    }
+
+    /// One step on the locked, live slot.
+    async fn step_locked(
+        &self,
+        slot: &EpisodeSlot,
+        state: &mut SlotState,
+        request: &proto::StepRequest,
+        action: Action,
+        meta: StepMeta,
+    ) -> Result<proto::StepResponse, ServiceError> {
+        let Some(live) = state.live.as_mut() else {
+            return Err(ServiceError::EpisodeEnded {
+                episode_id: slot.id.clone(),
+                status: "closed".to_owned(),
             });
         };
         slot.touch();
@@ -355,6 +491,8 @@ impl ServerState {
         {
             live.episode.set_context_tokens_used(tokens);
         }
+        // Only a server shutdown past its grace period interrupts a step; the interrupted step is neither recorded
+        // nor counted (`Episode::step` counts a step once recorded) and the drain ends the episode `cancelled`.
         let mut cancel = self.cancel.subscribe();
         let result = tokio::select! {
             result = live.episode.step(action, meta) => result,
@@ -374,7 +512,7 @@ impl ServerState {
                 warn!(episode_id = %slot.id, %error, "step failed; ending the episode");
                 let mut end = EndInfo::status(EpisodeStatus::SandboxError);
                 end.detail = Some(error.to_string());
-                self.finish_locked(&slot, &mut state, end).await;
+                self.finish_locked(slot, state, end).await;
                 return Err(ServiceError::from_episode("stepping", error));
             }
         };
@@ -402,7 +540,7 @@ impl ServerState {
         slot.set_summary(Summary {
             status: None,
             n_steps: live.episode.n_steps(),
-            submission: live.episode.submission().map(str::to_owned),
+            submission: slot.stored_submission(live.episode.submission()),
         });
         let end_status = outcome
             .end_status
@@ -413,37 +551,42 @@ impl ServerState {
             reply.end_status = status.as_str().to_owned();
             let mut end = EndInfo::status(status);
             end.detail = grading_failed;
-            self.finish_locked(&slot, &mut state, end).await;
-        }
-        if !request.request_id.is_empty() {
-            state
-                .replies
-                .insert(request.request_id.clone(), reply.clone());
+            self.finish_locked(slot, state, end).await;
         }
         Ok(reply)
     }
 
-    /// Ends a live episode whose state is locked: writes `episode_end`, removes the container, frees the slot.
-    pub async fn finish_locked(&self, slot: &EpisodeSlot, state: &mut SlotState, mut end: EndInfo) {
-        let Some(mut live) = state.live.take() else {
-            return;
-        };
+    /// Ends a live episode whose state is locked: writes `episode_end`, removes the container (returning only once
+    /// Docker confirmed it, after retries), frees the slot. Returns the failure, if any: a container whose removal
+    /// failed is retried by the periodic reconcile ([`Self::retry_failed_removals`]).
+    pub async fn finish_locked(
+        &self,
+        slot: &EpisodeSlot,
+        state: &mut SlotState,
+        mut end: EndInfo,
+    ) -> Option<EpisodeError> {
+        let mut live = state.live.take()?;
         if let Some((rewards, report)) = live.graded.take() {
             end.rewards = end.rewards.or(Some(rewards));
             end.grading = end.grading.or(Some(report));
         }
         let status = end.status;
-        if let Err(error) = live.episode.finish(end).await {
-            warn!(episode_id = %slot.id, %error, "ending the episode failed");
-        }
+        let failure = match live.episode.finish(end).await {
+            Ok(_) => None,
+            Err(error) => {
+                warn!(episode_id = %slot.id, %error, "ending the episode failed");
+                Some(error)
+            }
+        };
         slot.set_summary(Summary {
             status: Some(live.episode.ended().unwrap_or(status)),
             n_steps: live.episode.n_steps(),
-            submission: live.episode.submission().map(str::to_owned),
+            submission: slot.stored_submission(live.episode.submission()),
         });
         state.replies.keep_newest(REPLIES_KEPT_AFTER_END);
-        self.registry.mark_ended(&slot.id);
+        self.registry.mark_ended(&slot.id, state.replies.bytes());
         drop(live);
+        failure
     }
 
     /// Closes an episode (idempotent).
@@ -461,7 +604,16 @@ impl ServerState {
             };
             let mut end = EndInfo::status(status);
             end.final_answer = Some(request.final_answer).filter(|a| !a.is_empty());
-            self.finish_locked(&slot, &mut state, end).await;
+            // OK only once Docker confirmed the container gone.
+            if let Some(EpisodeError::Sandbox(error)) =
+                self.finish_locked(&slot, &mut state, end).await
+            {
+                return Err(ServiceError::Internal {
+                    context: "removing the episode's container (the episode has ended; the server retries the \
+                              removal in the background)",
+                    detail: error.to_string(),
+                });
+            }
         }
         drop(state);
         Ok(slot.info())
@@ -472,7 +624,7 @@ impl ServerState {
         &self,
         request: &proto::ListEpisodesRequest,
     ) -> Result<proto::ListEpisodesResponse, ServiceError> {
-        let size = convert::page_size(request.page_size);
+        let size = convert::page_size(request.page_size, self.config.maxima.page_size)?;
         let before = convert::page_token(&request.page_token)?;
         let mut matching = self
             .registry
@@ -496,7 +648,7 @@ impl ServerState {
         &self,
         request: &proto::ListTasksRequest,
     ) -> Result<proto::ListTasksResponse, ServiceError> {
-        let size = convert::page_size(request.page_size);
+        let size = convert::page_size(request.page_size, self.config.maxima.page_size)?;
         let offset = convert::page_token(&request.page_token)?.unwrap_or(0) as usize;
         let matching: Vec<_> = self
             .tasks
@@ -547,7 +699,7 @@ impl ServerState {
 
     /// Grades a patch in a fresh container.
     pub async fn grade(&self, request: proto::GradeRequest) -> Result<GradeOutcome, ServiceError> {
-        let _inflight = self.enter()?;
+        let _inflight = self.admit_new()?;
         use proto::grade_request::Task;
         let (task_id, task_json) = match &request.task {
             Some(Task::TaskId(id)) => (Some(id.as_str()), None),
@@ -604,13 +756,28 @@ impl ServerState {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Stops admitting calls, lets calls in flight finish within `grace`, cancels the rest, ends every live
-    /// episode with status `cancelled`, and removes any container of this process still present.
+    /// Stops admitting new work (CreateEpisode, RunEpisode, Grade), lets live episodes Step and Close and calls in
+    /// flight finish within `grace` (ending early once nothing is live or in flight), cancels the rest, ends every
+    /// live episode with status `cancelled`, and removes any container of this process still present.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let mut report = DrainReport::default();
         self.draining.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
-        while self.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        // New work is refused from now on; live episodes may still Step and Close until the grace period ends. The
+        // drain ends early once nothing is in flight and no live episode has been used for `quiet` (clients that
+        // are still working keep the server up to the full grace).
+        let quiet = grace.min(DRAIN_QUIET);
+        let started = Instant::now();
+        let clients_active = || {
+            self.registry
+                .snapshot()
+                .iter()
+                .filter(|slot| slot.summary().status.is_none())
+                .any(|slot| started.elapsed() < quiet || slot.idle() < quiet)
+        };
+        while (self.inflight.load(Ordering::SeqCst) > 0 || clients_active())
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         report.cancelled_calls = self.inflight.load(Ordering::SeqCst);
@@ -630,7 +797,8 @@ impl ServerState {
         let finishes = live.iter().map(|slot| async move {
             let mut state = slot.state.lock().await;
             let was_live = state.live.is_some();
-            self.finish_locked(slot, &mut state, cancelled_end("server shutdown"))
+            let _ = self
+                .finish_locked(slot, &mut state, cancelled_end("server shutdown"))
                 .await;
             was_live
         });
@@ -641,6 +809,45 @@ impl ServerState {
             .count();
         report.containers_swept = self.sweep_own_containers().await;
         report
+    }
+
+    /// Removes again the containers of this process whose episode has ended here but whose removal failed (the
+    /// engine gave up under load); returns how many were removed. Containers of episodes still starting or live, and
+    /// grading containers, are left alone.
+    pub async fn retry_failed_removals(&self) -> usize {
+        let containers = match self.engine.labelled_containers().await {
+            Ok(containers) => containers,
+            Err(error) => {
+                warn!(%error, "listing containers for the removal retry failed");
+                return 0;
+            }
+        };
+        let me = self.engine.owner();
+        let ended = |episode: &str| {
+            self.registry
+                .get(episode)
+                .is_some_and(|slot| slot.summary().status.is_some())
+        };
+        let retries = containers
+            .iter()
+            .filter(|c| c.owner.as_ref() == Some(me) && ended(&c.episode))
+            .map(|container| async move {
+                match self.engine.remove_container(&container.id).await {
+                    Ok(()) => {
+                        info!(container = %container.id, episode_id = %container.episode, "removed the container of an ended episode on retry");
+                        true
+                    }
+                    Err(error) => {
+                        warn!(container = %container.id, episode_id = %container.episode, %error, "removing the container of an ended episode failed again; retrying at the next reconcile");
+                        false
+                    }
+                }
+            });
+        futures_util::future::join_all(retries)
+            .await
+            .into_iter()
+            .filter(|removed| *removed)
+            .count()
     }
 
     /// Removes every container labelled with this process as owner; returns how many.
@@ -669,6 +876,10 @@ impl ServerState {
     }
 }
 
+/// During a drain, live episodes unused for this long (and at least this long after the stop signal) no longer hold
+/// the server up until the end of the grace period.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
 /// Everything needed to start an episode, validated.
 pub struct EpisodePlan {
     /// The task (with any image override applied).
@@ -688,6 +899,29 @@ pub fn cancelled_end(detail: &str) -> EndInfo {
     let mut end = EndInfo::status(EpisodeStatus::Cancelled);
     end.detail = Some(detail.to_owned());
     end
+}
+
+/// SHA-256 of what a Step asks for (its action and model turn; not the ids), stored with its reply.
+fn request_digest(request: &proto::StepRequest) -> RequestDigest {
+    let asked = proto::StepRequest {
+        episode_id: String::new(),
+        request_id: String::new(),
+        action: request.action.clone(),
+        model_turn: request.model_turn.clone(),
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, &asked.encode_to_vec());
+    let mut bytes = [0; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    bytes
+}
+
+/// The message of a panic payload (a `&str` or `String`, as `panic!` makes them).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 /// A fresh random episode id (`ep-` + 32 hex digits).

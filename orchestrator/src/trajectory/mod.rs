@@ -6,6 +6,7 @@
 pub mod export;
 pub mod reader;
 pub mod record;
+pub mod recover;
 pub mod writer;
 
 pub use reader::{read_trajectory, ReadTrajectory, TrajectoryReadError};
@@ -13,4 +14,5 @@ pub use record::{
     EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
     SCHEMA_VERSION,
 };
+pub use recover::{close_crashed, TrajectoryCloseError};
 pub use writer::{TrajectoryWriteError, TrajectoryWriter};

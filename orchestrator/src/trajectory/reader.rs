@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{EpisodeEnd, EpisodeStart, Record, StepRecord};
+use super::record::{EpisodeEnd, EpisodeStart, EpisodeStatus, Record, StepRecord};
 
 /// A trajectory file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +40,33 @@ pub struct ReadTrajectory {
     pub torn_tail: bool,
 }
 
-/// Parses trajectory text. A last line that does not parse is a torn write and is dropped; any other bad line is
-/// corruption.
+/// Parses trajectory text. A last line that does not parse is a torn write and is dropped; so is one followed only
+/// by the `crashed` `episode_end` a later server appended after the crash (the closer starts its record on a new
+/// line). Any other bad line is corruption.
 pub fn parse_trajectory(text: &[u8], path: &Path) -> Result<ReadTrajectory, TrajectoryReadError> {
     let mut out = ReadTrajectory::default();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
     let n_lines = lines.len();
-    for (idx, line) in lines.into_iter().enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let is_last = idx + 1 == n_lines; // no newline after it: the write may have been cut
-        match serde_json::from_slice::<Record>(line) {
+    let parsed: Vec<(usize, Result<Record, serde_json::Error>)> = lines
+        .into_iter()
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(idx, line)| (idx, serde_json::from_slice::<Record>(line)))
+        .collect();
+    let closed_after_crash = matches!(
+        parsed.last(),
+        Some((_, Ok(Record::EpisodeEnd(end)))) if end.status == EpisodeStatus::Crashed
+    );
+    let n_records = parsed.len();
+    for (pos, (idx, record)) in parsed.into_iter().enumerate() {
+        // No newline after it: the write may have been cut.
+        let is_last = idx + 1 == n_lines;
+        let torn_before_crash_close = closed_after_crash && pos + 2 == n_records;
+        match record {
             Ok(Record::EpisodeStart(start)) => out.start = Some(start),
             Ok(Record::Step(step)) => out.steps.push(step),
             Ok(Record::EpisodeEnd(end)) => out.end = Some(end),
-            Err(_) if is_last => out.torn_tail = true,
+            Err(_) if is_last || torn_before_crash_close => out.torn_tail = true,
             Err(error) => {
                 return Err(TrajectoryReadError::Corrupt {
                     path: path.to_owned(),

@@ -59,6 +59,10 @@ pub struct EpisodeStart {
     pub versions: Value,
     /// RFC 3339 start time.
     pub started_at: String,
+    /// The process driving the episode (`host:pid:start_ticks`, as the container's `swe-env.owner` label): a
+    /// later server closes the trajectory as `crashed` only once this process is dead. Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Token accounting for the model turn that produced an action, when known.
@@ -138,9 +142,10 @@ pub struct StepRecord {
     pub at: String,
 }
 
-/// Why an episode ended. Every ending has a name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Why an episode ended. Every ending has a name (the same on the command line, e.g. `export --only-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum EpisodeStatus {
     /// The agent submitted and finished.
     Submitted,
@@ -160,6 +165,9 @@ pub enum EpisodeStatus {
     Closed,
     /// Cancelled (shutdown, Ctrl-C).
     Cancelled,
+    /// The process driving the episode died (kill -9, OOM, power loss) before it ended; a later server closed the
+    /// trajectory with this status.
+    Crashed,
 }
 
 impl EpisodeStatus {
@@ -175,6 +183,7 @@ impl EpisodeStatus {
             Self::SandboxError => "sandbox_error",
             Self::Closed => "closed",
             Self::Cancelled => "cancelled",
+            Self::Crashed => "crashed",
         }
     }
 }

@@ -75,7 +75,18 @@ impl TrajectoryWriter {
 
     /// Appends one record and makes it durable (write, flush, fdatasync) before returning.
     pub async fn append(&mut self, record: &Record) -> Result<(), TrajectoryWriteError> {
-        let mut line = serde_json::to_vec(record)?;
+        self.append_after(b"", record).await
+    }
+
+    /// Appends `prefix` and one record in a single write (the crash closer ends a torn last line with a newline
+    /// this way, so the record never shares a line with it), durable before returning.
+    pub async fn append_after(
+        &mut self,
+        prefix: &[u8],
+        record: &Record,
+    ) -> Result<(), TrajectoryWriteError> {
+        let mut line = prefix.to_vec();
+        line.extend(serde_json::to_vec(record)?);
         line.push(b'\n');
         let append_err = |source| TrajectoryWriteError::Append {
             path: self.path.clone(),
