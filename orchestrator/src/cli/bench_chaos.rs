@@ -369,64 +369,67 @@ async fn client_cancel_mid_write(lab: &Lab, client: &mut Client) -> anyhow::Resu
     .await)
 }
 
-async fn shell_hijack(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
+/// A fault in two steps: what the hostile agent does (`setup`), then an ordinary command (`probe`) whose
+/// observation `judge` reads.
+async fn two_steps(
+    lab: &Lab,
+    client: &mut Client,
+    fault: &'static str,
+    setup: &str,
+    probe: &str,
+    judge: impl Fn(&str) -> (bool, String),
+) -> anyhow::Result<FaultRow> {
     let episode = lab.create(client).await?;
-    step_text(
-        client,
-        bash(
-            &episode,
-            "eval() { echo hijacked; }; printf() { echo hijacked; }; builtin() { echo hijacked; }; echo defined",
-            "",
-        ),
-    )
-    .await?;
-    let after = step_text(client, bash(&episode, "echo alive-$((6*7))", "")).await?;
-    let survived =
-        after.contains("alive-42") && !after.contains("hijacked") && !after.contains(SENTINEL);
-    let detail = format!(
-        "next command's output: {:?}",
-        after.lines().take(3).collect::<Vec<_>>()
-    );
-    Ok(settle(
+    step_text(client, bash(&episode, setup, "")).await?;
+    let after = step_text(client, bash(&episode, probe, "")).await?;
+    let (survived, detail) = judge(&after);
+    Ok(settle(lab, client, &episode, 2, fault, survived, detail).await)
+}
+
+async fn shell_hijack(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
+    let setup = "eval() { echo hijacked; }; printf() { echo hijacked; }; builtin() { echo hijacked; }; echo defined";
+    two_steps(
         lab,
         client,
-        &episode,
-        2,
         "agent redefines eval/printf/builtin",
-        survived,
-        detail,
+        setup,
+        "echo alive-$((6*7))",
+        |after| {
+            let survived = after.contains("alive-42")
+                && !after.contains("hijacked")
+                && !after.contains(SENTINEL);
+            (
+                survived,
+                format!(
+                    "next command's output: {:?}",
+                    after.lines().take(3).collect::<Vec<_>>()
+                ),
+            )
+        },
     )
-    .await)
+    .await
 }
 
 async fn newline_cwd(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
-    let episode = lab.create(client).await?;
-    step_text(
-        client,
-        bash(
-            &episode,
-            "mkdir -p $'/tmp/chaos\\ndir' && cd $'/tmp/chaos\\ndir'",
-            "",
-        ),
-    )
-    .await?;
-    let after = step_text(client, bash(&episode, "echo only-this-line", "")).await?;
-    let stray = after
-        .lines()
-        .filter(|l| l.contains("dir") || l.contains(SENTINEL))
-        .count();
-    let survived = after.contains("only-this-line") && stray == 0;
-    let detail = format!("stray lines in the next observation: {stray}");
-    Ok(settle(
+    let setup = "mkdir -p $'/tmp/chaos\\ndir' && cd $'/tmp/chaos\\ndir'";
+    two_steps(
         lab,
         client,
-        &episode,
-        2,
         "cd into a directory named with a newline",
-        survived,
-        detail,
+        setup,
+        "echo only-this-line",
+        |after| {
+            let stray = after
+                .lines()
+                .filter(|l| l.contains("dir") || l.contains(SENTINEL))
+                .count();
+            (
+                after.contains("only-this-line") && stray == 0,
+                format!("stray lines in the next observation: {stray}"),
+            )
+        },
     )
-    .await)
+    .await
 }
 
 async fn nul_byte(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
