@@ -225,13 +225,14 @@ async fn concurrent_over_cap_edits_are_tool_errors_and_server_rss_stays_bounded(
     assert!(text_of(&ok).contains("alive"));
 }
 
-/// The figure of issue 11 (ignored by default: heavy). `SWE_ENV_FIGURE_EPISODES` live episodes (default 64) each
-/// submit a `SWE_ENV_FIGURE_BYTES`-byte patch (default 50 MB; submission cap raised to 64 MiB) and edit a file of
-/// that size (edit cap: `SWE_ENV_FIGURE_EDIT_CAP`, default the 8 MiB default), all at once, edits first (a 50 MB
-/// submission fills the context budget, which ends the episode); prints server VmRSS.
-/// `cargo nextest run -p swe-env --test it memory_bounds::figure --run-ignored only --no-capture`
+/// The memory figure of issue 11, small enough for CI by default: `SWE_ENV_FIGURE_EPISODES` live episodes (default
+/// 4) each edit a file of `SWE_ENV_FIGURE_BYTES` bytes (default 6 MB; edit cap `SWE_ENV_FIGURE_EDIT_CAP`, default the
+/// 8 MiB default) and submit a patch of that size (submission cap raised to 64 MiB), all at once, edits first (a big
+/// submission fills the context budget, which ends the episode); prints server VmRSS and checks it stays within a
+/// constant factor of the bytes in flight. The figure in the closing note:
+/// `SWE_ENV_FIGURE_EPISODES=16 SWE_ENV_FIGURE_BYTES=50000000 cargo nextest run -p swe-env --test it
+/// memory_bounds::figure --no-capture`
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "heavy: the memory figure of LIMITS.md"]
 async fn figure_server_rss_under_big_submissions_and_edits() {
     let env = |name: &str, default: u64| {
         std::env::var(name)
@@ -239,8 +240,8 @@ async fn figure_server_rss_under_big_submissions_and_edits() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let episodes = env("SWE_ENV_FIGURE_EPISODES", 64) as usize;
-    let bytes = env("SWE_ENV_FIGURE_BYTES", 50_000_000);
+    let episodes = env("SWE_ENV_FIGURE_EPISODES", 4) as usize;
+    let bytes = env("SWE_ENV_FIGURE_BYTES", 6_000_000);
     let edit_cap = env("SWE_ENV_FIGURE_EDIT_CAP", 8 << 20);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("serve.yaml");
@@ -266,7 +267,8 @@ async fn figure_server_rss_under_big_submissions_and_edits() {
             let id = reply.episode_id;
             let setup = format!(
                 "{{ printf 'diff --git a/x b/x\\n'; head -c {bytes} /dev/zero | tr '\\0' x; }} > /tmp/big.patch && {}",
-                make_file("/tmp/big.txt", bytes)
+                // Lines of `xxxx` and one `aaaa` line for the edit to find.
+                format!("{{ yes xxxx | head -c {bytes}; echo aaaa; }} > /tmp/big.txt")
             );
             observe(&mut client, bash(&id, &setup)).await;
             id
@@ -317,11 +319,27 @@ async fn figure_server_rss_under_big_submissions_and_edits() {
         live >> 20,
         live >> 20
     );
+    // Bounded: a few copies of what is in flight (an edit holds the old text, the new text and the written bytes),
+    // plus a constant.
+    let in_flight = episodes as u64 * bytes;
     for (label, accepted, peak, after, time) in rows {
         println!(
             "| {episodes} concurrent {label}s | {accepted} | {} | {} | {time:.1?} |",
             peak >> 20,
             after >> 20
         );
+        let limit = live + 6 * in_flight + (64 << 20);
+        assert!(
+            peak <= limit,
+            "{label}: server VmRSS peaked at {} MiB, above {} MiB",
+            peak >> 20,
+            limit >> 20
+        );
+        if bytes <= edit_cap {
+            assert_eq!(
+                accepted, episodes,
+                "{label}: every call under the caps is accepted"
+            );
+        }
     }
 }
