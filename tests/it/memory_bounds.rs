@@ -265,10 +265,10 @@ async fn figure_server_rss_under_big_submissions_and_edits() {
                 .await
                 .unwrap();
             let id = reply.episode_id;
+            // The patch, then a file of `xxxx` lines and one `aaaa` line for the edit to find.
             let setup = format!(
-                "{{ printf 'diff --git a/x b/x\\n'; head -c {bytes} /dev/zero | tr '\\0' x; }} > /tmp/big.patch && {}",
-                // Lines of `xxxx` and one `aaaa` line for the edit to find.
-                format!("{{ yes xxxx | head -c {bytes}; echo aaaa; }} > /tmp/big.txt")
+                "{{ printf 'diff --git a/x b/x\\n'; head -c {bytes} /dev/zero | tr '\\0' x; }} > /tmp/big.patch && \
+                 {{ yes xxxx | head -c {bytes}; echo aaaa; }} > /tmp/big.txt"
             );
             observe(&mut client, bash(&id, &setup)).await;
             id

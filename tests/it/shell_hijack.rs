@@ -202,3 +202,33 @@ async fn interrupted_jobs_leave_no_noise_and_report_no_exit_code() {
     }
     sb.remove().await.unwrap();
 }
+
+/// The shell's history never holds the frame (its markers would let the agent forge an end of command): history is
+/// off at start and the guard turns it off again before each command, even after the agent turned it on.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_never_shows_the_frame() {
+    let sb = base_sandbox("history", base_config()).await;
+    let t = Duration::from_secs(30);
+    sb.run_command("echo one", t).await.unwrap();
+    sb.run_command("echo two", t).await.unwrap();
+    let out = sb
+        .run_command("history; fc -l 2>&1 | head", t)
+        .await
+        .unwrap();
+    let shown = text(&out.output);
+    assert!(
+        !shown.contains("SWE_ENV") && !shown.contains("swe_env"),
+        "{shown}"
+    );
+    sb.run_command("set -o history", t).await.unwrap();
+    sb.run_command("echo three", t).await.unwrap();
+    let out = sb.run_command("history", t).await.unwrap();
+    let shown = text(&out.output);
+    assert!(
+        !shown.contains("SWE_ENV") && !shown.contains("swe_env"),
+        "{shown}"
+    );
+    let out = sb.run_command("echo still-framed", t).await.unwrap();
+    assert_eq!(text(&out.output), "still-framed\n");
+    sb.remove().await.unwrap();
+}

@@ -432,3 +432,61 @@ async fn a_step_cut_by_shutdown_is_not_counted() {
     assert_eq!(trajectory.steps.len(), 1);
     assert_eq!(end.n_steps, 1, "the interrupted step is not counted");
 }
+
+/// Found by an independent tester: once a reply was evicted from the bounded per-episode cache, a retry with its
+/// request_id ran the command a second time. Now it is FAILED_PRECONDITION naming the step, and nothing runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_whose_reply_was_evicted_never_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), &[]);
+    let mut client = client(&server.url()).await;
+    let id = client
+        .create_episode(proto::CreateEpisodeRequest {
+            budgets: Some(proto::Budgets {
+                observation_cap_bytes: Some(1 << 20),
+                context_tokens: Some(1 << 20),
+                ..Default::default()
+            }),
+            ..create_request(SPANS)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .episode_id;
+    let counted = "echo x >> /tmp/evict-count; wc -l < /tmp/evict-count";
+    let first = step(&mut client, with_id(bash(&id, counted), "evict-a")).await;
+    assert!(first.observation.unwrap().text.contains("\n1\n"));
+    // Five ~1 MB observations push the first reply out of the 4 MiB cache (the client reports its own context use,
+    // as a trainer does, so the context budget does not end the episode first).
+    for i in 0..5 {
+        let mut big = with_id(
+            bash(&id, "head -c 1000000 /dev/zero | tr '\\0' a"),
+            &format!("evict-big-{i}"),
+        );
+        big.model_turn = Some(proto::ModelTurn {
+            context_tokens_used: Some(10),
+            ..Default::default()
+        });
+        let shown = step(&mut client, big).await.observation.unwrap().text.len();
+        assert!(shown > 900_000, "observation of {shown} bytes");
+    }
+    let retry = client
+        .step(with_id(bash(&id, counted), "evict-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(retry.code(), Code::FailedPrecondition, "{retry:?}");
+    assert!(retry.message().contains("step 0"), "{}", retry.message());
+    let count = step(&mut client, bash(&id, "wc -l < /tmp/evict-count")).await;
+    assert!(
+        count.observation.unwrap().text.contains("\n1\n"),
+        "ran twice"
+    );
+    client
+        .close_episode(proto::CloseEpisodeRequest {
+            episode_id: id,
+            final_answer: String::new(),
+        })
+        .await
+        .unwrap();
+    server.terminate(Duration::from_secs(30));
+}

@@ -381,7 +381,10 @@ impl Episode {
                     // A container removed from outside (`docker rm -f`) is named as such.
                     Err(e) => return Err(sandbox.classify_failure(e.message).await.into()),
                 };
-                self.context_tokens_used += estimate_tokens(raw_action.len() + result.text.len());
+                // The context grows by what the model is shown (the rendered, capped observation), not by the raw
+                // output behind it.
+                let shown = render_observation(&result, &self.budget_after(step_idx + 1));
+                self.context_tokens_used += estimate_tokens(raw_action.len() + shown.len());
                 (
                     render_observation(&result, &self.budget_after(step_idx + 1)),
                     Some(result),

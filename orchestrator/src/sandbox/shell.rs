@@ -52,7 +52,7 @@ pub const TRAILER_END: u8 = 0;
 /// such as `unset` win over functions there), removes functions named `builtin`/`enable`, re-enables the builtins
 /// used, clears what acts on every simple command, and saves the agent's `$SHELLOPTS`/`$BASHOPTS` first.
 /// Uses no reserved word and only quoted command names, so aliases never apply.
-const GUARD: &str = "__swe_env_so=$SHELLOPTS __swe_env_bo=$BASHOPTS POSIXLY_CORRECT=y; \\unset -f builtin enable; \\enable builtin enable; \\builtin unset -f builtin enable; \\builtin enable eval printf set shopt trap unset; \\builtin trap - DEBUG; \\builtin set +xvet; \\builtin shopt -u extdebug expand_aliases; PS0= PS1= PS2= PS4='+ ' PROMPT_COMMAND=";
+const GUARD: &str = "__swe_env_so=$SHELLOPTS __swe_env_bo=$BASHOPTS POSIXLY_CORRECT=y; \\unset -f builtin enable; \\enable builtin enable; \\builtin unset -f builtin enable; \\builtin enable eval printf set shopt trap unset; \\builtin trap - DEBUG; \\builtin set +xvet +o history; \\builtin shopt -u extdebug expand_aliases; PS0= PS1= PS2= PS4='+ ' PROMPT_COMMAND=";
 
 /// Puts the agent's posix mode back (needs a line parsed with aliases off: it uses `[[`/`{`).
 const RESTORE_POSIX: &str = "[[ :$__swe_env_so: == *:posix:* ]] || { \\builtin unset POSIXLY_CORRECT; \\builtin set +o posix; }";
@@ -116,7 +116,7 @@ pub fn startup_script(workdir: &str, init_commands: &[String], marker: &str) -> 
     // Interactive-shell conveniences that would corrupt the protocol are switched off first. The shell's own
     // stderr (prompts, the newline it prints on Ctrl-C) goes nowhere; each command's stderr is merged into stdout.
     let mut script = String::from(
-        "set +m +H; PS1=''; PS2=''; PS0=''; PROMPT_COMMAND=''; unset HISTFILE\nexec 2>/dev/null\n",
+        "set +m +H +o history; PS1=''; PS2=''; PS0=''; PROMPT_COMMAND=''; unset HISTFILE\nexec 2>/dev/null\n",
     );
     script.push_str(&format!(
         "cd {} 2>/dev/null\n",

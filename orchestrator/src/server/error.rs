@@ -61,6 +61,17 @@ pub enum ServiceError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// A retried Step already ran, but its stored reply was evicted to bound memory: it is not run again.
+    #[error(
+        "the Step with request_id {request_id} already ran (step {step_idx}) but its reply is no longer stored \
+         (the per-episode reply cache is bounded); it was not run again: read step {step_idx} from GetTrajectory"
+    )]
+    ReplyEvicted {
+        /// The request id.
+        request_id: String,
+        /// The step it ran as.
+        step_idx: u32,
+    },
     /// The episode's container was removed from outside swe-env (`docker rm -f`): the episode is over.
     #[error("container {container} was removed outside swe-env; the episode is over (create a new episode)")]
     SandboxGone {
@@ -174,7 +185,8 @@ impl ServiceError {
             Self::EpisodeEnded { .. }
             | Self::ImageMissing { .. }
             | Self::Ungradable { .. }
-            | Self::SandboxGone { .. } => Code::FailedPrecondition,
+            | Self::SandboxGone { .. }
+            | Self::ReplyEvicted { .. } => Code::FailedPrecondition,
             Self::Exhausted { .. } => Code::ResourceExhausted,
             Self::ShuttingDown | Self::EngineUnavailable => Code::Unavailable,
             Self::Unimplemented { .. } => Code::Unimplemented,

@@ -243,6 +243,10 @@ impl RunningServer {
         self.health
             .set_not_serving::<EnvServiceServer<EnvServiceImpl>>()
             .await;
+        // The whole server too (service name ""): what load balancers and Kubernetes probes ask.
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let report = self.state.drain(grace).await;
         self.stop_accepting.send_replace(true);
         self.reaper.abort();

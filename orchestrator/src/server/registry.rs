@@ -203,6 +203,23 @@ pub struct ReplyCache {
     by_id: HashMap<String, StoredReply>,
     order: VecDeque<String>,
     bytes: usize,
+    /// Request ids whose reply was evicted: the digest of their request and the step they ran. A retry of one must
+    /// never run again (tens of bytes a step; an episode has at most its turn budget of steps).
+    evicted: HashMap<String, (RequestDigest, u32)>,
+}
+
+/// What the cache knows of a request id.
+#[derive(Debug, PartialEq)]
+pub enum Lookup<'a> {
+    /// Never seen: run the step.
+    Unknown,
+    /// Its reply, to replay.
+    Stored(&'a proto::StepResponse),
+    /// It ran as step `step_idx`, but its reply was evicted to bound memory.
+    Evicted {
+        /// The step it ran as.
+        step_idx: u32,
+    },
 }
 
 impl ReplyCache {
@@ -217,11 +234,15 @@ impl ReplyCache {
         &self,
         request_id: &str,
         digest: &RequestDigest,
-    ) -> Result<Option<&proto::StepResponse>, DigestMismatch> {
-        match self.by_id.get(request_id) {
-            Some(stored) if stored.digest == *digest => Ok(Some(&stored.reply)),
-            Some(_) => Err(DigestMismatch),
-            None => Ok(None),
+    ) -> Result<Lookup<'_>, DigestMismatch> {
+        match (self.by_id.get(request_id), self.evicted.get(request_id)) {
+            (Some(stored), _) if stored.digest == *digest => Ok(Lookup::Stored(&stored.reply)),
+            (Some(_), _) => Err(DigestMismatch),
+            (None, Some((seen, step_idx))) if seen == digest => Ok(Lookup::Evicted {
+                step_idx: *step_idx,
+            }),
+            (None, Some(_)) => Err(DigestMismatch),
+            (None, None) => Ok(Lookup::Unknown),
         }
     }
 
@@ -273,6 +294,7 @@ impl ReplyCache {
         if let Some(id) = self.order.pop_front() {
             if let Some(old) = self.by_id.remove(&id) {
                 self.bytes = self.bytes.saturating_sub(reply_bytes(&old.reply));
+                self.evicted.insert(id, (old.digest, old.reply.step_idx));
             }
         }
     }
@@ -526,14 +548,25 @@ mod tests {
         cache.keep_newest(REPLIES_KEPT_AFTER_END);
         assert_eq!(cache.len(), REPLIES_KEPT_AFTER_END);
         assert!(cache.get("r19").is_some() && cache.get("r11").is_none());
+        // An evicted request is remembered as run: a retry must not run it again.
+        let mut ran = reply(1);
+        ran.step_idx = 7;
+        let mut cache = ReplyCache::default();
+        cache.insert("old".into(), [5; 32], ran);
+        cache.insert("big".into(), [0; 32], reply(REPLY_CACHE_BYTES));
+        assert_eq!(
+            cache.lookup("old", &[5; 32]),
+            Ok(Lookup::Evicted { step_idx: 7 })
+        );
+        assert_eq!(cache.lookup("old", &[6; 32]), Err(DigestMismatch));
     }
 
     #[test]
     fn a_stored_reply_answers_only_the_request_it_was_for() {
         let mut cache = ReplyCache::default();
-        assert_eq!(cache.lookup("r", &[1; 32]), Ok(None));
+        assert_eq!(cache.lookup("r", &[1; 32]), Ok(Lookup::Unknown));
         cache.insert("r".into(), [1; 32], reply(3));
-        assert_eq!(cache.lookup("r", &[1; 32]), Ok(Some(&reply(3))));
+        assert_eq!(cache.lookup("r", &[1; 32]), Ok(Lookup::Stored(&reply(3))));
         assert_eq!(cache.lookup("r", &[2; 32]), Err(DigestMismatch));
     }
 }

@@ -21,8 +21,8 @@ use super::convert;
 use super::error::ServiceError;
 use super::proto;
 use super::registry::{
-    DigestMismatch, EpisodeSlot, LiveEpisode, NewSlot, Registry, RequestDigest, SlotState, Summary,
-    REPLIES_KEPT_AFTER_END,
+    DigestMismatch, EpisodeSlot, LiveEpisode, Lookup, NewSlot, Registry, RequestDigest, SlotState,
+    Summary, REPLIES_KEPT_AFTER_END,
 };
 use super::tasks::TaskCatalog;
 use crate::episode::{
@@ -366,12 +366,18 @@ impl ServerState {
         let state = slot.state.clone().lock_owned().await;
         if !request.request_id.is_empty() {
             match state.replies.lookup(&request.request_id, &digest) {
-                Ok(Some(stored)) => {
+                Ok(Lookup::Stored(stored)) => {
                     let mut replay = stored.clone();
                     replay.replayed = true;
                     return Ok(replay);
                 }
-                Ok(None) => {}
+                Ok(Lookup::Evicted { step_idx }) => {
+                    return Err(ServiceError::ReplyEvicted {
+                        request_id: request.request_id.clone(),
+                        step_idx,
+                    })
+                }
+                Ok(Lookup::Unknown) => {}
                 Err(DigestMismatch) => {
                     return Err(ServiceError::invalid(
                         "request_id",
