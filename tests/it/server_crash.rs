@@ -344,6 +344,54 @@ async fn a_container_removed_from_outside_ends_the_episode_with_a_clear_error() 
     server.terminate(Duration::from_secs(30));
 }
 
+/// Found by an independent tester: a `docker rm -f` that lands while a command runs answered INTERNAL (the shell
+/// failed and its restart hit "container is marked for removal"). It is the same clear FAILED_PRECONDITION as a
+/// removal between steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_removed_during_a_running_step_ends_the_episode_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), &[]);
+    let mut client = client(&server.url()).await;
+    let id = client
+        .create_episode(create_request(SPANS))
+        .await
+        .unwrap()
+        .into_inner()
+        .episode_id;
+    client.step(bash(&id, "echo before")).await.unwrap();
+    let container = containers_of_episode(&engine().await, &id)
+        .await
+        .pop()
+        .unwrap();
+    let remover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        Command::new("docker")
+            .args(["rm", "-f", &container])
+            .output()
+            .unwrap()
+    });
+    let status = client
+        .step(bash(&id, "sleep 20; echo never"))
+        .await
+        .unwrap_err();
+    let removed = remover.join().unwrap();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("was removed outside swe-env"),
+        "{status:?}"
+    );
+    let trajectory = read_trajectory(&server.trajectory_dir().join(format!("{id}.jsonl")))
+        .await
+        .unwrap();
+    assert_eq!(trajectory.end.unwrap().status, EpisodeStatus::SandboxError);
+    server.terminate(Duration::from_secs(30));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn mass_close_answers_ok_only_after_docker_confirms_every_removal() {
     const N: usize = 128;

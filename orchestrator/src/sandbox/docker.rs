@@ -700,6 +700,23 @@ impl DockerSandbox {
                 container: id.clone(),
                 detail: "no such container".into(),
             },
+            // Being removed (a `docker rm -f` that landed during a command) while swe-env never asked for it.
+            Ok(info)
+                if !self.inner.removed.load(Ordering::SeqCst)
+                    && (detail.contains("marked for removal")
+                        || matches!(
+                            info.state.as_ref().and_then(|state| state.status),
+                            Some(
+                                bollard::models::ContainerStateStatusEnum::REMOVING
+                                    | bollard::models::ContainerStateStatusEnum::DEAD
+                            )
+                        )) =>
+            {
+                SandboxError::ContainerGone {
+                    container: id.clone(),
+                    detail,
+                }
+            }
             _ => SandboxError::Shell {
                 container: id.clone(),
                 detail,
