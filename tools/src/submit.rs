@@ -46,10 +46,7 @@ pub enum SubmissionError {
     },
 }
 
-/// Single-quotes `text` for bash.
-pub(crate) fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
+use crate::quote::shell_quote;
 
 /// A file that was untracked (and not ignored) in the repository at episode start: a path not in the base commit
 /// that `git add -A` picks up, such as a `build/` tree left by `pip install .` that the image's `.gitignore` does

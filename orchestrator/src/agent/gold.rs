@@ -148,7 +148,10 @@ pub fn file_actions(file: &FileDiff) -> Vec<String> {
             let content: String = file.hunks.iter().map(|(_, new)| new.as_str()).collect();
             vec![format!("<tool: create>\n{path}\n{content}</tool>")]
         }
-        (Some(path), None) => vec![format!("<tool: bash>\nrm -- '{}'\n</tool>", path.replace('\'', "'\\''"))],
+        (Some(path), None) => vec![format!(
+            "<tool: bash>\nrm -- {}\n</tool>",
+            swe_env_tools::shell_quote(path)
+        )],
         (Some(old), Some(new)) if old == new => file
             .hunks
             .iter()

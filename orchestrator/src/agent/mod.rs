@@ -84,8 +84,9 @@ pub async fn run_gold(episode: &mut Episode) -> Result<AgentOutcome, EpisodeErro
                 .or(file.new_path.clone())
                 .unwrap_or_default();
             let reset = format!(
-                "<tool: bash>\ncd /testbed && (git checkout -q -- '{0}' 2>/dev/null || rm -f -- '{0}')\n</tool>",
-                path.replace('\'', "'\\''")
+                "<tool: bash>\ncd {repo} && (git checkout -q -- {path} 2>/dev/null || rm -f -- {path})\n</tool>",
+                repo = swe_env_tools::shell_quote(crate::task::REPO_DIR),
+                path = swe_env_tools::shell_quote(&path)
             );
             episode
                 .step(Action::Text(reset), StepMeta::default())

@@ -120,11 +120,21 @@ impl Lab {
     }
 
     async fn create(&self, client: &mut Client) -> anyhow::Result<String> {
+        self.create_with(client, None).await
+    }
+
+    /// An episode of the lab's task with these budgets (server defaults when `None`).
+    async fn create_with(
+        &self,
+        client: &mut Client,
+        budgets: Option<proto::Budgets>,
+    ) -> anyhow::Result<String> {
         let reply = client
             .create_episode(proto::CreateEpisodeRequest {
                 task: Some(proto::create_episode_request::Task::TaskId(
                     self.task.clone(),
                 )),
+                budgets,
                 ..Default::default()
             })
             .await?
@@ -252,20 +262,15 @@ async fn client_deadline(lab: &Lab, client: &mut Client) -> anyhow::Result<Fault
 }
 
 async fn client_cancel_mid_write(lab: &Lab, client: &mut Client) -> anyhow::Result<FaultRow> {
-    let episode = client
-        .create_episode(proto::CreateEpisodeRequest {
-            task: Some(proto::create_episode_request::Task::TaskId(
-                lab.task.clone(),
-            )),
-            budgets: Some(proto::Budgets {
+    let episode = lab
+        .create_with(
+            client,
+            Some(proto::Budgets {
                 context_tokens: Some(1_000_000),
                 ..Default::default()
             }),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .episode_id;
+        )
+        .await?;
     let content = "0123456789abcdef\n".repeat(12_000); // ~200 KB; the action's text counts against the context budget
                                                        // Control: the same write, not cut, completes.
     let control = client
@@ -577,20 +582,15 @@ struct Bystander {
 
 async fn start_bystander(lab: &Lab, server: &Server) -> anyhow::Result<Bystander> {
     let mut client = lab.client(server).await?;
-    let episode = client
-        .create_episode(proto::CreateEpisodeRequest {
-            task: Some(proto::create_episode_request::Task::TaskId(
-                lab.task.clone(),
-            )),
-            budgets: Some(proto::Budgets {
+    let episode = lab
+        .create_with(
+            &mut client,
+            Some(proto::Budgets {
                 max_turns: Some(1000),
                 ..Default::default()
             }),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .episode_id;
+        )
+        .await?;
     let (ok, failed, stop) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),

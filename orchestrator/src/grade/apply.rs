@@ -16,6 +16,8 @@
 //! `/testbed`; here the commands run from one `bash -c` script as the container's user, in the task's repository
 //! directory. The argv of each command is the same.
 
+use swe_env_tools::shell_quote;
+
 /// One method of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyMethod {
@@ -58,10 +60,6 @@ const APPLIED_MARKER: &str = ">>>>> Applied Patch With: ";
 /// Restores the tracked files, removes untracked ones and stray rejects (the hardened chain, between attempts).
 const CLEAN_TREE: &str = "git checkout -q -- . 2>/dev/null; git clean -fdq 2>/dev/null; \
                           find . -name '*.rej' -delete 2>/dev/null\n";
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 /// A bash script applying `patch_path` in `repo_dir` with `chain`. Exits 0 after printing the marker line of the
 /// method that applied, 1 after `>>>>> Patch Apply Failed`.

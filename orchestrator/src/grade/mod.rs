@@ -33,6 +33,7 @@ use swe_env_grading::report::{
 };
 use swe_env_grading::rewards::{compute_rewards, RewardConfig, Rewards};
 use swe_env_grading::similarity::swe_rl_similarity;
+use swe_env_tools::shell_quote;
 use tracing::{info, warn};
 
 use crate::sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
@@ -213,7 +214,7 @@ pub async fn grade_in_place(
     sandbox.seal_for_grading().await?;
     let reset = format!(
         "cd {} && git reset -q --hard HEAD && git clean -fdq",
-        swe_env_quote(&spec.repo_dir)
+        shell_quote(&spec.repo_dir)
     );
     let out = sandbox
         .exec(&["bash", "-c", &reset], None, Duration::from_secs(300))
@@ -410,8 +411,8 @@ git diff --cached --name-status --no-renames -z {base} | while IFS= read -r -d '
 done
 git reset -q >/dev/null 2>&1
 true"#,
-        repo = swe_env_quote(repo_dir),
-        base = swe_env_quote(base_commit),
+        repo = shell_quote(repo_dir),
+        base = shell_quote(base_commit),
     );
     let out = sandbox
         .exec(&["bash", "-c", &script], None, Duration::from_secs(120))
@@ -420,10 +421,6 @@ true"#,
         .lines()
         .map(str::to_owned)
         .collect())
-}
-
-fn swe_env_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]
