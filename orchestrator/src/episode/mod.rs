@@ -381,10 +381,10 @@ impl Episode {
                     // A container removed from outside (`docker rm -f`) is named as such.
                     Err(e) => return Err(sandbox.classify_failure(e.message).await.into()),
                 };
-                // The context grows by what the model is shown (the rendered, capped observation), not by the raw
-                // output behind it.
-                let shown = render_observation(&result, &self.budget_after(step_idx + 1));
-                self.context_tokens_used += estimate_tokens(raw_action.len() + shown.len());
+                // The context grows by what the model is shown (the output cut at the observation cap), not by the
+                // raw output behind it; charged before rendering so the budget block counts this step.
+                let shown = result.text.len().min(self.config.observation_cap_bytes);
+                self.context_tokens_used += estimate_tokens(raw_action.len() + shown);
                 (
                     render_observation(&result, &self.budget_after(step_idx + 1)),
                     Some(result),

@@ -312,11 +312,15 @@ impl ServerState {
         rules: Option<RuleSet>,
         grading_id: &str,
     ) -> Result<GradeOutcome, ServiceError> {
+        let asked;
         let config = match rules {
-            Some(rules) => self.grade_config.clone().with_rules(rules),
-            None => self.grade_config.clone(),
+            Some(rules) if rules != self.grade_config.rule_set() => {
+                asked = self.grade_config.clone().with_rules(rules);
+                &asked
+            }
+            _ => &self.grade_config,
         };
-        grade_patch(&self.engine, instance, patch, &config, grading_id)
+        grade_patch(&self.engine, instance, patch, config, grading_id)
             .await
             .map_err(ServiceError::from_grade)
     }
