@@ -8,6 +8,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The tools take the sandbox crate without its Docker backend: that configuration must build on its own too.
+cargo clippy -p swe-env-sandbox --no-default-features --all-targets --quiet -- -D warnings
 echo "==> fixture tasks file is in sync with images/fixtures"
 python3 images/fixtures/gen_tasks.py --check
 echo "==> tests"

@@ -114,7 +114,8 @@ impl Activation {
 /// The conda environment name of every SWE-bench image.
 pub const SWE_BENCH_ENV_NAME: &str = "testbed";
 
-/// Where the repository lives in every SWE-bench image.
+/// Where the repository lives in every SWE-bench image: the one definition (the orchestrator's episodes, agents,
+/// grading and prompts use it too).
 pub const SWE_BENCH_REPO_DIR: &str = "/testbed";
 
 /// Where a task's spec came from.

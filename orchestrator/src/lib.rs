@@ -3,10 +3,10 @@
 pub mod agent;
 pub mod benchmark;
 pub mod cli;
+pub mod client;
 pub mod datasets;
 pub mod episode;
 pub mod grade;
-pub mod sandbox;
 pub mod server;
 pub mod task;
 pub mod trajectory;

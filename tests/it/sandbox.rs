@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use swe_env::sandbox::SandboxConfig;
-use swe_env_tools::{PathKind, ToolSandbox};
+use swe_env_sandbox::SandboxConfig;
+use swe_env_sandbox::{PathKind, Sandbox};
 
-use crate::common::{base_config, base_sandbox};
+use crate::common::{base_config, base_sandbox, run_ok};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -217,15 +217,7 @@ async fn no_network_inside() {
 }
 
 fn docker_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(std::process::Command::new("docker").args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use swe_env_tools::{run_tool, ToolCall, ToolConfig, ToolErrorKind, ToolSandbox};
+use swe_env_sandbox::Sandbox;
+use swe_env_tools::{run_tool, ToolCall, ToolConfig, ToolErrorKind};
 
 use crate::common::{base_config, base_sandbox};
 
@@ -65,7 +66,7 @@ fn hijacks() -> Vec<String> {
 /// A command that uses none of the hijacked names (the agent's definitions rightly apply to its own commands).
 const PROBE: &str = "'/bin/echo' 'probe \"q\" $x'; '/bin/sh' -c 'exit 7'";
 
-async fn assert_probe_runs(sb: &swe_env::sandbox::DockerSandbox, after: &str) {
+async fn assert_probe_runs(sb: &swe_env_sandbox::DockerSandbox, after: &str) {
     let out = sb.run_command(PROBE, T).await.unwrap();
     assert_eq!(
         text(&out.output),

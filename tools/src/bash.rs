@@ -4,31 +4,25 @@
 use std::time::Duration;
 
 use crate::call::ToolName;
-use crate::sandbox::{SandboxError, ToolSandbox};
 use crate::tool::{ToolConfig, ToolErrorKind, ToolResult};
+use swe_env_sandbox::{Sandbox, SandboxError};
 
 /// Runs `command` with the configured timeout and turns the sandbox's output into a [`ToolResult`].
 pub(crate) async fn run_bash(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     command: &str,
     config: &ToolConfig,
 ) -> Result<ToolResult, SandboxError> {
     if let Some(offset) = command.bytes().position(|b| b == 0) {
         // bash reads a command as a C string: it would silently run only the part before the NUL.
-        return Ok(ToolResult {
-            tool: ToolName::Bash,
-            error: Some(ToolErrorKind::NulInCommand),
-            text: format!(
+        return Ok(ToolResult::failed(
+            ToolName::Bash,
+            ToolErrorKind::NulInCommand,
+            format!(
                 "command contains a NUL byte (\\0) at offset {offset}; bash cannot pass NUL bytes in a command: \
                  use printf '\\0' instead. Nothing was run."
             ),
-            exit_code: None,
-            timed_out: false,
-            truncated: false,
-            restarted: false,
-            duration: Duration::ZERO,
-            submission: None,
-        });
+        ));
     }
     let output = sandbox.run(command, config.cmd_timeout).await?;
     let mut text = String::from_utf8_lossy(&output.output).into_owned();
@@ -95,8 +89,8 @@ fn describe_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{HostSandboxConfig, UnisolatedHostSandbox};
     use crate::{run_tool, ToolCall};
+    use swe_env_sandbox::host::{HostSandboxConfig, UnisolatedHostSandbox};
 
     fn bash(command: &str) -> ToolCall {
         ToolCall::Bash {

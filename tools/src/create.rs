@@ -2,13 +2,13 @@
 
 use crate::call::ToolName;
 use crate::edit::count_lines;
-use crate::sandbox::{PathKind, SandboxError, ToolSandbox};
 use crate::tool::{parent_dir, resolve_path, ToolConfig, ToolErrorKind, ToolResult};
+use swe_env_sandbox::{PathKind, Sandbox, SandboxError};
 
 /// Creates `path` (relative to the shell's current directory) holding exactly `content`, mode 0644; content over
 /// [`ToolConfig::max_file_bytes`] is refused.
 pub(crate) async fn run_create(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     path: &str,
     content: &str,
     config: &ToolConfig,
@@ -68,7 +68,7 @@ pub(crate) async fn run_create(
     if let Err(error) = sandbox.write_file(&abs_path, content.as_bytes()).await {
         return failed(
             ToolErrorKind::WriteFailed,
-            format!("Cannot create {path}: writing failed ({})", error.message),
+            format!("Cannot create {path}: writing failed ({})", error),
         );
     }
     let n_lines = count_lines(content);
@@ -82,8 +82,9 @@ pub(crate) async fn run_create(
 mod tests {
     use std::time::Duration;
 
-    use crate::host::UnisolatedHostSandbox;
-    use crate::{run_tool, ToolCall, ToolConfig, ToolErrorKind, ToolSandbox};
+    use crate::{run_tool, ToolCall, ToolConfig, ToolErrorKind};
+    use swe_env_sandbox::host::UnisolatedHostSandbox;
+    use swe_env_sandbox::Sandbox;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -10,11 +10,11 @@
 //! - An empty SEARCH (no lines) is an error: there is nothing to anchor the edit to. Inserting is done by searching
 //!   for a neighbouring line and repeating it in REPLACE; new files are made with create.
 //! - Files that are not UTF-8 are refused with an explanation (bash can still change them).
-//! - The file's mode is kept because [`ToolSandbox::write_file`] keeps it.
+//! - The file's mode is kept because [`Sandbox::write_file`] keeps it.
 
 use crate::call::ToolName;
-use crate::sandbox::{BoundedRead, PathKind, SandboxError, ToolSandbox};
 use crate::tool::{resolve_path, ToolConfig, ToolErrorKind, ToolResult};
+use swe_env_sandbox::{BoundedRead, PathKind, Sandbox, SandboxError};
 
 /// How many occurrence line numbers a several-occurrences message lists at most.
 const MAX_LISTED_OCCURRENCES: usize = 20;
@@ -172,7 +172,7 @@ fn near_miss_hint(lines: &[Line<'_>], needle: &[&str]) -> Option<String> {
 
 /// Runs the edit tool on `path` (relative to the shell's current directory).
 pub(crate) async fn run_edit(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     path: &str,
     search: &str,
     replace: &str,
@@ -225,7 +225,7 @@ pub(crate) async fn run_edit(
         Err(error) => {
             return failed(
                 ToolErrorKind::Unreadable,
-                format!("Could not read {path}: {}", error.message),
+                format!("Could not read {path}: {}", error),
             );
         }
     };
@@ -293,7 +293,7 @@ pub(crate) async fn run_edit(
             if let Err(error) = sandbox.write_file(&abs_path, new_content.as_bytes()).await {
                 return failed(
                     ToolErrorKind::WriteFailed,
-                    format!("Could not write {path}: {}", error.message),
+                    format!("Could not write {path}: {}", error),
                 );
             }
             let text = success_text(
@@ -367,8 +367,8 @@ fn plural(count: usize, noun: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::UnisolatedHostSandbox;
     use crate::{run_tool, ToolCall};
+    use swe_env_sandbox::host::UnisolatedHostSandbox;
 
     #[test]
     fn lines_and_blocks() {

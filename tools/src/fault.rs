@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::host::UnisolatedHostSandbox;
-use crate::sandbox::{CommandOutput, PathKind, SandboxError, ToolSandbox};
+use swe_env_sandbox::host::UnisolatedHostSandbox;
+use swe_env_sandbox::{CommandOutput, PathKind, Sandbox, SandboxError};
 
 /// Delegates to a host sandbox, except that the chosen file operations fail.
 pub(crate) struct FailingIo {
@@ -14,7 +14,7 @@ pub(crate) struct FailingIo {
 }
 
 #[async_trait::async_trait]
-impl ToolSandbox for FailingIo {
+impl Sandbox for FailingIo {
     async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError> {
         self.inner.run(command, timeout).await
     }
@@ -29,18 +29,18 @@ impl ToolSandbox for FailingIo {
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         if self.fail_reads {
-            return Err(SandboxError::new(format!(
-                "cannot read {path}: Permission denied (os error 13)"
-            )));
+            return Err(SandboxError::Host {
+                detail: format!("cannot read {path}: Permission denied (os error 13)"),
+            });
         }
         self.inner.read_file(path).await
     }
 
     async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
         if self.fail_writes {
-            return Err(SandboxError::new(format!(
-                "cannot write {path}: Read-only file system (os error 30)"
-            )));
+            return Err(SandboxError::Host {
+                detail: format!("cannot write {path}: Read-only file system (os error 30)"),
+            });
         }
         self.inner.write_file(path, bytes).await
     }

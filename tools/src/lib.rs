@@ -1,4 +1,4 @@
-//! Agent-facing tools with CWM semantics. Pure logic over [`ToolSandbox`]; no Docker, no proto.
+//! Agent-facing tools with CWM semantics. Pure logic over [`swe_env_sandbox::Sandbox`]; no Docker, no proto.
 //!
 //! Flow: [`parse_text_call`] / [`parse_json_call`] turn a model action into a [`ToolCall`] (or a [`CallError`]);
 //! [`run_tool`] runs it in a sandbox and returns a [`ToolResult`] (tool failures are data); [`render_observation`]
@@ -12,24 +12,20 @@ mod create;
 mod edit;
 #[cfg(test)]
 mod fault;
-pub mod host;
 pub mod json;
 pub mod parse;
 pub mod quote;
 pub mod render;
-pub mod sandbox;
 pub mod submit;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tool;
 
 pub use call::{CallError, ToolCall, ToolName};
-pub use host::{HostSandboxConfig, UnisolatedHostSandbox};
 pub use json::{openai_tools, parse_json_call, parse_json_call_value};
 pub use parse::{parse_text_args, parse_text_call};
 pub use quote::shell_quote;
 pub use render::{render_call_error, render_observation, tool_specs_text, truncate_right, Budget};
-pub use sandbox::{BoundedRead, CommandOutput, PathKind, SandboxError, ToolSandbox};
 pub use submit::{compute_submission, looks_like_diff, SubmissionError};
 pub use tool::{
     run_tool, SubmissionRepo, ToolConfig, ToolErrorKind, ToolResult, DEFAULT_MAX_FILE_BYTES,
@@ -39,6 +35,7 @@ pub use tool::{
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swe_env_sandbox::{Sandbox, UnisolatedHostSandbox};
 
     /// One step as the orchestrator drives it: text action → call → run → rendered observation.
     #[tokio::test]

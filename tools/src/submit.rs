@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::call::ToolName;
-use crate::sandbox::{BoundedRead, PathKind, SandboxError, ToolSandbox};
 use crate::tool::{resolve_path, ToolConfig, ToolErrorKind, ToolResult};
+use swe_env_sandbox::{BoundedRead, PathKind, Sandbox, SandboxError};
 
 /// Time allowed for `git add -A && git diff` in [`compute_submission`].
 pub const SUBMISSION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -96,7 +96,7 @@ fn patch_command(base: &str) -> String {
 
 /// Runs `body` in a subshell in `repo_dir`; the last line printed must be the temporary directory.
 async fn run_in_repo(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     body: &str,
 ) -> Result<String, SubmissionError> {
@@ -144,7 +144,7 @@ fn parse_raw_added(raw: &[u8]) -> Vec<UntrackedFile> {
 /// would add that `base_commit` does not have. Stages into a temporary copy of the index, so the repository's
 /// index is untouched (the blobs do land in its object store, as with any `git add`).
 pub async fn record_untracked(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     base_commit: &str,
 ) -> Result<Vec<UntrackedFile>, SubmissionError> {
@@ -158,7 +158,7 @@ pub async fn record_untracked(
     Ok(parse_raw_added(&raw?))
 }
 
-async fn remove_dir(sandbox: &dyn ToolSandbox, dir: &str) -> Result<(), SandboxError> {
+async fn remove_dir(sandbox: &dyn Sandbox, dir: &str) -> Result<(), SandboxError> {
     sandbox
         .run(
             &format!("rm -rf -- {}", shell_quote(dir)),
@@ -171,7 +171,7 @@ async fn remove_dir(sandbox: &dyn ToolSandbox, dir: &str) -> Result<(), SandboxE
 /// Stages everything in `repo_dir` and returns `git diff --cached --binary <base_commit>` (may be empty when
 /// nothing changed). Same as [`compute_submission_excluding`] with nothing to exclude.
 pub async fn compute_submission(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     base_commit: &str,
 ) -> Result<Vec<u8>, SubmissionError> {
@@ -194,7 +194,7 @@ pub async fn compute_submission(
 /// file in the sandbox so the shell's output cap cannot cut it, and the excluded paths go to git NUL-separated
 /// through a file (`--pathspec-from-file`, git >= 2.26), so any number of any bytes is fine.
 pub async fn compute_submission_excluding(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     base_commit: &str,
     preexisting: &[UntrackedFile],
@@ -205,7 +205,7 @@ pub async fn compute_submission_excluding(
 /// [`compute_submission_excluding`] with a size limit: a patch over `max_bytes` is
 /// [`SubmissionError::TooLarge`] and is never read into memory (the sandbox may apply its own lower limit).
 pub async fn compute_submission_at_most(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     base_commit: &str,
     preexisting: &[UntrackedFile],
@@ -237,7 +237,7 @@ pub async fn compute_submission_at_most(
 
 /// Reads `$dir/patch` when it has at most `max_bytes` bytes.
 async fn read_patch(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     dir: &str,
     max_bytes: usize,
@@ -258,7 +258,7 @@ async fn read_patch(
 /// The part of [`compute_submission_excluding`] after the first staging, in the temporary directory `dir`: leaves
 /// `$dir/patch` holding the final patch.
 async fn finish_submission(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     repo_dir: &str,
     base_commit: &str,
     preexisting: &[UntrackedFile],
@@ -319,7 +319,7 @@ fn too_large_text(source: &str, size: u64, max_bytes: usize) -> String {
 
 /// Runs the submit tool.
 pub(crate) async fn run_submit(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     path: Option<&str>,
     config: &ToolConfig,
 ) -> Result<ToolResult, SandboxError> {
@@ -364,10 +364,7 @@ pub(crate) async fn run_submit(
                 Err(error) => {
                     return failed(
                         ToolErrorKind::Unreadable,
-                        format!(
-                            "Failed to submit {path}: it could not be read ({}).",
-                            error.message
-                        ),
+                        format!("Failed to submit {path}: it could not be read ({}).", error),
                     )
                 }
             }
@@ -439,8 +436,8 @@ pub(crate) async fn run_submit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::UnisolatedHostSandbox;
     use crate::{run_tool, SubmissionRepo, ToolCall};
+    use swe_env_sandbox::host::UnisolatedHostSandbox;
 
     const TIMEOUT: Duration = Duration::from_secs(20);
     const DIFF: &str = "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n";
@@ -728,7 +725,7 @@ mod tests {
 #[cfg(test)]
 mod exclusion_tests {
     use super::*;
-    use crate::host::UnisolatedHostSandbox;
+    use swe_env_sandbox::host::UnisolatedHostSandbox;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -11,8 +11,8 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::time::Duration;
 
 use crate::call::ToolCall;
-use crate::sandbox::ToolSandbox;
 use crate::tool::{run_tool, ToolConfig, ToolErrorKind};
+use swe_env_sandbox::Sandbox;
 
 /// Timeout for the helper shell commands (`chmod`, `stat`) a check runs.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,13 +194,13 @@ fn line_block(lines: &[String]) -> String {
 /// error kind, resulting bytes and mode against [`reference_edit`]. `Err` describes the first mismatch (or a
 /// sandbox failure).
 pub async fn check_edit_roundtrip(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     dir: &str,
     case: EditCase,
 ) -> Result<(), String> {
     let path = format!("{dir}/edit-case.txt");
     let original = case.file_bytes();
-    let sandbox_failed = |error: crate::SandboxError| format!("sandbox failed: {error}");
+    let sandbox_failed = |error: swe_env_sandbox::SandboxError| format!("sandbox failed: {error}");
     sandbox
         .write_file(&path, &original)
         .await
@@ -284,7 +284,7 @@ pub async fn check_edit_roundtrip(
 /// Runs [`check_edit_roundtrip`] on `n_cases` cases generated deterministically from `seed` (no shrinking; for
 /// async callers that cannot use the proptest runner). Returns the first failing case with its error.
 pub async fn run_edit_property(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     dir: &str,
     n_cases: u32,
     seed: u64,
@@ -309,8 +309,8 @@ pub async fn run_edit_property(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::UnisolatedHostSandbox;
     use proptest::test_runner::TestCaseError;
+    use swe_env_sandbox::host::UnisolatedHostSandbox;
 
     #[test]
     fn reference_examples() {

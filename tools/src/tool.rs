@@ -1,4 +1,4 @@
-//! Running a parsed [`ToolCall`] against a [`ToolSandbox`]: the knobs ([`ToolConfig`]), the outcome
+//! Running a parsed [`ToolCall`] against a [`Sandbox`]: the knobs ([`ToolConfig`]), the outcome
 //! ([`ToolResult`]), and the dispatch ([`run_tool`]). Tool-level failures are data in the result; `Err` is only
 //! the sandbox's infrastructure failing.
 
@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::{ToolCall, ToolName};
-use crate::sandbox::{SandboxError, ToolSandbox};
 use crate::submit::UntrackedFile;
+use swe_env_sandbox::{Sandbox, SandboxError};
 
 /// Default per-command timeout of the bash tool (CWM's session timeout).
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -160,7 +160,7 @@ impl ToolResult {
         }
     }
 
-    /// A failed non-bash result of `kind` with `text`.
+    /// A failed result of `kind` with `text` (nothing ran: no exit code, no duration).
     pub(crate) fn failed(tool: ToolName, kind: ToolErrorKind, text: String) -> Self {
         Self {
             error: Some(kind),
@@ -177,7 +177,7 @@ impl ToolResult {
 /// Runs `call` in `sandbox`. Tool failures come back as `Ok` with [`ToolResult::error`] set; `Err` means the
 /// sandbox itself failed (container gone, engine down) and the episode cannot continue normally.
 pub async fn run_tool(
-    sandbox: &dyn ToolSandbox,
+    sandbox: &dyn Sandbox,
     call: &ToolCall,
     config: &ToolConfig,
 ) -> Result<ToolResult, SandboxError> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::sandbox::gc::GcAction;
-use crate::sandbox::{collect_garbage_with, DockerEngine, GcScope};
+use swe_env_sandbox::gc::GcAction;
+use swe_env_sandbox::{collect_garbage_with, DockerEngine, GcScope};
 
 /// Arguments of `swe-env gc`.
 #[derive(Debug, clap::Args)]

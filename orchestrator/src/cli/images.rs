@@ -11,8 +11,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
 
 use crate::datasets::load_source;
-use crate::sandbox::DockerEngine;
 use crate::task::{image_for, OFFICIAL_IMAGE_TEMPLATE};
+use swe_env_sandbox::DockerEngine;
 
 /// Image commands.
 #[derive(Debug, clap::Subcommand)]

@@ -15,8 +15,8 @@ use super::model_args::ModelArgs;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::agent::{add_client_info, run_model_agent, start_info_for, ApiMode, StepEvent};
 use crate::episode::{EndInfo, Episode, EpisodeConfig};
-use crate::sandbox::DockerEngine;
 use crate::trajectory::{EpisodeStatus, StepRecord};
+use swe_env_sandbox::DockerEngine;
 
 /// How many characters of an observation the live view prints.
 const OBSERVATION_HEAD_CHARS: usize = 100;

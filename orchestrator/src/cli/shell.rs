@@ -15,8 +15,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::agent::builtin_prompt;
 use crate::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
-use crate::sandbox::{DockerEngine, SandboxConfig};
 use crate::trajectory::EpisodeStatus;
+use swe_env_sandbox::{DockerEngine, SandboxConfig};
 
 /// Arguments of `swe-env shell`.
 #[derive(Debug, clap::Args)]

@@ -7,8 +7,8 @@ use swe_env_tools::render::DEFAULT_OBSERVATION_CAP_BYTES;
 use swe_env_tools::ToolConfig;
 
 use super::anti_leak::AntiLeak;
-use crate::sandbox::SandboxConfig;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use swe_env_sandbox::SandboxConfig;
 
 /// How tool calls are written by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use swe_env_grading::dataset::Instance;
+use swe_env_grading::specs::SWE_BENCH_REPO_DIR;
 use swe_env_tools::submit::{record_untracked, SubmissionError};
 use swe_env_tools::{
     parse_json_call, parse_text_call, render_call_error, render_observation, run_tool, Budget,
@@ -20,13 +21,13 @@ use swe_env_tools::{
 };
 use tracing::{info, warn};
 
-use crate::sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
-use crate::task::{activation_for, image_for, REPO_DIR};
+use crate::task::{activation_for, image_for};
 use crate::trajectory::record::now_rfc3339;
 use crate::trajectory::{
     EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
     TrajectoryWriteError, TrajectoryWriter, SCHEMA_VERSION,
 };
+use swe_env_sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
 
 /// The shortest timeout a command gets, even when the episode's wall-clock budget is (almost) spent; the episode
 /// ends right after that step.
@@ -161,12 +162,14 @@ impl Episode {
         let mut config = config;
         // A path-less submit diffs the task's repository against its base commit; decided once, here.
         if config.tools.submission_repo.is_none() {
-            config.tools.submission_repo =
-                Some(SubmissionRepo::new(REPO_DIR, instance.base_commit.clone()));
+            config.tools.submission_repo = Some(SubmissionRepo::new(
+                SWE_BENCH_REPO_DIR,
+                instance.base_commit.clone(),
+            ));
         }
         let image = image_for(&instance, &config.image_template);
         let sandbox_config = SandboxConfig {
-            workdir: REPO_DIR.to_owned(),
+            workdir: SWE_BENCH_REPO_DIR.to_owned(),
             init_commands: vec![activation_for(&instance)],
             ..config.sandbox.clone()
         };
@@ -339,6 +342,17 @@ impl Episode {
         tools
     }
 
+    /// `Err(Ended)` once the episode has ended: nothing more may run or be recorded.
+    fn ensure_running(&self) -> Result<(), EpisodeError> {
+        match self.ended {
+            Some(status) => Err(EpisodeError::Ended {
+                episode_id: self.id.clone(),
+                status: status.as_str(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Runs one action and records it.
     #[tracing::instrument(name = "step", skip_all, fields(episode_id = %self.id, step_idx = self.n_steps))]
     pub async fn step(
@@ -346,12 +360,7 @@ impl Episode {
         action: Action,
         meta: StepMeta,
     ) -> Result<StepOutcome, EpisodeError> {
-        if let Some(status) = self.ended {
-            return Err(EpisodeError::Ended {
-                episode_id: self.id.clone(),
-                status: status.as_str(),
-            });
-        }
+        self.ensure_running()?;
         let Some(sandbox) = self.sandbox.clone() else {
             return Err(EpisodeError::Ended {
                 episode_id: self.id.clone(),
@@ -379,7 +388,7 @@ impl Episode {
                 let result = match run_tool(&sandbox, &call, &tools).await {
                     Ok(result) => result,
                     // A container removed from outside (`docker rm -f`) is named as such.
-                    Err(e) => return Err(sandbox.classify_failure(e.message).await.into()),
+                    Err(e) => return Err(sandbox.classify_failure(e.to_string()).await.into()),
                 };
                 // The context grows by what the model is shown (the output cut at the observation cap), not by the
                 // raw output behind it; charged before rendering so the budget block counts this step.
@@ -440,12 +449,7 @@ impl Episode {
         message: &str,
         meta: StepMeta,
     ) -> Result<StepOutcome, EpisodeError> {
-        if let Some(status) = self.ended {
-            return Err(EpisodeError::Ended {
-                episode_id: self.id.clone(),
-                status: status.as_str(),
-            });
-        }
+        self.ensure_running()?;
         self.n_steps += 1;
         self.context_tokens_used += estimate_tokens(raw_action.len() + message.len());
         let observation = swe_env_tools::truncate_right(
@@ -485,12 +489,7 @@ impl Episode {
     /// Ends the episode: removes the sandbox and writes `episode_end`. Idempotent for the status (first wins).
     pub async fn finish(&mut self, end: EndInfo) -> Result<EpisodeEnd, EpisodeError> {
         let released = self.release_sandbox().await;
-        if let Some(status) = self.ended {
-            return Err(EpisodeError::Ended {
-                episode_id: self.id.clone(),
-                status: status.as_str(),
-            });
-        }
+        self.ensure_running()?;
         self.ended = Some(end.status);
         let record = EpisodeEnd {
             status: end.status,
@@ -538,7 +537,7 @@ async fn record_preexisting_untracked(
         }
         Err(SubmissionError::Sandbox(error)) => Err(SandboxError::Shell {
             container: sandbox.id().to_owned(),
-            detail: error.message,
+            detail: error.to_string(),
         }
         .into()),
         Err(error) => {

@@ -9,8 +9,8 @@ use tracing::error;
 
 use crate::episode::EpisodeError;
 use crate::grade::GradeError;
-use crate::sandbox::SandboxError;
 use crate::trajectory::TrajectoryReadError;
+use swe_env_sandbox::SandboxError;
 
 /// Metadata key of the retry hint sent with RESOURCE_EXHAUSTED (and UNAVAILABLE when the engine is down).
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::sandbox::owner::{Liveness, Owner};
 use crate::trajectory::close_crashed;
 use crate::trajectory::recover::open_trajectory;
+use swe_env_sandbox::owner::{Liveness, Owner};
 
 /// What a pass over the trajectory directory did.
 #[derive(Debug, Default)]

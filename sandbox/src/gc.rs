@@ -6,9 +6,9 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use super::docker::{DockerEngine, LabelledContainer};
-use super::error::SandboxError;
-use super::owner::{unix_seconds, DeadBecause, Liveness};
+use crate::docker::{DockerEngine, LabelledContainer};
+use crate::error::SandboxError;
+use crate::owner::{unix_seconds, DeadBecause, Liveness};
 
 /// Which labelled containers to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,4 +1,4 @@
-//! [`UnisolatedHostSandbox`]: a [`ToolSandbox`] over a host directory and a host `bash`, for fast tool tests.
+//! [`UnisolatedHostSandbox`]: a [`Sandbox`] over a host directory and a host `bash`, for fast tool tests.
 //!
 //! **It is not a sandbox in any security sense**: commands run on the host, as the current user, with full access
 //! to everything that user can reach. Use it only for trusted commands (tests), never for model output.
@@ -11,7 +11,7 @@
 //! redirected its own stdout), its whole process group is killed and a fresh shell started in the root directory.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 
-use crate::sandbox::{CommandOutput, PathKind, SandboxError, ToolSandbox};
+use crate::api::{BoundedRead, CommandOutput, PathKind, Sandbox};
+use crate::capture::{CappedOutput, ScanEvent, SentinelScanner};
+use crate::error::SandboxError;
 
 /// Default cap on one command's kept output: 64 KiB (first and last 32 KiB).
 pub const DEFAULT_HOST_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -46,7 +48,7 @@ impl Default for HostSandboxConfig {
     }
 }
 
-/// A host-local, **unisolated** [`ToolSandbox`]: a persistent host `bash` rooted at a directory. It runs commands
+/// A host-local, **unisolated** [`Sandbox`]: a persistent host `bash` rooted at a directory. It runs commands
 /// directly on this machine with this user's rights — for tests of the tools only, never for untrusted commands.
 pub struct UnisolatedHostSandbox {
     root: PathBuf,
@@ -65,7 +67,9 @@ struct Shell {
 }
 
 fn sandbox_error(what: &str, error: impl std::fmt::Display) -> SandboxError {
-    SandboxError::new(format!("{what}: {error}"))
+    SandboxError::Host {
+        detail: format!("{what}: {error}"),
+    }
 }
 
 impl UnisolatedHostSandbox {
@@ -121,11 +125,13 @@ impl Shell {
             .kill_on_drop(true)
             .spawn()
             .map_err(|error| sandbox_error("cannot start bash", error))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| SandboxError::new("bash exited right after starting"))?;
+        let pid = child.id().ok_or_else(|| SandboxError::Host {
+            detail: "bash exited right after starting".into(),
+        })?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(SandboxError::new("bash started without stdin/stdout pipes"));
+            return Err(SandboxError::Host {
+                detail: "bash started without stdin/stdout pipes".into(),
+            });
         };
         stdin
             .write_all(b"exec 2>&1\n")
@@ -143,59 +149,6 @@ impl Shell {
     }
 }
 
-/// Keeps the first and last `cap / 2` bytes of a stream and counts the rest.
-struct CappedOutput {
-    cap: usize,
-    head: Vec<u8>,
-    tail: VecDeque<u8>,
-    total: usize,
-}
-
-impl CappedOutput {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            head: Vec::new(),
-            tail: VecDeque::new(),
-            total: 0,
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.total += bytes.len();
-        let head_cap = self.cap / 2;
-        let tail_cap = self.cap - head_cap;
-        let to_head = bytes.len().min(head_cap - self.head.len());
-        self.head.extend_from_slice(&bytes[..to_head]);
-        for &byte in &bytes[to_head..] {
-            if self.tail.len() == tail_cap {
-                self.tail.pop_front();
-            }
-            if tail_cap > 0 {
-                self.tail.push_back(byte);
-            }
-        }
-    }
-
-    /// The kept bytes (with a marker where bytes were dropped) and whether anything was dropped.
-    fn finish(self) -> (Vec<u8>, bool) {
-        let kept = self.head.len() + self.tail.len();
-        let mut out = self.head;
-        let truncated = self.total > kept;
-        if truncated {
-            out.extend_from_slice(
-                format!(
-                    "\n[... {} bytes of output omitted ...]\n",
-                    self.total - kept
-                )
-                .as_bytes(),
-            );
-        }
-        out.extend(self.tail);
-        (out, truncated)
-    }
-}
-
 /// How reading one command's output ended.
 enum Ending {
     /// The sentinel arrived: exit status and working directory.
@@ -206,55 +159,34 @@ enum Ending {
     ShellGone,
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// Reads the shell's stdout into `sink` until the sentinel line `marker` (which starts with `\n`) or `deadline`.
+/// Reads the shell's stdout through `scanner` into `sink` until the sentinel line or `deadline`.
 async fn read_until_marker(
     stdout: &mut ChildStdout,
-    window: &mut Vec<u8>,
+    scanner: &mut SentinelScanner,
     sink: &mut CappedOutput,
-    marker: &[u8],
     deadline: tokio::time::Instant,
 ) -> Result<Ending, SandboxError> {
     let mut buffer = [0_u8; 8192];
     loop {
-        if let Some(at) = find(window, marker) {
-            let trailer_start = at + marker.len();
-            if let Some(newline) = window[trailer_start..]
-                .iter()
-                .position(|&byte| byte == b'\n')
-            {
-                let trailer =
-                    String::from_utf8_lossy(&window[trailer_start..trailer_start + newline])
-                        .into_owned();
-                sink.push(&window[..at]);
-                window.clear();
-                let (code, cwd) = trailer.split_once(' ').unwrap_or((trailer.as_str(), ""));
-                let exit_code = code
-                    .parse()
-                    .map_err(|error| sandbox_error("bad exit status from bash", error))?;
-                return Ok(Ending::Done {
-                    exit_code,
-                    cwd: cwd.to_owned(),
-                });
-            }
-        } else if window.len() >= marker.len() {
-            let flush = window.len() + 1 - marker.len();
-            sink.push(&window[..flush]);
-            window.drain(..flush);
-        }
         match tokio::time::timeout_at(deadline, stdout.read(&mut buffer)).await {
             Err(_) => return Ok(Ending::Deadline),
             Ok(Ok(0)) => {
-                sink.push(window);
-                window.clear();
+                sink.push(&scanner.take_pending());
                 return Ok(Ending::ShellGone);
             }
-            Ok(Ok(n)) => window.extend_from_slice(&buffer[..n]),
+            Ok(Ok(n)) => {
+                if let ScanEvent::Done(trailer) = scanner.feed(&buffer[..n], sink) {
+                    let trailer = String::from_utf8_lossy(&trailer).into_owned();
+                    let (code, cwd) = trailer.split_once(' ').unwrap_or((trailer.as_str(), ""));
+                    let exit_code = code
+                        .parse()
+                        .map_err(|error| sandbox_error("bad exit status from bash", error))?;
+                    return Ok(Ending::Done {
+                        exit_code,
+                        cwd: cwd.to_owned(),
+                    });
+                }
+            }
             Ok(Err(error)) => return Err(sandbox_error("cannot read from bash", error)),
         }
     }
@@ -363,7 +295,7 @@ impl UnisolatedHostSandbox {
 }
 
 #[async_trait::async_trait]
-impl ToolSandbox for UnisolatedHostSandbox {
+impl Sandbox for UnisolatedHostSandbox {
     async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -390,31 +322,19 @@ impl ToolSandbox for UnisolatedHostSandbox {
                 .map_err(|error| sandbox_error("cannot write to bash", error))?;
         }
         let mut sink = CappedOutput::new(self.config.max_output_bytes);
-        let mut window = Vec::new();
+        let mut scanner = SentinelScanner::new(marker.as_bytes(), b'\n');
         let shell = &mut *shell;
-        let mut ending = read_until_marker(
-            &mut shell.stdout,
-            &mut window,
-            &mut sink,
-            marker.as_bytes(),
-            deadline,
-        )
-        .await?;
+        let mut ending =
+            read_until_marker(&mut shell.stdout, &mut scanner, &mut sink, deadline).await?;
         let mut timed_out = false;
         if matches!(ending, Ending::Deadline) {
             timed_out = true;
             kill_descendants(shell.pid);
             let grace_deadline = tokio::time::Instant::now() + self.config.kill_grace;
-            ending = read_until_marker(
-                &mut shell.stdout,
-                &mut window,
-                &mut sink,
-                marker.as_bytes(),
-                grace_deadline,
-            )
-            .await?;
+            ending = read_until_marker(&mut shell.stdout, &mut scanner, &mut sink, grace_deadline)
+                .await?;
             if matches!(ending, Ending::Deadline) {
-                sink.push(&window);
+                sink.push(&scanner.take_pending());
             }
         }
         let exit_code = match ending {
@@ -428,7 +348,8 @@ impl ToolSandbox for UnisolatedHostSandbox {
                 None
             }
         };
-        let (output, truncated) = sink.finish();
+        let truncated = sink.is_truncated();
+        let output = sink.into_bytes();
         Ok(CommandOutput {
             output,
             exit_code,
@@ -473,8 +394,7 @@ impl ToolSandbox for UnisolatedHostSandbox {
         &self,
         path: &str,
         max_bytes: usize,
-    ) -> Result<crate::sandbox::BoundedRead, SandboxError> {
-        use crate::sandbox::BoundedRead;
+    ) -> Result<BoundedRead, SandboxError> {
         use tokio::io::AsyncReadExt;
         let failed = |error| sandbox_error(&format!("cannot read {path}"), error);
         let file = tokio::fs::File::open(path).await.map_err(failed)?;
@@ -519,22 +439,6 @@ mod tests {
 
     fn text(output: &CommandOutput) -> String {
         String::from_utf8_lossy(&output.output).into_owned()
-    }
-
-    #[test]
-    fn capped_output_keeps_head_and_tail() {
-        let mut capped = CappedOutput::new(6);
-        capped.push(b"abcdefgh");
-        capped.push(b"ij");
-        let (out, truncated) = capped.finish();
-        assert!(truncated);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "abc\n[... 4 bytes of output omitted ...]\nhij"
-        );
-        let mut small = CappedOutput::new(6);
-        small.push(b"abc");
-        assert_eq!(small.finish(), (b"abc".to_vec(), false));
     }
 
     #[tokio::test]

@@ -1,5 +1,9 @@
 //! Errors of the sandbox layer. Tool-level failures (non-zero exits, timeouts) are never errors: they are data.
 
+/// The `DOCKER_HOST` forms swe-env supports, for error messages.
+pub const SUPPORTED_FORMS: &str = "unix:///path/to/docker.sock, tcp://HOST[:PORT] (plain, DOCKER_TLS_VERIFY unset), \
+     or tcp://HOST[:PORT] with DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH holding ca.pem, cert.pem and key.pem";
+
 /// Infrastructure failures of a sandbox.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -13,7 +17,7 @@ pub enum SandboxError {
     /// `DOCKER_HOST` (or a TLS variable) names something swe-env cannot use; nothing is connected instead.
     #[error(
         "{variable}={value:?} cannot be used: {reason}. Supported DOCKER_HOST forms: {forms}",
-        forms = super::endpoint::SUPPORTED_FORMS
+        forms = SUPPORTED_FORMS
     )]
     EngineConfig {
         /// The environment variable at fault.
@@ -76,6 +80,12 @@ pub enum SandboxError {
         /// Container id.
         container: String,
     },
+    /// The unisolated host sandbox (tests) failed: a host process or file operation.
+    #[error("{detail}")]
+    Host {
+        /// What failed, and why.
+        detail: String,
+    },
     /// Any other engine error.
     #[error("docker {op} failed: {detail}")]
     Docker {
@@ -86,6 +96,7 @@ pub enum SandboxError {
     },
 }
 
+#[cfg(feature = "docker")]
 impl SandboxError {
     /// Classifies a bollard error from operation `op`.
     pub(crate) fn docker(op: &'static str, error: bollard::errors::Error) -> Self {
@@ -121,6 +132,7 @@ impl SandboxError {
 }
 
 /// `error: cause: cause…`, each distinct message once.
+#[cfg(feature = "docker")]
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -133,10 +145,4 @@ fn with_causes(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-impl From<SandboxError> for swe_env_tools::SandboxError {
-    fn from(error: SandboxError) -> Self {
-        swe_env_tools::SandboxError::new(error.to_string())
-    }
 }

@@ -1,5 +1,5 @@
 //! The persistent-shell protocol: how a command is framed for `bash` reading its stdin, and how the sentinel that
-//! ends it is built and parsed. Pure functions; the I/O lives in [`super::docker`].
+//! ends it is built and parsed. Pure functions; the I/O lives in [`crate::docker`].
 //!
 //! The shell is `bash -i` without a terminal, so an interrupt behaves like Ctrl-C at a prompt (the rest of the
 //! command line is dropped, state is kept). Like a terminal, it announces background jobs (`[1] 42`) and says

@@ -1,7 +1,10 @@
-//! The small sandbox surface the tools need. The orchestrator implements it for Docker containers; tests may
-//! implement it over a host temp dir. Keeping it this narrow is what lets the tools stay free of Docker.
+//! The [`Sandbox`] trait: the small surface the agent tools need. [`crate::DockerSandbox`] implements it for a
+//! container, [`crate::UnisolatedHostSandbox`] over a host directory (tests). Keeping it this narrow is what lets the
+//! tools stay free of Docker.
 
 use std::time::Duration;
+
+use crate::error::SandboxError;
 
 /// What one command in the persistent shell produced. Non-zero exits and timeouts are data, not errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,7 +36,7 @@ pub enum PathKind {
     Other,
 }
 
-/// What [`ToolSandbox::read_file_at_most`] found.
+/// What [`Sandbox::read_file_at_most`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BoundedRead {
     /// The whole file, at most the limit.
@@ -45,27 +48,10 @@ pub enum BoundedRead {
     },
 }
 
-/// Infrastructure failure of the sandbox (Docker down, container gone). Tool-level failures are never this.
-#[derive(Debug, thiserror::Error)]
-#[error("sandbox error: {message}")]
-pub struct SandboxError {
-    /// Human-readable description, naming what failed.
-    pub message: String,
-}
-
-impl SandboxError {
-    /// Wraps any displayable cause.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
 /// The operations tools perform. All paths given to the file methods are absolute; tools resolve relative paths
-/// against [`ToolSandbox::cwd`] themselves.
+/// against [`Sandbox::cwd`] themselves.
 #[async_trait::async_trait]
-pub trait ToolSandbox: Send + Sync {
+pub trait Sandbox: Send + Sync {
     /// Runs `command` in the persistent shell (state such as `cd`/`export` persists), with a timeout.
     async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError>;
     /// The shell's current working directory (as of the last command).

@@ -20,12 +20,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
-use super::capture::{CappedOutput, ScanEvent, SentinelScanner};
-use super::config::{SandboxConfig, KEPT_CAPABILITIES};
-use super::error::SandboxError;
-use super::owner::{container_labels, Owner, LABEL_EPISODE, LABEL_EXPIRES, LABEL_OWNER};
-use super::shell;
-use swe_env_tools::{CommandOutput, PathKind};
+use crate::api::{BoundedRead, CommandOutput, PathKind, Sandbox};
+use crate::capture::{CappedOutput, ScanEvent, SentinelScanner};
+use crate::config::{SandboxConfig, KEPT_CAPABILITIES};
+use crate::error::SandboxError;
+use crate::owner::{container_labels, Owner, LABEL_EPISODE, LABEL_EXPIRES, LABEL_OWNER};
+use crate::shell;
 
 /// Largest file the sandbox reads for the tools (edit needs the whole file in memory).
 pub const MAX_FILE_BYTES: usize = 64 << 20;
@@ -82,12 +82,12 @@ impl DockerEngine {
     /// `tcp://`, TLS with `DOCKER_TLS_VERIFY` + `DOCKER_CERT_PATH`; the default socket when unset), and checks that
     /// it answers. A `DOCKER_HOST` that cannot be honoured is an error, never the local socket.
     pub async fn connect(api_timeout: Duration) -> Result<Self, SandboxError> {
-        Self::connect_to(&super::EngineEndpoint::from_env()?, api_timeout).await
+        Self::connect_to(&crate::EngineEndpoint::from_env()?, api_timeout).await
     }
 
     /// Connects to `endpoint` and checks that it answers.
     pub async fn connect_to(
-        endpoint: &super::EngineEndpoint,
+        endpoint: &crate::EngineEndpoint,
         api_timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let at_endpoint = |error: SandboxError| match error {
@@ -608,7 +608,7 @@ impl DockerSandbox {
     /// Ends the agent's tenure of this container before test material is copied in (in-place grading): kills
     /// every process in it by restarting the container (the filesystem is kept; background jobs, daemons and
     /// anything the agent left running are gone) and refuses every later agent-facing operation — the shell
-    /// ([`Self::run_command`]) and the tools' file access ([`swe_env_tools::ToolSandbox`]) answer
+    /// ([`Self::run_command`]) and the tools' file access ([`Sandbox`]) answer
     /// [`SandboxError::Sealed`]. One-shot [`Self::exec`] / [`Self::write_bytes`], the grader's own tools, keep
     /// working. Irreversible.
     pub async fn seal_for_grading(&self) -> Result<(), SandboxError> {
@@ -632,7 +632,7 @@ impl DockerSandbox {
         Ok(())
     }
 
-    /// Runs a command in the persistent shell. See [`swe_env_tools::ToolSandbox::run`].
+    /// Runs a command in the persistent shell. See [`Sandbox::run`].
     pub async fn run_command(
         &self,
         command: &str,
@@ -928,23 +928,13 @@ impl Inner {
         let start = shell::start_marker(marker);
         let mut scanner = SentinelScanner::new(start.as_bytes(), shell::TRAILER_END);
         let mut dropped = CappedOutput::new(4096);
-        let found = loop {
-            let frame = match tokio::time::timeout_at(deadline, session.output.next()).await {
-                Err(_) => break StartEnd::Deadline,
-                Ok(None) | Ok(Some(Err(_))) => break StartEnd::Eof,
-                Ok(Some(Ok(frame))) => frame,
+        // START's trailer is empty: what follows its NUL is the command's output.
+        let found =
+            match read_until(&mut session.output, &mut scanner, &mut dropped, deadline).await {
+                ReadEnd::Done(_) => StartEnd::Started(scanner.take_rest()),
+                ReadEnd::Deadline => StartEnd::Deadline,
+                ReadEnd::Eof => StartEnd::Eof,
             };
-            let bytes = match frame {
-                LogOutput::StdOut { message }
-                | LogOutput::StdErr { message }
-                | LogOutput::Console { message } => message,
-                LogOutput::StdIn { .. } => continue,
-            };
-            // START's trailer is empty: what follows its NUL is the command's output.
-            if let ScanEvent::Done(_) = scanner.feed(&bytes, &mut dropped) {
-                break StartEnd::Started(scanner.take_rest());
-            }
-        };
         if dropped.total_bytes() > 0 {
             debug!(container = %self.container_id, bytes = dropped.total_bytes(), "dropped shell output printed between commands");
         }
@@ -1198,20 +1188,16 @@ async fn read_until(
 }
 
 #[async_trait::async_trait]
-impl swe_env_tools::ToolSandbox for DockerSandbox {
-    async fn run(
-        &self,
-        command: &str,
-        timeout: Duration,
-    ) -> Result<CommandOutput, swe_env_tools::SandboxError> {
+impl Sandbox for DockerSandbox {
+    async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError> {
         Ok(self.run_command(command, timeout).await?)
     }
 
-    async fn cwd(&self) -> Result<String, swe_env_tools::SandboxError> {
+    async fn cwd(&self) -> Result<String, SandboxError> {
         Ok(self.inner.cwd())
     }
 
-    async fn path_kind(&self, path: &str) -> Result<PathKind, swe_env_tools::SandboxError> {
+    async fn path_kind(&self, path: &str) -> Result<PathKind, SandboxError> {
         self.ensure_unsealed()?;
         let quoted = shell::ansi_c_quote(path.as_bytes());
         let probe = format!(
@@ -1229,7 +1215,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         })
     }
 
-    async fn read_file(&self, path: &str) -> Result<Vec<u8>, swe_env_tools::SandboxError> {
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         self.ensure_unsealed()?;
         let result = self
             .exec(&["cat", "--", path], None, Duration::from_secs(60))
@@ -1240,8 +1226,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
                 op: "read",
                 path: path.to_owned(),
                 detail,
-            }
-            .into());
+            });
         }
         if result.stdout_truncated {
             let detail = format!("file is larger than {MAX_FILE_BYTES} bytes");
@@ -1249,8 +1234,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
                 op: "read",
                 path: path.to_owned(),
                 detail,
-            }
-            .into());
+            });
         }
         Ok(result.stdout)
     }
@@ -1259,8 +1243,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         &self,
         path: &str,
         max_bytes: usize,
-    ) -> Result<swe_env_tools::BoundedRead, swe_env_tools::SandboxError> {
-        use swe_env_tools::BoundedRead;
+    ) -> Result<BoundedRead, SandboxError> {
         self.ensure_unsealed()?;
         // The size first (one line), then at most limit + 1 bytes: `head` stops reading there, so a huge file is
         // never streamed to the host, and the capture holds at most the limit (never more than MAX_FILE_BYTES).
@@ -1287,8 +1270,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
                 op: "read",
                 path: path.to_owned(),
                 detail,
-            }
-            .into());
+            });
         };
         let limit_u64 = limit as u64;
         if size > limit_u64 || result.stdout.len() - end - 1 > limit || result.stdout_truncated {
@@ -1301,11 +1283,7 @@ impl swe_env_tools::ToolSandbox for DockerSandbox {
         Ok(BoundedRead::Whole(content))
     }
 
-    async fn write_file(
-        &self,
-        path: &str,
-        bytes: &[u8],
-    ) -> Result<(), swe_env_tools::SandboxError> {
+    async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
         self.ensure_unsealed()?;
         Ok(self.write_bytes(path, bytes).await?)
     }

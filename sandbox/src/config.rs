@@ -13,7 +13,8 @@ pub struct SandboxConfig {
     pub nano_cpus: i64,
     /// Maximum number of processes in the container; stops fork bombs. Default 1024.
     pub pids_limit: i64,
-    /// Directory the shell starts (and restarts) in. Default `/testbed`, as in SWE-bench images.
+    /// Directory the shell starts (and restarts) in. Default `/`: episodes and grading set the task's repository
+    /// directory (`swe_env_grading::specs::SWE_BENCH_REPO_DIR`); this crate knows nothing of tasks.
     pub workdir: String,
     /// Shell lines run at session start and after every restart (e.g. the task's env activation).
     pub init_commands: Vec<String>,
@@ -36,7 +37,7 @@ impl Default for SandboxConfig {
             memory_bytes: 4 << 30,
             nano_cpus: 2_000_000_000,
             pids_limit: 1024,
-            workdir: "/testbed".to_owned(),
+            workdir: "/".to_owned(),
             init_commands: Vec::new(),
             env: Vec::new(),
             max_output_bytes: 1 << 20,

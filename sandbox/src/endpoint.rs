@@ -9,14 +9,10 @@ use bollard::Docker;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::error::SandboxError;
+use crate::error::SandboxError;
 
 /// The engine's socket when `DOCKER_HOST` is unset or empty.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-
-/// The `DOCKER_HOST` forms swe-env supports, for error messages.
-pub const SUPPORTED_FORMS: &str = "unix:///path/to/docker.sock, tcp://HOST[:PORT] (plain, DOCKER_TLS_VERIFY unset), \
-     or tcp://HOST[:PORT] with DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH holding ca.pem, cert.pem and key.pem";
 
 /// Port of `tcp://HOST` without TLS, as the Docker CLI.
 const DEFAULT_TCP_PORT: u16 = 2375;
