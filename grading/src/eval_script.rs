@@ -22,7 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Instance;
-use crate::directives::{modified_files, test_directives, PatchParseError};
+use crate::diff::DiffError;
+use crate::directives::{modified_files, test_directives};
 use crate::specs::{spec_for_instance, ParserFamily, SpecError, TaskSpec};
 
 /// Marker before the test command's output (printed by `set -x` tracing a `:` no-op).
@@ -145,7 +146,7 @@ pub enum EvalScriptError {
         instance_id: String,
         /// The parser's error.
         #[source]
-        source: PatchParseError,
+        source: DiffError,
     },
     /// The test patch contains the heredoc delimiter line, which would cut the heredoc short.
     #[error("instance {instance_id}: test patch contains the heredoc delimiter line {TEST_PATCH_HEREDOC_DELIMITER}")]

@@ -3,6 +3,7 @@
 
 // Owned by the "specs" work: dataset rows and loading, per-repo test specs, test directives, eval scripts.
 pub mod dataset;
+pub mod diff;
 pub mod directives;
 pub mod eval_script;
 pub mod specs;

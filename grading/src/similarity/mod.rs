@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-pub use patch::{file_diff_bodies, PatchParseError};
+use crate::diff::DiffError;
+
+pub use patch::file_diff_bodies;
 pub use sequence_matcher::{ratio, MatchingBlock, SequenceMatcher};
 
 /// The similarity of one file's diff bodies.
@@ -37,7 +39,7 @@ pub struct PatchSimilarity {
 /// The gold patch itself could not be parsed: a dataset problem, not the model's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("gold patch cannot be split into file diffs: {0}")]
-pub struct GoldPatchError(#[from] pub PatchParseError);
+pub struct GoldPatchError(#[from] pub DiffError);
 
 /// SWE-RL's reward for a predicted patch against the gold patch.
 ///

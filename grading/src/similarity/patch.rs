@@ -19,165 +19,33 @@
 
 use std::collections::BTreeMap;
 
-/// Why a patch could not be split into file bodies.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatchParseError {
-    /// The patch is empty or only whitespace.
-    #[error("patch is empty")]
-    Empty,
-    /// The patch has no hunk at all.
-    #[error("patch has no hunks")]
-    NoHunks,
-    /// A hunk header could not be read.
-    #[error("bad hunk header on patch line {line_number}: {line:?}")]
-    BadHunkHeader {
-        /// 1-based line number in the patch.
-        line_number: usize,
-        /// The line.
-        line: String,
-    },
-    /// A hunk appears before any file header.
-    #[error("hunk without a file header on patch line {line_number}")]
-    HunkWithoutFile {
-        /// 1-based line number in the patch.
-        line_number: usize,
-    },
-    /// A hunk has fewer (or different) lines than its header announces.
-    #[error("hunk ending on patch line {line_number} does not match its header counts")]
-    BadHunkBody {
-        /// 1-based line number in the patch where the hunk went wrong.
-        line_number: usize,
-    },
-}
+use crate::diff::{parse, Dialect, DiffError, LineKind};
 
-/// `-a[,b]` or `+c[,d]` → the line count (`1` when omitted).
-fn range_count(range: &str, sign: char) -> Option<usize> {
-    let digits = range.strip_prefix(sign)?;
-    let (start, count) = match digits.split_once(',') {
-        Some((start, count)) => (start, Some(count)),
-        None => (digits, None),
-    };
-    ascii_number(start)?;
-    match count {
-        Some(count) => ascii_number(count),
-        None => Some(1),
-    }
-}
-
-/// A non-empty run of ASCII digits as a number (`str::parse` alone would accept a `+` sign).
-fn ascii_number(text: &str) -> Option<usize> {
-    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-/// Parses `@@ -a,b +c,d @@...` into (normalised header, old count, new count).
-fn hunk_header(line: &str) -> Option<(String, usize, usize)> {
-    let rest = line.strip_prefix("@@ ")?;
-    let (ranges, _section) = rest.split_once(" @@")?;
-    let (old_range, new_range) = ranges.split_once(' ')?;
-    let old_count = range_count(old_range, '-')?;
-    let new_count = range_count(new_range, '+')?;
-    Some((
-        format!("@@ {old_range} {new_range} @@"),
-        old_count,
-        new_count,
-    ))
-}
-
-/// A path from a `---`/`+++` line: the text after the marker, cut at a tab (timestamps), with
-/// git's `a/`/`b/` prefix removed; `None` for `/dev/null`.
-fn header_path(rest: &str) -> Option<String> {
-    let path = rest
-        .split('\t')
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('\r');
-    if path == "/dev/null" {
-        return None;
-    }
-    let path = path
-        .strip_prefix("a/")
-        .or_else(|| path.strip_prefix("b/"))
-        .unwrap_or(path);
-    Some(path.to_string())
-}
-
-/// The new path of a `diff --git a/x b/y` line (used when no `---`/`+++` pair follows).
-fn git_header_path(rest: &str) -> Option<String> {
-    let position = rest.rfind(" b/")?;
-    Some(rest[position + 3..].trim_end_matches('\r').to_string())
-}
-
-/// Splits a unified diff (git's or plain) into file path → diff body, as documented above.
-pub fn file_diff_bodies(patch: &str) -> Result<BTreeMap<String, String>, PatchParseError> {
+/// Splits a unified diff (git's or plain) into file path → diff body, as documented above, reading it as SWE-RL
+/// does ([`Dialect::SweRl`]).
+pub fn file_diff_bodies(patch: &str) -> Result<BTreeMap<String, String>, DiffError> {
     if patch.trim().is_empty() {
-        return Err(PatchParseError::Empty);
+        return Err(DiffError::Empty);
     }
-    // The text after the final newline is not a line (so it is never a blank context line).
-    let lines: Vec<&str> = patch
-        .strip_suffix('\n')
-        .unwrap_or(patch)
-        .split('\n')
-        .collect();
     let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut current_file: Option<String> = None;
-    let (mut old_left, mut new_left) = (0usize, 0usize);
-    let mut index = 0;
-    while index < lines.len() {
-        let line = lines[index];
-        let line_number = index + 1;
-        index += 1;
-        if old_left > 0 || new_left > 0 {
-            match line.chars().next() {
-                Some(' ') | None if old_left > 0 && new_left > 0 => {
-                    old_left -= 1;
-                    new_left -= 1;
-                }
-                Some('-') if old_left > 0 => old_left -= 1,
-                Some('+') if new_left > 0 => new_left -= 1,
-                Some('\\') => continue,
-                _ => return Err(PatchParseError::BadHunkBody { line_number }),
-            }
-            if let Some(file) = &current_file {
-                parts
-                    .entry(file.clone())
-                    .or_default()
-                    .push(line.to_string());
-            }
+    for file in parse(patch, Dialect::SweRl)? {
+        // The parser refuses a hunk whose file has no path, so a file with hunks always has one.
+        let Some(path) = file.path() else {
             continue;
+        };
+        for hunk in &file.hunks {
+            let part = parts.entry(path.to_string()).or_default();
+            part.push(format!("@@ {} {} @@", hunk.old_range, hunk.new_range));
+            part.extend(
+                hunk.lines
+                    .iter()
+                    .filter(|line| line.kind != LineKind::NoNewline)
+                    .map(|line| line.text().to_string()),
+            );
         }
-        if line.starts_with("@@") {
-            let Some((header, old_count, new_count)) = hunk_header(line) else {
-                return Err(PatchParseError::BadHunkHeader {
-                    line_number,
-                    line: line.to_string(),
-                });
-            };
-            let Some(file) = &current_file else {
-                return Err(PatchParseError::HunkWithoutFile { line_number });
-            };
-            parts.entry(file.clone()).or_default().push(header);
-            old_left = old_count;
-            new_left = new_count;
-        } else if let Some(rest) = line.strip_prefix("diff --git ") {
-            current_file = git_header_path(rest);
-        } else if let (Some(old), Some(new)) = (
-            line.strip_prefix("--- "),
-            lines.get(index).and_then(|next| next.strip_prefix("+++ ")),
-        ) {
-            current_file = header_path(new).or_else(|| header_path(old));
-            index += 1;
-        }
-    }
-    if old_left > 0 || new_left > 0 {
-        return Err(PatchParseError::BadHunkBody {
-            line_number: lines.len(),
-        });
     }
     if parts.is_empty() {
-        return Err(PatchParseError::NoHunks);
+        return Err(DiffError::NoHunks);
     }
     Ok(parts
         .into_iter()
@@ -212,23 +80,23 @@ mod tests {
 
     #[test]
     fn malformed_patches_are_rejected() {
-        assert_eq!(file_diff_bodies("  \n"), Err(PatchParseError::Empty));
-        assert_eq!(file_diff_bodies("hello\n"), Err(PatchParseError::NoHunks));
+        assert_eq!(file_diff_bodies("  \n"), Err(DiffError::Empty));
+        assert_eq!(file_diff_bodies("hello\n"), Err(DiffError::NoHunks));
         assert!(matches!(
             file_diff_bodies("--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n a\n"),
-            Err(PatchParseError::BadHunkBody { .. })
+            Err(DiffError::BadHunkBody { .. })
         ));
         assert!(matches!(
             file_diff_bodies("--- a/x\n+++ b/x\n@@ -1,2 +1 @@ \n"),
-            Err(PatchParseError::BadHunkBody { .. })
+            Err(DiffError::BadHunkBody { .. })
         ));
         assert!(matches!(
             file_diff_bodies("@@ -1 +1 @@\n-a\n+b\n"),
-            Err(PatchParseError::HunkWithoutFile { .. })
+            Err(DiffError::HunkWithoutFile { .. })
         ));
         assert!(matches!(
             file_diff_bodies("--- a/x\n+++ b/x\n@@ -x +1 @@\n"),
-            Err(PatchParseError::BadHunkHeader { .. })
+            Err(DiffError::BadHunkHeader { .. })
         ));
     }
 }

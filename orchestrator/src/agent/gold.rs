@@ -6,7 +6,9 @@
 //! text occurs several times, or the hunk relies on fuzz), the agent falls back to `git apply` of that file's diff
 //! — exactly what a careful human would do — so gold stays gold.
 
-/// One file's part of a unified diff.
+use swe_env_grading::diff::{self, Dialect};
+
+/// One file's part of a unified diff, as the replay needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDiff {
     /// Path before (`None` for a new file).
@@ -17,125 +19,34 @@ pub struct FileDiff {
     pub hunks: Vec<(String, String)>,
     /// The raw text of this file's diff (header included), for the `git apply` fallback.
     pub raw: String,
-    /// The diff is binary or uses features the edit tool cannot express (mode changes, missing newline markers).
+    /// The diff is binary or uses features the edit tool cannot express (mode changes, renames, copies, missing
+    /// newline markers).
     pub needs_git_apply: bool,
 }
 
-/// Splits a `git diff` into files. Lines outside any `diff --git` section are ignored.
+/// Splits a `git diff` into files, read leniently as `git apply` input ([`Dialect::GitApply`]: lines outside any
+/// `diff --git` section are ignored, malformed hunks are taken as far as they go).
 pub fn split_patch(patch: &str) -> Vec<FileDiff> {
-    let mut files: Vec<FileDiff> = Vec::new();
-    let mut current_old: Option<(String, String)> = None; // (old, new) of the hunk being read
-    let mut remaining = (0usize, 0usize);
-    for line in patch.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix("diff --git ") {
-            flush_hunk(&mut files, &mut current_old);
-            let (a, b) = parse_git_header(rest.trim_end_matches(['\n', '\r']));
-            files.push(FileDiff {
-                old_path: a,
-                new_path: b,
-                hunks: Vec::new(),
-                raw: String::new(),
-                needs_git_apply: false,
-            });
-        }
-        let Some(file) = files.last_mut() else {
-            continue;
-        };
-        file.raw.push_str(line);
-        if remaining != (0, 0) {
-            if let Some((old, new)) = current_old.as_mut() {
-                match line.as_bytes().first() {
-                    Some(b' ') => {
-                        old.push_str(&line[1..]);
-                        new.push_str(&line[1..]);
-                        remaining = (remaining.0.saturating_sub(1), remaining.1.saturating_sub(1));
-                    }
-                    Some(b'-') => {
-                        old.push_str(&line[1..]);
-                        remaining.0 = remaining.0.saturating_sub(1);
-                    }
-                    Some(b'+') => {
-                        new.push_str(&line[1..]);
-                        remaining.1 = remaining.1.saturating_sub(1);
-                    }
-                    Some(b'\\') => file.needs_git_apply = true,
-                    _ => {
-                        // An empty context line some tools emit without the leading space.
-                        old.push('\n');
-                        new.push('\n');
-                        remaining = (remaining.0.saturating_sub(1), remaining.1.saturating_sub(1));
-                    }
-                }
-                continue;
-            }
-        }
-        if line.starts_with("\\ No newline") {
-            file.needs_git_apply = true;
-        } else if line.starts_with("@@ ") {
-            flush_hunk(&mut files, &mut current_old);
-            remaining = parse_hunk_counts(line).unwrap_or((0, 0));
-            current_old = Some((String::new(), String::new()));
-        } else if line.starts_with("--- /dev/null") {
-            if let Some(file) = files.last_mut() {
-                file.old_path = None;
-            }
-        } else if line.starts_with("+++ /dev/null") {
-            if let Some(file) = files.last_mut() {
-                file.new_path = None;
-            }
-        } else if line.starts_with("GIT binary patch")
-            || line.starts_with("Binary files")
-            || line.starts_with("old mode")
-            || line.starts_with("new mode")
-            || line.starts_with("rename from")
-            || line.starts_with("copy from")
-        {
-            if let Some(file) = files.last_mut() {
-                file.needs_git_apply = true;
-            }
-        } else if line.starts_with("new file mode") {
-            if let Some(file) = files.last_mut() {
-                file.old_path = None;
-            }
-        } else if line.starts_with("deleted file mode") {
-            if let Some(file) = files.last_mut() {
-                file.new_path = None;
-            }
-        }
-    }
-    flush_hunk(&mut files, &mut current_old);
+    // The GitApply reading never fails; an error would only come from another dialect.
+    let files = diff::parse(patch, Dialect::GitApply).unwrap_or_default();
     files
-}
-
-fn flush_hunk(files: &mut [FileDiff], current: &mut Option<(String, String)>) {
-    if let (Some(file), Some(hunk)) = (files.last_mut(), current.take()) {
-        file.hunks.push(hunk);
-    }
-}
-
-fn parse_git_header(rest: &str) -> (Option<String>, Option<String>) {
-    // `a/PATH b/PATH`; paths with spaces are ambiguous in this header, so split at " b/".
-    match rest.split_once(" b/") {
-        Some((a, b)) => (
-            Some(a.trim_start_matches("a/").to_owned()),
-            Some(b.to_owned()),
-        ),
-        None => (None, None),
-    }
-}
-
-fn parse_hunk_counts(line: &str) -> Option<(usize, usize)> {
-    // @@ -l,s +l,s @@
-    let mut parts = line.split_whitespace().skip(1);
-    let old = parts.next()?.trim_start_matches('-');
-    let new = parts.next()?.trim_start_matches('+');
-    let count = |spec: &str| -> Option<usize> {
-        match spec.split_once(',') {
-            Some((_, n)) => n.parse().ok(),
-            None => Some(1),
-        }
-    };
-    Some((count(old)?, count(new)?))
+        .into_iter()
+        .map(|file| FileDiff {
+            hunks: file
+                .hunks
+                .iter()
+                .map(|hunk| (hunk.old_text(), hunk.new_text()))
+                .collect(),
+            raw: patch.get(file.span.clone()).unwrap_or_default().to_owned(),
+            needs_git_apply: file.binary
+                || file.mode_changed
+                || file.renamed
+                || file.copied
+                || file.no_newline,
+            old_path: file.old_path,
+            new_path: file.new_path,
+        })
+        .collect()
 }
 
 /// The CWM-format actions that apply one file's diff with the tools (fallbacks are decided by the caller).
@@ -209,6 +120,27 @@ mod tests {
         );
         assert!(files[0].raw.starts_with("diff --git a/src/x.py"));
         assert!(!files[0].raw.contains("new.py"));
+    }
+
+    #[test]
+    fn renames_mode_changes_binaries_and_missing_newlines_go_through_git_apply() {
+        let patch = "diff --git a/old.py b/new.py\nsimilarity index 90%\nrename from old.py\nrename to new.py\n--- a/old.py\n+++ b/new.py\n@@ -1 +1 @@\n-a\n+b\n\
+diff --git a/run.sh b/run.sh\nold mode 100644\nnew mode 100755\n\
+diff --git a/img.png b/img.png\nBinary files a/img.png and b/img.png differ\n\
+diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n\\ No newline at end of file\n+b\n\
+diff --git a/y.py b/y.py\n--- a/y.py\n+++ b/y.py\n@@ -1 +1 @@\n-a\n+b\n";
+        let files = split_patch(patch);
+        let flags: Vec<bool> = files.iter().map(|f| f.needs_git_apply).collect();
+        assert_eq!(flags, [true, true, true, true, false]);
+        assert_eq!(files[0].old_path.as_deref(), Some("old.py"));
+        assert_eq!(files[0].new_path.as_deref(), Some("new.py"));
+        assert!(file_actions(&files[3])[0].contains("git apply -v"));
+        assert_eq!(
+            file_actions(&files[4]),
+            ["<tool: edit>\ny.py\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n</tool>"]
+        );
+        let rebuilt: String = files.iter().map(|f| f.raw.as_str()).collect();
+        assert_eq!(rebuilt, patch);
     }
 
     #[test]

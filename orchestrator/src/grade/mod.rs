@@ -36,8 +36,8 @@ use swe_env_grading::similarity::swe_rl_similarity;
 use swe_env_tools::shell_quote;
 use tracing::{info, warn};
 
-use crate::sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
-use crate::task::{image_for, OFFICIAL_IMAGE_TEMPLATE, REPO_DIR};
+use crate::task::{image_for, OFFICIAL_IMAGE_TEMPLATE};
+use swe_env_sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
 
 /// Grading knobs. Defaults: fresh container, bridge network (fidelity with published numbers), 30 min test
 /// timeout, swebench 4.1.0 rules, ±1 rewards.
@@ -168,7 +168,7 @@ pub async fn grade_patch(
     let image = image_for(instance, &config.image_template);
     let sandbox_config = SandboxConfig {
         network_mode: config.network_mode.clone(),
-        workdir: REPO_DIR.to_owned(),
+        workdir: swe_env_grading::specs::SWE_BENCH_REPO_DIR.to_owned(),
         ..config.sandbox.clone()
     };
     let sandbox = engine
@@ -425,21 +425,14 @@ true"#,
 
 #[cfg(test)]
 mod tests {
-    /// Paths a patch touches (`diff --git a/X b/Y` → Y) and whether it creates them.
+    /// Paths a patch touches (the new path, or the old one for a deletion) and whether it creates them.
     fn touched(patch: &str) -> Vec<(String, bool)> {
-        let mut files: Vec<(String, bool)> = Vec::new();
-        for line in patch.lines() {
-            if let Some(rest) = line.strip_prefix("diff --git a/") {
-                if let Some((_, b)) = rest.split_once(" b/") {
-                    files.push((b.to_owned(), false));
-                }
-            } else if line.starts_with("new file mode") {
-                if let Some(last) = files.last_mut() {
-                    last.1 = true;
-                }
-            }
-        }
-        files
+        use swe_env_grading::diff::{parse, Dialect};
+        parse(patch, Dialect::GitApply)
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| Some((f.new_path.or(f.old_path)?, f.new_file)))
+            .collect()
     }
 
     /// The `hardened` clean-up only undoes pytest configuration: over all 500 SWE-bench Verified gold patches it
