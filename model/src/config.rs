@@ -1,6 +1,6 @@
 //! `AgentPromptConfig`: every prompt template and the CWM layout, with defaults, loadable from YAML.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +9,10 @@ use crate::prompt::{
     DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
 };
 use crate::template::{check_template, TemplateError};
+use crate::yaml::{self, YamlError, INLINE};
+
+/// What a prompt config file is called in errors.
+const KIND: &str = "prompt config";
 
 /// The agent's prompt text; any field left out of a YAML file keeps its built-in default. (What the model sees
 /// after an action — `<output>`/`<budget>`, `FormatError:` — is rendered by the tools crate; unknown keys such
@@ -45,22 +49,9 @@ impl Default for AgentPromptConfig {
 /// Why a prompt config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptConfigError {
-    /// The file could not be read.
-    #[error("cannot read prompt config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The YAML is invalid or has unknown keys.
-    #[error("invalid prompt config {origin}: {detail}")]
-    Yaml {
-        /// The file, or `(inline)`.
-        origin: String,
-        /// The parser's message.
-        detail: String,
-    },
+    /// The file could not be read, the YAML is invalid or has unknown keys (file, line and column named).
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
     /// A template uses a placeholder that does not exist or is unclosed.
     #[error("invalid prompt config {origin}: {source}")]
     Template {
@@ -74,27 +65,15 @@ pub enum PromptConfigError {
 impl AgentPromptConfig {
     /// Parses YAML text and checks every template's placeholders.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, PromptConfigError> {
-        Self::parse(yaml, "(inline)")
+        Self::checked(yaml::parse_str(yaml, KIND, INLINE)?, INLINE)
     }
 
     /// Reads and parses a YAML file, checking every template's placeholders.
     pub fn from_yaml_file(path: &Path) -> Result<Self, PromptConfigError> {
-        let yaml = std::fs::read_to_string(path).map_err(|source| PromptConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&yaml, &path.display().to_string())
+        Self::checked(yaml::load_file(path, KIND)?, &path.display().to_string())
     }
 
-    fn parse(yaml: &str, origin: &str) -> Result<Self, PromptConfigError> {
-        let config: AgentPromptConfig = if yaml.trim().is_empty() {
-            AgentPromptConfig::default()
-        } else {
-            serde_saphyr::from_str(yaml).map_err(|error| PromptConfigError::Yaml {
-                origin: origin.to_string(),
-                detail: error.to_string(),
-            })?
-        };
+    fn checked(config: Self, origin: &str) -> Result<Self, PromptConfigError> {
         config
             .validate()
             .map_err(|source| PromptConfigError::Template {

@@ -5,6 +5,8 @@
 //!   retries, round-robin over endpoints and a per-endpoint concurrency limit.
 //! - [`AgentPromptConfig`] holds the prompt templates (built-in defaults, YAML overrides) and the
 //!   [`CwmLayout`] that renders a conversation into one prompt string.
+//! - [`yaml`] is the one YAML config loader (this crate's prompt config, the orchestrator's agent and server
+//!   configs), so every config file reports errors alike.
 //! - [`scripted::ScriptedServer`] is a real HTTP server replaying scripted replies, for tests.
 
 mod client;
@@ -18,6 +20,7 @@ pub mod scripted;
 mod template;
 mod types;
 mod wire;
+pub mod yaml;
 
 pub use client::{ClientConfig, ModelClient, DEFAULT_MAX_RESPONSE_BYTES};
 pub use config::{AgentPromptConfig, PromptConfigError};
@@ -33,3 +36,4 @@ pub use types::{
     ChatMessage, ChatRole, Completion, ModelInput, ModelRequest, SamplingParams, TokenLogprob,
     ToolCall, ToolSpec, TopLogprob, Usage,
 };
+pub use yaml::YamlError;

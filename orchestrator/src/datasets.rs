@@ -56,69 +56,73 @@ pub fn cache_root() -> PathBuf {
         .join(".cache/swe-env")
 }
 
-/// Loads `source`: `fixtures`, an alias (`verified`, `lite`, `full`), or a path. The one way every command reads
-/// its `--tasks` / dataset argument.
+/// The source name of the embedded fixture tasks.
+pub const FIXTURES: &str = "fixtures";
+
+/// File name of the embedded fixture tasks.
+const FIXTURE_TASKS_FILE_NAME: &str = "tasks.jsonl";
+
+/// Loads `source`: `fixtures`, an alias (`verified`, `lite`, `full`), or a path. The one way every command and the
+/// server (`--tasks`, the server config's `tasks:`, dataset arguments) reads tasks, so a source that works in one
+/// works in all.
 pub async fn load_source(source: &str) -> Result<LoadedDataset, DatasetSourceError> {
-    if source == "fixtures" {
+    if source == FIXTURES {
         return Ok(load_jsonl_str(FIXTURE_TASKS_JSONL));
     }
-    load_path(&source_path(source).await?).await
+    load_path(&file_for(source).await?).await
 }
 
-/// The file behind `source` (for consumers that take paths, like the server's config): an alias is downloaded
-/// into the cache when missing, `fixtures` is the embedded file written to `<cache>/fixtures/tasks.jsonl`.
-pub async fn source_path(source: &str) -> Result<PathBuf, DatasetSourceError> {
-    if source == "fixtures" {
-        let path = cache_root().join("fixtures/tasks.jsonl");
-        let current = tokio::fs::read_to_string(&path).await.ok();
-        if current.as_deref() != Some(FIXTURE_TASKS_JSONL) {
-            write_atomically(&path, FIXTURE_TASKS_JSONL.as_bytes())
-                .await
-                .map_err(|detail| DatasetSourceError::Load {
-                    path: path.clone(),
-                    detail: format!("cannot write the embedded fixture tasks: {detail}"),
-                })?;
-        }
-        return Ok(path);
+/// Where the file behind `source` is: the cache path of an alias (present or not yet downloaded), or the path
+/// itself; `None` for the embedded fixtures, which have no file.
+pub fn source_file(source: &str) -> Option<PathBuf> {
+    if source == FIXTURES {
+        return None;
     }
-    if let Some(alias) = DatasetAlias::from_name(source) {
-        let file = hub_parquet_file(
-            alias.hf_id(),
-            alias.default_split(),
-            &cache_root().join("datasets"),
-        );
-        if !file.cache_path.exists() {
-            let endpoint =
-                std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_owned());
-            let url = format!("{}{}", endpoint.trim_end_matches('/'), file.url_path);
-            download(&url, &file.cache_path).await.map_err(|detail| {
-                DatasetSourceError::Download {
-                    alias: source.to_owned(),
-                    cache: file.cache_path.clone(),
-                    url: url.clone(),
-                    detail,
-                }
-            })?;
+    Some(match DatasetAlias::from_name(source) {
+        Some(alias) => {
+            hub_parquet_file(
+                alias.hf_id(),
+                alias.default_split(),
+                &cache_root().join("datasets"),
+            )
+            .cache_path
         }
-        return Ok(file.cache_path);
-    }
-    Ok(PathBuf::from(source))
+        None => PathBuf::from(source),
+    })
 }
 
-/// Writes `bytes` to `dest` through a temporary file and a rename (concurrent readers see old or new, never half).
-async fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), String> {
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
+/// The file name (not path) of the dataset behind `source`, as ListTasks reports it: `tasks.jsonl` for the
+/// embedded fixtures (`images/fixtures/tasks.jsonl`), the cached hub file's name for an alias, else the path's.
+pub fn dataset_file_name(source: &str) -> String {
+    let path = source_file(source).unwrap_or_else(|| PathBuf::from(FIXTURE_TASKS_FILE_NAME));
+    path.file_name()
+        .map_or_else(|| source.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The file behind an alias (downloaded into the cache when missing) or a path.
+async fn file_for(source: &str) -> Result<PathBuf, DatasetSourceError> {
+    let Some(alias) = DatasetAlias::from_name(source) else {
+        return Ok(PathBuf::from(source));
+    };
+    let file = hub_parquet_file(
+        alias.hf_id(),
+        alias.default_split(),
+        &cache_root().join("datasets"),
+    );
+    if !file.cache_path.exists() {
+        let endpoint =
+            std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_owned());
+        let url = format!("{}{}", endpoint.trim_end_matches('/'), file.url_path);
+        download(&url, &file.cache_path)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|detail| DatasetSourceError::Download {
+                alias: source.to_owned(),
+                cache: file.cache_path.clone(),
+                url: url.clone(),
+                detail,
+            })?;
     }
-    let partial = dest.with_extension(format!("partial.{}", std::process::id()));
-    tokio::fs::write(&partial, bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::fs::rename(&partial, dest)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(file.cache_path)
 }
 
 async fn load_path(path: &Path) -> Result<LoadedDataset, DatasetSourceError> {
@@ -253,12 +257,12 @@ mod tests {
         assert!(loaded.instances.iter().all(|i| i.image.is_some()));
     }
 
-    #[tokio::test]
-    async fn fixtures_have_a_path_for_path_consumers() {
-        let path = source_path("fixtures").await.unwrap();
-        let from_path = load_dataset_file(&path).unwrap();
-        let embedded = load_source("fixtures").await.unwrap();
-        assert_eq!(from_path.instances.len(), embedded.instances.len());
+    #[test]
+    fn dataset_file_names_are_those_of_the_files_behind_the_sources() {
+        assert_eq!(dataset_file_name("fixtures"), "tasks.jsonl");
+        assert_eq!(dataset_file_name("verified"), "test.parquet");
+        assert_eq!(dataset_file_name("/data/swe/rows.jsonl"), "rows.jsonl");
+        assert_eq!(dataset_file_name("rows.parquet"), "rows.parquet");
     }
 
     #[tokio::test]

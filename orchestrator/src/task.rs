@@ -9,9 +9,6 @@ pub const OFFICIAL_IMAGE_TEMPLATE: &str = "swebench/sweb.eval.x86_64.{id}:latest
 /// Activation line of official images.
 pub const CONDA_ACTIVATE: &str = "source /opt/miniconda3/bin/activate && conda activate testbed";
 
-/// Repository directory inside task images.
-pub const REPO_DIR: &str = "/testbed";
-
 /// The image for `instance`: its own `image` field, else `template` filled in.
 pub fn image_for(instance: &Instance, template: &str) -> String {
     if let Some(image) = instance.image.as_deref().filter(|i| !i.is_empty()) {

@@ -85,7 +85,7 @@ pub async fn run_gold(episode: &mut Episode) -> Result<AgentOutcome, EpisodeErro
                 .unwrap_or_default();
             let reset = format!(
                 "<tool: bash>\ncd {repo} && (git checkout -q -- {path} 2>/dev/null || rm -f -- {path})\n</tool>",
-                repo = swe_env_tools::shell_quote(crate::task::REPO_DIR),
+                repo = swe_env_tools::shell_quote(swe_env_grading::specs::SWE_BENCH_REPO_DIR),
                 path = swe_env_tools::shell_quote(&path)
             );
             episode

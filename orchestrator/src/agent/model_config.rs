@@ -1,18 +1,19 @@
 //! `ModelAgentConfig`: how the model agent talks to its endpoint (API mode, sampling, prompts) and when it gives
 //! up on a model (format errors), loadable from YAML; and the episode's opening prompt built from it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use swe_env_grading::dataset::Instance;
+use swe_env_grading::specs::SWE_BENCH_REPO_DIR;
+use swe_env_model::yaml::{self, YamlError};
 use swe_env_model::{
     AgentPromptConfig, ClientConfig, SamplingParams, SystemPromptInputs, TemplateError, ToolSpec,
     UserPromptInputs,
 };
 
 use crate::episode::{EpisodeConfig, StartInfo, ToolFormat};
-use crate::task::REPO_DIR;
 use crate::trajectory::PromptMessage;
 
 /// Default for [`ModelAgentConfig::max_consecutive_format_errors`].
@@ -118,22 +119,9 @@ impl Default for ModelAgentConfig {
 /// Why a model agent configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelAgentConfigError {
-    /// The file could not be read.
-    #[error("cannot read agent config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The YAML does not parse or has unknown keys.
-    #[error("invalid agent config {origin}: {detail}")]
-    Yaml {
-        /// The file, or `(inline)`.
-        origin: String,
-        /// The parser's message.
-        detail: String,
-    },
+    /// The file could not be read, the YAML does not parse or has unknown keys (file, line and column named).
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
     /// A value is out of range or a template is broken.
     #[error("invalid agent config {origin}: {detail}")]
     Invalid {
@@ -144,30 +132,21 @@ pub enum ModelAgentConfigError {
     },
 }
 
+/// What an agent config file is called in errors.
+const KIND: &str = "agent config";
+
 impl ModelAgentConfig {
     /// Parses YAML text (empty text = all defaults) and validates it.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, ModelAgentConfigError> {
-        Self::parse(yaml, "(inline)")
+        Self::checked(yaml::parse_str(yaml, KIND, yaml::INLINE)?, yaml::INLINE)
     }
 
     /// Reads, parses and validates a YAML file.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ModelAgentConfigError> {
-        let yaml = std::fs::read_to_string(path).map_err(|source| ModelAgentConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&yaml, &path.display().to_string())
+        Self::checked(yaml::load_file(path, KIND)?, &path.display().to_string())
     }
 
-    fn parse(yaml: &str, origin: &str) -> Result<Self, ModelAgentConfigError> {
-        let config: ModelAgentConfig = if yaml.trim().is_empty() {
-            ModelAgentConfig::default()
-        } else {
-            serde_saphyr::from_str(yaml).map_err(|error| ModelAgentConfigError::Yaml {
-                origin: origin.to_owned(),
-                detail: error.to_string(),
-            })?
-        };
+    fn checked(config: Self, origin: &str) -> Result<Self, ModelAgentConfigError> {
         config
             .validate()
             .map_err(|detail| ModelAgentConfigError::Invalid {
@@ -259,7 +238,7 @@ pub fn opening_prompt(
     })?;
     let user = config.prompts.render_user(&UserPromptInputs {
         issue: instance.problem_statement.clone(),
-        repo_root: REPO_DIR.to_owned(),
+        repo_root: SWE_BENCH_REPO_DIR.to_owned(),
     })?;
     Ok((system, user))
 }

@@ -67,7 +67,7 @@ impl ServeArgs {
             config.unix_socket = self.unix_socket;
         }
         if !self.tasks.is_empty() {
-            config.tasks = self.tasks.into_iter().map(PathBuf::from).collect();
+            config.tasks = self.tasks;
         }
         if self.token_file.is_some() {
             config.token_file = self.token_file;
@@ -96,20 +96,13 @@ impl ServeArgs {
 
 /// Runs the server until a stop signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match args.resolve() {
+    let config = match args.resolve() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::from(super::EXIT_USAGE));
         }
     };
-    // Task sources (flags or config file) go through the one loader's resolution: `fixtures` and the aliases
-    // become files the server reads.
-    let mut tasks = Vec::with_capacity(config.tasks.len());
-    for source in &config.tasks {
-        tasks.push(crate::datasets::source_path(&source.to_string_lossy()).await?);
-    }
-    config.tasks = tasks;
     let running = match server::start(config).await {
         Ok(running) => running,
         Err(error @ (server::ServerError::Config(_) | server::ServerError::Tasks(_))) => {

@@ -28,9 +28,9 @@ impl AntiLeak {
 
 /// The shell script run in the repository directory at episode start.
 pub fn anti_leak_script(level: AntiLeak) -> String {
-    let mut script = String::from(
+    let mut script = format!(
         r#"( set -e
-cd /testbed 2>/dev/null || exit 0
+cd {repo} 2>/dev/null || exit 0
 git rev-parse --git-dir >/dev/null 2>&1 || exit 0
 for r in $(git remote); do git remote remove "$r"; done
 head_ref=$(git symbolic-ref -q HEAD || true)
@@ -39,6 +39,7 @@ git for-each-ref --format='%(refname)' | while read -r ref; do
 done
 git reflog expire --expire=now --all
 "#,
+        repo = swe_env_tools::shell_quote(swe_env_grading::specs::SWE_BENCH_REPO_DIR),
     );
     if level == AntiLeak::Full {
         script.push_str("git gc --prune=now --quiet\n");

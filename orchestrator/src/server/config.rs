@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use swe_env_model::yaml::{self, YamlError};
 
 use crate::episode::{AntiLeak, EpisodeConfig};
 use crate::grade::{GradeConfig, RuleSet};
-use crate::sandbox::SandboxConfig;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use swe_env_sandbox::SandboxConfig;
+
+/// What a server config file is called in errors.
+const KIND: &str = "server config";
 
 /// Environment variable read for the bearer token when no token file is configured.
 pub const TOKEN_ENV_VAR: &str = "SWE_ENV_TOKEN";
@@ -25,8 +29,10 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Unix socket path to listen on as well (a stale socket file there is replaced). Default none.
     pub unix_socket: Option<PathBuf>,
-    /// Dataset files (JSONL / JSON / parquet, SWE-bench format) whose tasks the server offers. Default none.
-    pub tasks: Vec<PathBuf>,
+    /// Task sources the server offers, read as every command reads them (`datasets::load_source`): `fixtures`,
+    /// an alias (`verified`, `lite`, `full`) or a dataset file (JSONL / JSON / parquet, SWE-bench format).
+    /// Default none.
+    pub tasks: Vec<String>,
     /// File holding the bearer token clients must send. Default none: the token comes from `SWE_ENV_TOKEN`, and
     /// with neither, auth is off.
     pub token_file: Option<PathBuf>,
@@ -109,7 +115,7 @@ pub struct MemoryBounds {
 
 impl MemoryBounds {
     /// The operator maximum of `max_submission_bytes` and `max_file_bytes`: 64 MiB.
-    pub const CEILING_BYTES: usize = crate::sandbox::docker::MAX_FILE_BYTES;
+    pub const CEILING_BYTES: usize = swe_env_sandbox::docker::MAX_FILE_BYTES;
 
     /// Sets the tool limits of an episode.
     pub fn apply(&self, tools: &mut swe_env_tools::ToolConfig) {
@@ -315,22 +321,10 @@ impl Default for GradingSettings {
 /// The configuration could not be read or is inconsistent.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML for this schema.
-    #[error("config {path}: {detail}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said.
-        detail: String,
-    },
+    /// The file could not be read, is not valid YAML for this schema or has unknown keys (file, line and column
+    /// named).
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
     /// A value is out of range.
     #[error("config field `{field}`: {reason}")]
     Invalid {
@@ -352,22 +346,12 @@ pub enum ConfigError {
 impl ServerConfig {
     /// Reads a YAML config file.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_yaml_str(&text).map_err(|detail| ConfigError::Parse {
-            path: path.to_owned(),
-            detail,
-        })
+        Ok(yaml::load_file(path, KIND)?)
     }
 
     /// Parses YAML text (an empty document is the default configuration).
-    pub fn from_yaml_str(text: &str) -> Result<Self, String> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        Ok(yaml::parse_str(text, KIND, yaml::INLINE)?)
     }
 
     /// Checks ranges that would make the server unusable.
@@ -557,7 +541,9 @@ mod tests {
             ServerConfig::from_yaml_str("").unwrap(),
             ServerConfig::default()
         );
-        let error = ServerConfig::from_yaml_str("max_episods: 3\n").unwrap_err();
+        let error = ServerConfig::from_yaml_str("max_episods: 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("max_episods"), "{error}");
     }
 
@@ -606,7 +592,9 @@ mod tests {
         };
         let error = old_key.validate().unwrap_err().to_string();
         assert!(error.contains("model_endpoints"), "{error}");
-        let error = ServerConfig::from_yaml_str("maxima:\n  memory: 1\n").unwrap_err();
+        let error = ServerConfig::from_yaml_str("maxima:\n  memory: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("memory"), "{error}");
     }
 

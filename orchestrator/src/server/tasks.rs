@@ -1,17 +1,18 @@
-//! The tasks a server offers: the rows of its dataset files, in file order, indexed by id.
+//! The tasks a server offers: the rows of its task sources, in order, indexed by id.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use swe_env_grading::dataset::{load_dataset_file, DatasetError, Instance};
+use swe_env_grading::dataset::Instance;
 use tracing::warn;
+
+use crate::datasets::{dataset_file_name, load_source, DatasetSourceError};
 
 /// A task and the dataset file it came from.
 #[derive(Debug, Clone)]
 pub struct CatalogTask {
     /// The row.
     pub instance: Instance,
-    /// File name of its dataset.
+    /// File name (not path) of its dataset.
     pub dataset: String,
 }
 
@@ -23,21 +24,19 @@ pub struct TaskCatalog {
 }
 
 impl TaskCatalog {
-    /// Loads every file; bad rows are logged and skipped, a duplicate id keeps its first row.
-    pub fn load(files: &[PathBuf]) -> Result<Self, DatasetError> {
+    /// Loads every source (`fixtures`, an alias, a path: see [`load_source`], the loader of every command); bad
+    /// rows are logged and skipped, an id already loaded from an earlier source keeps its first row.
+    pub async fn load(sources: &[String]) -> Result<Self, DatasetSourceError> {
         let mut catalog = Self::default();
-        for path in files {
-            let loaded = load_dataset_file(path)?;
+        for source in sources {
+            let loaded = load_source(source).await?;
             for error in &loaded.errors {
-                warn!(file = %path.display(), row = error.row, field = ?error.field, message = %error.message, "skipped a bad task row");
+                warn!(source = %source, row = error.row, field = ?error.field, message = %error.message, "skipped a bad task row");
             }
-            let dataset = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let dataset = dataset_file_name(source);
             for instance in loaded.instances {
                 if catalog.by_id.contains_key(&instance.instance_id) {
-                    warn!(file = %path.display(), instance_id = %instance.instance_id, "duplicate task id; the first row is kept");
+                    warn!(source = %source, instance_id = %instance.instance_id, "duplicate task id; the first row is kept");
                     continue;
                 }
                 catalog
