@@ -289,23 +289,12 @@ pub struct DatasetDigest {
 
 /// Hashes the content behind a dataset source (`fixtures`, an alias, a path), as `load_source` resolves it.
 pub fn dataset_digest(source: &str) -> std::io::Result<DatasetDigest> {
-    if source == "fixtures" {
+    let Some(path) = crate::datasets::source_file(source) else {
         return Ok(DatasetDigest {
             source: source.to_owned(),
             path: None,
             sha256: sha256_hex(crate::datasets::FIXTURE_TASKS_JSONL.as_bytes()),
         });
-    }
-    let path = match swe_env_grading::dataset::DatasetAlias::from_name(source) {
-        Some(alias) => {
-            swe_env_grading::dataset::hub_parquet_file(
-                alias.hf_id(),
-                alias.default_split(),
-                &crate::datasets::cache_root().join("datasets"),
-            )
-            .cache_path
-        }
-        None => PathBuf::from(source),
     };
     let mut file = File::open(&path)?;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);

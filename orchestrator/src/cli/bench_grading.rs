@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::watch;
 
 use super::bench::{print_rows, stats, GradingBenchArgs, Stats};
 use crate::benchmark::results::InstanceResult;
@@ -15,7 +14,7 @@ use crate::benchmark::{run_benchmark, AgentSpec, Progress, PullPolicy, RunConfig
 use crate::datasets::load_source;
 use crate::episode::EpisodeConfig;
 use crate::grade::{grade_patch, GradeConfig};
-use crate::sandbox::DockerEngine;
+use swe_env_sandbox::DockerEngine;
 
 struct Quiet;
 
@@ -78,7 +77,7 @@ pub async fn run(args: GradingBenchArgs) -> anyhow::Result<ExitCode> {
             ungraded_ids: Vec::new(),
             unknown_prediction_ids: Vec::new(),
         };
-        let (_keep, cancel) = watch::channel(false);
+        let cancel = tokio_util::sync::CancellationToken::new();
         let outcome =
             run_benchmark(&engine, instances.clone(), config, Arc::new(Quiet), cancel).await?;
         for result in &outcome.results {

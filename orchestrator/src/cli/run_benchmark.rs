@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use swe_env_grading::dataset::Instance;
-use tokio::sync::watch;
 
 use crate::agent::BuiltinAgent;
 use crate::benchmark::results::{InstanceResult, InstanceStatus};
@@ -21,8 +20,8 @@ use crate::benchmark::{
 use crate::datasets::load_source;
 use crate::episode::EpisodeConfig;
 use crate::grade::GradeConfig;
-use crate::sandbox::DockerEngine;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use swe_env_sandbox::DockerEngine;
 
 use super::EXIT_INTERRUPTED;
 
@@ -214,7 +213,7 @@ pub async fn execute_instances(
         .await
         .context("connecting to Docker")?;
     // Containers of earlier swe-env processes that died (e.g. a killed run being resumed) go first.
-    match crate::sandbox::collect_garbage(&engine, crate::sandbox::GcScope::Orphans).await {
+    match swe_env_sandbox::collect_garbage(&engine, swe_env_sandbox::GcScope::Orphans).await {
         Ok(report) if !report.removed.is_empty() => {
             eprintln!(
                 "removed {} orphaned containers of dead swe-env processes",
@@ -270,11 +269,12 @@ pub async fn execute_instances(
             anyhow::Error::new(error)
         }
     })?;
-    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cancel_on_interrupt = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("\ninterrupt: stopping; in-flight instances are cancelled and their containers removed");
-            let _ = cancel_tx.send(true);
+            cancel_on_interrupt.cancel();
         }
     });
     let progress = Arc::new(BarProgress::new(instances.len() as u64));
@@ -284,7 +284,7 @@ pub async fn execute_instances(
         args.workers,
         dir.display()
     );
-    let outcome = run_benchmark(&engine, instances, config, progress.clone(), cancel_rx)
+    let outcome = run_benchmark(&engine, instances, config, progress.clone(), cancel)
         .await
         .with_context(|| format!("writing run outputs under {}", dir.display()))?;
     progress.bar.finish_and_clear();

@@ -1,0 +1,477 @@
+//! One instance of a run, in four phases, each with its own typed error:
+//!
+//! 1. `prepare_image` (`image.rs`): the image per the pull policy → [`ImageError`]
+//! 2. `run_agent`: the submission — a given prediction, or an episode with the gold / empty / model agent (prompt,
+//!    dispatch, token accounting, sandbox released before grading) → [`AgentError`]
+//! 3. `grade`: the submission graded in a fresh container, reference logs written → [`GradeError`]
+//! 4. `finish`: the trajectory's `episode_end` (rewards, grading report) and the instance's result
+//!
+//! A phase error becomes the instance's `error` result with what was known by then
+//! ([`AttemptError::into_result`]); a panic in any phase becomes one too (`workers.rs` catches it).
+
+use swe_env_grading::dataset::Instance;
+use swe_env_model::TemplateError;
+use tracing::warn;
+
+use super::image::{prepare_image, ImageError};
+use super::results::{InstanceResult, InstanceStatus};
+use super::{AgentSpec, SandboxError, Shared};
+use crate::agent::{builtin_prompt, run_gold, AgentOutcome, ModelAgentOutcome};
+use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo};
+use crate::grade::{grade_patch, write_instance_logs, GradeError, GradeOutcome};
+use crate::trajectory::EpisodeStatus;
+
+/// Runs one instance: image → submission (given, or from an agent's episode) → grading → trajectory end.
+pub(super) async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResult {
+    match attempt(shared, instance).await {
+        Ok(result) => result,
+        Err(error) => error.into_result(instance),
+    }
+}
+
+async fn attempt(shared: &Shared, instance: &Instance) -> Result<InstanceResult, AttemptError> {
+    if let Err(error) = prepare_image(shared, instance).await {
+        // A given prediction is a submission even when its image is missing: the harness counts it as an
+        // error, not as incomplete.
+        let submission = given_prediction(shared, instance).flatten();
+        return Err(AttemptError::Image { error, submission });
+    }
+    let mut agent = run_agent(shared, instance).await?;
+    let graded = match grade(shared, instance, &mut agent).await {
+        Ok(graded) => graded,
+        Err(error) => {
+            let submission = agent.submission;
+            return Err(AttemptError::Grade { error, submission });
+        }
+    };
+    Ok(finish(instance, agent, graded).await)
+}
+
+/// Why an instance ended as an `error` result: one variant per phase.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// Phase 1: the image is not available.
+    #[error("{error}")]
+    Image {
+        /// Why.
+        error: ImageError,
+        /// The given prediction, if any (recorded with the error).
+        submission: Option<String>,
+    },
+    /// Phase 2: no submission (no prediction, or the episode or its agent failed).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Phase 3: the submission could not be graded.
+    #[error("{error}")]
+    Grade {
+        /// Why.
+        error: GradeError,
+        /// The submission that was not graded (recorded with the error).
+        submission: Option<String>,
+    },
+}
+
+/// Why the agent phase produced no submission.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `evaluate` runs only predicted instances; a library caller that passes others gets this.
+    #[error("no prediction for {instance_id}: pass only instances that have one")]
+    NoPrediction {
+        /// The instance.
+        instance_id: String,
+    },
+    /// The model agent's prompt template does not render for this instance.
+    #[error(transparent)]
+    PromptTemplate(#[from] TemplateError),
+    /// The episode could not start, or its sandbox or trajectory failed while the agent ran.
+    #[error(transparent)]
+    Episode(#[from] EpisodeError),
+    /// The model endpoint failed during the episode (the trajectory is finished with `model_error`).
+    #[error("{detail}")]
+    ModelEndpoint {
+        /// What the endpoint did, in words.
+        detail: String,
+        /// Steps taken before it failed.
+        n_steps: u32,
+        /// How the episode ended.
+        episode_status: EpisodeStatus,
+        /// Model usage until then.
+        usage: Usage,
+    },
+}
+
+impl AttemptError {
+    /// The `error_kind` recorded in results.jsonl.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Image { error, .. } => error.kind(),
+            Self::Agent(AgentError::NoPrediction { .. }) => "no_prediction",
+            Self::Agent(AgentError::PromptTemplate(_)) => "prompt_template",
+            Self::Agent(AgentError::Episode(error)) => error_kind_of_episode(error),
+            Self::Agent(AgentError::ModelEndpoint { .. }) => "model_endpoint",
+            Self::Grade {
+                error: GradeError::Spec { .. },
+                ..
+            } => "grading_spec",
+            Self::Grade {
+                error: GradeError::Sandbox(error),
+                ..
+            } => error_kind_of_sandbox(error),
+        }
+    }
+
+    /// The instance's `error` result, with what was known when the phase failed.
+    pub fn into_result(self, instance: &Instance) -> InstanceResult {
+        let mut result = InstanceResult::error(
+            &instance.instance_id,
+            &instance.repo,
+            self.kind(),
+            self.to_string(),
+        );
+        match self {
+            Self::Image { submission, .. } | Self::Grade { submission, .. } => {
+                result.submission = submission;
+            }
+            Self::Agent(AgentError::ModelEndpoint {
+                n_steps,
+                episode_status,
+                usage,
+                ..
+            }) => {
+                result.n_steps = n_steps;
+                result.episode_status = Some(episode_status.as_str().to_owned());
+                result.tokens = usage.tokens;
+                result.model_ms = usage.model_ms;
+            }
+            Self::Agent(_) => {}
+        }
+        result
+    }
+}
+
+/// Model usage of an episode (zero for the built-in agents).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt + completion tokens.
+    pub tokens: u64,
+    /// Time in model calls, ms.
+    pub model_ms: u64,
+}
+
+impl Usage {
+    fn of(outcome: &ModelAgentOutcome) -> Self {
+        Self {
+            tokens: outcome.total_tokens(),
+            model_ms: outcome.model_time.as_millis() as u64,
+        }
+    }
+}
+
+/// What the agent phase produced.
+struct AgentRun {
+    /// The submission to grade (`None` = no prediction).
+    submission: Option<String>,
+    /// The episode, when one ran (its sandbox released, its trajectory still open).
+    episode: Option<EpisodeRun>,
+}
+
+/// An episode whose agent finished; [`finish`] (or a grading error) ends its trajectory.
+struct EpisodeRun {
+    episode: Episode,
+    outcome: AgentOutcome,
+    usage: Usage,
+    final_answer: Option<String>,
+    detail: Option<String>,
+}
+
+impl EpisodeRun {
+    /// The `episode_end` of this run, before grading.
+    fn end_info(&self) -> EndInfo {
+        EndInfo::status(self.outcome.status)
+    }
+}
+
+fn given_prediction(shared: &Shared, instance: &Instance) -> Option<Option<String>> {
+    match &shared.config.agent {
+        AgentSpec::Predictions { patches, .. } => patches.get(&instance.instance_id).cloned(),
+        _ => None,
+    }
+}
+
+/// Phase 2: the submission, from the given predictions or from an episode with the chosen agent.
+async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, AgentError> {
+    if let AgentSpec::Predictions { .. } = &shared.config.agent {
+        // Given predictions (a file, or the gold / empty patches): no episode, the patch is graded as is.
+        return match given_prediction(shared, instance) {
+            Some(submission) => Ok(AgentRun {
+                submission,
+                episode: None,
+            }),
+            None => Err(AgentError::NoPrediction {
+                instance_id: instance.instance_id.clone(),
+            }),
+        };
+    }
+    let agent = &shared.config.agent;
+    let episode_id = format!("{}-{}", shared.config.run_id, instance.instance_id);
+    let trajectory = shared
+        .episode_config
+        .trajectory_dir
+        .join(format!("{episode_id}.jsonl"));
+    // A rerun after an interrupt starts its trajectory afresh.
+    let _ = tokio::fs::remove_file(&trajectory).await;
+    let (episode_config, info) = start_info(shared, instance)?;
+    let mut episode = Episode::start(
+        &shared.engine,
+        &episode_id,
+        instance.clone(),
+        episode_config,
+        info,
+    )
+    .await?;
+    let dispatched = match agent {
+        AgentSpec::Gold => run_gold(&mut episode).await.map(|o| (o, None)),
+        AgentSpec::Model(model) => {
+            crate::agent::run_model_agent(&mut episode, &model.client, &model.config, None)
+                .await
+                .map(|o| (o.agent.clone(), Some(o)))
+        }
+        _ => Ok((crate::agent::run_empty(&episode), None)),
+    };
+    let (outcome, model_outcome) = match dispatched {
+        Ok(dispatched) => dispatched,
+        Err(error) => {
+            let _ = episode
+                .finish(EndInfo::status(EpisodeStatus::SandboxError))
+                .await;
+            return Err(error.into());
+        }
+    };
+    if let Err(error) = episode.release_sandbox().await {
+        warn!(instance_id = %instance.instance_id, %error, "releasing the episode sandbox failed");
+    }
+    let mut run = EpisodeRun {
+        episode,
+        outcome,
+        usage: Usage::default(),
+        final_answer: None,
+        detail: None,
+    };
+    if let Some(model_outcome) = model_outcome {
+        run.usage = Usage::of(&model_outcome);
+        if run.outcome.status == EpisodeStatus::ModelError {
+            let detail = model_outcome
+                .detail
+                .clone()
+                .unwrap_or_else(|| "model endpoint failed".to_owned());
+            let _ = run.episode.finish(model_outcome.end_info()).await;
+            return Err(AgentError::ModelEndpoint {
+                detail,
+                n_steps: run.outcome.n_steps,
+                episode_status: run.outcome.status,
+                usage: run.usage,
+            });
+        }
+        run.final_answer = model_outcome.final_answer;
+        run.detail = model_outcome.detail;
+    }
+    let submission = match agent {
+        AgentSpec::Empty => Some(String::new()),
+        _ => run.outcome.submission.clone(),
+    };
+    Ok(AgentRun {
+        submission,
+        episode: Some(run),
+    })
+}
+
+/// The episode settings and opening prompt for the chosen agent.
+fn start_info(
+    shared: &Shared,
+    instance: &Instance,
+) -> Result<(EpisodeConfig, StartInfo), TemplateError> {
+    let mut episode_config = shared.episode_config.clone();
+    let info = match &shared.config.agent {
+        AgentSpec::Model(model) => {
+            episode_config.tool_format = model.config.mode.tool_format();
+            let mut info = crate::agent::start_info_for(instance, &model.config, &episode_config)?;
+            crate::agent::add_client_info(&mut info, &model.client_config);
+            info
+        }
+        _ => StartInfo {
+            model: None,
+            prompt: builtin_prompt(&instance.problem_statement),
+        },
+    };
+    Ok((episode_config, info))
+}
+
+/// Phase 3: grades the submission in a fresh container and writes the reference grading logs; on failure the
+/// episode's trajectory is finished with the reason.
+async fn grade(
+    shared: &Shared,
+    instance: &Instance,
+    agent: &mut AgentRun,
+) -> Result<GradeOutcome, GradeError> {
+    let grading_id = format!("{}-{}-grade", shared.config.run_id, instance.instance_id);
+    let graded = grade_patch(
+        &shared.engine,
+        instance,
+        agent.submission.as_deref(),
+        &shared.config.grade,
+        &grading_id,
+    )
+    .await;
+    let outcome = match graded {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(run) = agent.episode.as_mut() {
+                let mut end = run.end_info();
+                end.detail = Some(format!("grading failed: {error}"));
+                let _ = run.episode.finish(end).await;
+            }
+            return Err(error);
+        }
+    };
+    if let Err(error) = write_instance_logs(
+        &shared.config.logs_dir,
+        &outcome,
+        agent.submission.as_deref(),
+    )
+    .await
+    {
+        warn!(instance_id = %instance.instance_id, %error, "cannot write grading logs");
+    }
+    Ok(outcome)
+}
+
+/// Phase 4: ends the trajectory with the rewards and grading report, and makes the instance's result.
+async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> InstanceResult {
+    let (n_steps, episode_status, usage) = match agent.episode {
+        Some(mut run) => {
+            let mut end = run.end_info();
+            end.final_answer = run.final_answer;
+            end.detail = run.detail;
+            end.rewards = serde_json::to_value(&graded.rewards).ok();
+            end.grading = serde_json::to_value(&graded.report).ok();
+            if let Err(error) = run.episode.finish(end).await {
+                warn!(instance_id = %instance.instance_id, %error, "cannot finish the trajectory");
+            }
+            let status = run.outcome.status.as_str().to_owned();
+            (run.outcome.n_steps, Some(status), run.usage)
+        }
+        None => (0, None, Usage::default()),
+    };
+    InstanceResult {
+        instance_id: instance.instance_id.clone(),
+        repo: instance.repo.clone(),
+        status: if graded.resolved {
+            InstanceStatus::Resolved
+        } else {
+            InstanceStatus::Unresolved
+        },
+        error_kind: None,
+        error: None,
+        episode_status,
+        submission: agent.submission,
+        n_steps,
+        tokens: usage.tokens,
+        model_ms: usage.model_ms,
+        test_ms: graded.test_ms,
+        total_ms: 0,
+        report: Some(graded.report),
+        rewards: Some(graded.rewards),
+    }
+}
+
+fn error_kind_of_sandbox(error: &SandboxError) -> &'static str {
+    match error {
+        SandboxError::ImageNotFound { .. } => "image_missing",
+        SandboxError::EngineUnavailable { .. } => "docker_unavailable",
+        _ => "sandbox",
+    }
+}
+
+fn error_kind_of_episode(error: &EpisodeError) -> &'static str {
+    match error {
+        EpisodeError::Sandbox(e) => error_kind_of_sandbox(e),
+        EpisodeError::Trajectory(_) => "trajectory",
+        EpisodeError::Ended { .. } => "episode",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swe_env_grading::dataset::instance_from_value;
+
+    fn instance() -> Instance {
+        instance_from_value(serde_json::json!({"repo": "o/r", "instance_id": "o__r-1",
+            "base_commit": "abc", "test_patch": "x", "version": "1.0"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_phase_error_keeps_its_kind_and_what_was_known() {
+        let image = AttemptError::Image {
+            error: ImageError::NotPresent {
+                image: "img:1".into(),
+            },
+            submission: Some("diff".into()),
+        }
+        .into_result(&instance());
+        assert_eq!(image.status, InstanceStatus::Error);
+        assert_eq!(image.error_kind.as_deref(), Some("image_missing"));
+        assert_eq!(image.submission.as_deref(), Some("diff"));
+        assert!(image.error.unwrap().contains("--pull never"));
+
+        let missing = AttemptError::from(AgentError::NoPrediction {
+            instance_id: "o__r-1".into(),
+        })
+        .into_result(&instance());
+        assert_eq!(missing.error_kind.as_deref(), Some("no_prediction"));
+        assert_eq!(
+            missing.error.as_deref(),
+            Some("no prediction for o__r-1: pass only instances that have one")
+        );
+
+        let usage = Usage {
+            tokens: 120,
+            model_ms: 40,
+        };
+        let endpoint = AttemptError::from(AgentError::ModelEndpoint {
+            detail: "connection refused".into(),
+            n_steps: 3,
+            episode_status: EpisodeStatus::ModelError,
+            usage,
+        })
+        .into_result(&instance());
+        assert_eq!(endpoint.error_kind.as_deref(), Some("model_endpoint"));
+        assert_eq!(endpoint.error.as_deref(), Some("connection refused"));
+        assert_eq!(
+            (endpoint.n_steps, endpoint.tokens, endpoint.model_ms),
+            (3, 120, 40)
+        );
+        assert_eq!(
+            endpoint.episode_status.as_deref(),
+            Some(EpisodeStatus::ModelError.as_str())
+        );
+        assert_eq!(endpoint.submission, None);
+
+        let grading = AttemptError::Grade {
+            error: GradeError::Spec {
+                instance_id: "o__r-1".into(),
+                detail: "unknown version".into(),
+            },
+            submission: Some("diff".into()),
+        }
+        .into_result(&instance());
+        assert_eq!(grading.error_kind.as_deref(), Some("grading_spec"));
+        assert_eq!(grading.submission.as_deref(), Some("diff"));
+        let sandbox = AttemptError::Grade {
+            error: GradeError::Sandbox(SandboxError::ImageNotFound { image: "x".into() }),
+            submission: None,
+        };
+        assert_eq!(sandbox.kind(), "image_missing");
+    }
+}

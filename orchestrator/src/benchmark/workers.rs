@@ -1,0 +1,263 @@
+//! The worker loop of a run: a fixed number of workers pull instances from one queue (nothing is spawned per
+//! instance), each result goes to the caller's channel as it finishes, and a panic inside one instance becomes
+//! that instance's `error` result (`error_kind` `panic`) while the others go on.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use swe_env_grading::dataset::Instance;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::results::InstanceResult;
+
+/// Runs `attempt` on every instance of `todo` with `workers` workers (at least one) and sends each result, its
+/// `total_ms` set, to `results`. Stops starting instances, and drops the ones in flight, when `cancel` is
+/// cancelled; returns whether it did (the run was interrupted).
+pub(super) async fn run_workers<F, Fut>(
+    todo: Vec<Instance>,
+    workers: usize,
+    cancel: CancellationToken,
+    attempt: F,
+    results: mpsc::UnboundedSender<InstanceResult>,
+) -> bool
+where
+    F: Fn(Instance) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = InstanceResult> + Send + 'static,
+{
+    let n_workers = workers.max(1).min(todo.len());
+    let queue = Arc::new(Mutex::new(VecDeque::from(todo)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n_workers {
+        tasks.spawn(worker(
+            queue.clone(),
+            cancel.clone(),
+            attempt.clone(),
+            results.clone(),
+        ));
+    }
+    drop(results);
+    let mut interrupted = false;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(WorkerEnd::QueueEmpty) => {}
+            Ok(WorkerEnd::Cancelled) => interrupted = true,
+            // Only a bug in the loop itself gets here (an instance's panic is caught in `worker`).
+            Err(error) => warn!(%error, "a benchmark worker failed"),
+        }
+    }
+    interrupted | cancel.is_cancelled()
+}
+
+/// Why a worker stopped.
+enum WorkerEnd {
+    /// No instance left.
+    QueueEmpty,
+    /// `cancel` was cancelled (an instance may have been dropped mid-way).
+    Cancelled,
+}
+
+async fn worker<F, Fut>(
+    queue: Arc<Mutex<VecDeque<Instance>>>,
+    cancel: CancellationToken,
+    attempt: F,
+    results: mpsc::UnboundedSender<InstanceResult>,
+) -> WorkerEnd
+where
+    F: Fn(Instance) -> Fut,
+    Fut: Future<Output = InstanceResult>,
+{
+    loop {
+        if cancel.is_cancelled() {
+            return WorkerEnd::Cancelled;
+        }
+        // The lock is held only to pop; a poisoned queue (impossible: nothing panics while holding it) is still
+        // a queue.
+        let next = queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front();
+        let Some(instance) = next else {
+            return WorkerEnd::QueueEmpty;
+        };
+        let (instance_id, repo) = (instance.instance_id.clone(), instance.repo.clone());
+        let started = Instant::now();
+        let run = AssertUnwindSafe(attempt(instance)).catch_unwind();
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            _ = cancel.cancelled() => return WorkerEnd::Cancelled,
+        };
+        let mut result = match outcome {
+            Ok(result) => result,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                error!(
+                    instance_id,
+                    panic = message,
+                    "an instance panicked; recorded as an error"
+                );
+                InstanceResult::error(
+                    &instance_id,
+                    &repo,
+                    "panic",
+                    format!(
+                        "swe-env panicked while running this instance ({message}): this is a bug, please \
+                         report it with the log; --retry-errors runs the instance again"
+                    ),
+                )
+            }
+        };
+        result.total_ms = started.elapsed().as_millis() as u64;
+        if results.send(result).is_err() {
+            // Nobody listens any more (the run stops listening only once every worker ended): nothing to do.
+            return WorkerEnd::QueueEmpty;
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text
+    } else {
+        "a panic without a message"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::benchmark::results::InstanceStatus;
+    use swe_env_grading::dataset::instance_from_value;
+
+    fn instance(id: &str) -> Instance {
+        instance_from_value(
+            serde_json::json!({"repo": "o/r", "instance_id": id, "base_commit": "abc",
+            "test_patch": "x", "version": "1.0"}),
+        )
+        .unwrap()
+    }
+
+    async fn collect(mut rx: mpsc::UnboundedReceiver<InstanceResult>) -> Vec<InstanceResult> {
+        let mut out = Vec::new();
+        while let Some(r) = rx.recv().await {
+            out.push(r);
+        }
+        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        out
+    }
+
+    #[tokio::test]
+    async fn a_panicking_instance_becomes_an_error_result_and_the_others_still_run() {
+        let todo = (0..4).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let interrupted = run_workers(
+            todo,
+            2,
+            cancel,
+            |instance: Instance| async move {
+                if instance.instance_id == "o__r-1" {
+                    panic!("grading blew up on {}", instance.instance_id);
+                }
+                unresolved(&instance)
+            },
+            tx,
+        )
+        .await;
+        assert!(!interrupted);
+        let results = collect(rx).await;
+        let ids: Vec<&str> = results.iter().map(|r| r.instance_id.as_str()).collect();
+        assert_eq!(ids, ["o__r-0", "o__r-1", "o__r-2", "o__r-3"]);
+        let panicked = &results[1];
+        assert_eq!(panicked.status, InstanceStatus::Error);
+        assert_eq!(panicked.error_kind.as_deref(), Some("panic"));
+        assert_eq!(panicked.repo, "o/r");
+        let message = panicked.error.as_deref().unwrap_or_default();
+        assert!(message.contains("grading blew up on o__r-1"), "{message}");
+        for other in [&results[0], &results[2], &results[3]] {
+            assert_eq!(other.status, InstanceStatus::Unresolved);
+        }
+    }
+
+    fn unresolved(instance: &Instance) -> InstanceResult {
+        let mut result =
+            InstanceResult::error(&instance.instance_id, &instance.repo, "x", String::new());
+        result.status = InstanceStatus::Unresolved;
+        result.error_kind = None;
+        result.error = None;
+        result
+    }
+
+    #[tokio::test]
+    async fn a_fixed_number_of_workers_pull_the_instances() {
+        let todo = (0..8).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Tasks alive on the runtime while an instance runs (the test body itself is not a task).
+        let max_tasks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = max_tasks.clone();
+        let interrupted = run_workers(
+            todo,
+            3,
+            cancel,
+            move |instance: Instance| {
+                let seen = seen.clone();
+                async move {
+                    let alive = tokio::runtime::Handle::current()
+                        .metrics()
+                        .num_alive_tasks();
+                    seen.fetch_max(alive, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    unresolved(&instance)
+                }
+            },
+            tx,
+        )
+        .await;
+        assert!(!interrupted);
+        assert_eq!(collect(rx).await.len(), 8);
+        assert_eq!(max_tasks.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_starting_instances_and_drops_the_one_in_flight() {
+        let todo = (0..5).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let cancel = CancellationToken::new();
+        let cancel_tx = cancel.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let log = started.clone();
+        let interrupted = run_workers(
+            todo,
+            1,
+            cancel,
+            move |instance: Instance| {
+                let (cancel_tx, log) = (cancel_tx.clone(), log.clone());
+                async move {
+                    log.lock().unwrap().push(instance.instance_id.clone());
+                    if instance.instance_id == "o__r-1" {
+                        cancel_tx.cancel();
+                        std::future::pending::<()>().await;
+                    }
+                    unresolved(&instance)
+                }
+            },
+            tx,
+        )
+        .await;
+        assert!(interrupted);
+        let results = collect(rx).await;
+        let ids: Vec<&str> = results.iter().map(|r| r.instance_id.as_str()).collect();
+        assert_eq!(ids, ["o__r-0"]);
+        assert_eq!(*started.lock().unwrap(), ["o__r-0", "o__r-1"]);
+    }
+}
