@@ -30,8 +30,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
@@ -43,7 +43,7 @@ use self::proto::env_service_server::EnvServiceServer;
 use self::service::EnvServiceImpl;
 use self::state::ServerState;
 use self::tasks::TaskCatalog;
-use crate::sandbox::{DockerEngine, SandboxError};
+use swe_env_sandbox::{DockerEngine, SandboxError};
 
 /// Timeout of individual Docker API calls made by the server.
 pub const DOCKER_API_TIMEOUT: Duration = Duration::from_secs(120);
@@ -56,9 +56,9 @@ pub enum ServerError {
     /// Bad configuration or token file.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A tasks file could not be loaded.
+    /// A task source could not be loaded.
     #[error(transparent)]
-    Tasks(#[from] swe_env_grading::dataset::DatasetError),
+    Tasks(#[from] crate::datasets::DatasetSourceError),
     /// The Docker engine is unreachable.
     #[error(transparent)]
     Engine(#[from] SandboxError),
@@ -89,7 +89,7 @@ pub struct RunningServer {
     state: Arc<ServerState>,
     tcp_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
-    stop_accepting: watch::Sender<bool>,
+    stop_accepting: CancellationToken,
     listeners: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     reaper: JoinHandle<()>,
     reconciler: JoinHandle<()>,
@@ -100,7 +100,7 @@ pub struct RunningServer {
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     config.validate()?;
     let token = config.resolve_token()?;
-    let tasks = TaskCatalog::load(&config.tasks)?;
+    let tasks = TaskCatalog::load(&config.tasks).await?;
     std::fs::create_dir_all(&config.trajectory_dir).map_err(|source| {
         ServerError::TrajectoryDir {
             path: config.trajectory_dir.clone(),
@@ -143,13 +143,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
 
-    let (stop_accepting, _) = watch::channel(false);
-    let stopped = |tx: &watch::Sender<bool>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stop_accepting = CancellationToken::new();
     let mut listeners = Vec::new();
     let mut tcp_addr = None;
     if let Some(listen) = &state.config.listen {
@@ -167,7 +161,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
             .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(incoming, stopped(&stop_accepting));
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         listeners.push(tokio::spawn(server));
         info!(%addr, "listening (tcp)");
     }
@@ -182,7 +176,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let server = Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, stopped(&stop_accepting));
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         listeners.push(tokio::spawn(server));
         info!(path = %path.display(), "listening (unix socket)");
     }
@@ -248,7 +242,7 @@ impl RunningServer {
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let report = self.state.drain(grace).await;
-        self.stop_accepting.send_replace(true);
+        self.stop_accepting.cancel();
         self.reaper.abort();
         self.reconciler.abort();
         for listener in self.listeners {

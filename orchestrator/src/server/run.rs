@@ -282,10 +282,9 @@ async fn drive(
             }
         })
     };
-    let mut cancel = state.cancelled();
     let outcome = tokio::select! {
         outcome = run_model_agent(&mut live.episode, &client, &agent, Some(step_tx)) => Some(outcome),
-        _ = cancel.wait_for(|cancelled| *cancelled) => None,
+        _ = state.cancelled() => None,
     };
     let _ = forward.await;
     slot.touch();

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use super::state::ServerState;
-use crate::sandbox::{collect_garbage, GcScope};
+use swe_env_sandbox::{collect_garbage, GcScope};
 
 /// Which signal asked the server to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +48,9 @@ pub fn reap_period(idle_ttl: Duration) -> Duration {
 pub async fn run_reaper(state: Arc<ServerState>) {
     let period = reap_period(state.config.idle_ttl());
     loop {
-        tokio::time::sleep(period).await;
-        if state.is_draining() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = state.draining() => return,
         }
         let reaped = state.reap_idle().await;
         if reaped > 0 {
@@ -100,9 +100,9 @@ pub async fn reconcile(state: &ServerState, done: &mut HashSet<PathBuf>) {
 pub async fn run_reconciler(state: Arc<ServerState>, mut done: HashSet<PathBuf>) {
     let period = state.config.reconcile_interval();
     loop {
-        tokio::time::sleep(period).await;
-        if state.is_draining() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = state.draining() => return,
         }
         reconcile(&state, &mut done).await;
     }

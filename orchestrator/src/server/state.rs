@@ -3,7 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,8 @@ use prost::Message;
 use serde_json::Value;
 use swe_env_grading::dataset::Instance;
 use swe_env_tools::{openai_tools, tool_specs_text};
-use tokio::sync::{watch, OwnedMutexGuard};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{error, info, warn, Instrument};
 
 use super::admission::Admission;
@@ -29,9 +30,9 @@ use crate::episode::{
     Action, EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, StepMeta, ToolFormat,
 };
 use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
-use crate::sandbox::{DockerEngine, SandboxError};
-use crate::task::{image_for, REPO_DIR};
+use crate::task::image_for;
 use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
+use swe_env_sandbox::{DockerEngine, SandboxError};
 
 /// Shared state of a running server.
 pub struct ServerState {
@@ -48,9 +49,11 @@ pub struct ServerState {
     /// Model clients of the configured endpoints (RunEpisode).
     pub model_clients: super::run::ModelClients,
     grade_config: GradeConfig,
-    draining: AtomicBool,
+    /// Cancelled when the drain starts: new work is refused, the reaper and reconciler stop.
+    draining: CancellationToken,
     inflight: Arc<AtomicUsize>,
-    cancel: watch::Sender<bool>,
+    /// Cancelled when the drain's grace period is over: calls still in flight stop.
+    cancel: CancellationToken,
 }
 
 /// Counts a call in flight (a create, a step, a grading, a server-driven run) until dropped.
@@ -95,9 +98,9 @@ impl ServerState {
             admission,
             model_clients: super::run::ModelClients::default(),
             grade_config,
-            draining: AtomicBool::new(false),
+            draining: CancellationToken::new(),
             inflight: Arc::new(AtomicUsize::new(0)),
-            cancel: watch::channel(false).0,
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -106,7 +109,7 @@ impl ServerState {
     pub fn enter(&self) -> Result<InflightGuard, ServiceError> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = InflightGuard(self.inflight.clone());
-        if *self.cancel.borrow() {
+        if self.cancel.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
         Ok(guard)
@@ -116,7 +119,10 @@ impl ServerState {
     /// server drains (UNAVAILABLE with a retry hint: another server, or this one after its restart).
     pub fn admit_new(&self) -> Result<InflightGuard, ServiceError> {
         let guard = self.enter()?;
-        if self.draining.load(Ordering::SeqCst) {
+        // The call counts as in flight before it looks at the token, and the drain cancels the token before it
+        // counts the calls in flight (the token's lock orders the two): either this call sees the drain or the
+        // drain waits for this call.
+        if self.draining.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
         Ok(guard)
@@ -250,13 +256,12 @@ impl ServerState {
         let specs_text = tool_specs_text(&config.tools);
         let instance_id = instance.instance_id.clone();
         let problem_statement = instance.problem_statement.clone();
-        let mut cancel = self.cancel.subscribe();
         let started = Instant::now();
         let episode = tokio::select! {
             result = Episode::start(&self.engine, &episode_id, instance, config, info) => {
                 result.map_err(|e| ServiceError::from_episode("starting the episode", e))?
             }
-            _ = cancel.wait_for(|cancelled| *cancelled) => return Err(ServiceError::ShuttingDown),
+            _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
         };
         drop(start_permit);
         let budget = episode.budget();
@@ -278,7 +283,7 @@ impl ServerState {
             start_ms = started.elapsed().as_millis() as u64,
             "episode created"
         );
-        if self.draining.load(Ordering::SeqCst) {
+        if self.draining.is_cancelled() {
             let mut state = slot.state.lock().await;
             self.finish_locked(&slot, &mut state, cancelled_end("server shutdown"))
                 .await;
@@ -293,14 +298,19 @@ impl ServerState {
             tool_format: convert::tool_format_to_proto(tool_format) as i32,
             image,
             budget: Some(convert::budget(&budget)),
-            repo_dir: REPO_DIR.to_owned(),
+            repo_dir: swe_env_grading::specs::SWE_BENCH_REPO_DIR.to_owned(),
         };
         Ok((slot, reply))
     }
 
-    /// A receiver that fires when the drain cancels calls in flight.
-    pub fn cancelled(&self) -> watch::Receiver<bool> {
-        self.cancel.subscribe()
+    /// Completes when the drain cancels calls in flight (its grace period is over).
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Completes when the drain starts.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.draining.cancelled()
     }
 
     /// Grades `patch` for `instance` in a fresh container with the server's grading settings, under `rules` when
@@ -503,10 +513,9 @@ impl ServerState {
         }
         // Only a server shutdown past its grace period interrupts a step; the interrupted step is neither recorded
         // nor counted (`Episode::step` counts a step once recorded) and the drain ends the episode `cancelled`.
-        let mut cancel = self.cancel.subscribe();
         let result = tokio::select! {
             result = live.episode.step(action, meta) => result,
-            _ = cancel.wait_for(|cancelled| *cancelled) => return Err(ServiceError::ShuttingDown),
+            _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
         };
         slot.touch();
         let outcome = match result {
@@ -730,10 +739,9 @@ impl ServerState {
                     .map_err(|e| ServiceError::invalid("rules", e.to_string()))?,
             )
         };
-        let mut cancel = self.cancel.subscribe();
         tokio::select! {
             result = self.grade_instance(&instance, patch, rules, &grading_id) => result,
-            _ = cancel.wait_for(|cancelled| *cancelled) => Err(ServiceError::ShuttingDown),
+            _ = self.cancel.cancelled() => Err(ServiceError::ShuttingDown),
         }
     }
 
@@ -763,7 +771,7 @@ impl ServerState {
 
     /// Whether the server is draining.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.draining.is_cancelled()
     }
 
     /// Stops admitting new work (CreateEpisode, RunEpisode, Grade), lets live episodes Step and Close and calls in
@@ -771,7 +779,7 @@ impl ServerState {
     /// live episode with status `cancelled`, and removes any container of this process still present.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let mut report = DrainReport::default();
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.cancel();
         let deadline = Instant::now() + grace;
         // New work is refused from now on; live episodes may still Step and Close until the grace period ends. The
         // drain ends early once nothing is in flight and no live episode has been used for `quiet` (clients that
@@ -797,7 +805,7 @@ impl ServerState {
                 "grace period over; cancelling calls in flight"
             );
         }
-        self.cancel.send_replace(true);
+        self.cancel.cancel();
         let live: Vec<_> = self
             .registry
             .snapshot()

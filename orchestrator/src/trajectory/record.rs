@@ -1,7 +1,12 @@
 //! The records of a trajectory file. Field names are the on-disk schema.
 
+use std::num::NonZeroU8;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use time::format_description::well_known::{iso8601, Iso8601};
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// Version of the record schema written in every `episode_start`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -219,47 +224,94 @@ pub struct EpisodeEnd {
     pub ended_at: String,
 }
 
+/// The timestamp format of trajectories and manifests (a public contract): RFC 3339 in UTC with exactly three
+/// fractional digits (truncated, not rounded) and a `Z`, e.g. `2025-11-25T20:36:36.123Z`.
+const TIMESTAMP: Iso8601<
+    {
+        iso8601::Config::DEFAULT
+            .set_year_is_six_digits(false)
+            .set_time_precision(iso8601::TimePrecision::Second {
+                decimal_digits: NonZeroU8::new(3),
+            })
+            .encode()
+    },
+> = Iso8601;
+
 /// Current time as RFC 3339 (UTC, seconds precision with milliseconds).
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let millis = now.subsec_millis();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    rfc3339_millis(SystemTime::now())
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// `instant` as RFC 3339 in the [`TIMESTAMP`] format. An instant before 1970 reads as the epoch (as it always has
+/// here), one after 9999 as the last instant of 9999.
+pub fn rfc3339_millis(instant: SystemTime) -> String {
+    let nanos = instant.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)
+    });
+    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or_else(|_| PrimitiveDateTime::MAX.assume_utc());
+    // Cannot fail: the year is within 1970..=9999 (four digits) and the output is a String.
+    at.format(&TIMESTAMP).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn at(nanos: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+    }
+
     #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn timestamps_keep_the_public_format() {
+        const DAY: u64 = 86_400 * 1_000_000_000;
+        assert_eq!(rfc3339_millis(at(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(at(20_417 * DAY)), "2025-11-25T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(at(11_016 * DAY + 100_000_000)),
+            "2000-02-29T00:00:00.100Z"
+        );
+        // Milliseconds are truncated, never rounded up into the next second.
+        assert_eq!(
+            rfc3339_millis(at(1_764_102_996_999_999_999)),
+            "2025-11-25T20:36:36.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH - std::time::Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 24, "{now}");
+        assert!(now.ends_with('Z') && now.as_bytes()[19] == b'.', "{now}");
+    }
+
+    #[test]
+    fn timestamps_agree_with_gnu_date() {
+        // Independent oracle: coreutils `date -u` on instants across leap years and century boundaries.
+        for secs in [
+            0u64,
+            951_782_400,
+            951_868_799,
+            1_709_208_000,
+            4_107_542_399,
+            4_102_444_800,
+            253_402_300_799,
+        ] {
+            let out = std::process::Command::new("date")
+                .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000Z"])
+                .output()
+                .unwrap();
+            let expected = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(
+                rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+                expected.trim(),
+                "{secs}"
+            );
+        }
     }
 
     #[test]
