@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(swe_env::cli::EXIT_INFRA);
         }
     };
-    match runtime.block_on(swe_env::cli::run(cli)) {
+    match swe_env::cli::block_on_run(&runtime, cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

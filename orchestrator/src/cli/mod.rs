@@ -1,9 +1,7 @@
 //! Command-line interface: argument definitions and one module per subcommand. `main.rs` only calls [`run`].
 
 mod bench;
-mod bench_chaos;
 mod bench_grading;
-mod bench_grpc;
 mod error;
 mod evaluate;
 mod export;
@@ -101,6 +99,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(command) => bench::run(command).await,
     };
     outcome.map_err(CliError::classify)
+}
+
+/// Runs the parsed command to completion on `runtime`. Not generic, so the whole async program is compiled once,
+/// in this library: a release build shares no generic code between crates, and a `block_on(run(cli))` in the
+/// binary compiled every future of every command a second time there.
+pub fn block_on_run(runtime: &tokio::runtime::Runtime, cli: Cli) -> Result<ExitCode, CliError> {
+    runtime.block_on(run(cli))
 }
 
 /// Logs to stderr; `RUST_LOG` wins over `-v`.
