@@ -193,11 +193,11 @@ type Case<'a> = (
 );
 
 /// Waits until `done` holds, or panics after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -463,7 +463,8 @@ async fn run_episode_exits_130_on_ctrl_c() {
     // The model call is in flight: the episode's container is up and the loop waits on the model.
     wait_for("the first model request", Duration::from_secs(120), || {
         server.request_count() >= 1
-    });
+    })
+    .await;
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -606,4 +607,37 @@ fn closed_output_and_piped_stderr_are_handled_quietly() {
         "ANSI escape in piped stderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `swe-env bench grpc` runs to the end and prints its figures: its in-process server is operated by the bench, so
+/// its own operator maxima admit the bench's long episodes (a default maximum once refused every CreateEpisode).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_grpc_runs_to_the_end_and_prints_figures() {
+    let output = tokio::task::spawn_blocking(|| {
+        swe_env(&[
+            "bench",
+            "grpc",
+            "--steps",
+            "30",
+            "--episodes",
+            "4",
+            "--concurrency",
+            "2",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for row in [
+        "step `true` over gRPC (round trip)",
+        "step `true` in process (Episode::step)",
+        "episode create+step+close over gRPC",
+    ] {
+        let p50 = figures[row]["p50_ms"].as_f64();
+        assert!(p50.is_some_and(|ms| ms > 0.0), "{row}: {figures}");
+    }
+    assert_eq!(figures["step `true` over gRPC (round trip)"]["n"], 30);
+    assert_eq!(figures["episode create+step+close over gRPC"]["n"], 4);
 }

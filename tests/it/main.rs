@@ -5,6 +5,7 @@
 
 mod apply_reference;
 mod benchmark;
+mod boundaries;
 mod chaos;
 mod cli_contract;
 mod common;
@@ -28,3 +29,4 @@ mod server_python;
 mod shell_hijack;
 mod step_survival;
 mod submission;
+mod task_sources;

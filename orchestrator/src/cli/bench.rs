@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::sandbox::{DockerEngine, SandboxConfig};
+use swe_env_sandbox::{DockerEngine, SandboxConfig};
 
 /// What to measure.
 #[derive(Debug, clap::Subcommand)]
@@ -13,13 +13,13 @@ pub enum BenchCommand {
     /// Step latency on a live shell vs one-shot `docker exec`, and cold sandbox start-up vs `docker run`.
     Sandbox(SandboxBenchArgs),
     /// Step round trip over gRPC vs in-process `Episode::step`, and episodes/s through the service.
-    Grpc(super::bench_grpc::GrpcBenchArgs),
+    Grpc(crate::client::grpc_bench::GrpcBenchArgs),
     /// Grading overhead (everything but the test command) and the orchestrator's per-instance overhead of a gold
     /// run-benchmark (total − model time − test time), on the fixture tasks.
     Grading(GradingBenchArgs),
     /// Fault injection against a real `swe-env serve`: client deadlines and cancels mid-step, shell hijacks,
     /// containers removed outside, hostile limits, kill -9 and restart, drain; one row per fault.
-    Chaos(super::bench_chaos::ChaosBenchArgs),
+    Chaos(crate::client::chaos_bench::ChaosBenchArgs),
 }
 
 /// Arguments of `swe-env bench sandbox`.
@@ -113,9 +113,23 @@ pub(super) fn stats(mut samples: Vec<Duration>) -> Stats {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Sandbox(args) => sandbox(args).await,
-        BenchCommand::Grpc(args) => super::bench_grpc::run(args).await,
+        BenchCommand::Grpc(args) => {
+            use crate::client::grpc_bench::BENCH_MAX_TURNS;
+            if args.steps == 0 || args.concurrency == 0 || args.steps >= BENCH_MAX_TURNS as usize {
+                return Err(super::error::usage(format!(
+                    "--steps must be from 1 to {} and --concurrency positive",
+                    BENCH_MAX_TURNS - 1
+                )));
+            }
+            crate::client::grpc_bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Grading(args) => super::bench_grading::run(args).await,
-        BenchCommand::Chaos(args) => super::bench_chaos::run(args).await,
+        BenchCommand::Chaos(args) => Ok(if crate::client::chaos_bench::run(args).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(super::EXIT_FAILED)
+        }),
     }
 }
 

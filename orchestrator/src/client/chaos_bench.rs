@@ -5,7 +5,7 @@
 //! (acknowledged steps vs the trajectory file), how many containers leaked.
 
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +14,11 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::sandbox::DockerEngine;
 use crate::server::proto;
 use crate::server::proto::env_service_client::EnvServiceClient;
+use swe_env_sandbox::DockerEngine;
 
-use super::bench_grpc::{Bearer, Client};
+use super::grpc_bench::{Bearer, Client};
 
 /// Arguments of `swe-env bench chaos`.
 #[derive(Debug, clap::Args)]
@@ -720,9 +720,11 @@ async fn drain(lab: &Lab, server: Server) -> anyhow::Result<FaultRow> {
 }
 
 /// Runs every fault and prints the table.
-pub async fn run(args: ChaosBenchArgs) -> anyhow::Result<ExitCode> {
+/// Runs every fault; `Ok(true)` when the server survived them all with nothing lost or leaked.
+pub async fn run(args: ChaosBenchArgs) -> anyhow::Result<bool> {
     let exe = std::env::current_exe().context("locating the swe-env binary")?;
-    let tasks = crate::datasets::source_path(&args.tasks).await?;
+    // `serve --tasks` reads any source (`fixtures`, an alias, a path) as every command does.
+    let tasks = PathBuf::from(&args.tasks);
     let dir = std::env::temp_dir().join(format!("swe-env-bench-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("creating the work directory")?;
     let token = format!("{:032x}", rand::random::<u128>());
@@ -746,16 +748,9 @@ pub async fn run(args: ChaosBenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_table(&rows);
     }
-    Ok(
-        if rows
-            .iter()
-            .all(|r| r.survived && r.lost_records == 0 && r.leaked_containers == 0)
-        {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(super::EXIT_FAILED)
-        },
-    )
+    Ok(rows
+        .iter()
+        .all(|r| r.survived && r.lost_records == 0 && r.leaked_containers == 0))
 }
 
 async fn run_faults(lab: &Lab) -> anyhow::Result<Vec<FaultRow>> {

@@ -2,17 +2,17 @@
 //! side by side with the in-process `Episode::step` on the same task and action, then episodes/s through the
 //! service (create → one step → close) with concurrent clients.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
-use crate::sandbox::DockerEngine;
+use crate::server::config::Maxima;
 use crate::server::proto;
 use crate::server::proto::env_service_client::EnvServiceClient;
 use crate::server::{self, ServerConfig};
 use crate::trajectory::EpisodeStatus;
+use swe_env_sandbox::DockerEngine;
 
 /// The action measured: the cheapest bash step.
 const TRUE_ACTION: &str = "<tool: bash>\ntrue\n</tool>";
@@ -28,13 +28,13 @@ pub struct GrpcBenchArgs {
     task: String,
     /// `true` steps measured over gRPC, and again in process.
     #[arg(long, default_value_t = 1000)]
-    steps: usize,
+    pub steps: usize,
     /// Episodes (create → one step → close) for the throughput figure.
     #[arg(long, default_value_t = 64)]
     episodes: usize,
     /// Concurrent clients for the throughput figure.
     #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -96,21 +96,18 @@ fn create_request(task: &str) -> proto::CreateEpisodeRequest {
     proto::CreateEpisodeRequest {
         task: Some(proto::create_episode_request::Task::TaskId(task.to_owned())),
         budgets: Some(proto::Budgets {
-            max_turns: Some(100_000),
+            max_turns: Some(BENCH_MAX_TURNS),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
+/// Turn budget of the measured episodes: more than any `--steps` a run asks for in one episode.
+pub const BENCH_MAX_TURNS: u32 = 100_000;
+
 /// Runs the benchmark.
-pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<ExitCode> {
-    if args.steps == 0 || args.concurrency == 0 {
-        return Err(super::error::usage(
-            "--steps and --concurrency must be positive",
-        ));
-    }
-    let tasks_path = crate::datasets::source_path(&args.tasks).await?;
+pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let work_dir = std::env::temp_dir().join(format!("swe-env-bench-grpc-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir).context("creating the work directory")?;
     let token = format!("{:032x}", rand::random::<u128>());
@@ -118,10 +115,15 @@ pub async fn run(args: GrpcBenchArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&token_file, &token).context("writing the token file")?;
     let config = ServerConfig {
         listen: Some("127.0.0.1:0".to_owned()),
-        tasks: vec![tasks_path],
+        tasks: vec![args.tasks.clone()],
         token_file: Some(token_file),
         trajectory_dir: work_dir.join("trajectories"),
         max_episodes: args.concurrency.max(1) + 2,
+        // The bench operates this server: its maxima admit the bench's one long episode of `--steps` steps.
+        maxima: Maxima {
+            max_turns: BENCH_MAX_TURNS,
+            ..Maxima::default()
+        },
         ..ServerConfig::default()
     };
     let result = measure(&args, config, &token, &work_dir).await;
@@ -134,7 +136,7 @@ async fn measure(
     config: ServerConfig,
     token: &str,
     work_dir: &std::path::Path,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<()> {
     let running = server::start(config).await.context("starting the server")?;
     let addr = running
         .tcp_addr()
@@ -183,7 +185,7 @@ async fn measure(
         .with_context(|| format!("task {} not in {}", args.task, args.tasks))?
         .clone();
     let episode_config = EpisodeConfig {
-        max_turns: 100_000,
+        max_turns: BENCH_MAX_TURNS,
         trajectory_dir: work_dir.join("in-process"),
         ..EpisodeConfig::default()
     };
@@ -300,5 +302,5 @@ async fn measure(
         "the server left {} container(s) behind",
         report.containers_swept
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
