@@ -13,10 +13,10 @@ use swe_env::grade::{
     applied_method, apply_chain_script, grade_patch, ApplyChain, GradeConfig, RuleSet,
     APPLY_METHODS,
 };
-use swe_env::sandbox::SandboxConfig;
 use swe_env::task::image_for;
+use swe_env_sandbox::SandboxConfig;
 
-use crate::common::{engine, unique_id};
+use crate::common::{engine, run_ok, unique_id};
 use crate::episode::fixture;
 
 #[path = "../../grading/tests/common/mod.rs"]
@@ -88,21 +88,8 @@ struct Outcome {
     tree: String,
 }
 
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed\n--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = run(Command::new("git").arg("-C").arg(dir).args(args));
+    let out = run_ok(Command::new("git").arg("-C").arg(dir).args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -144,20 +131,24 @@ impl Scenario {
     /// A fresh copy of the base repository.
     fn copy(&self, name: &str) -> PathBuf {
         let copy = self.dir.path().join(name);
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(self.dir.path().join("base"))
-            .arg(&copy));
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(self.dir.path().join("base"))
+                .arg(&copy),
+        );
         copy
     }
 
     fn reference(&self) -> Outcome {
         let repo = self.copy("reference");
         let python = reference_venv::reference_python();
-        let out = run(Command::new(python)
-            .args(["-c", REFERENCE_DRIVER])
-            .arg(&repo)
-            .arg(self.patch()));
+        let out = run_ok(
+            Command::new(python)
+                .args(["-c", REFERENCE_DRIVER])
+                .arg(&repo)
+                .arg(self.patch()),
+        );
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let commands: Vec<&str> = APPLY_METHODS.iter().map(|m| m.command).collect();
         assert_eq!(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::engine;
+use crate::common::{assert_success, engine, free_port, run_ok};
 use crate::episode::fixtures_file;
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
@@ -31,6 +31,26 @@ fn stats(output: &Output) -> serde_json::Value {
     })
 }
 
+/// `run-benchmark fixtures --agent <agent> --json` (run id = the agent's name, no grading network) must succeed;
+/// returns its stats.
+fn run_fixtures(agent: &str, out: &Path) -> serde_json::Value {
+    let output = run_benchmark(
+        &[
+            "fixtures",
+            "--agent",
+            agent,
+            "--json",
+            "--run-id",
+            agent,
+            "--grading-network",
+            "none",
+        ],
+        out,
+    );
+    assert_success(&output, &format!("run-benchmark --agent {agent}"));
+    stats(&output)
+}
+
 fn report(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
 }
@@ -38,25 +58,7 @@ fn report(dir: &Path) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_resolves_everything_and_empty_nothing() {
     let out = tempfile::tempdir().unwrap();
-    let gold = run_benchmark(
-        &[
-            "fixtures",
-            "--agent",
-            "gold",
-            "--json",
-            "--run-id",
-            "gold",
-            "--grading-network",
-            "none",
-        ],
-        out.path(),
-    );
-    assert!(
-        gold.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gold.stderr)
-    );
-    let gold_stats = stats(&gold);
+    let gold_stats = run_fixtures("gold", out.path());
     assert_eq!(gold_stats["resolved"], gold_stats["total"]);
     assert_eq!(gold_stats["resolved_pct"], 100.0);
     let dir = out.path().join("gold");
@@ -85,16 +87,11 @@ async fn gold_resolves_everything_and_empty_nothing() {
     // The trajectories export to both training formats, one episode per line.
     for format in ["openai-chat", "cwm"] {
         let file = out.path().join(format!("{format}.jsonl"));
-        let export = Command::new(EXE)
-            .args(["export", "--format", format, "--only-resolved", "-o"])
-            .arg(&file)
-            .arg(dir.join("trajectories"))
-            .output()
-            .unwrap();
-        assert!(
-            export.status.success(),
-            "{}",
-            String::from_utf8_lossy(&export.stderr)
+        run_ok(
+            Command::new(EXE)
+                .args(["export", "--format", format, "--only-resolved", "-o"])
+                .arg(&file)
+                .arg(dir.join("trajectories")),
         );
         let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(
@@ -127,25 +124,7 @@ async fn gold_resolves_everything_and_empty_nothing() {
         }
     }
 
-    let empty = run_benchmark(
-        &[
-            "fixtures",
-            "--agent",
-            "empty",
-            "--json",
-            "--run-id",
-            "empty",
-            "--grading-network",
-            "none",
-        ],
-        out.path(),
-    );
-    assert!(
-        empty.status.success(),
-        "{}",
-        String::from_utf8_lossy(&empty.stderr)
-    );
-    let empty_stats = stats(&empty);
+    let empty_stats = run_fixtures("empty", out.path());
     assert_eq!(empty_stats["resolved"], 0);
     // The default rules (swebench-4.1) produce exactly what main produced before rule sets existed.
     assert_same_as_golden(&dir, "gold");
@@ -183,15 +162,7 @@ async fn killed_run_resumes_to_the_same_report() {
         .spawn()
         .unwrap();
     let results = out.path().join("killed/results.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&results)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the run made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_results(&results, 2).await;
     child.kill().unwrap(); // SIGKILL mid-run: an instance is in flight
     child.wait().unwrap();
     let finished_before = std::fs::read_to_string(&results).unwrap().lines().count();
@@ -201,11 +172,7 @@ async fn killed_run_resumes_to_the_same_report() {
     );
 
     let resumed = run_benchmark(&[&args[..], &["--run-id", "killed"]].concat(), out.path());
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    assert_success(&resumed, "the resumed run-benchmark");
     assert!(
         String::from_utf8_lossy(&resumed.stderr).contains("resuming"),
         "{}",
@@ -301,15 +268,7 @@ async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
         .unwrap();
     let pid = child.id();
     let results = out.path().join("int/results.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&results)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(Instant::now() < deadline, "the run made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_results(&results, 1).await;
     let status = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
@@ -338,21 +297,21 @@ async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Waits (at most 120 s) until the run's `results.jsonl` holds at least `n` finished instances.
+async fn wait_for_results(results: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(results)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < n
+    {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn docker(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("docker").args(args));
 }
 
 /// A registry (Debian's docker-registry) on loopback, stopped on drop.
@@ -363,7 +322,7 @@ struct LocalRegistry {
 }
 
 impl LocalRegistry {
-    fn start() -> Self {
+    async fn start() -> Self {
         let binary = PathBuf::from("/usr/bin/docker-registry");
         assert!(
             binary.exists(),
@@ -386,7 +345,7 @@ impl LocalRegistry {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Self {
             child,
@@ -405,7 +364,7 @@ impl Drop for LocalRegistry {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn images_are_pulled_from_a_registry_under_the_official_naming_scheme() {
-    let registry = LocalRegistry::start();
+    let registry = LocalRegistry::start().await;
     let out = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(fixtures_file()).unwrap();
     let mut row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -483,11 +442,7 @@ async fn scripted_model_resolves_the_expected_set() {
         ],
         out.path(),
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, "run-benchmark");
     let stats = stats(&output);
     assert_eq!(stats["model"], "scripted");
     assert_eq!(stats["resolved"], 1);
@@ -567,28 +522,23 @@ async fn evaluate_grades_predictions_in_the_reference_layout() {
         .iter()
         .map(|r| r["instance_id"].as_str().unwrap())
         .collect();
-    let output = Command::new(EXE)
-        .args(["evaluate", "--predictions"])
-        .arg(&preds)
-        .args([
-            "--dataset",
-            "fixtures",
-            "--instance-ids",
-            &ids.join(","),
-            "--run-id",
-            "ev",
-            "--grading-network",
-            "none",
-            "--json",
-            "--output-dir",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = run_ok(
+        Command::new(EXE)
+            .args(["evaluate", "--predictions"])
+            .arg(&preds)
+            .args([
+                "--dataset",
+                "fixtures",
+                "--instance-ids",
+                &ids.join(","),
+                "--run-id",
+                "ev",
+                "--grading-network",
+                "none",
+                "--json",
+                "--output-dir",
+            ])
+            .arg(out.path()),
     );
     let stats = stats(&output);
     assert_eq!(stats["model"], "my-model");

@@ -1,8 +1,16 @@
-//! Shared helpers: engine connection, unique ids, the base image.
+//! Shared helpers: engine connection, unique ids, the base image, starting an episode.
 
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use swe_env::sandbox::{DockerEngine, DockerSandbox, SandboxConfig};
+use swe_env::agent::builtin_prompt;
+use swe_env::episode::{Episode, EpisodeConfig, StartInfo};
+use swe_env_grading::dataset::Instance;
+
+use swe_env_sandbox::{DockerEngine, DockerSandbox, SandboxConfig};
 
 /// The base image built by images/base/build.sh.
 pub const BASE_IMAGE: &str = "swe-env/base:bookworm";
@@ -38,4 +46,100 @@ pub fn base_config() -> SandboxConfig {
         workdir: "/root".into(),
         ..SandboxConfig::default()
     }
+}
+
+/// Starts an episode of `instance` as the tests' agents do: the default config with trajectories under `dir`,
+/// the built-in prompt, no model.
+pub async fn start_episode(
+    engine: &DockerEngine,
+    dir: &Path,
+    id: &str,
+    instance: Instance,
+) -> Episode {
+    let config = EpisodeConfig {
+        trajectory_dir: dir.to_owned(),
+        ..EpisodeConfig::default()
+    };
+    let info = StartInfo {
+        model: None,
+        prompt: builtin_prompt(&instance.problem_statement),
+    };
+    Episode::start(engine, id, instance, config, info)
+        .await
+        .unwrap()
+}
+
+/// Asserts that a finished command exited 0; the panic names `what` and shows its status, stdout and stderr.
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs `command` to its end and asserts it exited 0 (see [`assert_success`]); returns its output.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert_success(&output, &format!("{command:?}"));
+    output
+}
+
+/// Starts `swe-env shell` on the base image with `env` added to its environment, and reads the id of the container
+/// it created from its stderr banner. The caller ends the child.
+pub fn spawn_shell(env: Vec<(&'static str, OsString)>) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swe-env"))
+        .args(["shell", "--image", BASE_IMAGE])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn swe-env shell");
+    let mut banner = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    let id = banner
+        .split("container ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no container id in banner {banner:?}"));
+    (child, id)
+}
+
+/// `swe-env gc --json` with `args` added (e.g. `--dry-run`) and `env` added to its environment: must succeed;
+/// returns its JSON report.
+pub fn gc_report(args: &[&str], env: Vec<(&'static str, OsString)>) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_swe-env"))
+            .args(["gc", "--json"])
+            .args(args)
+            .envs(env),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The container ids a gc report says it removed.
+pub fn removed_ids(report: &serde_json::Value) -> Vec<&str> {
+    report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect()
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use swe_env::agent::{builtin_prompt, run_gold};
-use swe_env::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
+use swe_env::agent::run_gold;
+use swe_env::episode::{Action, EndInfo, StepMeta};
 use swe_env::trajectory::export::{to_cwm_transcript, to_openai_chat};
 use swe_env::trajectory::{read_trajectory, EpisodeStatus};
 use swe_env_grading::dataset::{load_dataset_file, Instance};
 
-use crate::common::{base_config, base_sandbox, engine, unique_id};
+use crate::common::{base_config, base_sandbox, engine, start_episode, unique_id};
 
 pub fn fixtures_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/fixtures/tasks.jsonl")
@@ -27,13 +27,6 @@ pub fn fixture(instance_id: &str) -> Instance {
         .clone()
 }
 
-fn config(dir: &Path) -> EpisodeConfig {
-    EpisodeConfig {
-        trajectory_dir: dir.to_owned(),
-        ..EpisodeConfig::default()
-    }
-}
-
 fn text(action: &str) -> Action {
     Action::Text(action.to_owned())
 }
@@ -43,14 +36,8 @@ async fn scripted_episode_fixes_a_fixture_and_exports() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine().await;
     let instance = fixture("swe-env-fixtures__spans-1");
-    let info = StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
     let id = unique_id("scripted");
-    let mut episode = Episode::start(&engine, &id, instance, config(dir.path()), info)
-        .await
-        .unwrap();
+    let mut episode = start_episode(&engine, dir.path(), &id, instance).await;
 
     // Anti-leak: no remotes, no refs besides the checked-out branch.
     let out = episode
@@ -183,15 +170,9 @@ async fn gold_agent_submits_the_gold_change_on_every_fixture() {
     let dataset = load_dataset_file(&fixtures_file()).unwrap();
     assert!(dataset.instances.len() >= 5);
     for instance in dataset.instances.clone() {
-        let info = StartInfo {
-            model: None,
-            prompt: builtin_prompt(&instance.problem_statement),
-        };
         let gold = instance.patch.clone();
         let id = unique_id("gold");
-        let mut episode = Episode::start(&engine, &id, instance.clone(), config(dir.path()), info)
-            .await
-            .unwrap();
+        let mut episode = start_episode(&engine, dir.path(), &id, instance.clone()).await;
         let outcome = run_gold(&mut episode).await.unwrap();
         assert_eq!(
             outcome.status,
@@ -264,7 +245,7 @@ async fn killed_episode_leaves_a_readable_trajectory() {
     // A step in flight when the process dies.
     writeln!(stdin, "<tool: bash>\nsleep 30\n</tool>").unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -305,19 +286,8 @@ async fn gold_agent_falls_back_to_git_apply_when_an_edit_is_ambiguous() {
     let engine = engine().await;
     let mut instance = fixture("swe-env-fixtures__spans-1");
     instance.patch = patch.to_owned();
-    let info = StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
-    let mut episode = Episode::start(
-        &engine,
-        &unique_id("gold-fallback"),
-        instance,
-        config(dir.path()),
-        info,
-    )
-    .await
-    .unwrap();
+    let mut episode =
+        start_episode(&engine, dir.path(), &unique_id("gold-fallback"), instance).await;
     let outcome = run_gold(&mut episode).await.unwrap();
     assert_eq!(outcome.status, EpisodeStatus::Submitted);
     let submission = outcome.submission.unwrap();

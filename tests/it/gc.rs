@@ -1,34 +1,16 @@
 //! Orphan reconciliation: containers of a SIGKILLed owner are found by label and removed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{engine, BASE_IMAGE};
+use crate::common::{engine, gc_report, removed_ids, spawn_shell};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_removes_containers_of_a_killed_owner() {
-    let exe = env!("CARGO_BIN_EXE_swe-env");
     let mut children = Vec::new();
     let mut container_ids = Vec::new();
     for _ in 0..3 {
-        let mut child = Command::new(exe)
-            .args(["shell", "--image", BASE_IMAGE])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn swe-env shell");
-        let mut banner = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut banner)
-            .unwrap();
-        let id = banner
-            .split("container ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_owned);
-        container_ids.push(id.unwrap_or_else(|| panic!("no container id in banner {banner:?}")));
+        let (child, id) = spawn_shell(Vec::new());
+        container_ids.push(id);
         children.push(child);
     }
     for child in &mut children {
@@ -43,19 +25,8 @@ async fn gc_removes_containers_of_a_killed_owner() {
             "container {id} should still exist after SIGKILL"
         );
     }
-    let out = Command::new(exe).args(["gc", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "gc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let removed: Vec<&str> = report["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let report = gc_report(&[], Vec::new());
+    let removed = removed_ids(&report);
     for id in &container_ids {
         assert!(
             removed.contains(&id.as_str()),

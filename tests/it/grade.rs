@@ -3,17 +3,31 @@
 use std::path::Path;
 use std::time::Duration;
 
-use swe_env::grade::{grade_patch, write_instance_logs, GradeConfig};
-use swe_env_grading::dataset::load_dataset_file;
+use swe_env::grade::{grade_patch, write_instance_logs, GradeConfig, GradeOutcome};
+use swe_env_grading::dataset::{load_dataset_file, Instance};
 use swe_env_grading::report::ResolvedStatus;
+use swe_env_sandbox::DockerEngine;
 
-use crate::common::{engine, unique_id};
+use crate::common::{engine, start_episode, unique_id};
 use crate::episode::{fixture, fixtures_file};
 
 fn extra_patch(task: &str, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../images/fixtures/{task}/extra/{name}"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Grades `patch` on `instance` under a fresh grading id made from `prefix`; grading must not fail.
+async fn grade(
+    engine: &DockerEngine,
+    instance: &Instance,
+    patch: Option<&str>,
+    config: &GradeConfig,
+    prefix: &str,
+) -> GradeOutcome {
+    grade_patch(engine, instance, patch, config, &unique_id(prefix))
+        .await
+        .unwrap()
 }
 
 fn isolated() -> GradeConfig {
@@ -29,15 +43,14 @@ async fn gold_resolves_and_empty_does_not_on_every_fixture() {
     let dataset = load_dataset_file(&fixtures_file()).unwrap();
     let logs = tempfile::tempdir().unwrap();
     for instance in &dataset.instances {
-        let gold = grade_patch(
+        let gold = grade(
             &engine,
             instance,
             Some(&instance.patch),
             &GradeConfig::default(),
-            &unique_id("grade-gold"),
+            "grade-gold",
         )
-        .await
-        .unwrap();
+        .await;
         assert!(
             gold.resolved,
             "{}: gold must resolve\n{}",
@@ -61,15 +74,7 @@ async fn gold_resolves_and_empty_does_not_on_every_fixture() {
             serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(report[&instance.instance_id]["resolved"], true);
 
-        let empty = grade_patch(
-            &engine,
-            instance,
-            Some(""),
-            &isolated(),
-            &unique_id("grade-empty"),
-        )
-        .await
-        .unwrap();
+        let empty = grade(&engine, instance, Some(""), &isolated(), "grade-empty").await;
         assert!(
             !empty.resolved,
             "{}: the unfixed repo must not resolve",
@@ -78,15 +83,14 @@ async fn gold_resolves_and_empty_does_not_on_every_fixture() {
         assert_eq!(empty.rewards.execution, -1.0);
         assert_eq!(empty.rewards.similarity, Some(-1.0));
     }
-    let none = grade_patch(
+    let none = grade(
         &engine,
         &dataset.instances[0],
         None,
         &isolated(),
-        &unique_id("grade-none"),
+        "grade-none",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(none.report.patch_is_none && !none.resolved);
 }
 
@@ -94,15 +98,14 @@ async fn gold_resolves_and_empty_does_not_on_every_fixture() {
 async fn partial_fix_is_partial() {
     let engine = engine().await;
     let instance = fixture("swe-env-fixtures__slugkit-1");
-    let outcome = grade_patch(
+    let outcome = grade(
         &engine,
         &instance,
         Some(&extra_patch("slugkit", "partial.patch")),
         &isolated(),
-        &unique_id("grade-partial"),
+        "grade-partial",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.resolved);
     let resolution = outcome.report.swe_env.as_ref().unwrap().resolution;
     assert_eq!(
@@ -122,15 +125,14 @@ async fn conftest_spoof_fools_the_reference_rules_and_not_hardened() {
     let spoof = extra_patch("spans", "spoof_conftest.patch");
     // swebench-4.1 (the default) reproduces the reference harness, which a conftest.py that rewrites every test
     // report to "passed" fools: resolved, and nothing is cleaned up.
-    let reference = grade_patch(
+    let reference = grade(
         &engine,
         &instance,
         Some(&spoof),
         &isolated(),
-        &unique_id("grade-spoof-ref"),
+        "grade-spoof-ref",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(reference.resolved, "{}", reference.test_output);
     assert!(reference.spoof_cleanup.is_empty());
     assert_eq!(
@@ -138,15 +140,14 @@ async fn conftest_spoof_fools_the_reference_rules_and_not_hardened() {
         RuleSet::Swebench4_1
     );
     // hardened removes the added conftest.py before the tests run.
-    let hardened = grade_patch(
+    let hardened = grade(
         &engine,
         &instance,
         Some(&spoof),
         &isolated().with_rules(RuleSet::Hardened),
-        &unique_id("grade-spoof"),
+        "grade-spoof",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         !hardened.resolved,
         "spoof resolved!\n{}",
@@ -162,15 +163,14 @@ async fn conftest_spoof_fools_the_reference_rules_and_not_hardened() {
     );
     // The gold patch grades the same under every rule set.
     for rules in RuleSet::ALL {
-        let gold = grade_patch(
+        let gold = grade(
             &engine,
             &instance,
             Some(&instance.patch),
             &isolated().with_rules(rules),
-            &unique_id("grade-rules"),
+            "grade-rules",
         )
-        .await
-        .unwrap();
+        .await;
         assert!(gold.resolved, "{rules}: {}", gold.test_output);
         assert!(gold.spoof_cleanup.is_empty(), "{rules}");
     }
@@ -231,29 +231,27 @@ async fn plugin_spoofs_through_pytest_configuration_fool_the_reference_and_not_h
         (PYTEST_INI_ADDED, "removed pytest.ini"),
     ] {
         let spoof = format!("{config_patch}{PLUGIN_SPOOF}");
-        let reference = grade_patch(
+        let reference = grade(
             &engine,
             &instance,
             Some(&spoof),
             &isolated(),
-            &unique_id("grade-plugin-ref"),
+            "grade-plugin-ref",
         )
-        .await
-        .unwrap();
+        .await;
         assert!(
             reference.resolved,
             "{touched}: the reference rules are fooled\n{}",
             reference.test_output
         );
-        let hardened = grade_patch(
+        let hardened = grade(
             &engine,
             &instance,
             Some(&spoof),
             &isolated().with_rules(RuleSet::Hardened),
-            &unique_id("grade-plugin"),
+            "grade-plugin",
         )
-        .await
-        .unwrap();
+        .await;
         assert!(
             !hardened.resolved,
             "{touched}: spoof resolved under hardened\n{}",
@@ -267,15 +265,14 @@ async fn plugin_spoofs_through_pytest_configuration_fool_the_reference_and_not_h
 async fn patch_that_does_not_apply_is_an_outcome() {
     let engine = engine().await;
     let instance = fixture("swe-env-fixtures__spans-1");
-    let outcome = grade_patch(
+    let outcome = grade(
         &engine,
         &instance,
         Some(&extra_patch("spans", "bad.patch")),
         &isolated(),
-        &unique_id("grade-bad"),
+        "grade-bad",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.resolved);
     assert_eq!(outcome.apply_method, None);
     assert!(
@@ -304,15 +301,14 @@ async fn hanging_tests_time_out() {
         ..isolated()
     };
     let started = std::time::Instant::now();
-    let outcome = grade_patch(
+    let outcome = grade(
         &engine,
         &instance,
         Some(&extra_patch("retrykit", "hang.patch")),
         &config,
-        &unique_id("grade-hang"),
+        "grade-hang",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "{:?}",
@@ -334,31 +330,16 @@ async fn hanging_tests_time_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_grading_matches_fresh_grading() {
-    use swe_env::agent::{builtin_prompt, run_gold};
-    use swe_env::episode::{EndInfo, Episode, EpisodeConfig, StartInfo};
+    use swe_env::agent::run_gold;
+    use swe_env::episode::EndInfo;
     use swe_env::grade::grade_submission;
     use swe_env::trajectory::EpisodeStatus;
 
     let engine = engine().await;
     let dir = tempfile::tempdir().unwrap();
     let instance = fixture("swe-env-fixtures__stockroom-1");
-    let config = EpisodeConfig {
-        trajectory_dir: dir.path().to_owned(),
-        ..EpisodeConfig::default()
-    };
-    let info = StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
-    let mut episode = Episode::start(
-        &engine,
-        &unique_id("inplace"),
-        instance.clone(),
-        config,
-        info,
-    )
-    .await
-    .unwrap();
+    let mut episode =
+        start_episode(&engine, dir.path(), &unique_id("inplace"), instance.clone()).await;
     let outcome = run_gold(&mut episode).await.unwrap();
     let submission = outcome.submission.unwrap();
     // Leave junk behind, as an agent might: it must not influence the grade.
@@ -391,7 +372,7 @@ async fn in_place_grading_matches_fresh_grading() {
         .await
         .unwrap_err();
     assert!(
-        matches!(refused, swe_env::sandbox::SandboxError::Sealed { .. }),
+        matches!(refused, swe_env_sandbox::SandboxError::Sealed { .. }),
         "{refused}"
     );
     let fresh = grade_submission(
@@ -434,15 +415,14 @@ async fn offline_grading_records_that_the_install_step_could_not_run() {
     instance.test_cmd = None;
     instance.log_parser = None;
     let started = std::time::Instant::now();
-    let outcome = grade_patch(
+    let outcome = grade(
         &engine,
         &instance,
         Some(&instance.patch.clone()),
         &isolated(),
-        &unique_id("grade-offline"),
+        "grade-offline",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         outcome.eval_script.contains("python -m pip install ."),
         "{}",
@@ -469,31 +449,20 @@ async fn offline_grading_records_that_the_install_step_could_not_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_timeout_leaves_no_runaway_tests_behind() {
-    use swe_env::agent::builtin_prompt;
-    use swe_env::episode::{EndInfo, Episode, EpisodeConfig, StartInfo};
+    use swe_env::episode::EndInfo;
     use swe_env::grade::grade_submission;
     use swe_env::trajectory::EpisodeStatus;
 
     let engine = engine().await;
     let dir = tempfile::tempdir().unwrap();
     let instance = fixture("swe-env-fixtures__retrykit-1");
-    let config = EpisodeConfig {
-        trajectory_dir: dir.path().to_owned(),
-        ..EpisodeConfig::default()
-    };
-    let info = StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
-    let mut episode = Episode::start(
+    let mut episode = start_episode(
         &engine,
+        dir.path(),
         &unique_id("inplace-hang"),
         instance.clone(),
-        config,
-        info,
     )
-    .await
-    .unwrap();
+    .await;
     let sandbox = episode.sandbox().unwrap().clone();
     let grade = GradeConfig {
         in_place: true,

@@ -2,20 +2,21 @@
 //! hostile agent starts a watcher that copies grading material out as soon as it appears, and after grading it
 //! searches the whole filesystem for the lines the test patch adds. In-place grading seals the container (all
 //! processes killed, shell and tools closed); grade-on-submit ends the episode; Grade and RunEpisode grade in a
-//! fresh container; `run-benchmark` removes the episode's container before grading (`benchmark::attempt_instance`).
+//! fresh container; `run-benchmark` removes the episode's container before grading (`benchmark::attempt::run_agent`).
 
 use std::time::Duration;
 
-use swe_env::agent::builtin_prompt;
-use swe_env::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
+use swe_env::episode::{Action, EndInfo, StepMeta};
 use swe_env::grade::{grade_submission, GradeConfig};
-use swe_env::sandbox::SandboxError;
 use swe_env::server::proto;
 use swe_env::trajectory::EpisodeStatus;
+use swe_env_sandbox::SandboxError;
 
-use crate::common::{engine, unique_id};
+use crate::common::{engine, start_episode, unique_id};
 use crate::episode::fixture;
-use crate::server::{bash, client, containers_of, create_request, text_step, ServerProc, SPANS};
+use crate::server::{
+    bash, client, close, containers_of, create, create_request, text_step, ServerProc, SPANS,
+};
 
 /// The lines the test patch adds (long enough to be specific): what an agent would need to game the tests.
 fn needles(test_patch: &str) -> Vec<String> {
@@ -63,23 +64,13 @@ async fn in_place_grading_seals_the_container_before_any_test_material_enters() 
     let dir = tempfile::tempdir().unwrap();
     let instance = fixture(SPANS);
     let needles = needles(&instance.test_patch);
-    let config = EpisodeConfig {
-        trajectory_dir: dir.path().to_owned(),
-        ..EpisodeConfig::default()
-    };
-    let info = StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
-    let mut episode = Episode::start(
+    let mut episode = start_episode(
         &engine,
+        dir.path(),
         &unique_id("leak-inplace"),
         instance.clone(),
-        config,
-        info,
     )
-    .await
-    .unwrap();
+    .await;
     let sandbox = episode.sandbox().unwrap().clone();
     let search = search_command(&needles);
     let baseline = sandbox
@@ -204,15 +195,15 @@ async fn grade_paths_leave_nothing_reachable(in_place: bool) {
     let search = search_command(&needles(&instance.test_patch));
 
     // Grade-on-submit.
-    let id = client
-        .create_episode(proto::CreateEpisodeRequest {
+    let id = create(
+        &mut client,
+        proto::CreateEpisodeRequest {
             grade_on_submit: true,
             ..create_request(SPANS)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+        },
+    )
+    .await
+    .episode_id;
     let baseline = step_text(&mut client, bash(&id, &search)).await;
     assert_eq!(leaks(&baseline), Vec::<&str>::new());
     assert!(step_text(&mut client, bash(&id, WATCHER))
@@ -251,12 +242,7 @@ async fn grade_paths_leave_nothing_reachable(in_place: bool) {
     );
 
     // Grade RPC while an episode of the same task is live: nothing reaches the episode's container.
-    let live = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+    let live = create(&mut client, create_request(SPANS)).await.episode_id;
     assert!(step_text(&mut client, bash(&live, WATCHER))
         .await
         .contains("started"));
@@ -275,15 +261,9 @@ async fn grade_paths_leave_nothing_reachable(in_place: bool) {
     assert_eq!(leaks(&after), Vec::<&str>::new(), "{after}");
     let copied = step_text(&mut client, bash(&live, "wc -c < /var/tmp/.leak")).await;
     assert!(copied.contains("\n0\n"), "{copied}");
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: live,
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
+    close(&mut client, &live).await;
     assert_eq!(containers_of(&server.owner).await, 0);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,5 +308,5 @@ async fn grade_rules_are_selectable_per_call_and_recorded() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("rules"), "{}", refused.message());
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use swe_env::server::proto;
 
-use crate::server::{bash, client, create_request, text_step, Client, ServerProc, SPANS};
+use crate::server::{
+    bash, client, close, create, create_request, start_with_client, text_step, Client, ServerProc,
+    SPANS,
+};
 
 /// The server process's resident set, bytes (`VmRSS` of `/proc/<pid>/status`).
 fn rss_bytes(pid: u32) -> u64 {
@@ -42,15 +45,8 @@ fn make_file(path: &str, bytes: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn over_cap_submissions_are_tool_errors_and_listings_carry_size_and_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+    let (dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
 
     // A 5 MB patch file: over the 4 MiB default, refused, the episode goes on.
     let made = observe(
@@ -122,16 +118,7 @@ async fn over_cap_submissions_are_tool_errors_and_listings_carry_size_and_hash()
     let listed_patch = info.submission.clone();
     assert_eq!(listed_patch, "", "listings carry no patch");
 
-    let closed = client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .episode
-        .unwrap();
+    let closed = close(&mut client, &id).await.episode.unwrap();
     assert_eq!(closed.status, "submitted");
     assert_eq!(closed.submission_sha256, got.submission_sha256);
 

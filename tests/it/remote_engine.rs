@@ -4,14 +4,16 @@
 //! CLI; no bridge, no iptables) stands for the remote engine; the host engine must stay untouched.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use swe_env::sandbox::{DockerEngine, EngineEndpoint, SandboxError};
+use swe_env_sandbox::{DockerEngine, EngineEndpoint, SandboxError};
 
-use crate::common::{base_config, base_sandbox, unique_id, BASE_IMAGE};
+use crate::common::{
+    assert_success, base_config, base_sandbox, free_port, gc_report, removed_ids, run_ok,
+    spawn_shell, unique_id, BASE_IMAGE,
+};
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
 
@@ -179,11 +181,7 @@ impl SecondEngine {
             save.wait().unwrap().success(),
             "docker save {BASE_IMAGE} failed"
         );
-        assert!(
-            load.status.success(),
-            "docker load into the second engine failed: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
+        assert_success(&load, "docker load into the second engine");
     }
 }
 
@@ -227,14 +225,6 @@ impl Drop for SecondEngine {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const OPENSSL_CONFIG: &str = "\
 [req]
 distinguished_name = dn
@@ -260,11 +250,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("the openssl CLI (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("openssl {args:?}"));
 }
 
 /// A CA and, signed by it, `dir/server/{ca,cert,key}.pem` (IP SAN 127.0.0.1) and `dir/client/{ca,cert,key}.pem`.
@@ -360,15 +346,8 @@ async fn plain_tcp_proxy(socket: PathBuf) -> u16 {
 }
 
 fn labelled_ids(engine_docker: &mut Command) -> Vec<String> {
-    let out = engine_docker
-        .args(["ps", "-aq", "--no-trunc", "--filter", "label=swe-env.owner"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        run_ok(engine_docker.args(["ps", "-aq", "--no-trunc", "--filter", "label=swe-env.owner"]));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -459,24 +438,7 @@ async fn docker_host_with_tls_reaches_the_second_engine_and_never_the_local_one(
     }
 
     // Through the real binary: an orphan on the second engine (SIGKILLed `swe-env shell`), then `gc --json`.
-    let mut shell = Command::new(EXE)
-        .args(["shell", "--image", BASE_IMAGE])
-        .envs(second.env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut banner = String::new();
-    BufReader::new(shell.stderr.take().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    let orphan = banner
-        .split("container ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no container id in banner {banner:?}"));
+    let (mut shell, orphan) = spawn_shell(second.env());
     shell.kill().unwrap();
     shell.wait().unwrap();
     let on_second = labelled_ids(&mut second.docker());
@@ -489,25 +451,10 @@ async fn docker_host_with_tls_reaches_the_second_engine_and_never_the_local_one(
         .any(|id| id.starts_with(&orphan)));
 
     let host_before = labelled_ids(&mut Command::new("docker"));
-    let out = Command::new(EXE)
-        .args(["gc", "--json"])
-        .envs(second.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = gc_report(&[], second.env());
     // Only the second engine's two containers are seen (the host has at least `host_sandbox`).
     assert_eq!(report["seen"], 2, "{report}");
-    let removed: Vec<&str> = report["removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let removed = removed_ids(&report);
     assert_eq!(removed.len(), 1, "{report}");
     assert!(
         removed[0].starts_with(&orphan) || orphan.starts_with(removed[0]),

@@ -27,6 +27,20 @@ fn run(args: &[&str], out: &Path) -> Output {
     command(args, out).output().unwrap()
 }
 
+/// `run-benchmark fixtures --agent <agent> --run-id g1 --instance-ids <instance_ids>` plus `extra`.
+fn run_g1(agent: &str, instance_ids: &str, extra: &[&str], out: &Path) -> Output {
+    let args = [
+        "fixtures",
+        "--agent",
+        agent,
+        "--run-id",
+        "g1",
+        "--instance-ids",
+        instance_ids,
+    ];
+    run(&[&args[..], extra].concat(), out)
+}
+
 fn spawn(args: &[&str], out: &Path) -> Child {
     command(args, out)
         .stdout(Stdio::piped())
@@ -57,18 +71,7 @@ fn manifest(dir: &Path) -> serde_json::Value {
 async fn resume_with_other_settings_is_refused_unless_forced() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("g1");
-    let gold = run(
-        &[
-            "fixtures",
-            "--agent",
-            "gold",
-            "--run-id",
-            "g1",
-            "--instance-ids",
-            SPANS,
-        ],
-        out.path(),
-    );
+    let gold = run_g1("gold", SPANS, &[], out.path());
     assert!(gold.status.success(), "{}", stderr(&gold));
     assert_eq!(stats(&gold)["resolved"], 1);
     let written = manifest(&dir);
@@ -97,18 +100,7 @@ async fn resume_with_other_settings_is_refused_unless_forced() {
     let report_before = std::fs::read(dir.join("report.json")).unwrap();
 
     // The reproduction: the empty agent on the finished gold run used to report the gold results as its own.
-    let empty = run(
-        &[
-            "fixtures",
-            "--agent",
-            "empty",
-            "--run-id",
-            "g1",
-            "--instance-ids",
-            SPANS,
-        ],
-        out.path(),
-    );
+    let empty = run_g1("empty", SPANS, &[], out.path());
     let message = stderr(&empty);
     assert_eq!(empty.status.code(), Some(2), "{message}");
     assert!(
@@ -134,18 +126,7 @@ async fn resume_with_other_settings_is_refused_unless_forced() {
     );
 
     // Same settings, a wider selection: allowed; the run's selection is the union.
-    let wider = run(
-        &[
-            "fixtures",
-            "--agent",
-            "gold",
-            "--run-id",
-            "g1",
-            "--instance-ids",
-            &format!("{SPANS},{SLUGKIT}"),
-        ],
-        out.path(),
-    );
+    let wider = run_g1("gold", &format!("{SPANS},{SLUGKIT}"), &[], out.path());
     assert!(wider.status.success(), "{}", stderr(&wider));
     assert_eq!(stats(&wider)["resolved"], 2);
     let widened = manifest(&dir);
@@ -159,19 +140,7 @@ async fn resume_with_other_settings_is_refused_unless_forced() {
     );
 
     // --force-resume proceeds and is recorded; the run's settings stay the ones it started with.
-    let forced = run(
-        &[
-            "fixtures",
-            "--agent",
-            "empty",
-            "--run-id",
-            "g1",
-            "--instance-ids",
-            SPANS,
-            "--force-resume",
-        ],
-        out.path(),
-    );
+    let forced = run_g1("empty", SPANS, &["--force-resume"], out.path());
     assert!(forced.status.success(), "{}", stderr(&forced));
     let after = manifest(&dir);
     assert_eq!(after["settings"], written["settings"]);
@@ -265,7 +234,7 @@ async fn a_second_process_on_the_same_run_fails_fast() {
             Instant::now() < deadline,
             "the first run never took the lock"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
     let second = run(&args, out.path());

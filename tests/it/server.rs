@@ -95,15 +95,17 @@ impl ServerProc {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// SIGTERM, then waits (at most `limit`) for a clean exit.
-    pub fn terminate(mut self, limit: Duration) -> String {
+    /// SIGTERM, then waits (at most `limit`) for a clean exit. Async: polls with `tokio::time::sleep`, so the
+    /// test's runtime keeps serving the other tasks (in-flight steps, streams) while the server drains.
+    pub async fn terminate(mut self, limit: Duration) -> String {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
+        assert!(tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
+            .await
             .unwrap()
             .success());
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(
@@ -114,11 +116,11 @@ impl ServerProc {
                 return self.log();
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "server did not stop within {limit:?} after SIGTERM; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -244,13 +246,94 @@ pub async fn create_with_retry(
     }
 }
 
+/// A fresh temp dir, a server started in it with `extra` flags, and a client holding the token. Keep the dir
+/// alive as long as the server.
+pub async fn start_with_client(extra: &[&str]) -> (tempfile::TempDir, ServerProc, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path(), extra);
+    let client = client(&server.url()).await;
+    (dir, server, client)
+}
+
+/// Opens an episode; panics on an error reply.
+pub async fn create(
+    client: &mut Client,
+    request: proto::CreateEpisodeRequest,
+) -> proto::CreateEpisodeResponse {
+    client.create_episode(request).await.unwrap().into_inner()
+}
+
+/// Closes `episode_id` with no final answer; panics on an error reply.
+pub async fn close(client: &mut Client, episode_id: &str) -> proto::CloseEpisodeResponse {
+    client
+        .close_episode(proto::CloseEpisodeRequest {
+            episode_id: episode_id.to_owned(),
+            final_answer: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Saves the working tree's diff to /tmp/fix.patch and submits that file; returns the submitting step's reply.
+pub async fn submit_diff(client: &mut Client, episode_id: &str) -> proto::StepResponse {
+    client
+        .step(bash(episode_id, "git diff > /tmp/fix.patch"))
+        .await
+        .unwrap();
+    client
+        .step(text_step(
+            episode_id,
+            "<tool: submit>\n/tmp/fix.patch\n</tool>",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Runs an episode with RunEpisode and collects every event of its stream (each must come within 300 s).
+pub async fn run_events(
+    client: &mut Client,
+    request: proto::RunEpisodeRequest,
+) -> Vec<proto::run_episode_event::Event> {
+    let mut stream = client.run_episode(request).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), stream.message())
+        .await
+        .expect("RunEpisode progresses")
+        .unwrap()
+    {
+        events.push(event.event.unwrap());
+    }
+    events
+}
+
+/// Every record GetTrajectory streams for `episode_id` in `encoding`; panics on an error reply.
+pub async fn trajectory_records(
+    client: &mut Client,
+    episode_id: &str,
+    encoding: proto::RecordEncoding,
+) -> Vec<proto::TrajectoryRecord> {
+    let mut stream = client
+        .get_trajectory(proto::GetTrajectoryRequest {
+            episode_id: episode_id.to_owned(),
+            encoding: encoding as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(record) = stream.message().await.unwrap() {
+        records.push(record);
+    }
+    records
+}
+
 const EDIT_SORT: &str = "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n    for start, end in map(_check, ranges):\n=======\n    for start, end in sorted(map(_check, ranges)):\n>>>>>>> REPLACE\n</tool>";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
+    let (_dir, server, mut client) = start_with_client(&[]).await;
 
     let tasks = client
         .list_tasks(proto::ListTasksRequest {
@@ -277,11 +360,7 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
     assert!(rest.next_page_token.is_empty());
     assert!(rest.tasks.iter().all(|t| t.row_json.starts_with('{')));
 
-    let created = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&mut client, create_request(SPANS)).await;
     let id = created.episode_id.clone();
     assert_eq!(created.instance_id, SPANS);
     assert!(created.problem_statement.len() > 20);
@@ -356,15 +435,7 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
         .unwrap()
         .into_inner();
     assert_eq!(out.observation.unwrap().exit_code, Some(0));
-    client
-        .step(bash(&id, "git diff > /tmp/fix.patch"))
-        .await
-        .unwrap();
-    let out = client
-        .step(text_step(&id, "<tool: submit>\n/tmp/fix.patch\n</tool>"))
-        .await
-        .unwrap()
-        .into_inner();
+    let out = submit_diff(&mut client, &id).await;
     // A plain submit keeps the episode live (`done` = the server ended it): the agent may revise.
     assert!(out.submitted && !out.done, "{:?}", out.observation);
     assert_eq!(out.end_status, "");
@@ -413,28 +484,13 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
     assert!(!closed.live);
     assert_eq!(closed.status, "submitted");
     // Closing again is not an error.
-    let again = client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = close(&mut client, &id).await;
     assert_eq!(again.episode.unwrap().status, "submitted");
     assert_eq!(containers_of(&server.owner).await, 0);
 
     // The trajectory back, as JSON lines and typed.
-    let mut stream = client
-        .get_trajectory(proto::GetTrajectoryRequest {
-            episode_id: id.clone(),
-            encoding: proto::RecordEncoding::Json as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let mut lines = Vec::new();
-    while let Some(record) = stream.message().await.unwrap() {
+    for record in trajectory_records(&mut client, &id, proto::RecordEncoding::Json).await {
         match record.record.unwrap() {
             proto::trajectory_record::Record::Json(line) => lines.push(line),
             other => panic!("json requested, got {other:?}"),
@@ -455,18 +511,11 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
         }
         other => panic!("last record {other:?}"),
     }
-    let mut stream = client
-        .get_trajectory(proto::GetTrajectoryRequest {
-            episode_id: id.clone(),
-            encoding: proto::RecordEncoding::Typed as i32,
-        })
+    let typed: Vec<_> = trajectory_records(&mut client, &id, proto::RecordEncoding::Typed)
         .await
-        .unwrap()
-        .into_inner();
-    let mut typed = Vec::new();
-    while let Some(record) = stream.message().await.unwrap() {
-        typed.push(record.record.unwrap());
-    }
+        .into_iter()
+        .map(|record| record.record.unwrap())
+        .collect();
     use proto::trajectory_record::Record as R;
     assert!(
         matches!(&typed[0], R::Start(s) if s.instance_id == SPANS && s.image_id.starts_with("sha256:"))
@@ -484,7 +533,7 @@ async fn rust_client_fixes_a_fixture_and_reads_the_trajectory() {
         .unwrap();
     assert_eq!(on_disk.steps.len(), 7);
 
-    let log = server.terminate(Duration::from_secs(30));
+    let log = server.terminate(Duration::from_secs(30)).await;
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -740,18 +789,8 @@ async fn auth_is_required_health_is_open_and_bad_input_gets_its_code() {
     );
 
     // A closed episode refuses steps.
-    let created = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner();
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: created.episode_id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
+    let created = create(&mut client, create_request(SPANS)).await;
+    close(&mut client, &created.episode_id).await;
     case!(
         "step closed episode",
         Code::FailedPrecondition,
@@ -782,7 +821,7 @@ async fn auth_is_required_health_is_open_and_bad_input_gets_its_code() {
         .list_tasks(proto::ListTasksRequest::default())
         .await
         .unwrap();
-    let log = server.terminate(Duration::from_secs(30));
+    let log = server.terminate(Duration::from_secs(30)).await;
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -831,15 +870,8 @@ async fn reflection_services(url: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn step_with_the_same_request_id_runs_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+    let (_dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
     let mut append = bash(&id, "echo ran >> /tmp/count; sleep 0.3; wc -l < /tmp/count");
     append.request_id = "req-1".into();
 
@@ -871,13 +903,7 @@ async fn step_with_the_same_request_id_runs_once() {
     );
 
     // The trajectory holds each request id once.
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
+    close(&mut client, &id).await;
     let trajectory = read_trajectory(&server.trajectory_dir().join(format!("{id}.jsonl")))
         .await
         .unwrap();
@@ -890,19 +916,14 @@ async fn step_with_the_same_request_id_runs_once() {
     // A retry after the episode ended still gets its stored reply.
     append.request_id = "req-2".into();
     assert!(client.step(append).await.unwrap().into_inner().replayed);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admission_limit_answers_resource_exhausted_and_idle_episodes_are_reaped() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &["--max-episodes", "1", "--idle-ttl-secs", "2"]);
-    let mut client = client(&server.url()).await;
-    let first = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_dir, server, mut client) =
+        start_with_client(&["--max-episodes", "1", "--idle-ttl-secs", "2"]).await;
+    let first = create(&mut client, create_request(SPANS)).await;
     let status = client
         .create_episode(create_request(SPANS))
         .await
@@ -940,31 +961,16 @@ async fn admission_limit_answers_resource_exhausted_and_idle_episodes_are_reaped
     .await
     .unwrap();
     assert_eq!(trajectory.end.unwrap().status, EpisodeStatus::Cancelled);
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: second.episode_id,
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
-    server.terminate(Duration::from_secs(30));
+    close(&mut client, &second.episode_id).await;
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_cancels_in_flight_steps_finishes_trajectories_and_removes_containers() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &["--shutdown-grace-secs", "1"]);
-    let mut client = client(&server.url()).await;
+    let (_dir, server, mut client) = start_with_client(&["--shutdown-grace-secs", "1"]).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            client
-                .create_episode(create_request(SPANS))
-                .await
-                .unwrap()
-                .into_inner()
-                .episode_id,
-        );
+        ids.push(create(&mut client, create_request(SPANS)).await.episode_id);
     }
     client.step(bash(&ids[0], "echo before")).await.unwrap();
     assert_eq!(containers_of(&server.owner).await, 3);
@@ -976,9 +982,7 @@ async fn sigterm_cancels_in_flight_steps_finishes_trajectories_and_removes_conta
     let owner = server.owner.clone();
     let trajectories = server.trajectory_dir();
     let started = std::time::Instant::now();
-    let log = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let log = server.terminate(Duration::from_secs(30)).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "drain took {:?}",

@@ -8,8 +8,11 @@ use swe_env::server::proto;
 use swe_env::trajectory::{read_trajectory, EpisodeStatus};
 use tonic::Code;
 
-use crate::common::engine;
-use crate::server::{bash, client, containers_of, create_request, ServerProc, SPANS};
+use crate::common::{assert_success, engine, gc_report, run_ok};
+use crate::server::{
+    bash, client, close, containers_of, create, create_request, start_with_client,
+    trajectory_records, Client, ServerProc, SPANS,
+};
 
 /// The state letter of `/proc/PID/stat` (`Z` for a zombie), `None` once the pid is gone.
 fn proc_state(pid: u32) -> Option<char> {
@@ -19,7 +22,7 @@ fn proc_state(pid: u32) -> Option<char> {
 
 /// Container ids of `episode_id`.
 async fn containers_of_episode(
-    engine: &swe_env::sandbox::DockerEngine,
+    engine: &swe_env_sandbox::DockerEngine,
     episode_id: &str,
 ) -> Vec<String> {
     engine
@@ -40,11 +43,8 @@ async fn kill9_then_restart_while_the_old_server_is_a_zombie_removes_orphans_and
     let mut client_a = client(&dead.url()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let id = client_a
-            .create_episode(create_request(SPANS))
+        let id = create(&mut client_a, create_request(SPANS))
             .await
-            .unwrap()
-            .into_inner()
             .episode_id;
         client_a
             .step(bash(&id, &format!("echo step-{i}")))
@@ -65,20 +65,11 @@ async fn kill9_then_restart_while_the_old_server_is_a_zombie_removes_orphans_and
     let killed_at = Instant::now();
     while proc_state(pid) != Some('Z') {
         assert!(killed_at.elapsed() < Duration::from_secs(5), "no zombie");
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     // `gc --dry-run` says why each would go, and removes nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_swe-env"))
-        .args(["gc", "--dry-run", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = gc_report(&["--dry-run"], Vec::new());
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["removed"].as_array().unwrap().len(), 0, "{report}");
     let mine: Vec<&serde_json::Value> = report["decisions"]
@@ -133,21 +124,12 @@ async fn kill9_then_restart_while_the_old_server_is_a_zombie_removes_orphans_and
     }
     // Through the API too: GetTrajectory of an earlier run's episode ends `crashed`.
     let mut client_b = client(&restarted.url()).await;
-    let mut records = client_b
-        .get_trajectory(proto::GetTrajectoryRequest {
-            episode_id: ids[0].clone(),
-            ..Default::default()
-        })
+    let last = trajectory_records(&mut client_b, &ids[0], proto::RecordEncoding::Unspecified)
         .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(record) = records.message().await.unwrap() {
-        last = Some(record);
-    }
+        .pop();
     assert!(format!("{last:?}").contains("crashed"), "{last:?}");
     dead.child.wait().unwrap();
-    restarted.terminate(Duration::from_secs(30));
+    restarted.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -155,11 +137,8 @@ async fn a_live_servers_trajectories_are_never_closed_by_another_server_sharing_
     let dir = tempfile::tempdir().unwrap();
     let first = ServerProc::start(dir.path(), &["--shutdown-grace-secs", "1"]);
     let mut client_a = client(&first.url()).await;
-    let id = client_a
-        .create_episode(create_request(SPANS))
+    let id = create(&mut client_a, create_request(SPANS))
         .await
-        .unwrap()
-        .into_inner()
         .episode_id;
     let second = ServerProc::start(dir.path(), &["--reconcile-interval-secs", "1"]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -172,8 +151,8 @@ async fn a_live_servers_trajectories_are_never_closed_by_another_server_sharing_
     );
     client_a.step(bash(&id, "echo still-mine")).await.unwrap();
     assert_eq!(containers_of(&first.owner).await, 1);
-    second.terminate(Duration::from_secs(30));
-    first.terminate(Duration::from_secs(30));
+    second.terminate(Duration::from_secs(30)).await;
+    first.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,14 +163,7 @@ async fn sigterm_drain_refuses_new_work_but_live_episodes_step_and_close_during_
     let mut client = client(&url).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        ids.push(
-            client
-                .create_episode(create_request(SPANS))
-                .await
-                .unwrap()
-                .into_inner()
-                .episode_id,
-        );
+        ids.push(create(&mut client, create_request(SPANS)).await.episode_id);
     }
     let owner = server.owner.clone();
     let trajectories = server.trajectory_dir();
@@ -249,37 +221,18 @@ async fn sigterm_drain_refuses_new_work_but_live_episodes_step_and_close_during_
         .unwrap()
         .into_inner();
     assert!(format!("{reply:?}").contains("during-grace"), "{reply:?}");
-    let closed = client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: ids[1].clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let closed = close(&mut client, &ids[1]).await;
     assert!(closed.episode.is_some());
-    let mut records = client
-        .get_trajectory(proto::GetTrajectoryRequest {
-            episode_id: ids[0].clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut n = 0;
-    while records.message().await.unwrap().is_some() {
-        n += 1;
-    }
-    assert_eq!(n, 2, "episode_start + the step");
+    let records =
+        trajectory_records(&mut client, &ids[0], proto::RecordEncoding::Unspecified).await;
+    assert_eq!(records.len(), 2, "episode_start + the step");
     // A client still working keeps the server up past the quiet period (2 s), within the grace (6 s).
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(900)).await;
         client.step(bash(&ids[0], "echo still")).await.unwrap();
     }
     assert!(sent.elapsed() > Duration::from_secs(2));
-    let log = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let log = server.terminate(Duration::from_secs(30)).await;
     assert_eq!(containers_of(&owner).await, 0, "{log}");
     let end = |id: &str| {
         let path = trajectories.join(format!("{id}.jsonl"));
@@ -289,31 +242,22 @@ async fn sigterm_drain_refuses_new_work_but_live_episodes_step_and_close_during_
     assert_eq!(end(&ids[1]).await, EpisodeStatus::Closed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_container_removed_from_outside_ends_the_episode_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+/// A server, a client, and an episode that has run one step; with the episode's id and its container's id.
+async fn episode_with_container() -> (tempfile::TempDir, ServerProc, Client, String, String) {
+    let (dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
     client.step(bash(&id, "echo before")).await.unwrap();
     let container = containers_of_episode(&engine().await, &id)
         .await
         .pop()
         .unwrap();
-    let out = Command::new("docker")
-        .args(["rm", "-f", &container])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    (dir, server, client, id, container)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_removed_from_outside_ends_the_episode_with_a_clear_error() {
+    let (_dir, server, mut client, id, container) = episode_with_container().await;
+    run_ok(Command::new("docker").args(["rm", "-f", &container]));
     let status = client.step(bash(&id, "echo after")).await.unwrap_err();
     assert!(
         matches!(status.code(), Code::FailedPrecondition | Code::Unavailable),
@@ -334,14 +278,9 @@ async fn a_container_removed_from_outside_ends_the_episode_with_a_clear_error() 
         "detail names the cause"
     );
     // The server stays healthy: a new episode works.
-    let other = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+    let other = create(&mut client, create_request(SPANS)).await.episode_id;
     client.step(bash(&other, "echo fine")).await.unwrap();
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 /// Found by an independent tester: a `docker rm -f` that lands while a command runs answered INTERNAL (the shell
@@ -349,20 +288,7 @@ async fn a_container_removed_from_outside_ends_the_episode_with_a_clear_error() 
 /// removal between steps.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_removed_during_a_running_step_ends_the_episode_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
-    client.step(bash(&id, "echo before")).await.unwrap();
-    let container = containers_of_episode(&engine().await, &id)
-        .await
-        .pop()
-        .unwrap();
+    let (_dir, server, mut client, id, container) = episode_with_container().await;
     let remover = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         Command::new("docker")
@@ -375,11 +301,7 @@ async fn a_container_removed_during_a_running_step_ends_the_episode_with_a_clear
         .await
         .unwrap_err();
     let removed = remover.join().unwrap();
-    assert!(
-        removed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
+    assert_success(&removed, "docker rm -f during the step");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains("was removed outside swe-env"),
@@ -389,7 +311,7 @@ async fn a_container_removed_during_a_running_step_ends_the_episode_with_a_clear
         .await
         .unwrap();
     assert_eq!(trajectory.end.unwrap().status, EpisodeStatus::SandboxError);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -443,6 +365,6 @@ async fn mass_close_answers_ok_only_after_docker_confirms_every_removal() {
         );
     }
     assert_eq!(containers_of(&server.owner).await, 0);
-    let log = server.terminate(Duration::from_secs(60));
+    let log = server.terminate(Duration::from_secs(60)).await;
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -9,7 +9,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use crate::server::{client, create_request, ServerProc, SPANS};
+use crate::server::{client, close, create, create_request, ServerProc, SPANS};
 
 /// Forwards connections from `path` to the real engine socket until dropped.
 struct EngineProxy {
@@ -55,18 +55,8 @@ async fn docker_down_answers_unavailable_and_the_server_recovers() {
     let mut client = client(&server.url()).await;
 
     // Up: an episode starts and closes.
-    let created = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner();
-    client
-        .close_episode(swe_env::server::proto::CloseEpisodeRequest {
-            episode_id: created.episode_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let created = create(&mut client, create_request(SPANS)).await;
+    close(&mut client, &created.episode_id).await;
 
     // Down: the same call is UNAVAILABLE, with a retry hint, and says nothing of internals.
     proxy.stop().await;
@@ -90,18 +80,8 @@ async fn docker_down_answers_unavailable_and_the_server_recovers() {
 
     // Back: the server never went down and serves again.
     let _proxy = EngineProxy::start(&socket);
-    let created = client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&mut client, create_request(SPANS)).await;
     assert!(!created.episode_id.is_empty());
-    client
-        .close_episode(swe_env::server::proto::CloseEpisodeRequest {
-            episode_id: created.episode_id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    server.terminate(Duration::from_secs(30));
+    close(&mut client, &created.episode_id).await;
+    server.terminate(Duration::from_secs(30)).await;
 }

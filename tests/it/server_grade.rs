@@ -8,7 +8,10 @@ use swe_env::server::proto::run_episode_event::Event;
 use swe_env_model::scripted::{Script, ScriptedServer};
 
 use crate::episode::fixture;
-use crate::server::{bash, client, containers_of, create_request, text_step, ServerProc, SPANS};
+use crate::server::{
+    bash, client, close, containers_of, create, create_request, run_events, submit_diff, text_step,
+    ServerProc, SPANS,
+};
 
 fn start_server(dir: &std::path::Path) -> ServerProc {
     start_server_with(dir, "")
@@ -61,30 +64,22 @@ async fn grade_and_grade_on_submit_return_rewards() {
     assert!(!graded.resolved);
 
     // Grade on submit: the submitting Step carries the reward; episode_end carries rewards and report.
-    let id = client
-        .create_episode(proto::CreateEpisodeRequest {
+    let id = create(
+        &mut client,
+        proto::CreateEpisodeRequest {
             grade_on_submit: true,
             ..create_request(SPANS)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+        },
+    )
+    .await
+    .episode_id;
     let out = client.step(bash(&id, "true")).await.unwrap().into_inner();
     assert_eq!(out.reward, None, "no reward before a submission");
     let edit = "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n    for start, end in map(_check, ranges):\n=======\n    for start, end in sorted(map(_check, ranges)):\n>>>>>>> REPLACE\n</tool>";
     client.step(text_step(&id, edit)).await.unwrap();
     let edit = "<tool: edit>\nsrc/spans/ops.py\n<<<<<<< SEARCH\n        if merged and start < merged[-1][1]:\n=======\n        if merged and start <= merged[-1][1]:\n>>>>>>> REPLACE\n</tool>";
     client.step(text_step(&id, edit)).await.unwrap();
-    client
-        .step(bash(&id, "git diff > /tmp/fix.patch"))
-        .await
-        .unwrap();
-    let out = client
-        .step(text_step(&id, "<tool: submit>\n/tmp/fix.patch\n</tool>"))
-        .await
-        .unwrap()
-        .into_inner();
+    let out = submit_diff(&mut client, &id).await;
     assert!(out.submitted);
     assert_eq!(out.reward, Some(1.0), "resolved submission earns +1");
     // Grading ended the episode: no Step can follow it.
@@ -92,14 +87,7 @@ async fn grade_and_grade_on_submit_return_rewards() {
     assert_eq!(out.end_status, "submitted");
     let refused = client.step(bash(&id, "true")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    let closed = client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let closed = close(&mut client, &id).await;
     assert_eq!(closed.episode.unwrap().status, "submitted");
     let trajectory =
         swe_env::trajectory::read_trajectory(&server.trajectory_dir().join(format!("{id}.jsonl")))
@@ -109,7 +97,7 @@ async fn grade_and_grade_on_submit_return_rewards() {
     assert_eq!(end.rewards.unwrap()["resolved"], true);
     assert_eq!(end.grading.unwrap()["resolved"], true);
     assert_eq!(containers_of(&server.owner).await, 0);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,8 +135,9 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
         status.message()
     );
 
-    let mut stream = client
-        .run_episode(proto::RunEpisodeRequest {
+    let events = run_events(
+        &mut client,
+        proto::RunEpisodeRequest {
             episode: Some(create_request(SPANS)),
             model: Some(proto::ModelEndpoint {
                 endpoint: "scripted".into(),
@@ -157,18 +146,9 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
                 ..Default::default()
             }),
             grade: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), stream.message())
-        .await
-        .expect("RunEpisode progresses")
-        .unwrap()
-    {
-        events.push(event.event.unwrap());
-    }
+        },
+    )
+    .await;
     let Event::Started(started) = &events[0] else {
         panic!("first event {:?}", events[0])
     };
@@ -208,5 +188,5 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
     assert!(end.final_answer.is_some());
     assert_eq!(end.rewards.unwrap()["resolved"], true);
     assert_eq!(containers_of(&server.owner).await, 0);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }

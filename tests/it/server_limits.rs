@@ -10,7 +10,10 @@ use swe_env::server::proto::run_episode_event::Event;
 use swe_env_model::scripted::{Script, ScriptedServer};
 use tonic::Code;
 
-use crate::server::{bash, client, containers_of, create_request, Client, ServerProc, SPANS};
+use crate::server::{
+    bash, client, close, containers_of, create, create_request, run_events, Client, ServerProc,
+    SPANS,
+};
 
 fn start_with_yaml(dir: &std::path::Path, yaml: &str, env: &[(&str, String)]) -> ServerProc {
     let config = dir.join("serve.yaml");
@@ -332,13 +335,7 @@ async fn requests_above_the_operator_maxima_are_invalid_argument_naming_field_an
         })
         .await
         .unwrap();
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: created.episode_id.clone(),
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
+    close(&mut client, &created.episode_id).await;
     let trajectory = swe_env::trajectory::read_trajectory(
         &server
             .trajectory_dir()
@@ -352,7 +349,7 @@ async fn requests_above_the_operator_maxima_are_invalid_argument_naming_field_an
     assert_eq!(limits["nano_cpus"], 1_000_000_000);
     assert_eq!(limits["cmd_timeout_secs"], 300);
     assert_eq!(limits["wall_clock_secs"], 7200);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -386,23 +383,15 @@ const KEY: &str = "sk-operator-secret-0123";
 
 /// Runs an episode to its end and returns the events.
 async fn run_to_end(client: &mut Client, model: proto::ModelEndpoint) -> Vec<Event> {
-    let mut stream = client
-        .run_episode(proto::RunEpisodeRequest {
+    let events = run_events(
+        client,
+        proto::RunEpisodeRequest {
             episode: Some(create_request(SPANS)),
             model: Some(model),
             grade: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), stream.message())
-        .await
-        .expect("RunEpisode progresses")
-        .unwrap()
-    {
-        events.push(event.event.unwrap());
-    }
+        },
+    )
+    .await;
     assert!(
         matches!(events.last(), Some(Event::Result(_))),
         "{:?}",
@@ -507,7 +496,7 @@ async fn run_episode_sends_an_endpoint_key_only_to_that_endpoint_and_refuses_oth
         assert_eq!(request.body["model"], "scripted");
     }
     assert_eq!(other.request_count(), 0);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 
     // With client URLs allowed, a client URL is called, and never with a key.
     let dir = tempfile::tempdir().unwrap();
@@ -533,7 +522,7 @@ async fn run_episode_sends_an_endpoint_key_only_to_that_endpoint_and_refuses_oth
         assert_eq!(request.header("authorization"), None, "{request:?}");
     }
     assert!(requests.iter().all(|r| !r.body.to_string().contains(KEY)));
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -541,14 +530,14 @@ async fn a_command_cannot_outlive_the_wall_clock_budget() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with_yaml(dir.path(), "", &[]);
     let mut client = client(&server.url()).await;
-    let created = client
-        .create_episode(budgets(proto::Budgets {
+    let created = create(
+        &mut client,
+        budgets(proto::Budgets {
             wall_clock_secs: Some(3),
             ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+        }),
+    )
+    .await;
     let started = Instant::now();
     let out = client
         .step(bash(&created.episode_id, "sleep 30"))
@@ -568,5 +557,5 @@ async fn a_command_cannot_outlive_the_wall_clock_budget() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
 }

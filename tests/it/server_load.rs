@@ -8,7 +8,8 @@ use swe_env::trajectory::read_trajectory;
 use tonic::Code;
 
 use crate::server::{
-    bash, client, containers_of, create_request, create_with_retry, ServerProc, SPANS,
+    bash, client, containers_of, create, create_request, create_with_retry, trajectory_records,
+    ServerProc, SPANS,
 };
 
 const CLIENTS: usize = 64;
@@ -103,7 +104,7 @@ async fn many_concurrent_clients_run_episodes_without_errors_or_leaks() {
     assert_eq!(containers_of(&server.owner).await, 0, "leaked containers");
     let files = std::fs::read_dir(server.trajectory_dir()).unwrap().count();
     assert_eq!(files, n_episodes);
-    let log = server.terminate(Duration::from_secs(30));
+    let log = server.terminate(Duration::from_secs(30)).await;
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -115,12 +116,7 @@ async fn sigkill_mid_load_then_restart_removes_the_dead_servers_containers() {
     let mut in_flight = Vec::new();
     for i in 0..6 {
         let mut client = client(&dead.url()).await;
-        let id = client
-            .create_episode(create_request(SPANS))
-            .await
-            .unwrap()
-            .into_inner()
-            .episode_id;
+        let id = create(&mut client, create_request(SPANS)).await.episode_id;
         client
             .step(bash(&id, &format!("echo done-{i}")))
             .await
@@ -173,22 +169,11 @@ async fn sigkill_mid_load_then_restart_removes_the_dead_servers_containers() {
             .observation
             .contains(&format!("done-{i}")));
         // …and through the new server, which never knew the episode.
-        let mut stream = client
-            .get_trajectory(proto::GetTrajectoryRequest {
-                episode_id: id.clone(),
-                encoding: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut n = 0;
-        while stream.message().await.unwrap().is_some() {
-            n += 1;
-        }
-        assert_eq!(n, 3, "start + one step + the crashed end");
+        let records = trajectory_records(&mut client, id, proto::RecordEncoding::Unspecified).await;
+        assert_eq!(records.len(), 3, "start + one step + the crashed end");
         // The old episode is not live on the new server.
         let status = client.step(bash(id, "true")).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
     }
-    restarted.terminate(Duration::from_secs(30));
+    restarted.terminate(Duration::from_secs(30)).await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use swe_env::trajectory::{read_trajectory, EpisodeStatus};
 
+use crate::common::assert_success;
 use crate::server::{ServerProc, SPANS, TOKEN};
 
 fn repo_root() -> PathBuf {
@@ -18,13 +19,7 @@ fn run(command: &mut Command, what: &str) -> String {
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, what);
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -104,6 +99,6 @@ async fn python_client_with_generated_stubs_drives_an_episode_over_a_unix_socket
         .await
         .unwrap();
     assert_eq!(trajectory.end.unwrap().status, EpisodeStatus::Submitted);
-    server.terminate(Duration::from_secs(30));
+    server.terminate(Duration::from_secs(30)).await;
     assert!(!socket.exists(), "the socket file is removed at shutdown");
 }

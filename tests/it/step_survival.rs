@@ -10,7 +10,10 @@ use swe_env::trajectory::read_trajectory;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use crate::server::{bash, client, create_request, text_step, Client, ServerProc, SPANS};
+use crate::server::{
+    bash, client, close, create, create_request, start_with_client, text_step, Client, ServerProc,
+    SPANS,
+};
 
 fn with_id(mut request: proto::StepRequest, request_id: &str) -> proto::StepRequest {
     request.request_id = request_id.to_owned();
@@ -25,15 +28,6 @@ fn with_deadline(
     let mut request = tonic::Request::new(request);
     request.set_timeout(deadline);
     request
-}
-
-async fn create(client: &mut Client) -> String {
-    client
-        .create_episode(create_request(SPANS))
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id
 }
 
 async fn step(client: &mut Client, request: proto::StepRequest) -> proto::StepResponse {
@@ -71,15 +65,35 @@ fn bystander(mut client: Client, episode_id: String, stop: Arc<AtomicBool>) -> J
     })
 }
 
-async fn close(client: &mut Client, episode_ids: &[&str]) {
-    for id in episode_ids {
-        client
-            .close_episode(proto::CloseEpisodeRequest {
-                episode_id: (*id).to_owned(),
-                final_answer: String::new(),
-            })
-            .await
-            .unwrap();
+/// A second episode of the fixture task that a [`bystander`] keeps stepping while a test works on its own.
+struct Bystander {
+    episode_id: String,
+    stop: Arc<AtomicBool>,
+    steps: JoinHandle<u32>,
+}
+
+impl Bystander {
+    async fn start(client: &mut Client) -> Self {
+        let episode_id = create(client, create_request(SPANS)).await.episode_id;
+        let stop = Arc::new(AtomicBool::new(false));
+        let steps = bystander(client.clone(), episode_id.clone(), stop.clone());
+        Self {
+            episode_id,
+            stop,
+            steps,
+        }
+    }
+
+    /// Stops it and checks it kept stepping (at least 3 steps) and recorded each step once; then closes it.
+    async fn finish(self, client: &mut Client, server: &ServerProc) {
+        self.stop.store(true, Ordering::SeqCst);
+        let by_steps = self.steps.await.unwrap();
+        assert!(
+            by_steps >= 3,
+            "the bystander kept stepping ({by_steps} steps)"
+        );
+        assert_recorded_once(client, server, &self.episode_id).await;
+        close(client, &self.episode_id).await;
     }
 }
 
@@ -135,13 +149,9 @@ async fn assert_recorded_once(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_whose_client_gave_up_completes_once_and_the_retry_gets_its_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = create(&mut client).await;
-    let bystander_id = create(&mut client).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let bystander_steps = bystander(client.clone(), bystander_id.clone(), stop.clone());
+    let (_dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
+    let bystander = Bystander::start(&mut client).await;
 
     // A deadline shorter than the command: the call fails, the step goes on.
     let slow = with_id(
@@ -186,18 +196,12 @@ async fn a_step_whose_client_gave_up_completes_once_and_the_retry_gets_its_reply
     assert!(retry.replayed);
     assert!(retry.observation.unwrap().text.contains("done-2"));
 
-    stop.store(true, Ordering::SeqCst);
-    let by_steps = bystander_steps.await.unwrap();
-    assert!(
-        by_steps >= 3,
-        "the bystander kept stepping ({by_steps} steps)"
-    );
+    bystander.finish(&mut client, &server).await;
     let ids = assert_recorded_once(&mut client, &server, &id).await;
     assert_eq!(ids, ["slow-1", "slow-2"]);
     assert_eq!(listed_n_steps(&mut client, &id).await, 4);
-    assert_recorded_once(&mut client, &server, &bystander_id).await;
-    close(&mut client, &[&id, &bystander_id]).await;
-    server.terminate(Duration::from_secs(60));
+    close(&mut client, &id).await;
+    server.terminate(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -209,10 +213,8 @@ async fn a_cancelled_edit_of_a_large_file_never_leaves_it_partial() {
     std::fs::write(&config, "memory:\n  max_file_bytes: 50331648\n").unwrap();
     let server = ServerProc::start(dir.path(), &["--config", config.to_str().unwrap()]);
     let mut client = client(&server.url()).await;
-    let id = create(&mut client).await;
-    let bystander_id = create(&mut client).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let bystander_steps = bystander(client.clone(), bystander_id.clone(), stop.clone());
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
+    let bystander = Bystander::start(&mut client).await;
 
     let setup = output(
         &mut client,
@@ -303,25 +305,17 @@ async fn a_cancelled_edit_of_a_large_file_never_leaves_it_partial() {
         "only {dropped_accepted} calls were dropped after the server accepted them"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    let by_steps = bystander_steps.await.unwrap();
-    assert!(
-        by_steps >= 3,
-        "the bystander kept stepping ({by_steps} steps)"
-    );
+    bystander.finish(&mut client, &server).await;
     let ids = assert_recorded_once(&mut client, &server, &id).await;
     assert_eq!(ids.len(), 13, "{ids:?}");
-    assert_recorded_once(&mut client, &server, &bystander_id).await;
-    close(&mut client, &[&id, &bystander_id]).await;
-    server.terminate(Duration::from_secs(60));
+    close(&mut client, &id).await;
+    server.terminate(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_id_reused_for_another_action_is_invalid_argument() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = create(&mut client).await;
+    let (_dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
 
     let first = with_id(bash(&id, "echo a >> /tmp/runs; echo a"), "r-1");
     let reply = step(&mut client, first.clone()).await;
@@ -351,8 +345,8 @@ async fn a_request_id_reused_for_another_action_is_invalid_argument() {
         assert_recorded_once(&mut client, &server, &id).await,
         ["r-1"]
     );
-    close(&mut client, &[&id]).await;
-    server.terminate(Duration::from_secs(60));
+    close(&mut client, &id).await;
+    server.terminate(Duration::from_secs(60)).await;
 }
 
 /// The file write under edit/create: a write dropped half-way (its exec's stdin cut) leaves the old content and no
@@ -410,19 +404,15 @@ async fn write_bytes_is_atomic_and_keeps_the_mode() {
 /// equals the steps in the trajectory.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_cut_by_shutdown_is_not_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &["--shutdown-grace-secs", "1"]);
-    let mut client = client(&server.url()).await;
-    let id = create(&mut client).await;
+    let (_dir, server, mut client) = start_with_client(&["--shutdown-grace-secs", "1"]).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
     output(&mut client, bash(&id, "echo before")).await;
     let mut slow = client.clone();
     let slow_request = with_id(bash(&id, "sleep 60"), "slow");
     let in_flight = tokio::spawn(async move { slow.step(slow_request).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let trajectories = server.trajectory_dir();
-    tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    server.terminate(Duration::from_secs(30)).await;
     let status = in_flight.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let trajectory = read_trajectory(&trajectories.join(format!("{id}.jsonl")))
@@ -437,22 +427,20 @@ async fn a_step_cut_by_shutdown_is_not_counted() {
 /// request_id ran the command a second time. Now it is FAILED_PRECONDITION naming the step, and nothing runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_whose_reply_was_evicted_never_runs_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    let mut client = client(&server.url()).await;
-    let id = client
-        .create_episode(proto::CreateEpisodeRequest {
+    let (_dir, server, mut client) = start_with_client(&[]).await;
+    let id = create(
+        &mut client,
+        proto::CreateEpisodeRequest {
             budgets: Some(proto::Budgets {
                 observation_cap_bytes: Some(1 << 20),
                 context_tokens: Some(1 << 20),
                 ..Default::default()
             }),
             ..create_request(SPANS)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .episode_id;
+        },
+    )
+    .await
+    .episode_id;
     let counted = "echo x >> /tmp/evict-count; wc -l < /tmp/evict-count";
     let first = step(&mut client, with_id(bash(&id, counted), "evict-a")).await;
     assert!(first.observation.unwrap().text.contains("\n1\n"));
@@ -481,12 +469,6 @@ async fn a_retry_whose_reply_was_evicted_never_runs_again() {
         count.observation.unwrap().text.contains("\n1\n"),
         "ran twice"
     );
-    client
-        .close_episode(proto::CloseEpisodeRequest {
-            episode_id: id,
-            final_answer: String::new(),
-        })
-        .await
-        .unwrap();
-    server.terminate(Duration::from_secs(30));
+    close(&mut client, &id).await;
+    server.terminate(Duration::from_secs(30)).await;
 }

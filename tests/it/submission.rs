@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use swe_env::agent::{builtin_prompt, run_gold};
-use swe_env::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
+use swe_env::agent::run_gold;
+use swe_env::episode::{Action, EndInfo, StepMeta};
 use swe_env::trajectory::{read_trajectory, EpisodeStatus};
 
-use crate::common::{engine, unique_id};
+use crate::common::{engine, start_episode, unique_id};
 use crate::episode::fixture;
 
 const FIXTURE_IMAGE: &str = "swe-env/fixture-spans:latest";
@@ -119,25 +119,15 @@ async fn submissions_leave_out_untracked_files_the_image_already_had() {
     let mut instance = fixture("swe-env-fixtures__spans-1");
     instance.image = Some(image.tag.clone());
     instance.base_commit = image.base_commit.clone();
-    let config = EpisodeConfig {
-        trajectory_dir: dir.path().to_owned(),
-        ..EpisodeConfig::default()
-    };
-    let info = || StartInfo {
-        model: None,
-        prompt: builtin_prompt(&instance.problem_statement),
-    };
 
     // The gold agent: the submission touches exactly the gold patch's files.
-    let mut gold = Episode::start(
+    let mut gold = start_episode(
         &engine,
+        dir.path(),
         &unique_id("untracked-gold"),
         instance.clone(),
-        config.clone(),
-        info(),
     )
-    .await
-    .unwrap();
+    .await;
     let outcome = run_gold(&mut gold).await.unwrap();
     if outcome.status != EpisodeStatus::Submitted {
         let trajectory = read_trajectory(&gold.trajectory_path()).await.unwrap();
@@ -179,15 +169,13 @@ async fn submissions_leave_out_untracked_files_the_image_already_had() {
 
     // An agent that edits a pre-existing untracked file, deletes another and creates a new one, then submits
     // without a path: the edited and the new file are in, nothing else.
-    let mut agent = Episode::start(
+    let mut agent = start_episode(
         &engine,
+        dir.path(),
         &unique_id("untracked-agent"),
         instance.clone(),
-        config.clone(),
-        info(),
     )
-    .await
-    .unwrap();
+    .await;
     let out = agent
         .step(
             text(
