@@ -10,3 +10,15 @@ pub mod grade;
 pub mod server;
 pub mod task;
 pub mod trajectory;
+
+/// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`), for reporting a caught
+/// panic: a benchmark instance's, a server step's, the binary's panic hook.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text
+    } else {
+        "a panic without a message"
+    }
+}

@@ -33,12 +33,7 @@ fn main() -> ExitCode {
 fn quiet_on_closed_output() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
+        let message = swe_env::panic_message(info.payload());
         if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
             std::process::exit(i32::from(swe_env::cli::EXIT_OUTPUT_CLOSED));
         }

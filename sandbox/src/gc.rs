@@ -142,11 +142,6 @@ pub fn gc_reason(container: &LabelledContainer, now_unix: u64) -> GcReason {
     }
 }
 
-/// Why a container is an orphan, or `None` when it should be kept.
-pub fn orphan_reason(container: &LabelledContainer, now_unix: u64) -> Option<GcReason> {
-    Some(gc_reason(container, now_unix)).filter(GcReason::removes)
-}
-
 /// Removes orphaned (or, with [`GcScope::All`], all) labelled containers; with `dry_run`, only reports what it
 /// would remove and why.
 pub async fn collect_garbage_with(
@@ -221,15 +216,24 @@ pub async fn collect_garbage(
     collect_garbage_with(engine, scope, false).await
 }
 
-/// Removes every container owned by this process (used after an interrupt, when dropped tasks had no chance to
-/// clean up). Returns how many were removed.
+/// Removes every container owned by this process (after an interrupt, or at a server's shutdown, when dropped tasks
+/// had no chance to clean up). A container that cannot be removed is logged and the sweep goes on; returns how
+/// many were removed. `Err` only when the containers cannot be listed.
 pub async fn remove_owned(engine: &DockerEngine) -> Result<usize, SandboxError> {
     let me = engine.owner().clone();
     let mut removed = 0;
     for container in engine.labelled_containers().await? {
-        if container.owner.as_ref() == Some(&me) {
-            engine.remove_container(&container.id).await?;
-            removed += 1;
+        if container.owner.as_ref() != Some(&me) {
+            continue;
+        }
+        match engine.remove_container(&container.id).await {
+            Ok(()) => {
+                warn!(container = %container.id, episode = %container.episode, "removed a container left behind");
+                removed += 1;
+            }
+            Err(error) => {
+                warn!(container = %container.id, %error, "could not remove a container left behind")
+            }
         }
     }
     Ok(removed)

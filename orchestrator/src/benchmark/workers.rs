@@ -2,7 +2,6 @@
 //! instance), each result goes to the caller's channel as it finishes, and a panic inside one instance becomes
 //! that instance's `error` result (`error_kind` `panic`) while the others go on.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -43,24 +42,14 @@ where
         ));
     }
     drop(results);
-    let mut interrupted = false;
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(WorkerEnd::QueueEmpty) => {}
-            Ok(WorkerEnd::Cancelled) => interrupted = true,
-            // Only a bug in the loop itself gets here (an instance's panic is caught in `worker`).
-            Err(error) => warn!(%error, "a benchmark worker failed"),
+        // Only a bug in the loop itself gets here (an instance's panic is caught in `worker`).
+        if let Err(error) = joined {
+            warn!(%error, "a benchmark worker failed");
         }
     }
-    interrupted | cancel.is_cancelled()
-}
-
-/// Why a worker stopped.
-enum WorkerEnd {
-    /// No instance left.
-    QueueEmpty,
-    /// `cancel` was cancelled (an instance may have been dropped mid-way).
-    Cancelled,
+    // A worker stops early only once the token is cancelled, and a token stays cancelled.
+    cancel.is_cancelled()
 }
 
 async fn worker<F, Fut>(
@@ -68,14 +57,13 @@ async fn worker<F, Fut>(
     cancel: CancellationToken,
     attempt: F,
     results: mpsc::UnboundedSender<InstanceResult>,
-) -> WorkerEnd
-where
+) where
     F: Fn(Instance) -> Fut,
     Fut: Future<Output = InstanceResult>,
 {
     loop {
         if cancel.is_cancelled() {
-            return WorkerEnd::Cancelled;
+            return;
         }
         // The lock is held only to pop; a poisoned queue (impossible: nothing panics while holding it) is still
         // a queue.
@@ -84,19 +72,19 @@ where
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop_front();
         let Some(instance) = next else {
-            return WorkerEnd::QueueEmpty;
+            return;
         };
         let (instance_id, repo) = (instance.instance_id.clone(), instance.repo.clone());
         let started = Instant::now();
         let run = AssertUnwindSafe(attempt(instance)).catch_unwind();
         let outcome = tokio::select! {
             outcome = run => outcome,
-            _ = cancel.cancelled() => return WorkerEnd::Cancelled,
+            _ = cancel.cancelled() => return,
         };
         let mut result = match outcome {
             Ok(result) => result,
             Err(payload) => {
-                let message = panic_message(payload.as_ref());
+                let message = crate::panic_message(payload.as_ref());
                 error!(
                     instance_id,
                     panic = message,
@@ -116,19 +104,8 @@ where
         result.total_ms = started.elapsed().as_millis() as u64;
         if results.send(result).is_err() {
             // Nobody listens any more (the run stops listening only once every worker ended): nothing to do.
-            return WorkerEnd::QueueEmpty;
+            return;
         }
-    }
-}
-
-/// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text
-    } else {
-        "a panic without a message"
     }
 }
 

@@ -43,6 +43,14 @@ pub async fn close_crashed_trajectories(
         if path.extension().and_then(|e| e.to_str()) != Some("jsonl") || done.contains(&path) {
             continue;
         }
+        // A live episode of this server (files are `<episode_id>.jsonl`): not read at all while it lives.
+        if path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .is_some_and(&is_live)
+        {
+            continue;
+        }
         let open = match open_trajectory(&path).await {
             Ok(Some(open)) => open,
             Ok(None) => {
@@ -60,7 +68,12 @@ pub async fn close_crashed_trajectories(
         let Some(owner) = start.owner.as_deref().and_then(Owner::from_label) else {
             continue;
         };
-        if &owner == me || is_live(&start.episode_id) {
+        if &owner == me {
+            // This process never crash-closes its own episodes: nothing more to do with the file.
+            done.insert(path);
+            continue;
+        }
+        if is_live(&start.episode_id) {
             continue;
         }
         let Liveness::Dead(because) = owner.liveness() else {

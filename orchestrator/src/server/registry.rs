@@ -206,7 +206,12 @@ pub struct ReplyCache {
     /// Request ids whose reply was evicted: the digest of their request and the step they ran. A retry of one must
     /// never run again (tens of bytes a step; an episode has at most its turn budget of steps).
     evicted: HashMap<String, (RequestDigest, u32)>,
+    /// Bytes charged for `evicted` (each id plus a fixed overhead): an ended episode is charged for them too.
+    evicted_bytes: usize,
 }
+
+/// Memory of one evicted request id besides its text: digest, step index, map entry.
+const EVICTED_ID_OVERHEAD_BYTES: usize = 96;
 
 /// What the cache knows of a request id.
 #[derive(Debug, PartialEq)]
@@ -280,6 +285,11 @@ impl ReplyCache {
         self.bytes
     }
 
+    /// Bytes the cache holds for the retention bound of an ended episode: stored replies and evicted ids.
+    pub fn retained_bytes(&self) -> usize {
+        self.bytes + self.evicted_bytes
+    }
+
     /// Number of stored replies.
     pub fn len(&self) -> usize {
         self.order.len()
@@ -294,6 +304,7 @@ impl ReplyCache {
         if let Some(id) = self.order.pop_front() {
             if let Some(old) = self.by_id.remove(&id) {
                 self.bytes = self.bytes.saturating_sub(reply_bytes(&old.reply));
+                self.evicted_bytes += id.len() + EVICTED_ID_OVERHEAD_BYTES;
                 self.evicted.insert(id, (old.digest, old.reply.step_idx));
             }
         }
@@ -414,6 +425,7 @@ impl Registry {
                 slot.retained_bytes(reply_bytes)
             });
         let mut inner = self.lock();
+        // Once: an ending that panicked after charging is charged again by `end_after_panic`.
         if inner.ended.iter().any(|(id, _)| id == episode_id) {
             return;
         }
@@ -559,6 +571,23 @@ mod tests {
             Ok(Lookup::Evicted { step_idx: 7 })
         );
         assert_eq!(cache.lookup("old", &[6; 32]), Err(DigestMismatch));
+    }
+
+    /// A client choosing long request ids cannot make an ended episode hold memory it is not charged for: the ids
+    /// of evicted replies count too.
+    #[test]
+    fn evicted_request_ids_are_charged_to_the_episode() {
+        let mut cache = ReplyCache::default();
+        for i in 0..1000 {
+            cache.insert(format!("{i:0128}"), [0; 32], reply(10));
+        }
+        cache.keep_newest(1);
+        assert_eq!(cache.len(), 1);
+        assert!(
+            cache.retained_bytes() >= 999 * 128,
+            "{} bytes charged for 999 evicted 128-byte ids",
+            cache.retained_bytes()
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use prost::Message;
 use serde_json::Value;
 use swe_env_grading::dataset::Instance;
 use swe_env_tools::{openai_tools, tool_specs_text};
@@ -374,12 +373,13 @@ impl ServerState {
         // Validate the whole request before looking anything up.
         convert::episode_id("episode_id", &request.episode_id)?;
         let (action, meta) = convert::step_action(&request)?;
-        let digest = request_digest(&request);
+        // Only a request id makes a step retryable: no digest without one.
+        let digest = (!request.request_id.is_empty()).then(|| request_digest(&request));
         let slot = self.slot(&request.episode_id)?;
         let inflight = self.enter()?;
         let state = slot.state.clone().lock_owned().await;
-        if !request.request_id.is_empty() {
-            match state.replies.lookup(&request.request_id, &digest) {
+        if let Some(digest) = &digest {
+            match state.replies.lookup(&request.request_id, digest) {
                 Ok(Lookup::Stored(stored)) => {
                     let mut replay = stored.clone();
                     replay.replayed = true;
@@ -442,7 +442,7 @@ impl ServerState {
         slot: Arc<EpisodeSlot>,
         mut state: OwnedMutexGuard<SlotState>,
         request: proto::StepRequest,
-        digest: RequestDigest,
+        digest: Option<RequestDigest>,
         action: Action,
         meta: StepMeta,
     ) -> Result<proto::StepResponse, ServiceError> {
@@ -452,7 +452,10 @@ impl ServerState {
         let result = match stepped {
             Ok(result) => result,
             Err(panic) => {
-                let detail = format!("the step panicked: {}", panic_message(panic.as_ref()));
+                let detail = format!(
+                    "the step panicked: {}",
+                    crate::panic_message(panic.as_ref())
+                );
                 error!(episode_id = %slot.id, %detail, "step panicked; ending the episode");
                 let mut end = EndInfo::status(EpisodeStatus::SandboxError);
                 end.detail = Some(format!("internal error: {detail}"));
@@ -463,12 +466,10 @@ impl ServerState {
                 })
             }
         };
-        if let Ok(reply) = &result {
-            if !request.request_id.is_empty() {
-                state
-                    .replies
-                    .insert(request.request_id.clone(), digest, reply.clone());
-            }
+        if let (Ok(reply), Some(digest)) = (&result, digest) {
+            state
+                .replies
+                .insert(request.request_id.clone(), digest, reply.clone());
         }
         result
     }
@@ -485,6 +486,9 @@ impl ServerState {
             let mut summary = slot.summary();
             summary.status = Some(EpisodeStatus::SandboxError);
             slot.set_summary(summary);
+            // Ended for the retention bounds too, or the slot would never be forgotten.
+            self.registry
+                .mark_ended(&slot.id, state.replies.retained_bytes());
         }
     }
 
@@ -603,7 +607,8 @@ impl ServerState {
             submission: slot.stored_submission(live.episode.submission()),
         });
         state.replies.keep_newest(REPLIES_KEPT_AFTER_END);
-        self.registry.mark_ended(&slot.id, state.replies.bytes());
+        self.registry
+            .mark_ended(&slot.id, state.replies.retained_bytes());
         drop(live);
         failure
     }
@@ -769,11 +774,6 @@ impl ServerState {
         reaped
     }
 
-    /// Whether the server is draining.
-    pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
-    }
-
     /// Stops admitting new work (CreateEpisode, RunEpisode, Grade), lets live episodes Step and Close and calls in
     /// flight finish within `grace` (ending early once nothing is live or in flight), cancels the rest, ends every
     /// live episode with status `cancelled`, and removes any container of this process still present.
@@ -870,27 +870,12 @@ impl ServerState {
 
     /// Removes every container labelled with this process as owner; returns how many.
     pub async fn sweep_own_containers(&self) -> usize {
-        let containers = match self.engine.labelled_containers().await {
-            Ok(containers) => containers,
-            Err(error) => {
+        swe_env_sandbox::gc::remove_owned(&self.engine)
+            .await
+            .unwrap_or_else(|error| {
                 warn!(%error, "listing containers for the final sweep failed");
-                return 0;
-            }
-        };
-        let me = self.engine.owner();
-        let mut removed = 0;
-        for container in containers.iter().filter(|c| c.owner.as_ref() == Some(me)) {
-            match self.engine.remove_container(&container.id).await {
-                Ok(()) => {
-                    warn!(container = %container.id, episode = %container.episode, "removed a container left at shutdown");
-                    removed += 1;
-                }
-                Err(error) => {
-                    warn!(container = %container.id, %error, "could not remove a container at shutdown")
-                }
-            }
-        }
-        removed
+                0
+            })
     }
 }
 
@@ -921,25 +906,18 @@ pub fn cancelled_end(detail: &str) -> EndInfo {
 
 /// SHA-256 of what a Step asks for (its action and model turn; not the ids), stored with its reply.
 fn request_digest(request: &proto::StepRequest) -> RequestDigest {
-    let asked = proto::StepRequest {
-        episode_id: String::new(),
-        request_id: String::new(),
-        action: request.action.clone(),
-        model_turn: request.model_turn.clone(),
-    };
-    let digest = ring::digest::digest(&ring::digest::SHA256, &asked.encode_to_vec());
+    // What was asked (the action and the model turn, with their field tags), encoded from borrows.
+    let mut encoded = Vec::new();
+    if let Some(action) = &request.action {
+        action.encode(&mut encoded);
+    }
+    if let Some(turn) = &request.model_turn {
+        prost::encoding::message::encode(5, turn, &mut encoded);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &encoded);
     let mut bytes = [0; 32];
     bytes.copy_from_slice(digest.as_ref());
     bytes
-}
-
-/// The message of a panic payload (a `&str` or `String`, as `panic!` makes them).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 /// A fresh random episode id (`ep-` + 32 hex digits).
