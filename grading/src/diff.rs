@@ -909,9 +909,22 @@ diff --git a/run.sh b/run.sh\nold mode 100644\nnew mode 100755\n";
             assert_eq!(renamed.new_path.as_deref(), Some("new name.py"));
             assert!(binary.binary && binary.hunks.is_empty(), "{dialect:?}");
             assert!(mode.mode_changed && !mode.binary, "{dialect:?}");
-            // Sections cover the patch, one after the other.
+            // Sections cover the patch, one after the other, each starting at its own header.
             let rebuilt: String = files.iter().map(|f| &patch[f.span.clone()]).collect();
             assert_eq!(rebuilt, patch, "{dialect:?}");
+            for (file, header) in files.iter().zip([
+                "diff --git a/new.py ",
+                "diff --git a/gone.py ",
+                "diff --git a/old name.py ",
+                "diff --git a/img.png ",
+                "diff --git a/run.sh ",
+            ]) {
+                assert!(
+                    patch[file.span.clone()].starts_with(header),
+                    "{dialect:?}: section {:?} does not start with {header:?}",
+                    &patch[file.span.clone()]
+                );
+            }
         }
         let unidiff = files(patch, Dialect::Unidiff);
         assert_eq!(unidiff[0].source.as_deref(), Some("/dev/null"));

@@ -108,13 +108,21 @@ impl AttemptFailure {
     }
 }
 
-impl AttemptError {
+impl AttemptFailure {
+    /// Whether the endpoint is at fault (transport, timeout, a retryable status): the call is retried and the
+    /// endpoint marked failed. A malformed or oversized answer is the model's, not retried.
     fn retryable(&self) -> bool {
-        match &self.failure {
+        match self {
             AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
             AttemptFailure::Status { status, .. } => is_retryable_status(*status),
             AttemptFailure::Malformed { .. } | AttemptFailure::TooLarge { .. } => false,
         }
+    }
+}
+
+impl AttemptError {
+    fn retryable(&self) -> bool {
+        self.failure.retryable()
     }
 }
 
@@ -305,12 +313,7 @@ impl ModelClient {
                 })
             }
             Err(failure) => {
-                let endpoint_fault = match &failure {
-                    AttemptFailure::Transport(_) | AttemptFailure::Timeout => true,
-                    AttemptFailure::Status { status, .. } => is_retryable_status(*status),
-                    AttemptFailure::Malformed { .. } | AttemptFailure::TooLarge { .. } => false,
-                };
-                if endpoint_fault {
+                if failure.retryable() {
                     self.pool.mark_failed(lease.index);
                     if let Ok(mut guard) = last_failed.lock() {
                         *guard = Some(lease.index);

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use swe_env_grading::dataset::{
-    hub_parquet_file, load_dataset_file, load_jsonl_str, DatasetAlias, LoadedDataset,
+    hub_parquet_file, load_dataset_file, load_jsonl_str, DatasetAlias, HubParquetFile,
+    LoadedDataset,
 };
 use tracing::info;
 
@@ -79,16 +80,18 @@ pub fn source_file(source: &str) -> Option<PathBuf> {
         return None;
     }
     Some(match DatasetAlias::from_name(source) {
-        Some(alias) => {
-            hub_parquet_file(
-                alias.hf_id(),
-                alias.default_split(),
-                &cache_root().join("datasets"),
-            )
-            .cache_path
-        }
+        Some(alias) => alias_file(alias).cache_path,
         None => PathBuf::from(source),
     })
+}
+
+/// The hub file of an alias's default split, and where it is cached.
+fn alias_file(alias: DatasetAlias) -> HubParquetFile {
+    hub_parquet_file(
+        alias.hf_id(),
+        alias.default_split(),
+        &cache_root().join("datasets"),
+    )
 }
 
 /// The file name (not path) of the dataset behind `source`, as ListTasks reports it: `tasks.jsonl` for the
@@ -104,11 +107,7 @@ async fn file_for(source: &str) -> Result<PathBuf, DatasetSourceError> {
     let Some(alias) = DatasetAlias::from_name(source) else {
         return Ok(PathBuf::from(source));
     };
-    let file = hub_parquet_file(
-        alias.hf_id(),
-        alias.default_split(),
-        &cache_root().join("datasets"),
-    );
+    let file = alias_file(alias);
     if !file.cache_path.exists() {
         let endpoint =
             std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_owned());

@@ -689,9 +689,19 @@ impl DockerSandbox {
         Ok(())
     }
 
-    /// Classifies a failure of the agent's tools in this container: [`SandboxError::ContainerGone`] when the
-    /// engine no longer knows the container (removed from outside), else [`SandboxError::Shell`] with `detail`.
-    pub async fn classify_failure(&self, detail: String) -> SandboxError {
+    /// Classifies a failure of the agent's tools in this container: [`SandboxError::ContainerGone`] when the engine
+    /// no longer knows the container or is removing it behind swe-env's back (`docker rm -f`); else the error as it
+    /// was (an error that already says what happened — sealed, gone, engine unreachable — is not even checked).
+    pub async fn classify_failure(&self, error: SandboxError) -> SandboxError {
+        if matches!(
+            error,
+            SandboxError::Sealed { .. }
+                | SandboxError::ContainerGone { .. }
+                | SandboxError::EngineUnavailable { .. }
+        ) {
+            return error;
+        }
+        let detail = error.to_string();
         let id = &self.inner.container_id;
         match self.inner.docker.inspect_container(id, None).await {
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -717,10 +727,7 @@ impl DockerSandbox {
                     detail,
                 }
             }
-            _ => SandboxError::Shell {
-                container: id.clone(),
-                detail,
-            },
+            _ => error,
         }
     }
 
@@ -1190,7 +1197,7 @@ async fn read_until(
 #[async_trait::async_trait]
 impl Sandbox for DockerSandbox {
     async fn run(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SandboxError> {
-        Ok(self.run_command(command, timeout).await?)
+        self.run_command(command, timeout).await
     }
 
     async fn cwd(&self) -> Result<String, SandboxError> {
@@ -1285,7 +1292,7 @@ impl Sandbox for DockerSandbox {
 
     async fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), SandboxError> {
         self.ensure_unsealed()?;
-        Ok(self.write_bytes(path, bytes).await?)
+        self.write_bytes(path, bytes).await
     }
 }
 

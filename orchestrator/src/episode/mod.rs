@@ -388,7 +388,7 @@ impl Episode {
                 let result = match run_tool(&sandbox, &call, &tools).await {
                     Ok(result) => result,
                     // A container removed from outside (`docker rm -f`) is named as such.
-                    Err(e) => return Err(sandbox.classify_failure(e.to_string()).await.into()),
+                    Err(e) => return Err(sandbox.classify_failure(e).await.into()),
                 };
                 // The context grows by what the model is shown (the output cut at the observation cap), not by the
                 // raw output behind it; charged before rendering so the budget block counts this step.
@@ -450,14 +450,15 @@ impl Episode {
         meta: StepMeta,
     ) -> Result<StepOutcome, EpisodeError> {
         self.ensure_running()?;
-        self.n_steps += 1;
+        // Counted once recorded, as in `step`.
+        let step_idx = self.n_steps;
         self.context_tokens_used += estimate_tokens(raw_action.len() + message.len());
         let observation = swe_env_tools::truncate_right(
             &format!("FormatError: {message}"),
             self.config.observation_cap_bytes,
         );
         let record = step_record(
-            self.n_steps - 1,
+            step_idx,
             raw_action,
             None,
             None,
@@ -468,6 +469,7 @@ impl Episode {
             meta,
         );
         self.writer.append(&Record::Step(record.clone())).await?;
+        self.n_steps = step_idx + 1;
         let end_status = self.exhausted_budget();
         Ok(StepOutcome {
             observation,
@@ -535,11 +537,7 @@ async fn record_preexisting_untracked(
             repo.preexisting_untracked = Arc::from(files);
             Ok(Some(n_files))
         }
-        Err(SubmissionError::Sandbox(error)) => Err(SandboxError::Shell {
-            container: sandbox.id().to_owned(),
-            detail: error.to_string(),
-        }
-        .into()),
+        Err(SubmissionError::Sandbox(error)) => Err(sandbox.classify_failure(error).await.into()),
         Err(error) => {
             warn!(
                 episode_id,
