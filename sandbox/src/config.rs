@@ -28,6 +28,37 @@ pub struct SandboxConfig {
     pub container_ttl: Duration,
     /// Timeout of individual Docker API calls. Default 120 s.
     pub docker_timeout: Duration,
+    /// How the persistent shell's bytes travel. Default [`DataPath::Auto`].
+    pub data_path: DataPath,
+}
+
+/// How the persistent shell's stdin/stdout travel between this process and `bash` in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPath {
+    /// [`DataPath::Fifo`] when the engine is a local unix socket and can bind-mount our directories, else
+    /// [`DataPath::Attach`]. An engine that refuses the bind mount ("bind source path does not exist": a dockerd
+    /// in another mount namespace or VM) is switched to attach for good, logged once.
+    #[default]
+    Auto,
+    /// One attached exec per shell: every byte goes through dockerd and the containerd shim (works with any
+    /// engine, remote ones included).
+    Attach,
+    /// Named pipes in a host directory bind-mounted read-only into the container (`crate::fifo`): one detached
+    /// exec starts the shell, then bytes go through the kernel only. Needs a local engine that sees this host's
+    /// files; creating a sandbox fails otherwise.
+    Fifo,
+}
+
+impl DataPath {
+    /// The name used in configuration and logs (`auto`, `attach`, `fifo`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Attach => "attach",
+            Self::Fifo => "fifo",
+        }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -44,6 +75,7 @@ impl Default for SandboxConfig {
             interrupt_grace: Duration::from_secs(2),
             container_ttl: Duration::from_secs(24 * 3600),
             docker_timeout: Duration::from_secs(120),
+            data_path: DataPath::Auto,
         }
     }
 }

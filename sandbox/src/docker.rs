@@ -1,4 +1,5 @@
-//! The Docker backend: one container per episode, one persistent `bash` per container over a single attached exec,
+//! The Docker backend: one container per episode, one persistent `bash` per container — its stdio on FIFOs in a
+//! bind-mounted host directory ([`crate::fifo`], local engines) or over a single attached exec (remote engines) —
 //! file bytes through exec stdin/stdout. The only module that talks to the engine (bollard).
 
 use std::collections::HashMap;
@@ -9,21 +10,22 @@ use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
     RestartContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use crate::api::{BoundedRead, CommandOutput, PathKind, Sandbox};
 use crate::capture::{CappedOutput, ScanEvent, SentinelScanner};
-use crate::config::{SandboxConfig, KEPT_CAPABILITIES};
+use crate::config::{DataPath, SandboxConfig, KEPT_CAPABILITIES};
 use crate::error::SandboxError;
+use crate::fifo::{self, ContainerDir};
 use crate::owner::{container_labels, Owner, LABEL_EPISODE, LABEL_EXPIRES, LABEL_OWNER};
 use crate::shell;
 
@@ -53,6 +55,10 @@ const GUARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DockerEngine {
     docker: Docker,
     owner: Owner,
+    /// The engine is a local unix socket: it may see our directories (the FIFO data path).
+    local: bool,
+    /// Set once the engine refused a bind mount of our io directory: [`DataPath::Auto`] means attach from then on.
+    fifo_refused: Arc<AtomicBool>,
 }
 
 /// One container known to the engine that carries our labels.
@@ -112,7 +118,34 @@ impl DockerEngine {
         Ok(Self {
             docker,
             owner: Owner::current(),
+            local: matches!(endpoint, crate::EngineEndpoint::Unix { .. }),
+            fifo_refused: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The data path a new sandbox with `wanted` gets on this engine ([`DataPath::Attach`] or [`DataPath::Fifo`]).
+    pub fn resolve_data_path(&self, wanted: DataPath) -> Result<DataPath, SandboxError> {
+        match wanted {
+            DataPath::Attach => Ok(DataPath::Attach),
+            DataPath::Auto if self.local && !self.fifo_refused.load(Ordering::Relaxed) => {
+                Ok(DataPath::Fifo)
+            }
+            DataPath::Auto => Ok(DataPath::Attach),
+            DataPath::Fifo if self.local => Ok(DataPath::Fifo),
+            DataPath::Fifo => Err(SandboxError::Docker {
+                op: "create container",
+                detail: "data path `fifo` needs a local engine (unix socket) that sees this host's files; \
+                         use data path `auto` or `attach` with a remote engine"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Remembers that this engine cannot bind-mount our directories (logged once).
+    fn refuse_fifo(&self, detail: &str) {
+        if !self.fifo_refused.swap(true, Ordering::Relaxed) {
+            warn!(detail, "the Docker engine cannot bind-mount this host's directories; the shell data path falls back to attach (through dockerd) for this engine");
+        }
     }
 
     /// The identity stamped on containers this engine handle creates.
@@ -185,6 +218,25 @@ impl DockerEngine {
         // A random suffix: two runs may reuse an episode id (same run id in two output directories, a rerun while
         // an orphan still exists); the `swe-env.episode` label keeps the id itself.
         let name = format!("swe-env-{episode_id}-{:04x}", rand::random::<u16>());
+        let wanted = config.data_path;
+        let mut io_dir = match self.resolve_data_path(wanted)? {
+            DataPath::Fifo => match ContainerDir::create(&name) {
+                Ok(dir) => Some(dir),
+                Err(error) if wanted == DataPath::Auto => {
+                    warn!(container = %name, %error, "no io directory for the FIFO data path; using attach");
+                    None
+                }
+                Err(error) => {
+                    return Err(SandboxError::Docker {
+                        op: "create container",
+                        detail: error.to_string(),
+                    })
+                }
+            },
+            _ => None,
+        };
+        // The directory goes when creation fails; once the sandbox exists, with the container.
+        let mut cleanup = DirGuard(io_dir.as_ref().map(|d| d.container_name().to_owned()));
         let host_config = HostConfig {
             network_mode: Some(config.network_mode.clone()),
             memory: Some(config.memory_bytes),
@@ -195,9 +247,10 @@ impl DockerEngine {
             cap_drop: Some(vec!["ALL".to_owned()]),
             cap_add: Some(KEPT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            mounts: io_dir.as_ref().map(|dir| vec![io_mount(dir)]),
             ..Default::default()
         };
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(image.to_owned()),
             entrypoint: Some(vec!["sleep".to_owned()]),
             cmd: Some(vec!["infinity".to_owned()]),
@@ -213,7 +266,28 @@ impl DockerEngine {
             name: Some(name.clone()),
             ..Default::default()
         };
-        let created = match self.docker.create_container(Some(options), body).await {
+        let mut created = self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        let refusal = match (&io_dir, &created) {
+            (Some(_), Err(bollard::errors::Error::DockerResponseServerError { message, .. }))
+                if wanted == DataPath::Auto && is_bind_source_refusal(message) =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        };
+        if let Some(message) = refusal {
+            self.refuse_fifo(&message);
+            io_dir = None;
+            cleanup.remove_now();
+            if let Some(host_config) = body.host_config.as_mut() {
+                host_config.mounts = None;
+            }
+            created = self.docker.create_container(Some(options), body).await;
+        }
+        let created = match created {
             Ok(created) => created,
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -224,10 +298,12 @@ impl DockerEngine {
             }
             Err(e) => return Err(SandboxError::docker("create container", e)),
         };
+        cleanup.0 = None;
         let sandbox = DockerSandbox {
             inner: Arc::new(Inner {
                 docker: self.docker.clone(),
                 container_id: created.id,
+                io_dir,
                 image: image.to_owned(),
                 config,
                 session: tokio::sync::Mutex::new(None),
@@ -243,7 +319,7 @@ impl DockerEngine {
             .map_err(|e| SandboxError::docker("start container", e))?;
         let session = sandbox.inner.start_session().await?;
         *sandbox.inner.session.lock().await = Some(session);
-        info!(episode_id, container = %sandbox.id(), image, ready_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+        info!(episode_id, container = %sandbox.id(), image, data_path = sandbox.data_path().as_str(), ready_ms = started.elapsed().as_millis() as u64, "sandbox ready");
         Ok(sandbox)
     }
 
@@ -277,9 +353,78 @@ impl DockerEngine {
             .collect())
     }
 
-    /// Force-removes a container by id (and its anonymous volumes). Missing containers are not an error.
+    /// Removes io directories (FIFO data path) whose container no longer exists and that were idle for
+    /// `min_age` (left behind when a process died between removing a container and its directory); returns
+    /// how many.
+    pub async fn sweep_io_dirs(&self, min_age: Duration) -> usize {
+        let mut removed = 0;
+        for name in fifo::idle_dir_names(min_age) {
+            if let Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) = self.docker.inspect_container(&name, None).await
+            {
+                fifo::remove_container_dir(&name);
+                info!(container = %name, "removed the io directory of a container that no longer exists");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Force-removes a container by id (and its anonymous volumes), and its io directory if it has one. Missing
+    /// containers are not an error.
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
-        remove_container(&self.docker, id).await
+        // The io directory is named after the container: learn the name first (only if there may be one).
+        let name = if self.local && fifo::io_root_exists() {
+            self.docker
+                .inspect_container(id, None)
+                .await
+                .ok()
+                .and_then(|inspect| inspect.name)
+        } else {
+            None
+        };
+        remove_container(&self.docker, id).await?;
+        if let Some(name) = name {
+            fifo::remove_container_dir(&name);
+        }
+        Ok(())
+    }
+}
+
+/// The read-only bind mount of a container's io directory.
+fn io_mount(dir: &ContainerDir) -> Mount {
+    Mount {
+        target: Some(fifo::MOUNT_POINT.to_owned()),
+        source: Some(dir.path().display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Whether a create error says the engine cannot see the bind mount's source (a dockerd in another mount
+/// namespace or VM).
+fn is_bind_source_refusal(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("bind source path does not exist")
+        || (message.contains("invalid mount config") && message.contains("bind"))
+}
+
+/// Removes an io directory on drop unless disarmed (creation failed before a sandbox owned it).
+struct DirGuard(Option<String>);
+
+impl DirGuard {
+    fn remove_now(&mut self) {
+        if let Some(name) = self.0.take() {
+            fifo::remove_container_dir(&name);
+        }
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        self.remove_now();
     }
 }
 
@@ -504,11 +649,48 @@ mod removal_tests {
 
 type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
-/// The attached `bash`: its stdin, its merged output, and its pid inside the container.
+/// The persistent `bash`: its stdin, its merged output, and its pid inside the container.
 struct Session {
     input: Pin<Box<dyn AsyncWrite + Send>>,
-    output: OutputStream,
+    output: ShellOutput,
     shell_pid: u32,
+}
+
+/// Where the shell's output comes from: the attach stream (through dockerd), or the read end of its stdout FIFO.
+enum ShellOutput {
+    Attach(OutputStream),
+    Fifo {
+        pipe: tokio::net::unix::pipe::Receiver,
+        /// Read-write descriptors of both FIFOs, held until the start-up sentinel arrived (so reads see no EOF
+        /// before bash opened its stdout); dropped then, so that a dead shell reads as EOF and writes fail.
+        keepers: Vec<std::fs::File>,
+        buf: bytes::BytesMut,
+    },
+}
+
+impl ShellOutput {
+    /// The next bytes the shell printed; `None` at the end of its output. Cancel-safe.
+    async fn next_chunk(&mut self) -> Option<std::io::Result<bytes::Bytes>> {
+        match self {
+            Self::Attach(stream) => loop {
+                return match stream.next().await? {
+                    Ok(LogOutput::StdOut { message })
+                    | Ok(LogOutput::StdErr { message })
+                    | Ok(LogOutput::Console { message }) => Some(Ok(message)),
+                    Ok(LogOutput::StdIn { .. }) => continue,
+                    Err(error) => Some(Err(std::io::Error::other(error))),
+                };
+            },
+            Self::Fifo { pipe, buf, .. } => {
+                buf.reserve(64 * 1024);
+                match pipe.read_buf(buf).await {
+                    Ok(0) => None,
+                    Ok(_) => Some(Ok(buf.split().freeze())),
+                    Err(error) => Some(Err(error)),
+                }
+            }
+        }
+    }
 }
 
 /// How reading towards a command's START marker ended.
@@ -542,6 +724,8 @@ pub struct DockerSandbox {
 struct Inner {
     docker: Docker,
     container_id: String,
+    /// The host directory of the FIFO data path; `None` on the attach path.
+    io_dir: Option<ContainerDir>,
     image: String,
     config: SandboxConfig,
     session: tokio::sync::Mutex<Option<Session>>,
@@ -603,6 +787,19 @@ impl DockerSandbox {
     /// The configuration it was created with.
     pub fn config(&self) -> &SandboxConfig {
         &self.inner.config
+    }
+
+    /// The data path its shell uses: [`DataPath::Fifo`] or [`DataPath::Attach`] (never `Auto`).
+    pub fn data_path(&self) -> DataPath {
+        match self.inner.io_dir {
+            Some(_) => DataPath::Fifo,
+            None => DataPath::Attach,
+        }
+    }
+
+    /// The host directory bind-mounted read-only at [`fifo::MOUNT_POINT`] (FIFO data path only).
+    pub fn io_dir(&self) -> Option<&std::path::Path> {
+        self.inner.io_dir.as_ref().map(|dir| dir.path())
     }
 
     /// Ends the agent's tenure of this container before test material is copied in (in-place grading): kills
@@ -738,6 +935,11 @@ impl DockerSandbox {
         }
         *self.inner.session.lock().await = None;
         let result = remove_container(&self.inner.docker, &self.inner.container_id).await;
+        if result.is_ok() {
+            if let Some(dir) = &self.inner.io_dir {
+                dir.remove();
+            }
+        }
         if result.is_err() {
             // Not confirmed gone: the drop safety net (and the server's reconcile, or `swe-env gc`) try again.
             self.inner.removed.store(false, Ordering::SeqCst);
@@ -757,46 +959,135 @@ impl Drop for Inner {
         };
         let docker = self.docker.clone();
         let id = self.container_id.clone();
+        let io_dir = self.io_dir.take();
         runtime.spawn(async move {
-            if let Err(error) = remove_container(&docker, &id).await {
-                warn!(container = %id, %error, "removing dropped sandbox failed; `swe-env gc` will remove it");
+            match remove_container(&docker, &id).await {
+                Ok(()) => {
+                    if let Some(dir) = io_dir {
+                        dir.remove();
+                    }
+                }
+                Err(error) => {
+                    warn!(container = %id, %error, "removing dropped sandbox failed; `swe-env gc` will remove it")
+                }
             }
         });
     }
 }
 
 impl Inner {
+    /// Starts a new shell (a new FIFO pair on the FIFO path) and waits for its start-up sentinel.
     async fn start_session(&self) -> Result<Session, SandboxError> {
         let mut env: Vec<String> = SHELL_ENV.iter().map(|s| (*s).to_owned()).collect();
         env.extend(self.config.env.iter().cloned());
+        match &self.io_dir {
+            None => {
+                let options = CreateExecOptions::<String> {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    // The interactive shell's own stderr (job-control warnings at start-up, prompts) goes nowhere
+                    // from its first byte: the engine copies stdout and stderr independently, so anything written
+                    // there could arrive after the start-up sentinel and leak into the first command's output.
+                    cmd: Some(vec![
+                        "bash".into(),
+                        "-c".into(),
+                        "exec bash --noprofile --norc --noediting -i 2>/dev/null".into(),
+                    ]),
+                    env: Some(env),
+                    ..Default::default()
+                };
+                let (_, output, input) = self.attach_exec(options).await?;
+                self.finish_start(input, ShellOutput::Attach(output), None)
+                    .await
+            }
+            Some(dir) => {
+                let pair = dir
+                    .new_pair()
+                    .map_err(|e| self.shell_error(e.to_string()))?;
+                let (in_name, out_name) = (pair.in_name.clone(), pair.out_name.clone());
+                let started = self.start_fifo_shell(pair, env).await;
+                // bash has opened both ends (or never will): the names are no longer needed by anyone.
+                dir.unlink(&in_name);
+                dir.unlink(&out_name);
+                started
+            }
+        }
+    }
+
+    /// Starts `bash` on a FIFO pair with one detached exec (no stream is attached), then waits for its sentinel.
+    async fn start_fifo_shell(
+        &self,
+        pair: fifo::FifoPair,
+        env: Vec<String>,
+    ) -> Result<Session, SandboxError> {
+        use tokio::net::unix::pipe;
+        let script = format!(
+            "exec bash --noprofile --norc --noediting -i 2>/dev/null <{} >{}",
+            shell::ansi_c_quote(pair.in_path.as_bytes()),
+            shell::ansi_c_quote(pair.out_path.as_bytes()),
+        );
+        let input = pipe::Sender::from_file(pair.input)
+            .map_err(|e| self.shell_error(format!("stdin FIFO: {e}")))?;
+        let output = pipe::Receiver::from_file(pair.output)
+            .map_err(|e| self.shell_error(format!("stdout FIFO: {e}")))?;
         let options = CreateExecOptions::<String> {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
             tty: Some(false),
-            // The interactive shell's own stderr (job-control warnings at start-up, prompts) goes nowhere from
-            // its first byte: the engine copies stdout and stderr independently, so anything written there could
-            // arrive after the start-up sentinel and leak into the first command's output.
-            cmd: Some(vec![
-                "bash".into(),
-                "-c".into(),
-                "exec bash --noprofile --norc --noediting -i 2>/dev/null".into(),
-            ]),
+            cmd: Some(vec!["bash".into(), "-c".into(), script]),
             env: Some(env),
             ..Default::default()
         };
-        let (_, output, mut input) = self.attach_exec(options).await?;
+        let exec = self
+            .docker
+            .create_exec(&self.container_id, options)
+            .await
+            .map_err(|e| self.gone_or(e))?;
+        let start = StartExecOptions {
+            detach: true,
+            tty: false,
+            output_capacity: None,
+        };
+        match self.docker.start_exec(&exec.id, Some(start)).await {
+            Ok(StartExecResults::Detached) => {}
+            Ok(StartExecResults::Attached { .. }) => {
+                return Err(self.shell_error("the engine attached a detached exec"))
+            }
+            Err(e) => return Err(self.gone_or(e)),
+        }
+        let output = ShellOutput::Fifo {
+            pipe: output,
+            keepers: pair.keepers,
+            buf: bytes::BytesMut::new(),
+        };
+        self.finish_start(Box::pin(input), output, Some(exec.id))
+            .await
+    }
+
+    /// Writes the start-up script and reads up to its sentinel (pid + cwd). `exec_id` (FIFO path) is polled while
+    /// waiting: a shell that could not start never closes the kept-open FIFO.
+    async fn finish_start(
+        &self,
+        mut input: Pin<Box<dyn AsyncWrite + Send>>,
+        output: ShellOutput,
+        exec_id: Option<String>,
+    ) -> Result<Session, SandboxError> {
         let marker = shell::new_marker();
         let script =
             shell::startup_script(&self.config.workdir, &self.config.init_commands, &marker);
-        input
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| self.shell_error(format!("writing start-up: {e}")))?;
-        input
-            .flush()
-            .await
-            .map_err(|e| self.shell_error(format!("writing start-up: {e}")))?;
+        let deadline = TokioInstant::now() + SHELL_START_TIMEOUT;
+        let write = async {
+            input.write_all(script.as_bytes()).await?;
+            input.flush().await
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.shell_error(format!("writing start-up: {e}"))),
+            Err(_) => return Err(self.shell_error("bash did not read its start-up within 30 s")),
+        }
         let mut session = Session {
             input,
             output,
@@ -804,8 +1095,25 @@ impl Inner {
         };
         let mut scanner = SentinelScanner::new(marker.as_bytes(), shell::TRAILER_END);
         let mut out = CappedOutput::new(64 * 1024);
-        let deadline = TokioInstant::now() + SHELL_START_TIMEOUT;
-        match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
+        let end = loop {
+            let slice = match exec_id {
+                Some(_) => deadline.min(TokioInstant::now() + Duration::from_millis(500)),
+                None => deadline,
+            };
+            match read_until(&mut session.output, &mut scanner, &mut out, slice).await {
+                ReadEnd::Deadline if slice < deadline => {
+                    if let Some(id) = &exec_id {
+                        if let Ok(inspect) = self.docker.inspect_exec(id).await {
+                            if inspect.running == Some(false) {
+                                break ReadEnd::Eof;
+                            }
+                        }
+                    }
+                }
+                other => break other,
+            }
+        };
+        match end {
             ReadEnd::Done(trailer) => {
                 let (pid, cwd) = shell::parse_trailer(&trailer).ok_or_else(|| {
                     self.shell_error(format!(
@@ -815,6 +1123,10 @@ impl Inner {
                 })?;
                 session.shell_pid = u32::try_from(pid).unwrap_or(0);
                 self.set_cwd(&cwd);
+                if let ShellOutput::Fifo { keepers, .. } = &mut session.output {
+                    // bash holds both ends now: from here on its death reads as EOF and writes fail.
+                    keepers.clear();
+                }
                 Ok(session)
             }
             ReadEnd::Deadline => Err(self.shell_error("bash did not start within 30 s")),
@@ -1167,26 +1479,20 @@ impl Inner {
 }
 
 async fn read_until(
-    output: &mut OutputStream,
+    output: &mut ShellOutput,
     scanner: &mut SentinelScanner,
     out: &mut CappedOutput,
     deadline: TokioInstant,
 ) -> ReadEnd {
     loop {
-        let frame = match tokio::time::timeout_at(deadline, output.next()).await {
+        let bytes = match tokio::time::timeout_at(deadline, output.next_chunk()).await {
             Err(_) => return ReadEnd::Deadline,
             Ok(None) => return ReadEnd::Eof,
             Ok(Some(Err(error))) => {
                 debug!(%error, "shell stream failed");
                 return ReadEnd::Eof;
             }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let bytes = match frame {
-            LogOutput::StdOut { message }
-            | LogOutput::StdErr { message }
-            | LogOutput::Console { message } => message,
-            LogOutput::StdIn { .. } => continue,
+            Ok(Some(Ok(bytes))) => bytes,
         };
         if let ScanEvent::Done(trailer) = scanner.feed(&bytes, out) {
             return ReadEnd::Done(trailer);
@@ -1298,7 +1604,21 @@ impl Sandbox for DockerSandbox {
 
 #[cfg(test)]
 mod tests {
-    use super::split_image_tag;
+    use super::{is_bind_source_refusal, split_image_tag};
+
+    #[test]
+    fn an_engine_that_cannot_see_the_io_directory_is_recognised() {
+        // What dockerd answers when the bind source is not in its mount namespace.
+        assert!(is_bind_source_refusal(
+            "invalid mount config for type \"bind\": bind source path does not exist: /tmp/swe-env-io-0/x"
+        ));
+        assert!(!is_bind_source_refusal(
+            "No such image: swe-env/base:bookworm"
+        ));
+        assert!(!is_bind_source_refusal(
+            "Conflict. The container name \"/x\" is already in use"
+        ));
+    }
 
     #[test]
     fn image_tags_split_after_the_last_path_segment() {
@@ -1314,5 +1634,75 @@ mod tests {
             split_image_tag("127.0.0.1:5000/x/y:v2"),
             ("127.0.0.1:5000/x/y", "v2")
         );
+    }
+}
+
+/// The resource limits a container really has (read back from the engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// Memory limit, bytes.
+    pub memory_bytes: i64,
+    /// Memory + swap limit, bytes (equal to `memory_bytes`: no swap).
+    pub memory_swap_bytes: i64,
+    /// CPU limit in units of 1e-9 CPUs.
+    pub nano_cpus: i64,
+    /// Process limit.
+    pub pids_limit: i64,
+}
+
+impl DockerSandbox {
+    /// Sets the limits Docker can change on a running container (memory = memory-swap, CPUs, processes) to those of
+    /// `config` — one engine call, and only when they differ from the container's — and returns the limits the
+    /// container has afterwards, as the engine reports them (a warm-pool container taken for an episode that asked
+    /// for other limits than the pool's). The sandbox's own [`Self::config`] keeps its creation-time values.
+    pub async fn update_limits(
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<ContainerLimits, SandboxError> {
+        let id = &self.inner.container_id;
+        let read = || async {
+            let info = self
+                .inner
+                .docker
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| SandboxError::docker("inspect container", e))?;
+            let host = info.host_config.unwrap_or_default();
+            Ok::<_, SandboxError>(ContainerLimits {
+                memory_bytes: host.memory.unwrap_or(0),
+                memory_swap_bytes: host.memory_swap.unwrap_or(0),
+                nano_cpus: host.nano_cpus.unwrap_or(0),
+                pids_limit: host.pids_limit.unwrap_or(0),
+            })
+        };
+        let wanted = ContainerLimits {
+            memory_bytes: config.memory_bytes,
+            memory_swap_bytes: config.memory_bytes,
+            nano_cpus: config.nano_cpus,
+            pids_limit: config.pids_limit,
+        };
+        let created = &self.inner.config;
+        if created.memory_bytes == wanted.memory_bytes
+            && created.nano_cpus == wanted.nano_cpus
+            && created.pids_limit == wanted.pids_limit
+        {
+            // Created with exactly these (memory-swap is always set to memory at creation).
+            return Ok(wanted);
+        }
+        let update = bollard::models::ContainerUpdateBody {
+            memory: Some(wanted.memory_bytes),
+            memory_swap: Some(wanted.memory_swap_bytes),
+            nano_cpus: Some(wanted.nano_cpus),
+            pids_limit: Some(wanted.pids_limit),
+            ..Default::default()
+        };
+        self.inner
+            .docker
+            .update_container(id, update)
+            .await
+            .map_err(|e| SandboxError::docker("update container limits", e))?;
+        let now = read().await?;
+        debug!(container = %id, ?now, "container limits updated");
+        Ok(now)
     }
 }

@@ -10,6 +10,9 @@ use crate::docker::{DockerEngine, LabelledContainer};
 use crate::error::SandboxError;
 use crate::owner::{unix_seconds, DeadBecause, Liveness};
 
+/// An io directory whose container is gone is swept once it was idle this long (container creation takes far less).
+pub const IO_DIR_MIN_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Which labelled containers to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GcScope {
@@ -186,6 +189,10 @@ pub async fn collect_garbage_with(
         }
     });
     let outcomes = futures_util::future::join_all(removals).await;
+    if !dry_run {
+        // io directories (FIFO data path) of containers already gone, idle long enough not to be a creation in flight.
+        engine.sweep_io_dirs(IO_DIR_MIN_IDLE).await;
+    }
     for ((container, reason), (action, error)) in verdicts.into_iter().zip(outcomes) {
         match action {
             GcAction::Removed => report.removed.push(container.id.clone()),

@@ -2,8 +2,9 @@
 //! exact file access); [`capture`] bounds a command's output whatever it prints; [`shell`] frames commands and
 //! sentinels; [`UnisolatedHostSandbox`] runs on the host for fast tool tests (no isolation at all).
 //!
-//! With the `docker` feature (default): [`DockerSandbox`], one container per episode with a persistent shell over
-//! one attached exec, [`DockerEngine`], engine endpoints (`DOCKER_HOST`), container labels and orphan collection.
+//! With the `docker` feature (default): [`DockerSandbox`], one container per episode with a persistent shell (its
+//! stdio on FIFOs in a bind-mounted host directory, [`fifo`], or over one attached exec: [`DataPath`]),
+//! [`DockerEngine`], engine endpoints (`DOCKER_HOST`), container labels and orphan collection.
 //! This crate is the only one in the workspace that depends on bollard; the tools crate uses it without `docker`.
 
 #![warn(missing_docs)]
@@ -21,6 +22,10 @@ pub mod docker;
 #[cfg(feature = "docker")]
 pub mod endpoint;
 #[cfg(feature = "docker")]
+pub mod fifo;
+#[cfg(feature = "docker")]
+pub mod floor;
+#[cfg(feature = "docker")]
 pub mod gc;
 #[cfg(feature = "docker")]
 pub mod owner;
@@ -30,7 +35,7 @@ pub use error::SandboxError;
 pub use host::{HostSandboxConfig, UnisolatedHostSandbox};
 
 #[cfg(feature = "docker")]
-pub use config::SandboxConfig;
+pub use config::{DataPath, SandboxConfig};
 #[cfg(feature = "docker")]
 pub use docker::{DockerEngine, DockerSandbox, ExecOutput, ImageInfo};
 #[cfg(feature = "docker")]

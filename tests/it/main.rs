@@ -4,18 +4,22 @@
 #![allow(clippy::unwrap_used)] // Tests panic on unexpected failures by design.
 
 mod apply_reference;
+mod bench_programs;
 mod benchmark;
 mod boundaries;
 mod chaos;
 mod cli_contract;
 mod common;
 mod datasets;
+mod durability;
 mod episode;
+mod fifo_path;
 mod gc;
 mod grade;
 mod grading_leaks;
 mod memory_bounds;
 mod model_loop;
+mod pool;
 mod remote_engine;
 mod run_integrity;
 mod sandbox;
