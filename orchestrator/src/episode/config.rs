@@ -8,6 +8,7 @@ use swe_env_tools::ToolConfig;
 
 use super::anti_leak::AntiLeak;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use crate::trajectory::Durability;
 use swe_env_sandbox::SandboxConfig;
 
 /// How tool calls are written by the agent.
@@ -54,6 +55,8 @@ pub struct EpisodeConfig {
     pub anti_leak: AntiLeak,
     /// Directory of trajectory files (`<episode id>.jsonl`).
     pub trajectory_dir: PathBuf,
+    /// How each trajectory record is made durable before `step` returns. Default [`Durability::PerStep`].
+    pub durability: Durability,
 }
 
 impl Default for EpisodeConfig {
@@ -69,6 +72,7 @@ impl Default for EpisodeConfig {
             image_template: OFFICIAL_IMAGE_TEMPLATE.to_owned(),
             anti_leak: AntiLeak::Refs,
             trajectory_dir: PathBuf::from("trajectories"),
+            durability: Durability::PerStep,
         }
     }
 }
