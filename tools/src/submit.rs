@@ -122,6 +122,9 @@ async fn run_in_repo(
     Ok(dir)
 }
 
+/// What [`record_untracked`]'s script prints in place of its temporary directory when nothing was added.
+const NOTHING_ADDED: &str = "/dev/null";
+
 /// Parses `git diff --raw -z --no-renames` output (`:old_mode new_mode old_hash new_hash status NUL path NUL`…).
 fn parse_raw_added(raw: &[u8]) -> Vec<UntrackedFile> {
     let mut files = Vec::new();
@@ -148,11 +151,19 @@ pub async fn record_untracked(
     repo_dir: &str,
     base_commit: &str,
 ) -> Result<Vec<UntrackedFile>, SubmissionError> {
+    // Most repositories have no untracked file: then the directory is removed in the same command and the
+    // script prints `/dev/null` (which `mktemp -d` never returns), sparing a file read (a one-shot exec through
+    // the engine, the dearest part of a cold episode start after the container itself).
     let body = format!(
-        "{STAGE_IN_TEMP_INDEX}{added} || {CLEAN_UP_AND_FAIL}\nbuiltin printf '%s\\n' \"$swe_env_dir\"",
+        "{STAGE_IN_TEMP_INDEX}{added} || {CLEAN_UP_AND_FAIL}\n\
+         if [ -s \"$swe_env_dir/added\" ]; then builtin printf '%s\\n' \"$swe_env_dir\"; \
+         else rm -rf -- \"$swe_env_dir\"; builtin printf '%s\\n' {NOTHING_ADDED}; fi",
         added = added_files_command(base_commit),
     );
     let dir = run_in_repo(sandbox, repo_dir, &body).await?;
+    if dir == NOTHING_ADDED {
+        return Ok(Vec::new());
+    }
     let raw = sandbox.read_file(&format!("{dir}/added")).await;
     remove_dir(sandbox, &dir).await?;
     Ok(parse_raw_added(&raw?))
@@ -736,6 +747,40 @@ mod exclusion_tests {
             .filter(|line| line.starts_with("diff --git "))
             .map(str::to_owned)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_repository_without_untracked_files_records_none_and_leaves_no_temporary_directory() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let setup = "mkdir tmp && export TMPDIR=\"$PWD/tmp\" && mkdir repo && cd repo && git init -q \
+                     && git config user.email t@e.st && git config user.name t \
+                     && printf 'a\\n' > x.py && git add -A && git commit -qm base && git rev-parse HEAD";
+        let out = sandbox.run(setup, TIMEOUT).await.unwrap();
+        let printed = String::from_utf8_lossy(&out.output).into_owned();
+        assert_eq!(out.exit_code, Some(0), "{printed}");
+        let repo_dir = format!("{}/repo", sandbox.root().to_str().unwrap());
+        let recorded = record_untracked(&sandbox, &repo_dir, printed.trim())
+            .await
+            .unwrap();
+        assert!(recorded.is_empty());
+        let left = std::fs::read_dir(sandbox.root().join("tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "the temporary directory was removed");
+        // One untracked file: recorded through the file read path.
+        sandbox
+            .run("printf 'n\\n' > new.txt", TIMEOUT)
+            .await
+            .unwrap();
+        let recorded = record_untracked(&sandbox, &repo_dir, printed.trim())
+            .await
+            .unwrap();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].path, b"new.txt");
+        let left = std::fs::read_dir(sandbox.root().join("tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "the temporary directory was removed");
     }
 
     #[tokio::test]
