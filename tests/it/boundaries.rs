@@ -135,6 +135,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("grade", &["task", "trajectory"]),
     ("episode", &["task", "trajectory"]),
     ("agent", &["episode", "task", "trajectory"]),
+    ("pool", &["episode", "task"]),
     (
         "benchmark",
         &[
@@ -153,6 +154,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "datasets",
             "episode",
             "grade",
+            "pool",
             "task",
             "trajectory",
         ],

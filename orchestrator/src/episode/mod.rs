@@ -27,7 +27,8 @@ use crate::trajectory::{
     EpisodeEnd, EpisodeStart, EpisodeStatus, PromptMessage, Record, StepRecord, StepTokens,
     TrajectoryWriteError, TrajectoryWriter, SCHEMA_VERSION,
 };
-use swe_env_sandbox::{DockerEngine, DockerSandbox, SandboxConfig, SandboxError};
+use swe_env_sandbox::docker::ContainerLimits;
+use swe_env_sandbox::{DockerEngine, DockerSandbox, ImageInfo, SandboxConfig, SandboxError};
 
 /// The shortest timeout a command gets, even when the episode's wall-clock budget is (almost) spent; the episode
 /// ends right after that step.
@@ -150,6 +151,28 @@ pub struct Episode {
     ended: Option<EpisodeStatus>,
 }
 
+/// A sandbox made ready for `instance` by everything [`Episode::start`] does that depends only on the task and the
+/// creation-time sandbox settings: container created and started, shell attached, anti-leak set-up run, the
+/// repository's pre-existing untracked files recorded, the image's id and digests read. A warm pool keeps these;
+/// [`Episode::start_prepared`] turns one into an episode.
+pub struct PreparedSandbox {
+    /// The live container with its shell.
+    pub sandbox: DockerSandbox,
+    /// The image it runs.
+    pub image: String,
+    /// The image's id and digests (for `episode_start`).
+    pub image_info: ImageInfo,
+    /// The settings it was created with (task workdir and activation included).
+    pub sandbox_config: SandboxConfig,
+    /// The anti-leak set-up that ran in it.
+    pub anti_leak: AntiLeak,
+    /// The repository a path-less submit diffs, with its pre-existing untracked files recorded (`None` when the
+    /// episode config names no repository).
+    pub submission_repo: Option<SubmissionRepo>,
+    /// How many pre-existing untracked files were recorded (`None`: they could not be).
+    pub excluded_untracked: Option<usize>,
+}
+
 impl Episode {
     /// Creates the sandbox for `instance`, runs the anti-leak set-up and writes `episode_start`.
     pub async fn start(
@@ -159,31 +182,51 @@ impl Episode {
         config: EpisodeConfig,
         info: StartInfo,
     ) -> Result<Self, EpisodeError> {
-        let mut config = config;
-        // A path-less submit diffs the task's repository against its base commit; decided once, here.
-        if config.tools.submission_repo.is_none() {
-            config.tools.submission_repo = Some(SubmissionRepo::new(
-                SWE_BENCH_REPO_DIR,
-                instance.base_commit.clone(),
-            ));
-        }
-        let image = image_for(&instance, &config.image_template);
-        let sandbox_config = SandboxConfig {
-            workdir: SWE_BENCH_REPO_DIR.to_owned(),
-            init_commands: vec![activation_for(&instance)],
-            ..config.sandbox.clone()
-        };
-        let image_info =
-            engine
-                .image_info(&image)
-                .await?
-                .ok_or_else(|| SandboxError::ImageNotFound {
-                    image: image.clone(),
-                })?;
+        // A missing image is named before anything is written; the trajectory directory is checked before a
+        // container is made for nothing.
+        let image_info = Self::image_info(engine, &instance, &config).await?;
         let trajectory_path = config.trajectory_dir.join(format!("{id}.jsonl"));
-        let mut writer = TrajectoryWriter::create(&trajectory_path).await?;
+        let writer = TrajectoryWriter::create_with(&trajectory_path, config.durability).await?;
+        let prepared = Self::prepare_with(engine, id, &instance, &config, image_info).await?;
+        Self::start_with(engine, id, instance, config, info, prepared, writer, None).await
+    }
+
+    /// Everything of [`Episode::start`] that depends only on the task and the creation-time settings of `config`
+    /// (not on its budgets, nor on the limits Docker can change later): the container is labelled with
+    /// `sandbox_label` as its episode id.
+    pub async fn prepare(
+        engine: &DockerEngine,
+        sandbox_label: &str,
+        instance: &Instance,
+        config: &EpisodeConfig,
+    ) -> Result<PreparedSandbox, EpisodeError> {
+        let image_info = Self::image_info(engine, instance, config).await?;
+        Self::prepare_with(engine, sandbox_label, instance, config, image_info).await
+    }
+
+    async fn image_info(
+        engine: &DockerEngine,
+        instance: &Instance,
+        config: &EpisodeConfig,
+    ) -> Result<ImageInfo, EpisodeError> {
+        let image = image_for(instance, &config.image_template);
+        Ok(engine
+            .image_info(&image)
+            .await?
+            .ok_or(SandboxError::ImageNotFound { image })?)
+    }
+
+    async fn prepare_with(
+        engine: &DockerEngine,
+        sandbox_label: &str,
+        instance: &Instance,
+        config: &EpisodeConfig,
+        image_info: ImageInfo,
+    ) -> Result<PreparedSandbox, EpisodeError> {
+        let image = image_for(instance, &config.image_template);
+        let sandbox_config = Self::sandbox_config_for(instance, config);
         let sandbox = engine
-            .create_sandbox(&image, id, sandbox_config.clone())
+            .create_sandbox(&image, sandbox_label, sandbox_config.clone())
             .await?;
         if config.anti_leak != AntiLeak::Off {
             let script = anti_leak_script(config.anti_leak);
@@ -191,11 +234,12 @@ impl Episode {
                 .run_command(&script, Duration::from_secs(300))
                 .await?;
             if out.exit_code != Some(0) {
-                warn!(episode_id = id, output = %String::from_utf8_lossy(&out.output), "anti-leak set-up failed");
+                warn!(episode_id = sandbox_label, output = %String::from_utf8_lossy(&out.output), "anti-leak set-up failed");
             }
         }
-        let excluded_untracked = match config.tools.submission_repo.as_mut() {
-            Some(repo) => match record_preexisting_untracked(&sandbox, id, repo).await {
+        let mut submission_repo = Self::submission_repo_for(instance, config);
+        let excluded_untracked = match submission_repo.as_mut() {
+            Some(repo) => match record_preexisting_untracked(&sandbox, sandbox_label, repo).await {
                 Ok(n_files) => n_files,
                 Err(error) => {
                     let _ = sandbox.remove().await;
@@ -204,6 +248,106 @@ impl Episode {
             },
             None => None,
         };
+        Ok(PreparedSandbox {
+            sandbox,
+            image,
+            image_info,
+            sandbox_config,
+            anti_leak: config.anti_leak,
+            submission_repo,
+            excluded_untracked,
+        })
+    }
+
+    /// The sandbox settings an episode of `instance` is created with: `config.sandbox` with the task's repository
+    /// as working directory and its activation line.
+    pub fn sandbox_config_for(instance: &Instance, config: &EpisodeConfig) -> SandboxConfig {
+        SandboxConfig {
+            workdir: SWE_BENCH_REPO_DIR.to_owned(),
+            init_commands: vec![activation_for(instance)],
+            ..config.sandbox.clone()
+        }
+    }
+
+    /// The repository a path-less submit diffs: the config's, else the task's repository at its base commit.
+    pub fn submission_repo_for(
+        instance: &Instance,
+        config: &EpisodeConfig,
+    ) -> Option<SubmissionRepo> {
+        Some(config.tools.submission_repo.clone().unwrap_or_else(|| {
+            SubmissionRepo::new(SWE_BENCH_REPO_DIR, instance.base_commit.clone())
+        }))
+    }
+
+    /// Starts an episode on a sandbox prepared ahead (a warm pool's) for the same task and creation-time settings:
+    /// applies the episode's own limits when they differ from the container's (`update_limits`; `episode_start`
+    /// records what the container has afterwards), creates the trajectory and writes `episode_start`. The sandbox
+    /// is removed on failure.
+    pub async fn start_prepared(
+        engine: &DockerEngine,
+        id: &str,
+        instance: Instance,
+        config: EpisodeConfig,
+        info: StartInfo,
+        prepared: PreparedSandbox,
+    ) -> Result<Self, EpisodeError> {
+        let limits = match prepared.sandbox.update_limits(&config.sandbox).await {
+            Ok(limits) => limits,
+            Err(error) => {
+                let _ = prepared.sandbox.remove().await;
+                return Err(error.into());
+            }
+        };
+        let trajectory_path = config.trajectory_dir.join(format!("{id}.jsonl"));
+        let created = TrajectoryWriter::create_with(&trajectory_path, config.durability).await;
+        let writer = match created {
+            Ok(writer) => writer,
+            Err(error) => {
+                let _ = prepared.sandbox.remove().await;
+                return Err(error.into());
+            }
+        };
+        Self::start_with(
+            engine,
+            id,
+            instance,
+            config,
+            info,
+            prepared,
+            writer,
+            Some(limits),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_with(
+        engine: &DockerEngine,
+        id: &str,
+        instance: Instance,
+        mut config: EpisodeConfig,
+        info: StartInfo,
+        prepared: PreparedSandbox,
+        mut writer: TrajectoryWriter,
+        limits: Option<ContainerLimits>,
+    ) -> Result<Self, EpisodeError> {
+        let PreparedSandbox {
+            sandbox,
+            image,
+            image_info,
+            sandbox_config,
+            anti_leak,
+            submission_repo,
+            excluded_untracked,
+        } = prepared;
+        // A path-less submit diffs the task's repository against its base commit; decided once, at preparation.
+        config.tools.submission_repo = submission_repo;
+        let limits = limits.unwrap_or(ContainerLimits {
+            memory_bytes: sandbox_config.memory_bytes,
+            memory_swap_bytes: sandbox_config.memory_bytes,
+            nano_cpus: sandbox_config.nano_cpus,
+            pids_limit: sandbox_config.pids_limit,
+        });
         let prompt_tokens: usize = info.prompt.iter().map(|m| m.content.len()).sum();
         let start = EpisodeStart {
             schema_version: SCHEMA_VERSION,
@@ -221,10 +365,11 @@ impl Episode {
                 "wall_clock_secs": config.wall_clock.as_secs(),
                 "cmd_timeout_secs": config.tools.cmd_timeout.as_secs(),
                 "network_mode": sandbox_config.network_mode,
-                "memory_bytes": sandbox_config.memory_bytes,
-                "nano_cpus": sandbox_config.nano_cpus,
-                "pids_limit": sandbox_config.pids_limit,
-                "anti_leak": config.anti_leak.as_str(),
+                "memory_bytes": limits.memory_bytes,
+                "nano_cpus": limits.nano_cpus,
+                "pids_limit": limits.pids_limit,
+                "anti_leak": anti_leak.as_str(),
+                "durability": config.durability.as_str(),
                 "submission_excluded_untracked_files": excluded_untracked,
             }),
             model: info.model,
@@ -237,7 +382,7 @@ impl Episode {
             let _ = sandbox.remove().await;
             return Err(error.into());
         }
-        info!(episode_id = id, instance_id = %instance.instance_id, image, "episode started");
+        info!(episode_id = id, instance_id = %instance.instance_id, image, container = %sandbox.id(), "episode started");
         Ok(Self {
             id: id.to_owned(),
             instance,

@@ -174,6 +174,7 @@ pub fn episode_config(
         image_template: defaults.image_template.clone(),
         anti_leak: defaults.anti_leak,
         trajectory_dir: trajectory_dir.to_owned(),
+        durability: defaults.durability,
         ..base
     };
     config.tools.cmd_timeout = Duration::from_secs(defaults.cmd_timeout_secs);

@@ -151,6 +151,15 @@ impl EnvService for EnvServiceImpl {
         Ok(Response::new(reply))
     }
 
+    async fn prewarm(
+        &self,
+        request: Request<proto::PrewarmRequest>,
+    ) -> Result<Response<proto::PrewarmResponse>, Status> {
+        Ok(Response::new(
+            self.state.prewarm(request.into_inner()).await?,
+        ))
+    }
+
     type RunEpisodeStream = EventStream;
 
     async fn run_episode(

@@ -29,6 +29,7 @@ use crate::episode::{
     Action, EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, StepMeta, ToolFormat,
 };
 use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
+use crate::pool::{Pool, PoolError};
 use crate::task::image_for;
 use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
 use swe_env_sandbox::{DockerEngine, SandboxError};
@@ -47,6 +48,8 @@ pub struct ServerState {
     pub admission: Admission,
     /// Model clients of the configured endpoints (RunEpisode).
     pub model_clients: super::run::ModelClients,
+    /// Warm pools (`None` when `pool.max_containers` is 0).
+    pub pool: Option<Arc<Pool>>,
     grade_config: GradeConfig,
     /// Cancelled when the drain starts: new work is refused, the reaper and reconciler stop.
     draining: CancellationToken,
@@ -89,7 +92,9 @@ impl ServerState {
             config.max_ended_remembered,
             config.memory.max_ended_remembered_bytes,
         );
+        let pool = Pool::new(engine.clone(), config.pool.clone(), new_episode_id);
         Self {
+            pool,
             config,
             engine,
             tasks,
@@ -248,16 +253,49 @@ impl ServerState {
             grade_on_submit,
         } = plan;
         let permit = self.admission.episode()?;
-        let start_permit = self.admission.start().await?;
-        let episode_id = new_episode_id();
+        // A warm container of this task's key when there is one (or one being prepared for this burst); else a
+        // cold start, which takes a start slot.
+        let warm = match &self.pool {
+            Some(pool) => tokio::select! {
+                taken = pool.take(&instance, &config) => taken,
+                _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
+            },
+            None => None,
+        };
+        // A pooled container is labelled with the id of the episode that takes it.
+        let (episode_id, warm) = match warm {
+            Some(taken) => (taken.episode_id, Some(taken.prepared)),
+            None => (new_episode_id(), None),
+        };
+        let from_pool = warm.is_some();
+        let start_permit = match warm {
+            Some(_) => None,
+            None => Some(self.admission.start().await?),
+        };
         let image = image_for(&instance, &config.image_template);
         let tool_format = config.tool_format;
         let specs_text = tool_specs_text(&config.tools);
         let instance_id = instance.instance_id.clone();
         let problem_statement = instance.problem_statement.clone();
         let started = Instant::now();
+        let start = async {
+            match warm {
+                Some(prepared) => {
+                    Episode::start_prepared(
+                        &self.engine,
+                        &episode_id,
+                        instance,
+                        config,
+                        info,
+                        prepared,
+                    )
+                    .await
+                }
+                None => Episode::start(&self.engine, &episode_id, instance, config, info).await,
+            }
+        };
         let episode = tokio::select! {
-            result = Episode::start(&self.engine, &episode_id, instance, config, info) => {
+            result = start => {
                 result.map_err(|e| ServiceError::from_episode("starting the episode", e))?
             }
             _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
@@ -280,6 +318,7 @@ impl ServerState {
             episode_id,
             instance_id,
             start_ms = started.elapsed().as_millis() as u64,
+            warm = from_pool,
             "episode created"
         );
         if self.draining.is_cancelled() {
@@ -298,8 +337,87 @@ impl ServerState {
             image,
             budget: Some(convert::budget(&budget)),
             repo_dir: swe_env_grading::specs::SWE_BENCH_REPO_DIR.to_owned(),
+            warm: from_pool,
         };
         Ok((slot, reply))
+    }
+
+    /// Keeps `count` containers of a task's pool key ready (Prewarm); with `wait`, answers once they are.
+    pub async fn prewarm(
+        &self,
+        request: proto::PrewarmRequest,
+    ) -> Result<proto::PrewarmResponse, ServiceError> {
+        let _inflight = self.admit_new()?;
+        use proto::prewarm_request::Task;
+        let (task_id, task_json) = match &request.task {
+            Some(Task::TaskId(id)) => (Some(id.as_str()), None),
+            Some(Task::TaskJson(json)) => (None, Some(json.as_str())),
+            None => (None, None),
+        };
+        let instance = self.resolve_task(task_id, task_json, &request.image)?;
+        let maximum = self.config.maxima.prewarm;
+        if request.count == 0 {
+            return Err(ServiceError::invalid("count", "must be at least 1"));
+        }
+        if request.count > maximum {
+            return Err(ServiceError::invalid(
+                "count",
+                format!(
+                    "{} is above the server maximum {maximum} (server config `maxima.prewarm`)",
+                    request.count
+                ),
+            ));
+        }
+        let Some(pool) = &self.pool else {
+            return Err(ServiceError::Unimplemented {
+                what: "Prewarm: warm pools are off (server config `pool.max_containers` is 0)"
+                    .to_owned(),
+            });
+        };
+        // The key of a CreateEpisode of this task with the server's defaults and the asked limits (limits are not
+        // part of the key: an episode asking for others gets them applied at take time).
+        let create = proto::CreateEpisodeRequest {
+            limits: request.limits,
+            ..Default::default()
+        };
+        let mut config = convert::episode_config(
+            &create,
+            &self.config.episode,
+            &self.config.maxima,
+            &self.config.trajectory_dir,
+        )?;
+        self.config.memory.apply(&mut config.tools);
+        let wait = request.wait.then(|| {
+            Duration::from_millis(match request.wait_timeout_ms {
+                0 => PREWARM_WAIT_DEFAULT_MS,
+                ms => u64::from(ms),
+            })
+        });
+        let outcome = tokio::select! {
+            outcome = pool.prewarm(&instance, &config, request.count as usize, wait) => outcome,
+            _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
+        };
+        match outcome {
+            Ok((key, outcome)) => Ok(proto::PrewarmResponse {
+                ready: outcome.ready as u32,
+                warming: outcome.warming as u32,
+                waited_ms: outcome.waited.as_millis() as u64,
+                pool_key: key.to_string(),
+            }),
+            Err(PoolError::Fill { source, .. }) => Err(ServiceError::from_episode(
+                "preparing pooled containers",
+                source,
+            )),
+            Err(PoolError::Draining) => Err(ServiceError::ShuttingDown),
+            Err(
+                error @ (PoolError::FillFailed { .. }
+                | PoolError::OverBudget { .. }
+                | PoolError::Disabled),
+            ) => Err(ServiceError::Internal {
+                context: "preparing pooled containers",
+                detail: error.to_string(),
+            }),
+        }
     }
 
     /// Completes when the drain cancels calls in flight (its grace period is over).
@@ -780,6 +898,10 @@ impl ServerState {
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let mut report = DrainReport::default();
         self.draining.cancel();
+        // New episodes are refused from now on: the pooled containers are of no more use.
+        if let Some(pool) = &self.pool {
+            pool.drain().await;
+        }
         let deadline = Instant::now() + grace;
         // New work is refused from now on; live episodes may still Step and Close until the grace period ends. The
         // drain ends early once nothing is in flight and no live episode has been used for `quiet` (clients that
@@ -878,6 +1000,9 @@ impl ServerState {
             })
     }
 }
+
+/// How long a Prewarm with `wait` and no `wait_timeout_ms` waits at most.
+pub const PREWARM_WAIT_DEFAULT_MS: u64 = 120_000;
 
 /// During a drain, live episodes unused for this long (and at least this long after the stop signal) no longer hold
 /// the server up until the end of the grace period.

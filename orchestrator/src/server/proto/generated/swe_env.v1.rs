@@ -176,6 +176,62 @@ pub struct CreateEpisodeResponse {
     /// Repository directory inside the container (the shell starts there).
     #[prost(string, tag = "9")]
     pub repo_dir: ::prost::alloc::string::String,
+    /// The episode started from a warm-pool container (see Prewarm) rather than a container started for it.
+    #[prost(bool, tag = "10")]
+    pub warm: bool,
+}
+/// Request of Prewarm.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PrewarmRequest {
+    /// Image to run instead of the task's own, as in CreateEpisodeRequest (part of the pool key).
+    #[prost(string, tag = "3")]
+    pub image: ::prost::alloc::string::String,
+    /// Containers to keep ready; at least 1, at most the server's `maxima.prewarm` (default 64).
+    #[prost(uint32, tag = "4")]
+    pub count: u32,
+    /// Return only once `count` containers are ready (or after `wait_timeout_ms`); else return at once.
+    #[prost(bool, tag = "5")]
+    pub wait: bool,
+    /// With `wait`: the longest wait, ms; 0 means 120000.
+    #[prost(uint32, tag = "6")]
+    pub wait_timeout_ms: u32,
+    /// Limits to create the containers with (as in CreateEpisodeRequest; unset fields take server defaults). Limits
+    /// are not part of the pool key: an episode asking for other limits still takes a pooled container and gets its
+    /// own applied at take time (a Docker update, some ms); warming with the limits the episodes will ask for avoids it.
+    #[prost(message, optional, tag = "7")]
+    pub limits: ::core::option::Option<Limits>,
+    /// The task, as in CreateEpisodeRequest.
+    #[prost(oneof = "prewarm_request::Task", tags = "1, 2")]
+    pub task: ::core::option::Option<prewarm_request::Task>,
+}
+/// Nested message and enum types in `PrewarmRequest`.
+pub mod prewarm_request {
+    /// The task, as in CreateEpisodeRequest.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Task {
+        /// Id (`instance_id`) of a task the server loaded.
+        #[prost(string, tag = "1")]
+        TaskId(::prost::alloc::string::String),
+        /// An inline task row (JSON object).
+        #[prost(string, tag = "2")]
+        TaskJson(::prost::alloc::string::String),
+    }
+}
+/// Response of Prewarm.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PrewarmResponse {
+    /// Ready containers of the task's pool key when the call returned.
+    #[prost(uint32, tag = "1")]
+    pub ready: u32,
+    /// Containers of that key being prepared then.
+    #[prost(uint32, tag = "2")]
+    pub warming: u32,
+    /// How long the call waited, ms.
+    #[prost(uint64, tag = "3")]
+    pub waited_ms: u64,
+    /// The pool key (16 hex digits; the pooled containers' `swe-env.episode` label is `pool-<key>-<random>`).
+    #[prost(string, tag = "4")]
+    pub pool_key: ::prost::alloc::string::String,
 }
 /// A structured (OpenAI function-calling) tool call.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1077,6 +1133,35 @@ pub mod env_service_client {
                 .insert(GrpcMethod::new("swe_env.v1.EnvService", "RunEpisode"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Warms a task ahead: keeps `count` containers of the task's pool key (image + creation-time settings) ready,
+        /// so the next `count` CreateEpisode of that task start in milliseconds (K rollouts of one task: Prewarm(task, K),
+        /// then K CreateEpisode). The count is kept up for the server's `pool.max_idle_secs`, lowered by each episode
+        /// that takes one. `count` above the server's `maxima.prewarm` is INVALID_ARGUMENT; FAILED_PRECONDITION when the
+        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`).
+        pub async fn prewarm(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PrewarmRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PrewarmResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/swe_env.v1.EnvService/Prewarm",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("swe_env.v1.EnvService", "Prewarm"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1173,6 +1258,15 @@ pub mod env_service_server {
             &self,
             request: tonic::Request<super::RunEpisodeRequest>,
         ) -> std::result::Result<tonic::Response<Self::RunEpisodeStream>, tonic::Status>;
+        /// Warms a task ahead: keeps `count` containers of the task's pool key (image + creation-time settings) ready,
+        /// so the next `count` CreateEpisode of that task start in milliseconds (K rollouts of one task: Prewarm(task, K),
+        /// then K CreateEpisode). The count is kept up for the server's `pool.max_idle_secs`, lowered by each episode
+        /// that takes one. `count` above the server's `maxima.prewarm` is INVALID_ARGUMENT; FAILED_PRECONDITION when the
+        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`).
+        async fn prewarm(
+            &self,
+            request: tonic::Request<super::PrewarmRequest>,
+        ) -> std::result::Result<tonic::Response<super::PrewarmResponse>, tonic::Status>;
     }
     /// Episodes over gRPC. Every call needs `authorization: Bearer <token>` metadata when the server has a token.
     #[derive(Debug)]
@@ -1650,6 +1744,51 @@ pub mod env_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/swe_env.v1.EnvService/Prewarm" => {
+                    #[allow(non_camel_case_types)]
+                    struct PrewarmSvc<T: EnvService>(pub Arc<T>);
+                    impl<
+                        T: EnvService,
+                    > tonic::server::UnaryService<super::PrewarmRequest>
+                    for PrewarmSvc<T> {
+                        type Response = super::PrewarmResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PrewarmRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EnvService>::prewarm(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PrewarmSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
