@@ -14,6 +14,8 @@ use crate::server::{self, ServerConfig};
 use crate::trajectory::EpisodeStatus;
 use swe_env_sandbox::DockerEngine;
 
+use super::stats::stats;
+
 /// The action measured: the cheapest bash step.
 const TRUE_ACTION: &str = "<tool: bash>\ntrue\n</tool>";
 
@@ -38,30 +40,6 @@ pub struct GrpcBenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Latency {
-    n: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    mean_ms: f64,
-}
-
-fn latency(mut samples: Vec<Duration>) -> Latency {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let at = |q: f64| {
-        let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(idx).copied().map(ms).unwrap_or(f64::NAN)
-    };
-    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len().max(1) as f64;
-    Latency {
-        n: samples.len(),
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
-        mean_ms: mean,
-    }
 }
 
 /// Adds `authorization: Bearer …` to every call (shared with `bench chaos`).
@@ -100,6 +78,71 @@ fn create_request(task: &str) -> proto::CreateEpisodeRequest {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The in-process baseline: an `Episode` of a task stepped directly (parse → tool → render → durable append), the
+/// full path a gRPC Step runs minus the wire. Shared with `swe-env bench sandbox`.
+pub struct InProcess {
+    episode: Episode,
+}
+
+impl InProcess {
+    /// Starts an episode of `task` (from the source `tasks`) writing its trajectory under `trajectory_dir`.
+    pub async fn start(
+        engine: &DockerEngine,
+        tasks: &str,
+        task: &str,
+        trajectory_dir: &std::path::Path,
+        episode_id: &str,
+    ) -> anyhow::Result<Self> {
+        let dataset = crate::datasets::load_source(tasks).await?;
+        let instance = dataset
+            .get(task)
+            .with_context(|| format!("task {task} not in {tasks}"))?
+            .clone();
+        let episode_config = EpisodeConfig {
+            max_turns: BENCH_MAX_TURNS,
+            trajectory_dir: trajectory_dir.to_owned(),
+            ..EpisodeConfig::default()
+        };
+        let episode = Episode::start(
+            engine,
+            episode_id,
+            instance,
+            episode_config,
+            StartInfo::default(),
+        )
+        .await?;
+        Ok(Self { episode })
+    }
+
+    /// One `true` bash step through `Episode::step`, timed; an error unless it exited 0.
+    pub async fn step_true(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let outcome = self
+            .episode
+            .step(Action::Text(TRUE_ACTION.to_owned()), StepMeta::default())
+            .await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            outcome.record.exit_code == Some(0),
+            "`true` in process failed"
+        );
+        Ok(elapsed)
+    }
+
+    /// The data path of the episode's shell (`attach` or `fifo`; `None` once its sandbox is released).
+    pub fn data_path(&self) -> Option<swe_env_sandbox::DataPath> {
+        self.episode.sandbox().map(|sandbox| sandbox.data_path())
+    }
+
+    /// Ends the episode (`closed`) and removes its container.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.episode
+            .finish(EndInfo::status(EpisodeStatus::Closed))
+            .await?;
+        Ok(())
     }
 }
 
@@ -179,45 +222,23 @@ async fn measure(
 
     // The same steps in process: Episode::step with the same task, action and trajectory disk.
     let engine = DockerEngine::connect(server::DOCKER_API_TIMEOUT).await?;
-    let dataset = crate::datasets::load_source(&args.tasks).await?;
-    let instance = dataset
-        .get(&args.task)
-        .with_context(|| format!("task {} not in {}", args.task, args.tasks))?
-        .clone();
-    let episode_config = EpisodeConfig {
-        max_turns: BENCH_MAX_TURNS,
-        trajectory_dir: work_dir.join("in-process"),
-        ..EpisodeConfig::default()
-    };
     let bench_id = format!("bench-grpc-{}", std::process::id());
-    let mut episode = Episode::start(
+    let mut episode = InProcess::start(
         &engine,
+        &args.tasks,
+        &args.task,
+        &work_dir.join("in-process"),
         &bench_id,
-        instance,
-        episode_config,
-        StartInfo::default(),
     )
     .await?;
     for _ in 0..20 {
-        episode
-            .step(Action::Text(TRUE_ACTION.to_owned()), StepMeta::default())
-            .await?;
+        episode.step_true().await?;
     }
     let mut local_steps = Vec::with_capacity(args.steps);
     for _ in 0..args.steps {
-        let started = Instant::now();
-        let outcome = episode
-            .step(Action::Text(TRUE_ACTION.to_owned()), StepMeta::default())
-            .await?;
-        local_steps.push(started.elapsed());
-        anyhow::ensure!(
-            outcome.record.exit_code == Some(0),
-            "`true` in process failed"
-        );
+        local_steps.push(episode.step_true().await?);
     }
-    episode
-        .finish(EndInfo::status(EpisodeStatus::Closed))
-        .await?;
+    episode.finish().await?;
 
     // Throughput: concurrent clients each running create → step → close.
     let started = Instant::now();
@@ -257,12 +278,9 @@ async fn measure(
     let report = running.shutdown(Duration::from_secs(10)).await;
 
     let rows = [
-        ("step `true` over gRPC (round trip)", latency(grpc_steps)),
-        (
-            "step `true` in process (Episode::step)",
-            latency(local_steps),
-        ),
-        ("episode create+step+close over gRPC", latency(lifecycles)),
+        ("step `true` over gRPC (round trip)", stats(grpc_steps)),
+        ("step `true` in process (Episode::step)", stats(local_steps)),
+        ("episode create+step+close over gRPC", stats(lifecycles)),
     ];
     if args.json {
         let mut map: serde_json::Map<String, serde_json::Value> = rows

@@ -6,6 +6,11 @@
 //! - [`grpc_bench`]: Step latency and throughput over the wire (`swe-env bench grpc`), with an in-process baseline.
 //! - [`chaos_bench`]: faults a hostile client or operator can cause, each checked against the trajectories
 //!   (`swe-env bench chaos`).
+//! - [`scale_bench`]: N episodes through one real `swe-env serve` (`swe-env bench scale`): starts, steps under load,
+//!   memory, leaks; and the engine's own start ceiling.
+//! - [`stats`]: the percentile type every bench program prints.
 
 pub mod chaos_bench;
 pub mod grpc_bench;
+pub mod scale_bench;
+pub mod stats;
