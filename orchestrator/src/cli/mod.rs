@@ -87,6 +87,7 @@ enum Command {
 
 /// Runs the parsed command and returns the process exit code; a failure is typed by its exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    raise_open_file_limit();
     let outcome = match cli.command {
         Command::Gc(args) => gc::run(args).await,
         Command::Export(args) => export::run(args).await,
@@ -99,6 +100,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(command) => bench::run(command).await,
     };
     outcome.map_err(CliError::classify)
+}
+
+/// Raises the soft limit of open files to the hard limit, as Go programs (dockerd among them) do at start: a live
+/// episode holds about four descriptors on the FIFO data path (its directory, the shell's stdin and stdout, the
+/// trajectory), so a server at `max_episodes` 1024 needs more than the common soft default of 1024. Failing to raise
+/// it is logged, not fatal: the server then refuses episodes with a clear "too many open files" when it runs out.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit")
+            }
+            Err(error) => {
+                tracing::warn!(%error, current = ?limit.current, "could not raise the open-file limit")
+            }
+        }
+    }
 }
 
 /// Runs the parsed command to completion on `runtime`. Not generic, so the whole async program is compiled once,
@@ -125,4 +149,25 @@ pub fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .try_init();
+}
+
+#[cfg(test)]
+mod open_file_limit_tests {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+    /// nextest runs each test in its own process, so lowering this process's limit touches no other test.
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+        let hard = getrlimit(Resource::Nofile).maximum;
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(256),
+                maximum: hard,
+            },
+        )
+        .unwrap();
+        super::raise_open_file_limit();
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
+    }
 }

@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 
 use super::commit::{device_of, Durability, GroupCommitter};
 use super::record::Record;
@@ -41,6 +43,9 @@ pub struct TrajectoryWriter {
     durability: Durability,
     /// The committer and the file's device, in `batched` mode.
     committer: Option<(Arc<GroupCommitter>, u64)>,
+    /// The blocking write of an append whose caller stopped waiting (a cancelled step): the next append waits for
+    /// it first, so records land in the order they were appended (the committer of `batched` keeps order itself).
+    pending: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     n_records: u64,
 }
 
@@ -109,6 +114,7 @@ impl TrajectoryWriter {
             file: Arc::new(file),
             durability,
             committer: committer.map(|c| (c, dev)),
+            pending: None,
             n_records: 0,
         })
     }
@@ -154,21 +160,95 @@ impl TrajectoryWriter {
         Ok(())
     }
 
-    async fn append_line(&self, line: Vec<u8>) -> std::io::Result<()> {
+    async fn append_line(&mut self, line: Vec<u8>) -> std::io::Result<()> {
         if let Some((committer, dev)) = &self.committer {
             return committer.append(Arc::clone(&self.file), *dev, line).await;
+        }
+        if let Some(earlier) = self.pending.as_mut() {
+            // Its caller is gone and nobody reads its outcome; only its completion matters here.
+            let _ = earlier.await;
+            self.pending = None;
         }
         let file = Arc::clone(&self.file);
         let sync = self.durability == Durability::PerStep;
         // One blocking-pool round trip for the write and its fdatasync.
-        tokio::task::spawn_blocking(move || {
+        let write = self.pending.insert(tokio::task::spawn_blocking(move || {
             (&*file).write_all(&line)?;
             if sync {
                 file.sync_data()?;
             }
             Ok(())
+        }));
+        let joined = write.await;
+        self.pending = None;
+        joined.map_err(|join| std::io::Error::other(join.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trajectory::record::{EpisodeEnd, EpisodeStatus, Record};
+
+    /// A record told apart by the start of its `detail`.
+    fn end(tag: &str, padding: usize) -> Record {
+        Record::EpisodeEnd(EpisodeEnd {
+            status: EpisodeStatus::Cancelled,
+            detail: Some(format!("{tag}{}", " ".repeat(padding))),
+            submission: None,
+            final_answer: None,
+            final_answer_tokens: None,
+            n_steps: 0,
+            rewards: None,
+            grading: None,
+            duration_ms: 0,
+            ended_at: String::new(),
         })
-        .await
-        .map_err(|join| std::io::Error::other(join.to_string()))?
+    }
+
+    /// A step cancelled during its append (client gone after the grace, shutdown) must not let the next record
+    /// land before or inside its own: the next append waits for the abandoned write. The "file" is a FIFO whose
+    /// reader starts late, so the first write blocks half-way (a pipe holds 64 KiB) when it is cancelled; without
+    /// the wait, the second record is written into the middle of the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_appended_after_a_cancelled_append_lands_after_it() {
+        for durability in [Durability::Os, Durability::PerStep] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.jsonl");
+            rustix::fs::mkfifoat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::Mode::from_raw_mode(0o600),
+            )
+            .unwrap();
+            let reader_path = path.clone();
+            let reader = std::thread::spawn(move || {
+                let mut file = std::fs::File::open(&reader_path).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+                text
+            });
+            let mut writer = TrajectoryWriter::create_with(&path, durability)
+                .await
+                .unwrap();
+            let big = end("first", 1 << 20);
+            let cancelled =
+                tokio::time::timeout(Duration::from_millis(100), writer.append(&big)).await;
+            assert!(cancelled.is_err(), "the append was cancelled while blocked");
+            // PerStep's fdatasync on a FIFO fails (EINVAL); what matters is where the bytes went.
+            let _ = writer.append(&end("second", 0)).await;
+            drop(writer);
+            let text = reader.join().unwrap();
+            let tags: Vec<String> = text
+                .lines()
+                .map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("{durability:?}: a torn line ({e})"));
+                    value["detail"].as_str().unwrap().trim_end().to_owned()
+                })
+                .collect();
+            assert_eq!(tags, ["first", "second"], "{durability:?}");
+        }
     }
 }
