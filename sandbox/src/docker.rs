@@ -57,6 +57,8 @@ pub struct DockerEngine {
     owner: Owner,
     /// The engine is a local unix socket: it may see our directories (the FIFO data path).
     local: bool,
+    /// This engine's io root (FIFO data path), when it is local.
+    io_root: Option<fifo::IoRoot>,
     /// Set once the engine refused a bind mount of our io directory: [`DataPath::Auto`] means attach from then on.
     fifo_refused: Arc<AtomicBool>,
 }
@@ -66,6 +68,8 @@ pub struct DockerEngine {
 pub struct LabelledContainer {
     /// Container id.
     pub id: String,
+    /// Container name, without the leading `/` (empty when the engine gave none).
+    pub name: String,
     /// Episode id label.
     pub episode: String,
     /// Parsed owner label (`None` when malformed).
@@ -119,6 +123,10 @@ impl DockerEngine {
             docker,
             owner: Owner::current(),
             local: matches!(endpoint, crate::EngineEndpoint::Unix { .. }),
+            io_root: match endpoint {
+                crate::EngineEndpoint::Unix { path } => Some(fifo::IoRoot::for_socket(path)),
+                _ => None,
+            },
             fifo_refused: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -146,6 +154,11 @@ impl DockerEngine {
         if !self.fifo_refused.swap(true, Ordering::Relaxed) {
             warn!(detail, "the Docker engine cannot bind-mount this host's directories; the shell data path falls back to attach (through dockerd) for this engine");
         }
+    }
+
+    /// This engine's io root (the FIFO data path's host directories); `None` for a remote engine.
+    pub fn io_root(&self) -> Option<&fifo::IoRoot> {
+        self.io_root.as_ref()
     }
 
     /// The identity stamped on containers this engine handle creates.
@@ -220,13 +233,18 @@ impl DockerEngine {
         let name = format!("swe-env-{episode_id}-{:04x}", rand::random::<u16>());
         let wanted = config.data_path;
         let mut io_dir = match self.resolve_data_path(wanted)? {
-            DataPath::Fifo => match ContainerDir::create(&name) {
-                Ok(dir) => Some(dir),
-                Err(error) if wanted == DataPath::Auto => {
+            DataPath::Fifo => match self
+                .io_root
+                .as_ref()
+                .map(|root| ContainerDir::create(root, &name))
+            {
+                Some(Ok(dir)) => Some(dir),
+                None => None,
+                Some(Err(error)) if wanted == DataPath::Auto => {
                     warn!(container = %name, %error, "no io directory for the FIFO data path; using attach");
                     None
                 }
-                Err(error) => {
+                Some(Err(error)) => {
                     return Err(SandboxError::Docker {
                         op: "create container",
                         detail: error.to_string(),
@@ -236,7 +254,11 @@ impl DockerEngine {
             _ => None,
         };
         // The directory goes when creation fails; once the sandbox exists, with the container.
-        let mut cleanup = DirGuard(io_dir.as_ref().map(|d| d.container_name().to_owned()));
+        let mut cleanup = DirGuard(
+            self.io_root
+                .clone()
+                .zip(io_dir.as_ref().map(|d| d.container_name().to_owned())),
+        );
         let host_config = HostConfig {
             network_mode: Some(config.network_mode.clone()),
             memory: Some(config.memory_bytes),
@@ -340,8 +362,15 @@ impl DockerEngine {
             .into_iter()
             .filter_map(|summary| {
                 let labels = summary.labels.unwrap_or_default();
+                let name = summary
+                    .names
+                    .as_ref()
+                    .and_then(|names| names.first())
+                    .map(|name| name.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
                 Some(LabelledContainer {
                     id: summary.id?,
+                    name,
                     episode: labels.get(LABEL_EPISODE).cloned().unwrap_or_default(),
                     owner: labels.get(LABEL_OWNER).and_then(|l| Owner::from_label(l)),
                     expires_unix: labels
@@ -353,17 +382,20 @@ impl DockerEngine {
             .collect())
     }
 
-    /// Removes io directories (FIFO data path) whose container no longer exists and that were idle for
-    /// `min_age` (left behind when a process died between removing a container and its directory); returns
-    /// how many.
-    pub async fn sweep_io_dirs(&self, min_age: Duration) -> usize {
+    /// Removes io directories (FIFO data path) of this engine whose container is not in `existing` (the labelled
+    /// containers listed before the sweep) and that were idle for `min_age` (left behind when a process died
+    /// between removing a container and its directory); returns how many. Nothing on a remote engine: its
+    /// containers' directories, if any, are not on this host. Other engines' directories are in their own io roots.
+    pub fn sweep_io_dirs(&self, existing: &[LabelledContainer], min_age: Duration) -> usize {
+        let Some(root) = self.io_root.as_ref().filter(|_| self.local) else {
+            return 0;
+        };
+        let live: std::collections::HashSet<&str> =
+            existing.iter().map(|c| c.name.as_str()).collect();
         let mut removed = 0;
-        for name in fifo::idle_dir_names(min_age) {
-            if let Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) = self.docker.inspect_container(&name, None).await
-            {
-                fifo::remove_container_dir(&name);
+        for name in fifo::idle_dir_names(root, min_age) {
+            if !live.contains(name.as_str()) {
+                fifo::remove_container_dir(root, &name);
                 info!(container = %name, "removed the io directory of a container that no longer exists");
                 removed += 1;
             }
@@ -375,7 +407,11 @@ impl DockerEngine {
     /// containers are not an error.
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
         // The io directory is named after the container: learn the name first (only if there may be one).
-        let name = if self.local && fifo::io_root_exists() {
+        let root = self
+            .io_root
+            .as_ref()
+            .filter(|root| self.local && root.exists());
+        let name = if root.is_some() {
             self.docker
                 .inspect_container(id, None)
                 .await
@@ -385,8 +421,8 @@ impl DockerEngine {
             None
         };
         remove_container(&self.docker, id).await?;
-        if let Some(name) = name {
-            fifo::remove_container_dir(&name);
+        if let (Some(root), Some(name)) = (root, name) {
+            fifo::remove_container_dir(root, &name);
         }
         Ok(())
     }
@@ -412,12 +448,12 @@ fn is_bind_source_refusal(message: &str) -> bool {
 }
 
 /// Removes an io directory on drop unless disarmed (creation failed before a sandbox owned it).
-struct DirGuard(Option<String>);
+struct DirGuard(Option<(fifo::IoRoot, String)>);
 
 impl DirGuard {
     fn remove_now(&mut self) {
-        if let Some(name) = self.0.take() {
-            fifo::remove_container_dir(&name);
+        if let Some((root, name)) = self.0.take() {
+            fifo::remove_container_dir(&root, &name);
         }
     }
 }
@@ -701,10 +737,36 @@ enum StartEnd {
     Eof,
 }
 
-/// Writes a frame to the shell's stdin.
-async fn write_script(session: &mut Session, script: &str) -> std::io::Result<()> {
-    session.input.write_all(script.as_bytes()).await?;
-    session.input.flush().await
+/// Writes a frame to the shell's stdin, never waiting longer than `stall` for room in the pipe (the deadline is
+/// pushed back whenever bytes go through, so a large script that the shell reads slowly still goes through whole)
+/// nor past `deadline`. A shell that stops reading (stopped by `kill -STOP`, or its stdin filled by a background
+/// job) is a `TimedOut` error: the caller treats it like a dead shell and replaces it.
+async fn write_script(
+    session: &mut Session,
+    script: &str,
+    stall: Duration,
+    deadline: TokioInstant,
+) -> std::io::Result<()> {
+    let mut rest = script.as_bytes();
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the shell stopped reading its stdin",
+        )
+    };
+    while !rest.is_empty() {
+        let until = deadline.min(TokioInstant::now() + stall);
+        match tokio::time::timeout_at(until, session.input.write(rest)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+        }
+    }
+    let until = deadline.min(TokioInstant::now() + stall);
+    tokio::time::timeout_at(until, session.input.flush())
+        .await
+        .map_err(|_| timed_out())?
 }
 
 /// How reading towards a sentinel ended.
@@ -1023,11 +1085,14 @@ impl Inner {
         env: Vec<String>,
     ) -> Result<Session, SandboxError> {
         use tokio::net::unix::pipe;
-        let script = format!(
-            "exec bash --noprofile --norc --noediting -i 2>/dev/null <{} >{}",
-            shell::ansi_c_quote(pair.in_path.as_bytes()),
-            shell::ansi_c_quote(pair.out_path.as_bytes()),
-        );
+        // The paths go in the environment, not on the command line (`/proc/<pid>/cmdline` is world-readable on the
+        // host, `environ` is not), and are unset before the interactive shell starts so it does not inherit them.
+        let script = "i=$SWE_ENV_IN o=$SWE_ENV_OUT; unset SWE_ENV_IN SWE_ENV_OUT; \
+                      exec bash --noprofile --norc --noediting -i 2>/dev/null <\"$i\" >\"$o\""
+            .to_owned();
+        let mut env = env;
+        env.push(format!("SWE_ENV_IN={}", pair.in_path));
+        env.push(format!("SWE_ENV_OUT={}", pair.out_path));
         let input = pipe::Sender::from_file(pair.input)
             .map_err(|e| self.shell_error(format!("stdin FIFO: {e}")))?;
         let output = pipe::Receiver::from_file(pair.output)
@@ -1164,7 +1229,8 @@ impl Inner {
             let Some(session) = guard.as_mut() else {
                 break;
             };
-            if write_script(session, &script).await.is_err() {
+            if let Err(error) = write_script(session, &script, GUARD_TIMEOUT, deadline).await {
+                debug!(container = %self.container_id, %error, "writing the command failed");
                 end = ReadEnd::Eof;
                 break;
             }
@@ -1285,12 +1351,15 @@ impl Inner {
                 // Cannot even start a process (e.g. pids limit): the caller will restart the container.
                 return ReadEnd::Deadline;
             }
-            if include_shell
-                && write_script(session, &shell::recovery_script(marker))
-                    .await
-                    .is_err()
-            {
-                return ReadEnd::Eof;
+            if include_shell {
+                let grace = self.config.interrupt_grace.max(Duration::from_secs(1));
+                let until = TokioInstant::now() + grace;
+                let recovery = shell::recovery_script(marker);
+                if let Err(error) = write_script(session, &recovery, grace, until).await {
+                    // A stopped shell with a full stdin: only a new shell helps (its kill -9 works on a stopped one).
+                    warn!(container = %self.container_id, %error, "the interrupted shell does not read; replacing it");
+                    return ReadEnd::Eof;
+                }
             }
             let deadline = TokioInstant::now() + self.config.interrupt_grace;
             match read_until(&mut session.output, scanner, out, deadline).await {
@@ -1654,7 +1723,9 @@ impl DockerSandbox {
     /// Sets the limits Docker can change on a running container (memory = memory-swap, CPUs, processes) to those of
     /// `config` — one engine call, and only when they differ from the container's — and returns the limits the
     /// container has afterwards, as the engine reports them (a warm-pool container taken for an episode that asked
-    /// for other limits than the pool's). The sandbox's own [`Self::config`] keeps its creation-time values.
+    /// for other limits than the pool's). The sandbox's own [`Self::config`] keeps its creation-time values. A memory
+    /// or CPU limit cannot be lifted (0 wanted where the container has one): that is an error, and the caller
+    /// starts a new container instead.
     pub async fn update_limits(
         &self,
         config: &SandboxConfig,
@@ -1688,6 +1759,24 @@ impl DockerSandbox {
         {
             // Created with exactly these (memory-swap is always set to memory at creation).
             return Ok(wanted);
+        }
+        // The engine reads 0 as "unchanged" for memory and CPUs and refuses -1 ("Minimum memory limit allowed is
+        // 6MB", "Range of CPUs is from 0.01 …"): a limit cannot be lifted from a running container. Refused here so
+        // the caller starts a new container rather than run the episode under a limit it did not ask for. (A
+        // process limit of 0 is applied: it lifts the limit.)
+        let lifted = |created: i64, wanted: i64| created != 0 && wanted == 0;
+        if lifted(created.memory_bytes, wanted.memory_bytes)
+            || lifted(created.nano_cpus, wanted.nano_cpus)
+        {
+            return Err(SandboxError::Docker {
+                op: "update container limits",
+                detail: format!(
+                    "the container was created with memory {} bytes and {} nano-CPUs; the engine cannot lift a \
+                     memory or CPU limit of a running container (0 means \"unchanged\" to it), so a container \
+                     without them must be created",
+                    created.memory_bytes, created.nano_cpus
+                ),
+            });
         }
         let update = bollard::models::ContainerUpdateBody {
             memory: Some(wanted.memory_bytes),

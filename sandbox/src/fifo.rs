@@ -4,10 +4,14 @@
 //!
 //! The directory is shared with hostile code, so the host side is written as if its entries could be swapped at
 //! any moment (they cannot through a read-only mount, but a later mistake must not turn into a host file write):
-//! - the io root (`$TMPDIR/swe-env-io-<uid>`, 0711) must be a real directory owned by us (other local users could
-//!   pre-plant a symlink in `/tmp`); the per-container directory (0711: the container's user can open a name it
-//!   knows but not list them) is made with `mkdir` (never an existing one) and used through a directory
-//!   descriptor from then on;
+//! - the io root (`$TMPDIR/swe-env-io-<uid>-<engine key>`, 0711; one per engine, see [`IoRoot::for_socket`]) must
+//!   be a real directory owned by us (other local users could pre-plant a symlink in `/tmp`); the per-container
+//!   directory (0711) is made with `mkdir` (never an existing one) and used through a directory descriptor from
+//!   then on. 0711 keeps other host users and an unprivileged container user from listing it; root in the
+//!   container (`CAP_DAC_OVERRIDE`) can list it, which is harmless: the names are unlinked once bash opened them,
+//!   and the mount is read-only;
+//! - the FIFO paths reach the shell through the exec's environment (not its argv: `/proc/<pid>/cmdline` is
+//!   world-readable on the host, `environ` is not) and are unset before the interactive shell starts;
 //! - each shell gets a new FIFO pair with 128-bit random names, made with `mknodat` (fails if the name exists),
 //!   opened at set-up with `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK` and checked with `fstat` (a FIFO, ours, the same
 //!   inode for the two descriptors of one name); from then on only the descriptors are used — no path in the
@@ -46,9 +50,51 @@ fn refused(what: impl Into<String>, detail: &str) -> FifoError {
     }
 }
 
-/// The io root of this user: `$TMPDIR/swe-env-io-<uid>`.
-pub fn io_root() -> PathBuf {
-    std::env::temp_dir().join(format!("swe-env-io-{}", rustix::process::getuid().as_raw()))
+/// The io root of one engine for this user: `$TMPDIR/swe-env-io-<uid>-<engine key>`. Each engine has its own,
+/// so a gc sweep of one engine never sees (and never removes) the directories of another engine's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoRoot {
+    path: PathBuf,
+}
+
+impl IoRoot {
+    /// The io root of the engine listening on the unix socket `socket`. The key is a hash of the socket's
+    /// canonical path (symlinks resolved, so `/var/run/docker.sock` and `/run/docker.sock` are one engine): two
+    /// engines on one host necessarily listen on two sockets, and the path is known without asking the engine.
+    pub fn for_socket(socket: &Path) -> Self {
+        let canonical = std::fs::canonicalize(socket).unwrap_or_else(|_| socket.to_owned());
+        Self::for_key(&format!(
+            "{:016x}",
+            fnv1a(canonical.as_os_str().as_encoded_bytes())
+        ))
+    }
+
+    /// The io root named by `key` (a short hex string).
+    pub fn for_key(key: &str) -> Self {
+        Self {
+            path: std::env::temp_dir().join(format!(
+                "swe-env-io-{}-{key}",
+                rustix::process::getuid().as_raw()
+            )),
+        }
+    }
+
+    /// Where it is on the host.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it exists as a directory of ours (so a removal may have a directory to clean up).
+    pub fn exists(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|meta| is_our_private_dir(&meta))
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every build (unlike std's `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether `meta` is a real directory owned by us that nobody else can write to.
@@ -60,8 +106,8 @@ fn is_our_private_dir(meta: &std::fs::Metadata) -> bool {
 
 /// Creates the io root if needed and checks it (a real directory, ours, not writable by others); returns a
 /// descriptor of it.
-fn open_root() -> Result<(PathBuf, OwnedFd), FifoError> {
-    let root = io_root();
+fn open_root(io_root: &IoRoot) -> Result<(PathBuf, OwnedFd), FifoError> {
+    let root = io_root.path.clone();
     match std::fs::create_dir(&root) {
         Ok(()) => std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
             .map_err(fail(format!("chmod {}", root.display())))?,
@@ -114,6 +160,7 @@ fn valid_component(name: &str) -> bool {
 /// The host directory of one container, bind-mounted read-only at [`MOUNT_POINT`].
 #[derive(Debug)]
 pub struct ContainerDir {
+    root: IoRoot,
     path: PathBuf,
     name: String,
     dir: OwnedFd,
@@ -121,14 +168,14 @@ pub struct ContainerDir {
 
 impl ContainerDir {
     /// Makes `<io root>/<container name>` (0711). Fails if it exists: a directory is never shared or reused.
-    pub fn create(container_name: &str) -> Result<Self, FifoError> {
+    pub fn create(io_root: &IoRoot, container_name: &str) -> Result<Self, FifoError> {
         if !valid_component(container_name) {
             return Err(refused(
                 container_name,
                 "not usable as a directory name (expected a Docker container name)",
             ));
         }
-        let (root, root_fd) = open_root()?;
+        let (root, root_fd) = open_root(io_root)?;
         let path = root.join(container_name);
         let what = path.display().to_string();
         rustix::fs::mkdirat(&root_fd, container_name, Mode::from_raw_mode(0o700))
@@ -145,6 +192,7 @@ impl ContainerDir {
         rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o711))
             .map_err(|e| fail(format!("chmod {what}"))(e.into()))?;
         Ok(Self {
+            root: io_root.clone(),
             path,
             name: container_name.to_owned(),
             dir,
@@ -243,7 +291,7 @@ impl ContainerDir {
 
     /// Removes the directory and everything in it.
     pub fn remove(&self) {
-        remove_container_dir(&self.name);
+        remove_container_dir(&self.root, &self.name);
     }
 }
 
@@ -269,13 +317,13 @@ pub struct FifoPair {
 
 /// Removes `<io root>/<container name>` if it is a real directory (symlinks are never followed; paths outside
 /// the io root are never touched). Nothing to do is not an error.
-pub fn remove_container_dir(container_name: &str) {
+pub fn remove_container_dir(io_root: &IoRoot, container_name: &str) {
     let name = container_name.trim_start_matches('/');
     if !valid_component(name) {
         return;
     }
-    let root = io_root();
-    match std::fs::symlink_metadata(&root) {
+    let root = &io_root.path;
+    match std::fs::symlink_metadata(root) {
         Ok(meta) if is_our_private_dir(&meta) => {}
         _ => return,
     }
@@ -295,11 +343,11 @@ pub fn remove_container_dir(container_name: &str) {
 
 /// Container names of io directories not modified for `min_age` (candidates for a sweep: the caller checks that
 /// their container is gone; a younger one may belong to a container being created right now).
-pub fn idle_dir_names(min_age: std::time::Duration) -> Vec<String> {
-    if !io_root_exists() {
+pub fn idle_dir_names(io_root: &IoRoot, min_age: std::time::Duration) -> Vec<String> {
+    if !io_root.exists() {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir(io_root()) else {
+    let Ok(entries) = std::fs::read_dir(&io_root.path) else {
         return Vec::new();
     };
     let now = std::time::SystemTime::now();
@@ -314,21 +362,20 @@ pub fn idle_dir_names(min_age: std::time::Duration) -> Vec<String> {
         .collect()
 }
 
-/// Whether the io root exists (so a removal may have a directory to clean up).
-pub fn io_root_exists() -> bool {
-    std::fs::symlink_metadata(io_root()).is_ok_and(|meta| is_our_private_dir(&meta))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn test_root() -> IoRoot {
+        IoRoot::for_key("unit")
+    }
+
     #[test]
     fn pairs_are_fifos_with_fresh_names_and_the_directory_goes_away() {
         let name = format!("swe-env-unit-{:08x}", rand::random::<u32>());
-        let dir = ContainerDir::create(&name).unwrap();
+        let dir = ContainerDir::create(&test_root(), &name).unwrap();
         assert!(
-            ContainerDir::create(&name).is_err(),
+            ContainerDir::create(&test_root(), &name).is_err(),
             "an existing directory is never reused"
         );
         let meta = std::fs::symlink_metadata(dir.path()).unwrap();
@@ -344,21 +391,76 @@ mod tests {
     }
 
     #[test]
+    fn engines_get_separate_io_roots() {
+        let a = IoRoot::for_socket(Path::new("/run/one.sock"));
+        let b = IoRoot::for_socket(Path::new("/run/two.sock"));
+        assert_ne!(a, b);
+        assert_eq!(a, IoRoot::for_socket(Path::new("/run/one.sock")));
+        assert!(a.path().starts_with(std::env::temp_dir()));
+    }
+
+    #[test]
     fn a_symlink_or_a_file_at_the_directory_name_is_refused_and_left_alone() {
-        let _ = open_root().unwrap();
+        let root = test_root();
+        let _ = open_root(&root).unwrap();
         let canary = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(canary.path(), b"canary").unwrap();
         let name = format!("swe-env-unit-{:08x}", rand::random::<u32>());
-        let path = io_root().join(&name);
+        let path = root.path().join(&name);
         std::os::unix::fs::symlink(canary.path(), &path).unwrap();
-        assert!(ContainerDir::create(&name).is_err());
-        remove_container_dir(&name);
+        assert!(ContainerDir::create(&root, &name).is_err());
+        remove_container_dir(&root, &name);
         assert_eq!(std::fs::read(canary.path()).unwrap(), b"canary");
         assert!(
             std::fs::symlink_metadata(&path).is_err(),
             "the planted link itself is removed"
         );
         assert!(!valid_component("../etc"));
-        remove_container_dir("../../etc");
+        remove_container_dir(&root, "../../etc");
+    }
+
+    /// A symlink to a canary, a regular file and a foreign FIFO planted at a FIFO's name: making or opening it
+    /// fails, and nothing is followed or written.
+    #[test]
+    fn planted_entries_at_a_fifo_name_are_refused_and_never_written() {
+        let name = format!("swe-env-unit-{:08x}", rand::random::<u32>());
+        let dir = ContainerDir::create(&test_root(), &name).unwrap();
+        let canary = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(canary.path(), b"canary").unwrap();
+        let link = "in-link";
+        std::os::unix::fs::symlink(canary.path(), dir.path().join(link)).unwrap();
+        let file = "in-file";
+        std::fs::write(dir.path().join(file), b"").unwrap();
+        for planted in [link, file] {
+            assert!(
+                dir.make_fifo(planted).is_err(),
+                "{planted}: mknodat over it"
+            );
+            for access in [OFlags::RDWR, OFlags::WRONLY, OFlags::RDONLY] {
+                assert!(
+                    dir.open_fifo(planted, access, None).is_err(),
+                    "{planted}: opened with {access:?}"
+                );
+            }
+        }
+        // A FIFO replaced by another FIFO between making and opening: refused.
+        let identity = dir.make_fifo("in-swapped").unwrap();
+        // Held open so the replacement cannot get the same inode number.
+        let _original = dir
+            .open_fifo("in-swapped", OFlags::RDWR, Some(&identity))
+            .unwrap();
+        dir.make_fifo("in-other").unwrap();
+        std::fs::rename(dir.path().join("in-other"), dir.path().join("in-swapped")).unwrap();
+        let replaced = dir
+            .open_fifo("in-swapped", OFlags::RDWR, Some(&identity))
+            .unwrap_err();
+        assert!(replaced.to_string().contains("replaced"), "{replaced}");
+        assert_eq!(std::fs::read(canary.path()).unwrap(), b"canary");
+        assert_eq!(std::fs::read(dir.path().join(file)).unwrap(), b"");
+        assert!(std::fs::symlink_metadata(dir.path().join(link))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        dir.remove();
     }
 }

@@ -191,7 +191,7 @@ pub async fn collect_garbage_with(
     let outcomes = futures_util::future::join_all(removals).await;
     if !dry_run {
         // io directories (FIFO data path) of containers already gone, idle long enough not to be a creation in flight.
-        engine.sweep_io_dirs(IO_DIR_MIN_IDLE).await;
+        engine.sweep_io_dirs(&containers, IO_DIR_MIN_IDLE);
     }
     for ((container, reason), (action, error)) in verdicts.into_iter().zip(outcomes) {
         match action {

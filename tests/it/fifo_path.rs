@@ -205,10 +205,28 @@ async fn fifos_swapped_on_the_host_side_are_never_followed_or_written() {
             swapped > 0,
             "{swap:?}: the swapper never caught a FIFO; the test proves nothing"
         );
+        let failed = failures.load(Ordering::Relaxed);
+        assert!(
+            failed <= swapped,
+            "{swap:?}: {failed} commands failed but only {swapped} FIFOs were swapped: failures not caused by the race"
+        );
         assert_swapped_files_untouched(&io_dir);
-        // Without the attacker, the next command works.
+        // Without the attacker, the next command works, on a shell whose stdin and stdout are FIFOs of the mount
+        // (not a swapped-in file or link).
         let out = sandbox.run_command("echo alive", T).await.unwrap();
         assert_eq!(out.output, b"alive\n", "{swap:?}");
+        let fds = run(
+            &sandbox,
+            r#"for f in /proc/$$/fd/*; do l=$(readlink $f); case $l in /.swe-env-io/*) echo "$(stat -L -c %F $f) $l";; esac; done"#,
+        )
+        .await;
+        assert!(
+            fds.lines()
+                .all(|line| line.starts_with("fifo /.swe-env-io/")),
+            "{swap:?}: {fds}"
+        );
+        assert!(fds.contains("fifo /.swe-env-io/in-"), "{swap:?}: {fds}");
+        assert!(fds.contains("fifo /.swe-env-io/out-"), "{swap:?}: {fds}");
         canary.assert_untouched();
         eprintln!(
             "{swap:?}: {swapped} FIFOs swapped, {} commands failed while racing",
@@ -377,8 +395,25 @@ async fn shell_bytes_bypass_dockerd_and_no_stream_is_held_per_sandbox() {
     );
 }
 
+/// The io root of the default engine (the one the tests and `swe-env gc` use).
+fn io_root() -> fifo::IoRoot {
+    let endpoint = swe_env_sandbox::EngineEndpoint::from_env().unwrap();
+    match endpoint {
+        swe_env_sandbox::EngineEndpoint::Unix { path } => fifo::IoRoot::for_socket(&path),
+        other => panic!("these tests need a local engine, not {other}"),
+    }
+}
+
 fn io_dir_of(name: &str) -> PathBuf {
-    fifo::io_root().join(name.trim_start_matches('/'))
+    io_root().path().join(name.trim_start_matches('/'))
+}
+
+fn set_back_an_hour(path: &Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
 }
 
 fn container_name(id: &str) -> String {
@@ -418,6 +453,18 @@ async fn io_directories_go_with_their_containers_on_remove_drop_and_gc() {
     drop(sandbox);
     assert!(wait_gone(&dir).await, "left after drop: {dir:?}");
 
+    // A live sandbox whose directory was idle for an hour (no shell restart since) is kept: its container exists.
+    let live = base_sandbox("fifo-live-idle", config(DataPath::Fifo)).await;
+    let live_dir = live.io_dir().unwrap().to_owned();
+    assert!(live_dir.starts_with(io_root().path()), "{live_dir:?}");
+    set_back_an_hour(&live_dir);
+    // A directory of another engine's container (another local dockerd, as tests/it/remote_engine starts), idle
+    // for an hour: this engine does not know its container, and must not touch it.
+    let other_root = fifo::IoRoot::for_socket(Path::new("/nonexistent/other-engine.sock"));
+    let other_name = crate::common::unique_id("fifo-other-engine");
+    let other = fifo::ContainerDir::create(&other_root, &other_name).unwrap();
+    set_back_an_hour(other.path());
+
     // gc of a SIGKILLed owner's container (`swe-env shell` in a child process)
     let (mut child, id) = spawn_shell(Vec::new());
     let dir = io_dir_of(&container_name(&id));
@@ -434,11 +481,7 @@ async fn io_directories_go_with_their_containers_on_remove_drop_and_gc() {
     let young = io_dir_of(&crate::common::unique_id("fifo-young"));
     std::fs::create_dir(&stale).unwrap();
     std::fs::create_dir(&young).unwrap();
-    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::open(&stale)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_back_an_hour(&stale);
     let report = gc_report(&[], Vec::new());
     assert!(removed_ids(&report).contains(&id.as_str()), "{report}");
     assert!(
@@ -451,6 +494,145 @@ async fn io_directories_go_with_their_containers_on_remove_drop_and_gc() {
     );
     assert!(young.is_dir(), "a young directory is kept");
     std::fs::remove_dir(&young).unwrap();
+    assert!(
+        live_dir.is_dir(),
+        "the io directory of a live container is kept however idle"
+    );
+    assert_eq!(run(&live, "kill -9 $$; echo x").await, "");
+    assert_eq!(
+        run(&live, "echo alive").await,
+        "alive\n",
+        "a live sandbox's shell restarts after gc"
+    );
+    assert!(
+        other.path().is_dir(),
+        "another engine's io directory is kept"
+    );
+    other.remove();
+    let _ = std::fs::remove_dir(other_root.path());
+    live.remove().await.unwrap();
+}
+
+/// The attack of review finding 1: a background job fills the shell's stdin FIFO while the shell is stopped, so
+/// nothing reads it. The timeout's recovery write must not block forever (holding the session lock: close would
+/// hang and the container leak); the shell is replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_shell_with_a_full_stdin_does_not_hang_the_step_or_close() {
+    let sandbox = base_sandbox("fifo-stopped", config(DataPath::Fifo)).await;
+    let attack = r#"for f in /proc/$$/fd/*; do case "$(readlink $f)" in /.swe-env-io/in-*) break;; esac; done
+f=${f##*/}; cat /dev/zero > /proc/$$/fd/$f & sleep 1; kill -STOP $$"#;
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        sandbox.run_command(attack, timeout),
+    )
+    .await
+    .expect("the step hung on a write to a stopped shell")
+    .unwrap();
+    let took = started.elapsed();
+    eprintln!("attacked step returned after {took:?}: {out:?}");
+    assert!(out.timed_out && out.restarted, "{out:?}");
+    assert!(
+        took < timeout + Duration::from_secs(10),
+        "the step took {took:?}"
+    );
+    let next = tokio::time::timeout(Duration::from_secs(60), sandbox.run_command("echo ok", T))
+        .await
+        .expect("the next step hung")
+        .unwrap();
+    assert_eq!(next.output, b"ok\n");
+
+    // A background job that stops the shell (and fills its stdin) between steps: the next step's first write
+    // must not hang either.
+    let between = r#"for f in /proc/$$/fd/*; do case "$(readlink $f)" in /.swe-env-io/in-*) break;; esac; done
+f=${f##*/}; (sleep 1; cat /dev/zero > /proc/$$/fd/$f) >/dev/null 2>&1 & (sleep 1; kill -STOP $$) >/dev/null 2>&1 &
+echo armed"#;
+    let armed = run(&sandbox, between).await;
+    assert!(armed.ends_with("armed\n"), "{armed}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(90), sandbox.run_command("echo late", T))
+        .await
+        .expect("the next step's write hung on a stopped shell")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("step after a stopped shell returned after {took:?}: {out:?}");
+    assert!(out.restarted, "{out:?}");
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+    assert_eq!(run(&sandbox, "echo ok").await, "ok\n");
+    tokio::time::timeout(Duration::from_secs(60), sandbox.remove())
+        .await
+        .expect("close hung")
+        .unwrap();
+}
+
+/// Bounded writes must not cut a legitimate large command: 10 MB of script (far more than a pipe holds) that
+/// bash reads at its own pace goes through whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ten_megabyte_command_script_goes_through_whole() {
+    let sandbox = base_sandbox("fifo-10mb", config(DataPath::Fifo)).await;
+    let line = format!("{}\n", "y".repeat(99));
+    let lines = 100_000;
+    let script = format!("cat <<'EOF' | wc -c\n{}EOF", line.repeat(lines));
+    assert!(script.len() > 10_000_000);
+    let started = Instant::now();
+    let out = sandbox
+        .run_command(&script, Duration::from_secs(300))
+        .await
+        .unwrap();
+    eprintln!("10 MB script ran in {:?}", started.elapsed());
+    assert!(!out.restarted && !out.timed_out, "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.output),
+        format!("{}\n", 100 * lines)
+    );
+    sandbox.remove().await.unwrap();
+}
+
+/// Finding 3: the FIFO names are never on a command line (world-readable on the host through
+/// `/proc/<pid>/cmdline`), and the agent's shell does not inherit them in its environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fifo_names_are_not_on_the_shells_command_line_or_in_its_environment() {
+    let sandbox = base_sandbox("fifo-argv", config(DataPath::Fifo)).await;
+    let name = run(&sandbox, "readlink /proc/$$/fd/* | grep /in-").await;
+    let name = name.trim().trim_end_matches(" (deleted)").to_owned();
+    assert!(name.starts_with("/.swe-env-io/in-"), "{name}");
+    let hex = name.trim_start_matches("/.swe-env-io/in-").to_owned();
+    // The shell's exec as the engine records it (what its process had on its command line).
+    let ids = Command::new("docker")
+        .args(["inspect", "-f", "{{json .ExecIDs}}", sandbox.id()])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = serde_json::from_slice(&ids.stdout).unwrap();
+    assert!(!ids.is_empty(), "the shell's exec is running");
+    let mut seen_shell = false;
+    for id in ids {
+        let inspect = Command::new("curl")
+            .args(["-sS", "--unix-socket", "/var/run/docker.sock"])
+            .arg(format!("http://engine/exec/{id}/json"))
+            .output()
+            .unwrap();
+        let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let process = inspect["ProcessConfig"].to_string();
+        eprintln!("exec {id}: {process}");
+        seen_shell |= process.contains("SWE_ENV_IN");
+        assert!(
+            !process.contains(&hex) && !process.contains("/.swe-env-io/"),
+            "a FIFO name is on the exec's command line: {process}"
+        );
+    }
+    assert!(
+        seen_shell,
+        "positive control: the shell's exec was inspected"
+    );
+    let env = run(
+        &sandbox,
+        "tr '\\0' '\\n' < /proc/$$/environ | grep -c SWE_ENV_ || true",
+    )
+    .await;
+    assert_eq!(env, "0\n", "the agent's shell inherits no FIFO path");
+    sandbox.remove().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
