@@ -443,17 +443,18 @@ async fn prewarm_over_the_maximum_is_invalid_argument_naming_field_and_config_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_right_after_prewarm_waits_for_the_warming_containers_instead_of_starting_cold_ones(
 ) {
+    const K: usize = 8;
     let dir = tempfile::tempdir().unwrap();
     let server = start_with_config(
         dir.path(),
-        "pool:\n  max_concurrent_fills: 4\n  take_wait_ms: 120000\n  auto:\n    enabled: false\n",
+        "pool:\n  max_concurrent_fills: 2\n  take_wait_ms: 120000\n  auto:\n    enabled: false\n",
     );
     let client = client(&server.url()).await;
     let burst = |task: &'static str| {
         let client = client.clone();
         async move {
             let started = Instant::now();
-            let creates = (0..4).map(|_| {
+            let creates = (0..K).map(|_| {
                 let mut client = client.clone();
                 async move { timed_create(&mut client, create_request(task)).await }
             });
@@ -463,14 +464,15 @@ async fn a_burst_right_after_prewarm_waits_for_the_warming_containers_instead_of
     };
     // A burst for a task nobody warmed (first, so the warm burst does not profit from a warmed-up engine).
     let (cold, cold_total) = burst("swe-env-fixtures__retrykit-1").await;
-    // K rollouts of one task: Prewarm(task, K) without waiting, then K CreateEpisode at once.
+    // K rollouts of one task: Prewarm(task, K) without waiting, then K CreateEpisode at once. Only
+    // `max_concurrent_fills` (2) are being prepared when the burst arrives: the others wait for fills not started yet.
     let mut prewarm_client = client.clone();
     let warming = prewarm_client
-        .prewarm(prewarm_request(SPANS, 4, false))
+        .prewarm(prewarm_request(SPANS, K as u32, false))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(warming.ready + warming.warming, 4, "{warming:?}");
+    assert_eq!(warming.ready + warming.warming, 2, "{warming:?}");
     let (warm, warm_total) = burst(SPANS).await;
     assert!(
         warm.iter().all(|(reply, _)| reply.warm),
@@ -478,7 +480,7 @@ async fn a_burst_right_after_prewarm_waits_for_the_warming_containers_instead_of
     );
     assert!(cold.iter().all(|(reply, _)| !reply.warm));
     eprintln!(
-        "burst of 4 right after Prewarm(4, wait=false): {warm_total:?} (each {:?}); the same burst cold: {cold_total:?} (each {:?})",
+        "burst of {K} right after Prewarm({K}, wait=false) with 2 fills at a time: {warm_total:?} (each {:?}); the same burst cold: {cold_total:?} (each {:?})",
         warm.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
         cold.iter().map(|(_, t)| *t).collect::<Vec<_>>()
     );
@@ -554,4 +556,176 @@ async fn the_auto_policy_leaves_a_once_used_task_cold_and_warms_repeated_rollout
     off.terminate(Duration::from_secs(60)).await;
     assert_eq!(crate::server::containers_of(&owner_on).await, 0);
     assert_eq!(crate::server::containers_of(&owner_off).await, 0);
+}
+
+/// An inline task row of the spans fixture whose base commit (part of the pool key) is `base_commit`.
+fn inline_spans(base_commit: &str) -> proto::prewarm_request::Task {
+    proto::prewarm_request::Task::TaskJson(
+        serde_json::json!({
+            "instance_id": "swe-env-fixtures__spans-inline", "repo": "swe-env-fixtures/spans",
+            "base_commit": base_commit, "problem_statement": "p", "version": "1",
+            "image": "swe-env/fixture-spans:latest", "patch": "p", "test_patch": "t",
+            "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]"
+        })
+        .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prewarm_over_many_tasks_is_bounded_by_pool_max_keys_and_fills_ignore_the_clients_limits() {
+    // No fill ever starts (the host never has that much memory available): every key stays empty, so a new key
+    // replaces the least recently used one.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_config(
+        dir.path(),
+        "pool:\n  max_keys: 2\n  min_host_available_bytes: 1000000000000000000\n  auto:\n    enabled: false\n",
+    );
+    let mut client = client(&server.url()).await;
+    for i in 0..10 {
+        let reply = client
+            .prewarm(proto::PrewarmRequest {
+                task: Some(inline_spans(&format!("{i:040x}"))),
+                count: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.pool_keys as usize, (i + 1).min(2), "{reply:?}");
+    }
+    server.terminate(Duration::from_secs(60)).await;
+
+    // One key, with a ready container: a second key has no room.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_config(
+        dir.path(),
+        "episode:\n  cpus: 1\npool:\n  max_keys: 1\n  auto:\n    enabled: false\n",
+    );
+    let mut client = crate::server::client(&server.url()).await;
+    // A client asking for 1% of a CPU does not slow the fills: pooled containers get the server's defaults.
+    let mut request = prewarm_request(SPANS, 1, true);
+    request.limits = Some(proto::Limits {
+        cpus: Some(0.01),
+        ..Default::default()
+    });
+    let started = Instant::now();
+    let warmed = client.prewarm(request).await.unwrap().into_inner();
+    assert_eq!(warmed.ready, 1, "{warmed:?}");
+    assert_eq!(warmed.pool_keys, 1);
+    eprintln!(
+        "Prewarm(1, wait) with limits.cpus 0.01: {:?}",
+        started.elapsed()
+    );
+    let pooled = pooled_containers(&server).await;
+    assert_eq!(pooled.len(), 1);
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.NanoCpus}}", &pooled[0]])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        "1000000000",
+        "pooled containers have the server's default CPUs"
+    );
+    let status = client
+        .prewarm(proto::PrewarmRequest {
+            task: Some(inline_spans("0123")),
+            count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("pool.max_keys"),
+        "{}",
+        status.message()
+    );
+    // The tracked key itself is still served.
+    let again = client
+        .prewarm(prewarm_request(SPANS, 1, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.pool_keys, 1);
+    let owner = server.owner.clone();
+    server.terminate(Duration::from_secs(60)).await;
+    assert_eq!(crate::server::containers_of(&owner).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_cancelled_while_waiting_for_a_warming_container_does_not_stop_later_ones_waiting()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_config(
+        dir.path(),
+        "pool:\n  max_concurrent_fills: 1\n  take_wait_ms: 120000\n  auto:\n    enabled: false\n",
+    );
+    let mut client = client(&server.url()).await;
+    // One container being prepared.
+    let warming = client
+        .prewarm(prewarm_request(SPANS, 1, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(warming.warming, 1, "{warming:?}");
+    // A CreateEpisode that waits for it but gives up (client deadline) before it is ready.
+    let mut request = tonic::Request::new(create_request(SPANS));
+    request.set_timeout(Duration::from_millis(100));
+    let status = client.create_episode(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The next CreateEpisode of the task still waits for the container rather than starting a cold one.
+    let (reply, took) = timed_create(&mut client, create_request(SPANS)).await;
+    eprintln!(
+        "CreateEpisode after a cancelled waiter: {took:?}, warm {}",
+        reply.warm
+    );
+    assert!(reply.warm, "the cancelled waiter was forgotten");
+    close(&mut client, &reply.episode_id).await;
+    let owner = server.owner.clone();
+    server.terminate(Duration::from_secs(60)).await;
+    assert_eq!(crate::server::containers_of(&owner).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_limits_changes_limits_and_refuses_to_lift_a_memory_or_cpu_limit() {
+    let limited = swe_env_sandbox::SandboxConfig {
+        memory_bytes: 512 << 20,
+        nano_cpus: 500_000_000,
+        pids_limit: 100,
+        ..crate::common::base_config()
+    };
+    let sandbox = crate::common::base_sandbox("update-limits", limited.clone()).await;
+    // Other limits: applied, as the engine reports them; a process limit of 0 lifts it.
+    let other = swe_env_sandbox::SandboxConfig {
+        memory_bytes: 1 << 30,
+        nano_cpus: 1_000_000_000,
+        pids_limit: 0,
+        ..limited.clone()
+    };
+    let now = sandbox.update_limits(&other).await.unwrap();
+    assert_eq!(
+        (
+            now.memory_bytes,
+            now.memory_swap_bytes,
+            now.nano_cpus,
+            now.pids_limit
+        ),
+        (1 << 30, 1 << 30, 1_000_000_000, 0)
+    );
+    // No memory limit wanted: the engine would keep the old one ("0 = unchanged"), so it is an error (the server
+    // then starts a new container), and the container keeps its limits.
+    for (memory_bytes, nano_cpus) in [(0, 1_000_000_000), (1 << 30, 0)] {
+        let lifted = swe_env_sandbox::SandboxConfig {
+            memory_bytes,
+            nano_cpus,
+            ..other.clone()
+        };
+        let error = sandbox.update_limits(&lifted).await.unwrap_err();
+        assert!(error.to_string().contains("cannot lift"), "{error}");
+    }
+    sandbox.remove().await.unwrap();
 }

@@ -14,7 +14,9 @@
 //! fill time, which the episode that takes the container adopts (so label lookups by episode id keep working);
 //! the pool never holds more than `max_containers` (ready + being prepared), prepares at most
 //! `max_concurrent_fills` at once, starts no fill while the host's available memory is under
-//! `min_host_available_bytes`, and backs off a key whose fill failed (1 s doubling to 60 s).
+//! `min_host_available_bytes`, tracks at most `max_keys` keys, prepares every container with the server's default
+//! limits (a client's limits are applied at take time, never at fill time), and backs off a key whose fill failed
+//! (2 s doubling to 60 s).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -42,7 +44,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Most pooled containers (ready + being prepared) over every key; live episodes are not counted (they have
-    /// `max_episodes`). 0 turns warm pools off (Prewarm is then FAILED_PRECONDITION). Default 64.
+    /// `max_episodes`). 0 turns warm pools off (Prewarm is then UNIMPLEMENTED). Default 64.
     pub max_containers: usize,
     /// Most containers being prepared at once (fills do not take the CreateEpisode start slots). Default 2.
     pub max_concurrent_fills: usize,
@@ -51,9 +53,15 @@ pub struct PoolConfig {
     /// A ready container older than this is removed (and replaced while its key is wanted), seconds; also how long
     /// a Prewarm's count is kept up. Default 900.
     pub max_idle_secs: u64,
-    /// How long a CreateEpisode waits for a container of its key that is being prepared (only while more are
-    /// being prepared than CreateEpisodes wait for them) before it starts a cold one, ms. Default 5000.
+    /// How long a CreateEpisode waits for a container of its key before it starts a cold one, ms: it waits when
+    /// more are being prepared than CreateEpisodes wait for, or when it is one of the episodes an outstanding
+    /// Prewarm count is for (its container may not be started yet: fills run `max_concurrent_fills` at a time).
+    /// Default 5000.
     pub take_wait_ms: u64,
+    /// Most pool keys tracked at once (each holds a task and its settings for up to `max_idle_secs`). When full, a
+    /// new key replaces the least recently used one with nothing ready, being prepared or waited for; when there is
+    /// none, Prewarm is RESOURCE_EXHAUSTED (and the automatic policy does not track the key). Default 256.
+    pub max_keys: usize,
     /// Automatic policy: keep recently used keys warm.
     pub auto: AutoPolicy,
 }
@@ -66,6 +74,7 @@ impl Default for PoolConfig {
             min_host_available_bytes: 2 << 30,
             max_idle_secs: 900,
             take_wait_ms: 5000,
+            max_keys: 256,
             auto: AutoPolicy::default(),
         }
     }
@@ -116,6 +125,21 @@ impl PoolConfig {
             return Err((
                 "pool.max_concurrent_fills",
                 "must be at least 1 (or set `pool.max_containers: 0` to turn pools off)".to_owned(),
+            ));
+        }
+        if self.max_keys == 0 {
+            return Err((
+                "pool.max_keys",
+                "must be at least 1 (or set `pool.max_containers: 0` to turn pools off)".to_owned(),
+            ));
+        }
+        if self.auto.enabled && self.auto.max_keys > self.max_keys {
+            return Err((
+                "pool.auto.max_keys",
+                format!(
+                    "{} is above `pool.max_keys` ({}); lower it or raise `pool.max_keys`",
+                    self.auto.max_keys, self.max_keys
+                ),
             ));
         }
         if self.max_idle_secs == 0 {
@@ -216,6 +240,15 @@ pub enum PoolError {
     /// The pool is draining (server shutdown).
     #[error("the pool is draining")]
     Draining,
+    /// Every tracked key has containers ready, being prepared or waited for.
+    #[error(
+        "the server's warm pools already track {max} task keys, each with containers ready, being prepared or \
+         waited for (server config `pool.max_keys`); retry once some are used or idle, or raise `pool.max_keys`"
+    )]
+    TooManyKeys {
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// What a Prewarm did.
@@ -227,6 +260,19 @@ pub struct PrewarmOutcome {
     pub warming: usize,
     /// How long the call waited.
     pub waited: Duration,
+    /// Keys the pools track (every task), at most `pool.max_keys`.
+    pub keys: usize,
+}
+
+/// The limits pooled containers are prepared with: the server's episode defaults, whoever asked for the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FillLimits {
+    /// Memory (= memory + swap) limit, bytes; 0: none.
+    pub memory_bytes: i64,
+    /// CPU limit, 1e-9 CPUs; 0: none.
+    pub nano_cpus: i64,
+    /// Process limit; 0: none.
+    pub pids_limit: i64,
 }
 
 /// A ready container.
@@ -249,6 +295,26 @@ struct KeySpec {
     config: EpisodeConfig,
 }
 
+impl KeySpec {
+    /// The spec of `instance` under `config`, with the pool's fill limits instead of the caller's.
+    fn new(instance: &Instance, config: &EpisodeConfig, limits: FillLimits) -> Self {
+        let mut config = config.clone();
+        config.sandbox.memory_bytes = limits.memory_bytes;
+        config.sandbox.nano_cpus = limits.nano_cpus;
+        config.sandbox.pids_limit = limits.pids_limit;
+        Self {
+            instance: instance.clone(),
+            config,
+        }
+    }
+
+    /// Same task and settings (the key is the same; a changed spec means a new chance for a failing key).
+    fn same_as(&self, other: &KeySpec) -> bool {
+        self.instance == other.instance
+            && format!("{:?}", self.config) == format!("{:?}", other.config)
+    }
+}
+
 struct KeyState {
     spec: Arc<KeySpec>,
     ready: VecDeque<Ready>,
@@ -261,6 +327,8 @@ struct KeyState {
     /// Uses within `keep_secs` of each other, and the last one.
     uses: u32,
     last_use: Instant,
+    /// The last Prewarm or use (which key `max_keys` forgets first).
+    touched: Instant,
     backoff_until: Option<Instant>,
     failures: u32,
     last_error: Option<String>,
@@ -278,6 +346,7 @@ impl KeyState {
             explicit_until: now,
             uses: 0,
             last_use: now,
+            touched: now,
             backoff_until: None,
             failures: 0,
             last_error: None,
@@ -314,6 +383,45 @@ struct Inner {
     filling: usize,
 }
 
+impl Inner {
+    /// Room for one more key: when `max` keys are tracked, forgets the least recently used one with nothing ready,
+    /// being prepared or waited for; false when there is none.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.keys.len() < max {
+            return true;
+        }
+        let victim = self
+            .keys
+            .iter()
+            .filter(|(_, k)| k.ready.is_empty() && k.filling == 0 && k.waiting == 0)
+            .min_by_key(|(_, k)| k.touched)
+            .map(|(key, _)| key.clone());
+        match victim {
+            Some(key) => {
+                debug!(pool_key = %key, "forgetting the least recently used pool key (pool.max_keys)");
+                self.keys.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A CreateEpisode waiting for a container of `key`: counted in the key's `waiting` until dropped.
+struct WaiterGuard {
+    pool: Arc<Pool>,
+    key: PoolKey,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if let Some(entry) = self.pool.lock().keys.get_mut(&self.key) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+        }
+        self.pool.wake.notify_one();
+    }
+}
+
 /// The warm pools of a server.
 pub struct Pool {
     engine: DockerEngine,
@@ -323,6 +431,7 @@ pub struct Pool {
     stop: CancellationToken,
     planner: OnceLock<()>,
     new_episode_id: fn() -> String,
+    fill_limits: FillLimits,
 }
 
 impl Pool {
@@ -333,6 +442,7 @@ impl Pool {
         engine: DockerEngine,
         config: PoolConfig,
         new_episode_id: fn() -> String,
+        fill_limits: FillLimits,
     ) -> Option<Arc<Self>> {
         (config.max_containers > 0).then(|| {
             Arc::new(Self {
@@ -343,6 +453,7 @@ impl Pool {
                 stop: CancellationToken::new(),
                 planner: OnceLock::new(),
                 new_episode_id,
+                fill_limits,
             })
         })
     }
@@ -366,8 +477,10 @@ impl Pool {
     }
 
     /// Takes a ready container for an episode of `instance` under `config` (and counts the use for the automatic
-    /// policy). When none is ready but more of this key are being prepared than CreateEpisodes already wait for,
-    /// waits (at most `pool.take_wait_ms`) for one; `None` means: start a cold one. The container is the caller's
+    /// policy). When none is ready but more of this key are being prepared than CreateEpisodes already wait for, or
+    /// this episode is one an outstanding Prewarm count is for, waits (at most `pool.take_wait_ms`) for one (a
+    /// waiter counts on top of the key's target, so its fill starts as soon as the budgets allow; a cancelled
+    /// CreateEpisode stops counting); `None` means: start a cold one. The container is the caller's
     /// from now on, for an episode with the returned id; it is never handed out again.
     pub async fn take(
         self: &Arc<Self>,
@@ -382,28 +495,31 @@ impl Pool {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.take_wait_ms);
         let mut first = true;
+        // Registered as a waiter of the key: unregistered when dropped (also when the CreateEpisode is cancelled).
+        let mut waiter: Option<WaiterGuard> = None;
         loop {
             let mut stale = Vec::new();
             let notified;
             let taken = {
-                let mut inner = self.lock();
+                let mut guard = self.lock();
+                let inner = &mut *guard;
                 let now = Instant::now();
                 let auto = &self.config.auto;
                 let max_idle = Duration::from_secs(self.config.max_idle_secs);
                 // Without the automatic policy only prewarmed keys are tracked: an unknown key has nothing ready
                 // and nothing being prepared (and an evaluation sweep over thousands of tasks stores nothing).
-                if !auto.enabled && !inner.keys.contains_key(&key) {
+                if !inner.keys.contains_key(&key)
+                    && (!auto.enabled || !first || !inner.make_room(self.config.max_keys))
+                {
                     return None;
                 }
+                let fill_limits = self.fill_limits;
                 let entry = inner.keys.entry(key.clone()).or_insert_with(|| {
-                    KeyState::new(
-                        Arc::new(KeySpec {
-                            instance: instance.clone(),
-                            config: config.clone(),
-                        }),
-                        now,
-                    )
+                    KeyState::new(Arc::new(KeySpec::new(instance, config, fill_limits)), now)
                 });
+                // One of the episodes an outstanding Prewarm count is for: waits for its container even when its
+                // fill has not started yet (fills start `max_concurrent_fills` at a time).
+                let mut covered = false;
                 if first {
                     first = false;
                     if now.duration_since(entry.last_use) >= Duration::from_secs(auto.keep_secs) {
@@ -411,7 +527,9 @@ impl Pool {
                     }
                     entry.uses = entry.uses.saturating_add(1);
                     entry.last_use = now;
+                    entry.touched = now;
                     // Each episode of the key, warm or cold, is one of the episodes a Prewarm was for.
+                    covered = now < entry.explicit_until && entry.explicit > 0;
                     entry.explicit = entry.explicit.saturating_sub(1);
                 }
                 let mut taken = None;
@@ -423,11 +541,20 @@ impl Pool {
                     taken = Some(ready.taken);
                     break;
                 }
+                let backed_off = entry.backoff_until.is_some_and(|until| now < until);
                 let waits = taken.is_none()
-                    && entry.filling > entry.waiting
-                    && tokio::time::Instant::now() < deadline;
-                if waits {
+                    && tokio::time::Instant::now() < deadline
+                    && match waiter {
+                        // Keeps waiting while a fill runs or can start for it.
+                        Some(_) => entry.filling > 0 || !backed_off,
+                        None => entry.filling > entry.waiting || (covered && !backed_off),
+                    };
+                if waits && waiter.is_none() {
                     entry.waiting += 1;
+                    waiter = Some(WaiterGuard {
+                        pool: self.clone(),
+                        key: key.clone(),
+                    });
                 }
                 // Created under the lock: it receives every `notify_waiters` from here on.
                 notified = waits.then(|| entry.notify.clone().notified_owned());
@@ -435,6 +562,9 @@ impl Pool {
                 inner.total -= n_gone;
                 taken
             };
+            if taken.is_some() {
+                drop(waiter.take());
+            }
             self.enforce_auto_keys();
             self.wake.notify_one();
             self.remove_in_background(stale);
@@ -457,9 +587,6 @@ impl Pool {
             }
             let notified = notified?;
             let _ = tokio::time::timeout_at(deadline, notified).await;
-            if let Some(entry) = self.lock().keys.get_mut(&key) {
-                entry.waiting = entry.waiting.saturating_sub(1);
-            }
         }
     }
 
@@ -503,46 +630,51 @@ impl Pool {
         {
             let mut inner = self.lock();
             let now = Instant::now();
-            let entry = inner.keys.entry(key.clone()).or_insert_with(|| {
-                KeyState::new(
-                    Arc::new(KeySpec {
-                        instance: instance.clone(),
-                        config: config.clone(),
-                    }),
-                    now,
-                )
-            });
-            // Later fills use this call's settings (its limits; the key is the same).
-            entry.spec = Arc::new(KeySpec {
-                instance: instance.clone(),
-                config: config.clone(),
-            });
+            if !inner.keys.contains_key(&key) && !inner.make_room(self.config.max_keys) {
+                return Err(PoolError::TooManyKeys {
+                    max: self.config.max_keys,
+                });
+            }
+            let spec = Arc::new(KeySpec::new(instance, config, self.fill_limits));
+            let entry = inner
+                .keys
+                .entry(key.clone())
+                .or_insert_with(|| KeyState::new(spec.clone(), now));
+            // A failing key is retried at once only when its task or settings changed (a repeated Prewarm of the
+            // same spec waits out the back-off).
+            if !entry.spec.same_as(&spec) {
+                entry.spec = spec;
+                entry.last_error = None;
+                entry.backoff_until = None;
+            }
             entry.explicit = count;
             entry.explicit_until = now + Duration::from_secs(self.config.max_idle_secs);
-            entry.last_error = None;
-            entry.backoff_until = None;
+            entry.touched = now;
         }
         // Planned now, not by the background planner: CreateEpisodes right after this call see the fills started
         // and wait for them instead of starting cold containers.
         self.plan();
         let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
         loop {
-            let (ready, warming, failed, notified) = {
+            let (ready, warming, failed, notified, keys) = {
                 let inner = self.lock();
+                let keys = inner.keys.len();
                 match inner.keys.get(&key) {
                     Some(entry) => (
                         entry.ready.len(),
                         entry.filling,
                         entry.last_error.clone(),
                         entry.notify.clone().notified_owned(),
+                        keys,
                     ),
-                    None => (0, 0, None, Arc::new(Notify::new()).notified_owned()),
+                    None => (0, 0, None, Arc::new(Notify::new()).notified_owned(), keys),
                 }
             };
             let outcome = PrewarmOutcome {
                 ready,
                 warming,
                 waited: started.elapsed(),
+                keys,
             };
             let Some(deadline) = deadline else {
                 return Ok((key, outcome));
@@ -694,7 +826,9 @@ impl Pool {
                 if entry.backoff_until.is_some_and(|until| now < until) {
                     continue;
                 }
-                let target = entry.target(auto, now);
+                // CreateEpisodes waiting for the key's containers count on top of its target (each lowered the
+                // Prewarm count it waits for).
+                let target = entry.target(auto, now) + entry.waiting;
                 while entry.ready.len() + entry.filling < target
                     && inner.total < self.config.max_containers
                     && inner.filling < self.config.max_concurrent_fills

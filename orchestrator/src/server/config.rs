@@ -78,7 +78,8 @@ pub struct ServerConfig {
     pub memory: MemoryBounds,
     /// Warm pools of ready containers (Prewarm, automatic policy). Defaults: `max_containers: 64`,
     /// `max_concurrent_fills: 2`, `min_host_available_bytes: 2147483648`, `max_idle_secs: 900`,
-    /// `take_wait_ms: 5000`, `auto: {enabled: false, size: 2, min_uses: 2, keep_secs: 120, max_keys: 8}`; see
+    /// `take_wait_ms: 5000`, `max_keys: 256`, `auto: {enabled: false, size: 2, min_uses: 2, keep_secs: 120,
+    /// max_keys: 8}`; see
     /// [`PoolConfig`].
     pub pool: PoolConfig,
 }
@@ -674,6 +675,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("pool.auto.size"), "{error}");
+        assert_eq!(config.pool.max_keys, 256);
+        for (yaml, field) in [
+            (
+                "pool:\n  max_keys: 0\nmaxima:\n  prewarm: 8\n",
+                "pool.max_keys",
+            ),
+            (
+                "pool:\n  max_keys: 4\n  auto:\n    enabled: true\nmaxima:\n  prewarm: 8\n",
+                "pool.auto.max_keys",
+            ),
+        ] {
+            let error = ServerConfig::from_yaml_str(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(field), "{yaml}: {error}");
+        }
         let off = ServerConfig::from_yaml_str("pool:\n  max_containers: 0\n").unwrap();
         off.validate().unwrap();
         let error = ServerConfig::from_yaml_str("pool:\n  size: 3\n")

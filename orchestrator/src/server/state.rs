@@ -29,7 +29,7 @@ use crate::episode::{
     Action, EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, StepMeta, ToolFormat,
 };
 use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
-use crate::pool::{Pool, PoolError};
+use crate::pool::{FillLimits, Pool, PoolError};
 use crate::task::image_for;
 use crate::trajectory::{read_trajectory, EpisodeStatus, PromptMessage, ReadTrajectory};
 use swe_env_sandbox::{DockerEngine, SandboxError};
@@ -92,7 +92,19 @@ impl ServerState {
             config.max_ended_remembered,
             config.memory.max_ended_remembered_bytes,
         );
-        let pool = Pool::new(engine.clone(), config.pool.clone(), new_episode_id);
+        // Pooled containers are prepared with the server's episode defaults; an episode's own limits are applied
+        // when it takes one.
+        let fill_limits = FillLimits {
+            memory_bytes: config.episode.memory_bytes,
+            nano_cpus: (config.episode.cpus * 1e9) as i64,
+            pids_limit: config.episode.pids_limit,
+        };
+        let pool = Pool::new(
+            engine.clone(),
+            config.pool.clone(),
+            new_episode_id,
+            fill_limits,
+        );
         Self {
             pool,
             config,
@@ -263,14 +275,9 @@ impl ServerState {
             None => None,
         };
         // A pooled container is labelled with the id of the episode that takes it.
-        let (episode_id, warm) = match warm {
+        let (mut episode_id, warm) = match warm {
             Some(taken) => (taken.episode_id, Some(taken.prepared)),
             None => (new_episode_id(), None),
-        };
-        let from_pool = warm.is_some();
-        let start_permit = match warm {
-            Some(_) => None,
-            None => Some(self.admission.start().await?),
         };
         let image = image_for(&instance, &config.image_template);
         let tool_format = config.tool_format;
@@ -278,29 +285,53 @@ impl ServerState {
         let instance_id = instance.instance_id.clone();
         let problem_statement = instance.problem_statement.clone();
         let started = Instant::now();
-        let start = async {
-            match warm {
-                Some(prepared) => {
-                    Episode::start_prepared(
+        let mut from_pool = false;
+        let warm_episode = match warm {
+            Some(prepared) => {
+                let result = tokio::select! {
+                    result = Episode::start_prepared(
                         &self.engine,
                         &episode_id,
-                        instance,
-                        config,
-                        info,
+                        instance.clone(),
+                        config.clone(),
+                        info.clone(),
                         prepared,
-                    )
-                    .await
+                    ) => result,
+                    _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
+                };
+                match result {
+                    Ok(episode) => Some(episode),
+                    // The pooled container (removed by now) could not take the episode's limits or no longer
+                    // answers: the episode starts in a container of its own instead, under a new id.
+                    Err(EpisodeError::Sandbox(error)) => {
+                        warn!(episode_id, %error, "starting from a pooled container failed; starting a cold container instead");
+                        episode_id = new_episode_id();
+                        None
+                    }
+                    Err(error) => {
+                        return Err(ServiceError::from_episode("starting the episode", error))
+                    }
                 }
-                None => Episode::start(&self.engine, &episode_id, instance, config, info).await,
+            }
+            None => None,
+        };
+        let episode = match warm_episode {
+            Some(episode) => {
+                from_pool = true;
+                episode
+            }
+            None => {
+                let start_permit = self.admission.start().await?;
+                let episode = tokio::select! {
+                    result = Episode::start(&self.engine, &episode_id, instance, config, info) => {
+                        result.map_err(|e| ServiceError::from_episode("starting the episode", e))?
+                    }
+                    _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
+                };
+                drop(start_permit);
+                episode
             }
         };
-        let episode = tokio::select! {
-            result = start => {
-                result.map_err(|e| ServiceError::from_episode("starting the episode", e))?
-            }
-            _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
-        };
-        drop(start_permit);
         let budget = episode.budget();
         let slot = self.registry.insert(NewSlot {
             id: episode_id.clone(),
@@ -374,14 +405,21 @@ impl ServerState {
                     .to_owned(),
             });
         };
-        // The key of a CreateEpisode of this task with the server's defaults and the asked limits (limits are not
-        // part of the key: an episode asking for others gets them applied at take time).
+        // The key of a CreateEpisode of this task with the server's defaults. The asked limits are checked like
+        // CreateEpisode's but not used: pooled containers are prepared with the server's default limits, and each
+        // episode's own are applied when it takes one (limits are not part of the key).
         let create = proto::CreateEpisodeRequest {
             limits: request.limits,
             ..Default::default()
         };
-        let mut config = convert::episode_config(
+        convert::episode_config(
             &create,
+            &self.config.episode,
+            &self.config.maxima,
+            &self.config.trajectory_dir,
+        )?;
+        let mut config = convert::episode_config(
+            &proto::CreateEpisodeRequest::default(),
             &self.config.episode,
             &self.config.maxima,
             &self.config.trajectory_dir,
@@ -390,7 +428,7 @@ impl ServerState {
         let wait = request.wait.then(|| {
             Duration::from_millis(match request.wait_timeout_ms {
                 0 => PREWARM_WAIT_DEFAULT_MS,
-                ms => u64::from(ms),
+                ms => u64::from(ms).min(PREWARM_WAIT_MAX_MS),
             })
         });
         let outcome = tokio::select! {
@@ -403,12 +441,17 @@ impl ServerState {
                 warming: outcome.warming as u32,
                 waited_ms: outcome.waited.as_millis() as u64,
                 pool_key: key.to_string(),
+                pool_keys: outcome.keys as u32,
             }),
             Err(PoolError::Fill { source, .. }) => Err(ServiceError::from_episode(
                 "preparing pooled containers",
                 source,
             )),
             Err(PoolError::Draining) => Err(ServiceError::ShuttingDown),
+            Err(error @ PoolError::TooManyKeys { .. }) => Err(ServiceError::Exhausted {
+                what: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            }),
             Err(
                 error @ (PoolError::FillFailed { .. }
                 | PoolError::OverBudget { .. }
@@ -1003,6 +1046,8 @@ impl ServerState {
 
 /// How long a Prewarm with `wait` and no `wait_timeout_ms` waits at most.
 pub const PREWARM_WAIT_DEFAULT_MS: u64 = 120_000;
+/// The longest wait of a Prewarm (a larger `wait_timeout_ms` is lowered to it): 10 minutes.
+pub const PREWARM_WAIT_MAX_MS: u64 = 600_000;
 
 /// During a drain, live episodes unused for this long (and at least this long after the stop signal) no longer hold
 /// the server up until the end of the grace period.

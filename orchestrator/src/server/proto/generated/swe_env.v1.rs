@@ -192,12 +192,13 @@ pub struct PrewarmRequest {
     /// Return only once `count` containers are ready (or after `wait_timeout_ms`); else return at once.
     #[prost(bool, tag = "5")]
     pub wait: bool,
-    /// With `wait`: the longest wait, ms; 0 means 120000.
+    /// With `wait`: the longest wait, ms; 0 means 120000; at most 600000 (a larger value is lowered to it).
     #[prost(uint32, tag = "6")]
     pub wait_timeout_ms: u32,
-    /// Limits to create the containers with (as in CreateEpisodeRequest; unset fields take server defaults). Limits
-    /// are not part of the pool key: an episode asking for other limits still takes a pooled container and gets its
-    /// own applied at take time (a Docker update, some ms); warming with the limits the episodes will ask for avoids it.
+    /// Checked as in CreateEpisodeRequest, but not used: pooled containers are always prepared with the server's
+    /// default limits (so one client's limits cannot slow every pool's fills). Limits are not part of the pool key: an
+    /// episode asking for other limits than the defaults still takes a pooled container and gets its own applied at
+    /// take time (a Docker update, some ms; should the update fail, the episode starts in a new container instead).
     #[prost(message, optional, tag = "7")]
     pub limits: ::core::option::Option<Limits>,
     /// The task, as in CreateEpisodeRequest.
@@ -229,9 +230,13 @@ pub struct PrewarmResponse {
     /// How long the call waited, ms.
     #[prost(uint64, tag = "3")]
     pub waited_ms: u64,
-    /// The pool key (16 hex digits; the pooled containers' `swe-env.episode` label is `pool-<key>-<random>`).
+    /// The pool key (16 hex digits). A pooled container's `swe-env.episode` label is the id (`ep-<hex>`) of the
+    /// episode that will take it.
     #[prost(string, tag = "4")]
     pub pool_key: ::prost::alloc::string::String,
+    /// Keys the server's pools track (every task), at most the server's `pool.max_keys`.
+    #[prost(uint32, tag = "5")]
+    pub pool_keys: u32,
 }
 /// A structured (OpenAI function-calling) tool call.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1137,7 +1142,9 @@ pub mod env_service_client {
         /// so the next `count` CreateEpisode of that task start in milliseconds (K rollouts of one task: Prewarm(task, K),
         /// then K CreateEpisode). The count is kept up for the server's `pool.max_idle_secs`, lowered by each episode
         /// that takes one. `count` above the server's `maxima.prewarm` is INVALID_ARGUMENT; FAILED_PRECONDITION when the
-        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`).
+        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`);
+        /// RESOURCE_EXHAUSTED when the pools already track `pool.max_keys` keys that all have containers ready, being
+        /// prepared or waited for (the least recently used key with none is forgotten to make room).
         pub async fn prewarm(
             &mut self,
             request: impl tonic::IntoRequest<super::PrewarmRequest>,
@@ -1262,7 +1269,9 @@ pub mod env_service_server {
         /// so the next `count` CreateEpisode of that task start in milliseconds (K rollouts of one task: Prewarm(task, K),
         /// then K CreateEpisode). The count is kept up for the server's `pool.max_idle_secs`, lowered by each episode
         /// that takes one. `count` above the server's `maxima.prewarm` is INVALID_ARGUMENT; FAILED_PRECONDITION when the
-        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`).
+        /// task's image is missing; UNIMPLEMENTED when the server's pools are off (`pool.max_containers: 0`);
+        /// RESOURCE_EXHAUSTED when the pools already track `pool.max_keys` keys that all have containers ready, being
+        /// prepared or waited for (the least recently used key with none is forgotten to make room).
         async fn prewarm(
             &self,
             request: tonic::Request<super::PrewarmRequest>,
