@@ -311,14 +311,7 @@ impl DockerEngine {
         }
         let created = match created {
             Ok(created) => created,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(SandboxError::ImageNotFound {
-                    image: image.to_owned(),
-                })
-            }
-            Err(e) => return Err(SandboxError::docker("create container", e)),
+            Err(e) => return Err(create_container_error(image, e)),
         };
         cleanup.0 = None;
         let sandbox = DockerSandbox {
@@ -1793,5 +1786,18 @@ impl DockerSandbox {
         let now = read().await?;
         debug!(container = %id, ?now, "container limits updated");
         Ok(now)
+    }
+}
+
+/// The error of a failed container create: a 404 is the image missing (pull or build it), anything else the engine's
+/// own error.
+pub(crate) fn create_container_error(image: &str, error: bollard::errors::Error) -> SandboxError {
+    match error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        } => SandboxError::ImageNotFound {
+            image: image.to_owned(),
+        },
+        e => SandboxError::docker("create container", e),
     }
 }

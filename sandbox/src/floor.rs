@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::docker::create_container_error;
 use crate::error::SandboxError;
 use crate::owner::{container_labels, Owner};
 
@@ -81,14 +82,7 @@ impl FloorProbe {
         };
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(SandboxError::ImageNotFound {
-                    image: image.to_owned(),
-                })
-            }
-            Err(e) => return Err(SandboxError::docker("create container", e)),
+            Err(e) => return Err(create_container_error(image, e)),
         };
         match self.start_and_exec(&created.id).await {
             Ok(()) => Ok(FloorStart {

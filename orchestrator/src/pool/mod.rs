@@ -422,6 +422,26 @@ impl Drop for WaiterGuard {
     }
 }
 
+/// The Prewarm count a CreateEpisode took for itself: given back when the call is dropped (the client cancelled or
+/// its deadline passed) before it got a container or gave up waiting, since the episode it was for never started.
+struct CountBack {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    armed: bool,
+}
+
+impl Drop for CountBack {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(entry) = self.pool.lock().keys.get_mut(&self.key) {
+            entry.explicit = entry.explicit.saturating_add(1);
+        }
+        self.pool.wake.notify_one();
+    }
+}
+
 /// The warm pools of a server.
 pub struct Pool {
     engine: DockerEngine,
@@ -497,6 +517,13 @@ impl Pool {
         let mut first = true;
         // Registered as a waiter of the key: unregistered when dropped (also when the CreateEpisode is cancelled).
         let mut waiter: Option<WaiterGuard> = None;
+        // Disarmed on every return: only a dropped (cancelled) call gives its Prewarm count back.
+        let mut count_back: Option<CountBack> = None;
+        let disarm = |count_back: &mut Option<CountBack>| {
+            if let Some(count_back) = count_back.as_mut() {
+                count_back.armed = false;
+            }
+        };
         loop {
             let mut stale = Vec::new();
             let notified;
@@ -511,6 +538,7 @@ impl Pool {
                 if !inner.keys.contains_key(&key)
                     && (!auto.enabled || !first || !inner.make_room(self.config.max_keys))
                 {
+                    disarm(&mut count_back);
                     return None;
                 }
                 let fill_limits = self.fill_limits;
@@ -531,6 +559,13 @@ impl Pool {
                     // Each episode of the key, warm or cold, is one of the episodes a Prewarm was for.
                     covered = now < entry.explicit_until && entry.explicit > 0;
                     entry.explicit = entry.explicit.saturating_sub(1);
+                    if covered {
+                        count_back = Some(CountBack {
+                            pool: self.clone(),
+                            key: key.clone(),
+                            armed: true,
+                        });
+                    }
                 }
                 let mut taken = None;
                 while let Some(ready) = entry.ready.pop_front() {
@@ -576,6 +611,7 @@ impl Pool {
                 {
                     Ok(Ok(out)) if out.exit_code == Some(0) => {
                         info!(pool_key = %key, container = %sandbox.id(), episode_id = %taken.episode_id, "episode takes a pooled container");
+                        disarm(&mut count_back);
                         return Some(taken);
                     }
                     outcome => {
@@ -585,7 +621,10 @@ impl Pool {
                     }
                 }
             }
-            let notified = notified?;
+            let Some(notified) = notified else {
+                disarm(&mut count_back);
+                return None;
+            };
             let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
