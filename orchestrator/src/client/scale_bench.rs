@@ -458,14 +458,7 @@ async fn drive(
         let task = args.task.clone();
         let (phase, ids) = bounded(&pool, n, args.concurrency, &bar, move |mut client, _| {
             let task = task.clone();
-            async move {
-                let reply = client
-                    .create_episode(create_request(&task))
-                    .await
-                    .map_err(status_text)?;
-                let reply = reply.into_inner();
-                Ok((reply.episode_id, reply.warm))
-            }
+            async move { create_one(&mut client, &task).await }
         })
         .await;
         let (phase, ids) = with_warm(phase, ids);
@@ -527,6 +520,16 @@ async fn drive(
         ceiling,
         create_vs_ceiling,
     })
+}
+
+/// One CreateEpisode of `task`: the episode id and whether it came from a warm pool.
+async fn create_one(client: &mut Client, task: &str) -> Result<(String, bool), String> {
+    let reply = client
+        .create_episode(create_request(task))
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    Ok((reply.episode_id, reply.warm))
 }
 
 fn create_request(task: &str) -> proto::CreateEpisodeRequest {
@@ -810,14 +813,7 @@ async fn run_burst(
         let tasks = tasks.clone();
         move |mut client, i| {
             let task = tasks[i % tasks.len()].clone();
-            async move {
-                let reply = client
-                    .create_episode(create_request(&task))
-                    .await
-                    .map_err(status_text)?;
-                let reply = reply.into_inner();
-                Ok((reply.episode_id, reply.warm))
-            }
+            async move { create_one(&mut client, &task).await }
         }
     })
     .await;
