@@ -12,7 +12,7 @@ use crate::endpoints::EndpointPool;
 use crate::error::{snippet, status_hint, ModelError};
 use crate::retry::{is_retryable_status, parse_retry_after, RetryConfig};
 use crate::types::{Completion, ModelRequest};
-use crate::wire::{parse_reply, request_body, ApiKind, ParsedReply};
+use crate::wire::{parse_reply, request_body, sampling_of, ApiKind, OptionalField, ParsedReply};
 
 /// How many characters of a response body an error message quotes.
 const BODY_SNIPPET_CHARS: usize = 500;
@@ -31,6 +31,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Most requests in flight per endpoint (default 64); more wait for a permit.
     pub max_in_flight_per_endpoint: usize,
+    /// Per-endpoint limits, index-aligned with `endpoints`, overriding `max_in_flight_per_endpoint` (default
+    /// empty; an endpoint with no entry gets `max_in_flight_per_endpoint`). A call takes the first endpoint in
+    /// round-robin order with a free permit.
+    pub endpoint_max_in_flight: Vec<usize>,
     /// How long an endpoint that just failed is tried only after the others (default 5 s).
     pub endpoint_cooldown: Duration,
     /// How failures are retried.
@@ -52,6 +56,7 @@ impl ClientConfig {
             api_key_env: None,
             request_timeout: Duration::from_secs(600),
             max_in_flight_per_endpoint: 64,
+            endpoint_max_in_flight: Vec::new(),
             endpoint_cooldown: Duration::from_secs(5),
             retry: RetryConfig::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -130,6 +135,24 @@ struct AttemptOk {
     endpoint: String,
     reply: ParsedReply,
     latency: Duration,
+    /// The sampling fields of the body that got this reply.
+    sampling: serde_json::Value,
+}
+
+/// The fields a 400 body rejects that `auto` settings may drop: those `request` asks for in `auto` mode, that were
+/// in the body just sent (not in `omitted`), and that the error message names.
+fn rejected_fields(
+    request: &ModelRequest,
+    omitted: &[OptionalField],
+    body: &[u8],
+) -> Vec<OptionalField> {
+    let message = String::from_utf8_lossy(body).to_ascii_lowercase();
+    OptionalField::ALL
+        .into_iter()
+        .filter(|field| {
+            !omitted.contains(field) && field.droppable(request) && message.contains(field.name())
+        })
+        .collect()
 }
 
 impl ModelClient {
@@ -150,6 +173,24 @@ impl ModelClient {
                 "max_in_flight_per_endpoint is 0, so no request could ever be sent".into(),
             ));
         }
+        if let Some(index) = config
+            .endpoint_max_in_flight
+            .iter()
+            .position(|&limit| limit == 0)
+        {
+            return Err(ModelError::InvalidConfig(format!(
+                "endpoint_max_in_flight[{index}] (endpoint {}) is 0, so no request could ever be sent to it; \
+                 use at least 1 or remove the endpoint",
+                config.endpoints.get(index).map_or("(none)", String::as_str)
+            )));
+        }
+        if config.endpoint_max_in_flight.len() > config.endpoints.len() {
+            return Err(ModelError::InvalidConfig(format!(
+                "endpoint_max_in_flight has {} limits for {} endpoints; give one limit per endpoint",
+                config.endpoint_max_in_flight.len(),
+                config.endpoints.len()
+            )));
+        }
         if config.retry.max_attempts == 0 {
             return Err(ModelError::InvalidConfig(
                 "retry.max_attempts is 0; use 1 to disable retries".into(),
@@ -169,6 +210,7 @@ impl ModelClient {
         })?;
         let pool = EndpointPool::new(
             &config.endpoints,
+            &config.endpoint_max_in_flight,
             config.max_in_flight_per_endpoint,
             config.endpoint_cooldown,
         );
@@ -190,6 +232,10 @@ impl ModelClient {
     ///
     /// Dropping the returned future cancels the call and frees its concurrency permit. Time spent
     /// waiting for a permit does not count against the request timeout.
+    ///
+    /// Fields asked for in `auto` mode (`logprobs`, `return_token_ids`) are dropped for an endpoint that answered
+    /// HTTP 400 naming them: the attempt is re-sent at once without them (no retry spent) and the endpoint
+    /// remembers it for the client's life. [`Completion::sampling`] is what the answering request carried.
     pub async fn call(&self, request: &ModelRequest) -> Result<Completion, ModelError> {
         if let Some(extra) = &request.sampling.extra_body {
             if !extra.is_object() {
@@ -199,7 +245,6 @@ impl ModelClient {
             }
         }
         let kind = ApiKind::of(&request.input);
-        let body = Bytes::from(request_body(&self.config.model, request).to_string());
         let started = Instant::now();
         let attempts = AtomicU32::new(0);
         let last_failed: Mutex<Option<usize>> = Mutex::new(None);
@@ -208,7 +253,7 @@ impl ModelClient {
         let outcome = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
             let avoid = last_failed.lock().ok().and_then(|guard| *guard);
-            let result = self.attempt(kind, body.clone(), avoid, &last_failed).await;
+            let result = self.attempt(kind, request, avoid, &last_failed).await;
             result
         })
         .retry(retry.backoff())
@@ -250,6 +295,7 @@ impl ModelClient {
                 latency: ok.latency,
                 total_duration: started.elapsed(),
                 attempts,
+                sampling: ok.sampling,
             }),
             Err(error) => Err(self.final_error(error, attempts)),
         }
@@ -287,7 +333,7 @@ impl ModelClient {
     async fn attempt(
         &self,
         kind: ApiKind,
-        body: Bytes,
+        request: &ModelRequest,
         avoid: Option<usize>,
         last_failed: &Mutex<Option<usize>>,
     ) -> Result<AttemptOk, AttemptError> {
@@ -298,28 +344,54 @@ impl ModelClient {
             });
         };
         let endpoint = lease.endpoint.base_url.clone();
-        let sent = Instant::now();
-        let result = self
-            .send(&lease.endpoint.url(kind.path()), body, kind)
-            .await;
-        let latency = sent.elapsed();
-        match result {
-            Ok(reply) => {
-                self.pool.mark_ok(lease.index);
-                Ok(AttemptOk {
-                    endpoint,
-                    reply,
-                    latency,
-                })
-            }
-            Err(failure) => {
-                if failure.retryable() {
-                    self.pool.mark_failed(lease.index);
-                    if let Ok(mut guard) = last_failed.lock() {
-                        *guard = Some(lease.index);
+        let url = lease.endpoint.url(kind.path());
+        loop {
+            let omit: Vec<OptionalField> = OptionalField::ALL
+                .into_iter()
+                .filter(|&field| field.droppable(request) && lease.endpoint.rejects(field))
+                .collect();
+            let body = request_body(&self.config.model, request, &omit);
+            let sampling = sampling_of(&body);
+            let sent = Instant::now();
+            let result = self.send(&url, Bytes::from(body.to_string()), kind).await;
+            let latency = sent.elapsed();
+            match result {
+                Ok(reply) => {
+                    self.pool.mark_ok(lease.index);
+                    return Ok(AttemptOk {
+                        endpoint,
+                        reply,
+                        latency,
+                        sampling,
+                    });
+                }
+                Err(AttemptFailure::Status {
+                    status: 400,
+                    ref body,
+                    ..
+                }) if !rejected_fields(request, &omit, body).is_empty() => {
+                    // The endpoint does not take a field we only asked for by default: drop it for this
+                    // endpoint and re-send at once. Each pass drops at least one more field, so this ends.
+                    for field in rejected_fields(request, &omit, body) {
+                        if lease.endpoint.mark_rejects(field) {
+                            tracing::info!(
+                                endpoint = %endpoint,
+                                field = field.name(),
+                                detail = %snippet(body, 200),
+                                "endpoint rejects a field asked for by default; calls to it go without it"
+                            );
+                        }
                     }
                 }
-                Err(AttemptError { endpoint, failure })
+                Err(failure) => {
+                    if failure.retryable() {
+                        self.pool.mark_failed(lease.index);
+                        if let Ok(mut guard) = last_failed.lock() {
+                            *guard = Some(lease.index);
+                        }
+                    }
+                    return Err(AttemptError { endpoint, failure });
+                }
             }
         }
     }

@@ -1,10 +1,12 @@
 //! Several endpoints served round-robin, each with its own concurrency limit, skipping ones that just failed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::wire::OptionalField;
 
 /// One OpenAI-compatible base URL and its admission state.
 #[derive(Debug)]
@@ -13,9 +15,30 @@ pub(crate) struct Endpoint {
     pub(crate) base_url: String,
     permits: Arc<Semaphore>,
     failed_at: Mutex<Option<Instant>>,
+    /// The endpoint answered 400 naming `logprobs`: `auto` calls go without it from now on.
+    rejects_logprobs: AtomicBool,
+    /// The endpoint answered 400 naming `return_token_ids`.
+    rejects_token_ids: AtomicBool,
 }
 
 impl Endpoint {
+    fn rejected_flag(&self, field: OptionalField) -> &AtomicBool {
+        match field {
+            OptionalField::Logprobs => &self.rejects_logprobs,
+            OptionalField::ReturnTokenIds => &self.rejects_token_ids,
+        }
+    }
+
+    /// Whether this endpoint rejected `field` before (for the client's life).
+    pub(crate) fn rejects(&self, field: OptionalField) -> bool {
+        self.rejected_flag(field).load(Ordering::Relaxed)
+    }
+
+    /// Remembers that this endpoint rejects `field`; true the first time (so it is logged once).
+    pub(crate) fn mark_rejects(&self, field: OptionalField) -> bool {
+        !self.rejected_flag(field).swap(true, Ordering::Relaxed)
+    }
+
     /// The full URL of an API path under this endpoint.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base_url, path)
@@ -35,6 +58,8 @@ pub(crate) struct EndpointPool {
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     cooldown: Duration,
+    /// Woken whenever a lease ends, so a caller waiting for a permit takes the first endpoint that frees one.
+    released: Notify,
 }
 
 /// An endpoint chosen for one attempt, holding one of its concurrency permits.
@@ -42,24 +67,46 @@ pub(crate) struct EndpointPool {
 pub(crate) struct Lease<'a> {
     pub(crate) index: usize,
     pub(crate) endpoint: &'a Endpoint,
-    _permit: OwnedSemaphorePermit,
+    released: &'a Notify,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        // Give the permit back first, then wake the waiters so they find it free.
+        drop(self.permit.take());
+        self.released.notify_waiters();
+    }
 }
 
 impl EndpointPool {
-    /// A pool over `base_urls`, each admitting at most `max_in_flight` requests at once.
-    pub(crate) fn new(base_urls: &[String], max_in_flight: usize, cooldown: Duration) -> Self {
+    /// A pool over `base_urls`; endpoint `i` admits at most `limits[i]` requests at once (`default_limit` when
+    /// `limits` is shorter). A limit of 0 is taken as 1.
+    pub(crate) fn new(
+        base_urls: &[String],
+        limits: &[usize],
+        default_limit: usize,
+        cooldown: Duration,
+    ) -> Self {
         let endpoints = base_urls
             .iter()
-            .map(|url| Endpoint {
-                base_url: url.trim_end_matches('/').to_string(),
-                permits: Arc::new(Semaphore::new(max_in_flight)),
-                failed_at: Mutex::new(None),
+            .enumerate()
+            .map(|(index, url)| {
+                let max_in_flight = limits.get(index).copied().unwrap_or(default_limit).max(1);
+                Endpoint {
+                    base_url: url.trim_end_matches('/').to_string(),
+                    permits: Arc::new(Semaphore::new(max_in_flight)),
+                    failed_at: Mutex::new(None),
+                    rejects_logprobs: AtomicBool::new(false),
+                    rejects_token_ids: AtomicBool::new(false),
+                }
             })
             .collect();
         EndpointPool {
             endpoints,
             next: AtomicUsize::new(0),
             cooldown,
+            released: Notify::new(),
         }
     }
 
@@ -96,31 +143,35 @@ impl EndpointPool {
         order
     }
 
-    /// Picks an endpoint and waits for one of its permits, preferring one that has a permit free.
+    /// Picks an endpoint and waits for one of its permits, preferring one that has a permit free: among the
+    /// best-ranked endpoints (not avoided, not cooling down) in round-robin order, the first with a free permit;
+    /// when all are busy, the first of them to free one.
     pub(crate) async fn lease(&self, avoid: Option<usize>) -> Option<Lease<'_>> {
         let order = self.candidates(avoid);
         let first = *order.first()?;
-        let usable = order
+        let usable: Vec<usize> = order
             .iter()
             .copied()
-            .take_while(|&index| index == first || self.rank_equal(index, first, avoid));
-        for index in usable {
-            let endpoint = &self.endpoints[index];
-            if let Ok(permit) = Arc::clone(&endpoint.permits).try_acquire_owned() {
-                return Some(Lease {
-                    index,
-                    endpoint,
-                    _permit: permit,
-                });
+            .take_while(|&index| index == first || self.rank_equal(index, first, avoid))
+            .collect();
+        loop {
+            // Register for the wake-up before looking, so a permit freed in between is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            for &index in &usable {
+                let endpoint = &self.endpoints[index];
+                if let Ok(permit) = Arc::clone(&endpoint.permits).try_acquire_owned() {
+                    return Some(Lease {
+                        index,
+                        endpoint,
+                        released: &self.released,
+                        permit: Some(permit),
+                    });
+                }
             }
+            released.await;
         }
-        let endpoint = &self.endpoints[first];
-        let permit = Arc::clone(&endpoint.permits).acquire_owned().await.ok()?;
-        Some(Lease {
-            index: first,
-            endpoint,
-            _permit: permit,
-        })
     }
 
     fn rank_equal(&self, index: usize, first: usize, avoid: Option<usize>) -> bool {
@@ -141,7 +192,7 @@ mod tests {
 
     fn pool(n: usize) -> EndpointPool {
         let urls: Vec<String> = (0..n).map(|i| format!("http://e{i}/v1/")).collect();
-        EndpointPool::new(&urls, 1, Duration::from_secs(60))
+        EndpointPool::new(&urls, &[], 1, Duration::from_secs(60))
     }
 
     #[tokio::test]
@@ -187,6 +238,61 @@ mod tests {
         let _ = pool.lease(None).await.unwrap();
         let other = pool.lease(None).await.unwrap();
         assert_eq!(other.index, 1);
+    }
+
+    #[tokio::test]
+    async fn per_endpoint_limits_hold_under_load_and_free_permits_are_preferred() {
+        use crate::scripted::{Script, ScriptedReply, ScriptedServer};
+        use crate::{ClientConfig, ModelClient, ModelRequest};
+
+        let slow = || ScriptedReply::delayed(Duration::from_millis(150), ScriptedReply::text("ok"));
+        let small = ScriptedServer::start(Script::default().with_fallback(slow()))
+            .await
+            .unwrap();
+        let large = ScriptedServer::start(Script::default().with_fallback(slow()))
+            .await
+            .unwrap();
+        let mut config = ClientConfig::new(small.base_url(), "m");
+        config.endpoints.push(large.base_url());
+        config.endpoint_max_in_flight = vec![1, 3];
+        config.max_in_flight_per_endpoint = 64;
+        let client = Arc::new(ModelClient::new(config).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..8 {
+            let client = Arc::clone(&client);
+            tasks.spawn(async move {
+                client
+                    .call(&ModelRequest::prompt(format!("p{index}")))
+                    .await
+                    .map(|completion| completion.text)
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            assert_eq!(result.unwrap().unwrap(), "ok");
+        }
+        assert_eq!(small.request_count() + large.request_count(), 8);
+        assert_eq!(small.max_in_flight(), 1, "limit 1 holds");
+        assert_eq!(large.max_in_flight(), 3, "limit 3 holds and is used");
+        assert!(
+            large.request_count() > small.request_count(),
+            "the endpoint with more free permits takes more calls: small {} large {}",
+            small.request_count(),
+            large.request_count()
+        );
+    }
+
+    #[test]
+    fn a_zero_or_surplus_endpoint_limit_is_a_config_error() {
+        use crate::{ClientConfig, ModelClient, ModelError};
+        let mut config = ClientConfig::new("http://127.0.0.1:9/v1", "m");
+        config.endpoint_max_in_flight = vec![0];
+        let error = ModelClient::new(config.clone()).unwrap_err();
+        assert!(
+            matches!(&error, ModelError::InvalidConfig(text) if text.contains("endpoint_max_in_flight[0]")),
+            "{error}"
+        );
+        config.endpoint_max_in_flight = vec![1, 2];
+        assert!(ModelClient::new(config).is_err());
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ pub use prompt::{
 pub use retry::RetryConfig;
 pub use template::{check_template, render_template, TemplateError};
 pub use types::{
-    ChatMessage, ChatRole, Completion, ModelInput, ModelRequest, SamplingParams, TokenLogprob,
-    ToolCall, ToolSpec, TopLogprob, Usage,
+    ChatMessage, ChatRole, Completion, LogprobsSetting, ModelInput, ModelRequest, SamplingParams,
+    TokenIdsSetting, TokenLogprob, ToolCall, ToolSpec, TopLogprob, Usage,
 };
 pub use yaml::YamlError;

@@ -132,6 +132,8 @@ impl ScriptedReply {
 pub struct Script {
     shared: VecDeque<ScriptedReply>,
     by_episode: HashMap<String, VecDeque<ScriptedReply>>,
+    /// Stateless replies by episode-id prefix: `(prefix, replies)`, the reply picked by the request's turn.
+    by_prefix: Vec<(String, Vec<ScriptedReply>)>,
     fallback: Option<ScriptedReply>,
 }
 
@@ -150,10 +152,51 @@ impl Script {
         self
     }
 
+    /// STATELESS replies for every episode whose id starts with `prefix`: a request gets `replies[n]`, where `n` is
+    /// the number of `assistant` messages in its `messages` (chat paths; on the completions path, which has no
+    /// messages, `n` is how many requests of that exact episode id this server already answered). Past the end the
+    /// fallback applies (or HTTP 410). Nothing is consumed, so an episode re-run from scratch (a new id with the same
+    /// prefix, e.g. after a kill -9) gets the same replies. Several prefixes may be registered: the longest matching
+    /// one wins, and an exact [`Script::with_episode`] key takes priority over every prefix.
+    pub fn with_episode_turns(
+        mut self,
+        prefix: impl Into<String>,
+        replies: Vec<ScriptedReply>,
+    ) -> Self {
+        let prefix = prefix.into();
+        self.by_prefix.retain(|(known, _)| *known != prefix);
+        self.by_prefix.push((prefix, replies));
+        self
+    }
+
     /// What to send forever once the relevant queues are empty (default: HTTP 410 "script exhausted").
     pub fn with_fallback(mut self, reply: ScriptedReply) -> Self {
         self.fallback = Some(reply);
         self
+    }
+
+    /// The stateless replies of the longest registered prefix of `episode`, unless an exact per-episode queue exists.
+    fn turn_replies(&self, episode: Option<&str>) -> Option<&[ScriptedReply]> {
+        let episode = episode?;
+        if self.by_episode.contains_key(episode) {
+            return None;
+        }
+        self.by_prefix
+            .iter()
+            .filter(|(prefix, _)| episode.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, replies)| replies.as_slice())
+    }
+
+    /// The reply for a request of `episode` at turn `turn` (see [`Script::with_episode_turns`]).
+    fn reply_for(&mut self, episode: Option<&str>, turn: usize) -> ScriptedReply {
+        if let Some(replies) = self.turn_replies(episode) {
+            return match replies.get(turn) {
+                Some(reply) => reply.clone(),
+                None => self.fallback_reply(episode),
+            };
+        }
+        self.next_reply(episode)
     }
 
     fn next_reply(&mut self, episode: Option<&str>) -> ScriptedReply {
@@ -165,6 +208,10 @@ impl Script {
         if let Some(reply) = self.shared.pop_front() {
             return reply;
         }
+        self.fallback_reply(episode)
+    }
+
+    fn fallback_reply(&self, episode: Option<&str>) -> ScriptedReply {
         match &self.fallback {
             Some(reply) => reply.clone(),
             None => ScriptedReply::Status {
@@ -213,9 +260,21 @@ struct Counters {
     max_in_flight: usize,
 }
 
+/// How a [`ScriptedServer`] treats requests beyond its script.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptedOptions {
+    /// Top-level request body fields this server refuses, like a strict OpenAI-compatible server: a request carrying
+    /// any of them gets HTTP 400 `{"error":{"message":"Unrecognized request argument supplied: <field>",
+    /// "type":"invalid_request_error"}}` (it is recorded, and consumes no scripted reply).
+    pub reject_fields: Vec<String>,
+}
+
 #[derive(Debug)]
 struct State {
     script: Mutex<Script>,
+    options: ScriptedOptions,
+    /// Requests answered so far per exact episode id (the turn of a completions-path request).
+    answered: Mutex<HashMap<String, usize>>,
     requests: Mutex<Vec<RecordedRequest>>,
     counters: Mutex<Counters>,
 }
@@ -254,12 +313,19 @@ pub struct ScriptedServer {
 }
 
 impl ScriptedServer {
-    /// Binds `127.0.0.1:0` and starts serving `script` on the current tokio runtime.
+    /// Binds `127.0.0.1:0` and starts serving `script` on the current tokio runtime, accepting every field.
     pub async fn start(script: Script) -> std::io::Result<Self> {
+        Self::start_with(script, ScriptedOptions::default()).await
+    }
+
+    /// Like [`ScriptedServer::start`], with `options` (e.g. fields to reject with HTTP 400).
+    pub async fn start_with(script: Script, options: ScriptedOptions) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             script: Mutex::new(script),
+            options,
+            answered: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
         });
@@ -375,13 +441,41 @@ async fn handle(
             format!("scripted server: no route {path}"),
         ));
     }
+    let rejected = body.as_object().and_then(|fields| {
+        state
+            .options
+            .reject_fields
+            .iter()
+            .find(|field| fields.contains_key(field.as_str()))
+            .cloned()
+    });
+    let turn = match body.get("messages").and_then(Value::as_array) {
+        Some(messages) => messages
+            .iter()
+            .filter(|message| message.get("role").and_then(Value::as_str) == Some("assistant"))
+            .count(),
+        None => episode
+            .as_ref()
+            .and_then(|key| lock(&state.answered).get(key).copied())
+            .unwrap_or(0),
+    };
     lock(&state.requests).push(RecordedRequest {
         path,
         headers,
         body,
         episode: episode.clone(),
     });
-    let mut reply = lock(&state.script).next_reply(episode.as_deref());
+    if let Some(field) = rejected {
+        let body = json!({"error": {
+            "message": format!("Unrecognized request argument supplied: {field}"),
+            "type": "invalid_request_error",
+        }});
+        return Ok(respond(400, None, body.to_string()));
+    }
+    if let Some(key) = &episode {
+        *lock(&state.answered).entry(key.clone()).or_insert(0) += 1;
+    }
+    let mut reply = lock(&state.script).reply_for(episode.as_deref(), turn);
     loop {
         match reply {
             ScriptedReply::Delayed {
@@ -562,6 +656,140 @@ mod tests {
             empty.next_reply(None),
             ScriptedReply::Status { status: 410, .. }
         ));
+    }
+
+    #[test]
+    fn episode_turns_are_stateless_and_longest_prefix_wins() {
+        let mut script = Script::default()
+            .with_episode_turns(
+                "inst.s0.",
+                vec![ScriptedReply::text("t0"), ScriptedReply::text("t1")],
+            )
+            .with_episode_turns("inst.s0.ab", vec![ScriptedReply::text("long")])
+            .with_episode_turns("inst.", vec![ScriptedReply::text("short")])
+            .with_episode("inst.s0.exact", vec![ScriptedReply::text("queued")])
+            .with_fallback(ScriptedReply::text("fallback"));
+        // The same turn gives the same reply every time, for any id under the prefix.
+        for _ in 0..2 {
+            assert_eq!(
+                script.reply_for(Some("inst.s0.1234"), 0),
+                ScriptedReply::text("t0")
+            );
+            assert_eq!(
+                script.reply_for(Some("inst.s0.ffff"), 1),
+                ScriptedReply::text("t1")
+            );
+        }
+        assert_eq!(
+            script.reply_for(Some("inst.s0.1234"), 2),
+            ScriptedReply::text("fallback")
+        );
+        assert_eq!(
+            script.reply_for(Some("inst.s0.abcd"), 0),
+            ScriptedReply::text("long")
+        );
+        assert_eq!(
+            script.reply_for(Some("inst.s1.0000"), 0),
+            ScriptedReply::text("short")
+        );
+        // An exact per-episode key wins over every prefix; it is a queue (consumed), then the fallback.
+        assert_eq!(
+            script.reply_for(Some("inst.s0.exact"), 0),
+            ScriptedReply::text("queued")
+        );
+        assert_eq!(
+            script.reply_for(Some("inst.s0.exact"), 0),
+            ScriptedReply::text("fallback")
+        );
+        assert_eq!(script.reply_for(None, 0), ScriptedReply::text("fallback"));
+        let mut bare = Script::default().with_episode_turns("p", vec![]);
+        assert!(matches!(
+            bare.reply_for(Some("p1"), 0),
+            ScriptedReply::Status { status: 410, .. }
+        ));
+    }
+
+    fn chat_request(episode: &str, assistants: usize, extra: Value) -> Value {
+        let mut messages = vec![json!({"role": "user", "content": "task"})];
+        for index in 0..assistants {
+            messages.push(json!({"role": "assistant", "content": format!("a{index}")}));
+            messages.push(json!({"role": "user", "content": "obs"}));
+        }
+        let mut body = json!({"model": "m", "user": episode, "messages": messages});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        body
+    }
+
+    #[tokio::test]
+    async fn server_answers_turns_by_assistant_count_and_rejects_fields() {
+        let script = Script::default().with_episode_turns(
+            "i.s0.",
+            vec![ScriptedReply::text("zero"), ScriptedReply::text("one")],
+        );
+        let server = ScriptedServer::start_with(
+            script,
+            ScriptedOptions {
+                reject_fields: vec!["return_token_ids".into()],
+            },
+        )
+        .await
+        .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let url = format!("{}/chat/completions", server.base_url());
+        let post = |body: Value| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap();
+                (
+                    status,
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let (status, body) = post(chat_request("i.s0.aaaa", 1, json!({}))).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["choices"][0]["message"]["content"], "one");
+        // A re-run (new suffix) at turn 0 gets turn 0's reply again.
+        let (_, body) = post(chat_request("i.s0.bbbb", 0, json!({}))).await;
+        assert_eq!(body["choices"][0]["message"]["content"], "zero");
+        let (status, body) = post(chat_request(
+            "i.s0.bbbb",
+            0,
+            json!({"return_token_ids": true}),
+        ))
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body["error"]["message"],
+            "Unrecognized request argument supplied: return_token_ids"
+        );
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let (status, _) = post(chat_request("i.s0.bbbb", 2, json!({}))).await;
+        assert_eq!(status, 410);
+        assert_eq!(server.request_count(), 4);
+        // The plain server accepts the field.
+        let plain = ScriptedServer::start(Script::new(vec![ScriptedReply::text("ok")]))
+            .await
+            .unwrap();
+        let response = http
+            .post(format!("{}/chat/completions", plain.base_url()))
+            .body(chat_request("x", 0, json!({"return_token_ids": true})).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
     }
 
     #[test]

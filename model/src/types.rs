@@ -167,6 +167,179 @@ pub struct TopLogprob {
     pub logprob: f64,
 }
 
+/// Whether to ask for per-token log-probabilities.
+///
+/// YAML / JSON: `auto` (the default), `off` (or `null`, `false`), or a number `N` = ask with `N` alternatives per
+/// token (`0` = the chosen token only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogprobsSetting {
+    /// Ask for the chosen token's log-probability (`N = 0`) unless the endpoint rejected the field once; then
+    /// calls to that endpoint go without it.
+    #[default]
+    Auto,
+    /// Never ask.
+    Off,
+    /// Always ask, with this many alternatives; an endpoint rejecting it fails the call (the user asked).
+    Top(u32),
+}
+
+impl LogprobsSetting {
+    /// The number of alternatives to ask for when the field is sent (`Auto` asks for 0), `None` when off.
+    pub fn requested(self) -> Option<u32> {
+        match self {
+            LogprobsSetting::Auto => Some(0),
+            LogprobsSetting::Off => None,
+            LogprobsSetting::Top(n) => Some(n),
+        }
+    }
+}
+
+impl std::str::FromStr for LogprobsSetting {
+    type Err = String;
+
+    /// `auto`, `off` (or `none`, `false`), or a number of alternatives per token.
+    fn from_str(word: &str) -> Result<Self, Self::Err> {
+        match word.trim() {
+            "auto" => Ok(LogprobsSetting::Auto),
+            "off" | "none" | "false" => Ok(LogprobsSetting::Off),
+            other => other.parse::<u32>().map(LogprobsSetting::Top).map_err(|_| {
+                format!(
+                    "logprobs `{other}` is not `auto`, `off` or a number of alternatives per token (e.g. 0)"
+                )
+            }),
+        }
+    }
+}
+
+impl Serialize for LogprobsSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LogprobsSetting::Auto => serializer.serialize_str("auto"),
+            LogprobsSetting::Off => serializer.serialize_str("off"),
+            LogprobsSetting::Top(n) => serializer.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogprobsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = LogprobsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`auto`, `off`, or a number of top alternatives per token (0 = chosen token only)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                u32::try_from(n)
+                    .map(LogprobsSetting::Top)
+                    .map_err(|_| E::custom(format!("logprobs {n} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                u64::try_from(n)
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "logprobs {n} is negative; use `auto`, `off` or a number >= 0"
+                        ))
+                    })
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Self::Value, E> {
+                word.parse().map_err(E::custom)
+            }
+            fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<Self::Value, E> {
+                if flag {
+                    Err(E::custom("logprobs: true is ambiguous; use `auto` or a number of alternatives (e.g. 0)"))
+                } else {
+                    Ok(LogprobsSetting::Off)
+                }
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LogprobsSetting::Off)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LogprobsSetting::Off)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Whether to ask the server for prompt and generated token ids (vLLM's `return_token_ids`).
+///
+/// YAML / JSON: `auto` (the default), `true` or `false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenIdsSetting {
+    /// Ask unless the endpoint rejected the field once; then calls to that endpoint go without it.
+    #[default]
+    Auto,
+    /// Always ask; an endpoint rejecting it fails the call (the user asked).
+    On,
+    /// Never ask.
+    Off,
+}
+
+impl TokenIdsSetting {
+    /// Whether the field is sent (before any endpoint fallback).
+    pub fn requested(self) -> bool {
+        !matches!(self, TokenIdsSetting::Off)
+    }
+}
+
+impl std::str::FromStr for TokenIdsSetting {
+    type Err = String;
+
+    /// `auto`, `true` (or `on`) or `false` (or `off`).
+    fn from_str(word: &str) -> Result<Self, Self::Err> {
+        match word.trim() {
+            "auto" => Ok(TokenIdsSetting::Auto),
+            "true" | "on" => Ok(TokenIdsSetting::On),
+            "false" | "off" => Ok(TokenIdsSetting::Off),
+            other => Err(format!(
+                "return_token_ids `{other}` is not `auto`, `true` or `false`"
+            )),
+        }
+    }
+}
+
+impl Serialize for TokenIdsSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TokenIdsSetting::Auto => serializer.serialize_str("auto"),
+            TokenIdsSetting::On => serializer.serialize_bool(true),
+            TokenIdsSetting::Off => serializer.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenIdsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TokenIdsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`auto`, `true` or `false`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<Self::Value, E> {
+                Ok(if flag {
+                    TokenIdsSetting::On
+                } else {
+                    TokenIdsSetting::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Self::Value, E> {
+                word.parse().map_err(E::custom)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TokenIdsSetting::Off)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TokenIdsSetting::Off)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// Sampling and output options sent with a request; `None` fields are left to the server's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -181,10 +354,11 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Stop sequences (the CWM layout's default is its end-of-turn token).
     pub stop: Vec<String>,
-    /// Ask for per-token log-probabilities with this many alternatives (0 = chosen token only).
-    pub logprobs: Option<u32>,
-    /// Ask vLLM for prompt and generated token ids (`return_token_ids`); other servers may reject it.
-    pub return_token_ids: bool,
+    /// Per-token log-probabilities (default `auto`: asked for, dropped for an endpoint that rejects the field).
+    pub logprobs: LogprobsSetting,
+    /// Prompt and generated token ids, vLLM's `return_token_ids` (default `auto`: asked for, dropped for an
+    /// endpoint that rejects the field).
+    pub return_token_ids: TokenIdsSetting,
     /// Extra top-level body fields passed through as given (e.g. `{"top_k": 20}`); they override ours.
     pub extra_body: Option<Value>,
 }
@@ -279,4 +453,54 @@ pub struct Completion {
     pub total_duration: Duration,
     /// How many attempts the call took (1 = no retry).
     pub attempts: u32,
+    /// The sampling fields of the request body exactly as sent in the successful attempt: every body field but
+    /// `model`, `messages`, `prompt`, `tools`, `stream` and `user` (so `extra_body` fields appear as sent, and a
+    /// field the endpoint rejected in `auto` mode is absent).
+    #[serde(default)]
+    pub sampling: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sampling(value: Value) -> Result<SamplingParams, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    #[test]
+    fn logprobs_and_token_ids_default_to_auto_and_old_values_keep_their_meaning() {
+        let default = sampling(json!({})).unwrap();
+        assert_eq!(default.logprobs, LogprobsSetting::Auto);
+        assert_eq!(default.return_token_ids, TokenIdsSetting::Auto);
+        let old = sampling(json!({"logprobs": 0, "return_token_ids": true})).unwrap();
+        assert_eq!(old.logprobs, LogprobsSetting::Top(0));
+        assert_eq!(old.return_token_ids, TokenIdsSetting::On);
+        let off = sampling(json!({"logprobs": null, "return_token_ids": false})).unwrap();
+        assert_eq!(off.logprobs, LogprobsSetting::Off);
+        assert_eq!(off.return_token_ids, TokenIdsSetting::Off);
+        let words = sampling(json!({"logprobs": "off", "return_token_ids": "auto"})).unwrap();
+        assert_eq!(words.logprobs, LogprobsSetting::Off);
+        assert_eq!(words.return_token_ids, TokenIdsSetting::Auto);
+        for bad in [
+            json!({"logprobs": "some"}),
+            json!({"logprobs": -1}),
+            json!({"logprobs": true}),
+            json!({"return_token_ids": "maybe"}),
+        ] {
+            let error = sampling(bad.clone()).unwrap_err().to_string();
+            assert!(error.contains("auto"), "{bad}: {error}");
+        }
+        // Round trip: auto and off are words, explicit values keep their old JSON form.
+        let value = serde_json::to_value(&old).unwrap();
+        assert_eq!(value["logprobs"], 0);
+        assert_eq!(value["return_token_ids"], true);
+        let value = serde_json::to_value(&default).unwrap();
+        assert_eq!(value["logprobs"], "auto");
+        assert_eq!(value["return_token_ids"], "auto");
+        assert_eq!(sampling(value).unwrap(), default);
+        assert_eq!("3".parse::<LogprobsSetting>(), Ok(LogprobsSetting::Top(3)));
+        assert_eq!("on".parse::<TokenIdsSetting>(), Ok(TokenIdsSetting::On));
+    }
 }

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::types::{
-    ChatMessage, ModelInput, ModelRequest, TokenLogprob, ToolCall, TopLogprob, Usage,
+    ChatMessage, LogprobsSetting, ModelInput, ModelRequest, TokenIdsSetting, TokenLogprob,
+    ToolCall, TopLogprob, Usage,
 };
 
 /// Which endpoint path a request goes to.
@@ -35,8 +36,74 @@ impl ApiKind {
     }
 }
 
-/// The JSON body for a request to model `model`.
-pub(crate) fn request_body(model: &str, request: &ModelRequest) -> Value {
+/// A request field an `auto` setting asks for and drops for an endpoint that rejects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OptionalField {
+    /// `logprobs` (and `top_logprobs` on the chat path).
+    Logprobs,
+    /// vLLM's `return_token_ids`.
+    ReturnTokenIds,
+}
+
+impl OptionalField {
+    pub(crate) const ALL: [OptionalField; 2] =
+        [OptionalField::Logprobs, OptionalField::ReturnTokenIds];
+
+    /// The body field a server's error message names.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            OptionalField::Logprobs => "logprobs",
+            OptionalField::ReturnTokenIds => "return_token_ids",
+        }
+    }
+
+    /// Whether `request` asks for this field in `auto` mode (so it may be dropped). A field that `extra_body`
+    /// sets is the user's and never dropped.
+    pub(crate) fn droppable(self, request: &ModelRequest) -> bool {
+        let sampling = &request.sampling;
+        let auto = match self {
+            OptionalField::Logprobs => sampling.logprobs == LogprobsSetting::Auto,
+            OptionalField::ReturnTokenIds => sampling.return_token_ids == TokenIdsSetting::Auto,
+        };
+        let in_extra = sampling
+            .extra_body
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|extra| {
+                extra.contains_key(self.name())
+                    || (self == OptionalField::Logprobs && extra.contains_key("top_logprobs"))
+            });
+        auto && !in_extra
+    }
+}
+
+/// Body fields that are the conversation or transport, not sampling: everything else is recorded as sent.
+const NON_SAMPLING_FIELDS: [&str; 6] = ["model", "messages", "prompt", "tools", "stream", "user"];
+
+/// The sampling part of a request body: every field but the conversation and transport ones.
+pub(crate) fn sampling_of(body: &Value) -> Value {
+    let fields = body
+        .as_object()
+        .map(|fields| {
+            fields
+                .iter()
+                .filter(|(key, _)| !NON_SAMPLING_FIELDS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Value::Object(fields)
+}
+
+/// The JSON body for a request to model `model`, without the `omit` fields (dropped for this endpoint).
+pub(crate) fn request_body(model: &str, request: &ModelRequest, omit: &[OptionalField]) -> Value {
+    let logprobs = if omit.contains(&OptionalField::Logprobs) {
+        None
+    } else {
+        request.sampling.logprobs.requested()
+    };
+    let return_token_ids = !omit.contains(&OptionalField::ReturnTokenIds)
+        && request.sampling.return_token_ids.requested();
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     let sampling = &request.sampling;
@@ -57,14 +124,14 @@ pub(crate) fn request_body(model: &str, request: &ModelRequest) -> Value {
                     .collect();
                 body.insert("tools".into(), Value::Array(wire));
             }
-            if let Some(n_top) = sampling.logprobs {
+            if let Some(n_top) = logprobs {
                 body.insert("logprobs".into(), json!(true));
                 body.insert("top_logprobs".into(), json!(n_top));
             }
         }
         ModelInput::Prompt(prompt) => {
             body.insert("prompt".into(), json!(prompt));
-            if let Some(n_top) = sampling.logprobs {
+            if let Some(n_top) = logprobs {
                 body.insert("logprobs".into(), json!(n_top));
             }
         }
@@ -85,7 +152,7 @@ pub(crate) fn request_body(model: &str, request: &ModelRequest) -> Value {
     if !sampling.stop.is_empty() {
         body.insert("stop".into(), json!(sampling.stop));
     }
-    if sampling.return_token_ids {
+    if return_token_ids {
         body.insert("return_token_ids".into(), json!(true));
     }
     if let Some(user) = &request.user {
@@ -404,19 +471,57 @@ mod tests {
         )
         .with_sampling(SamplingParams {
             temperature: Some(0.5),
-            logprobs: Some(2),
+            logprobs: LogprobsSetting::Top(2),
             extra_body: Some(json!({"top_k": 20, "temperature": 0.7})),
             ..SamplingParams::default()
         })
         .with_user("ep-1");
-        let body = request_body("m", &request);
+        let body = request_body("m", &request, &[]);
         assert_eq!(body["tools"][0]["function"]["name"], "bash");
         assert_eq!(body["logprobs"], true);
         assert_eq!(body["top_logprobs"], 2);
         assert_eq!(body["top_k"], 20);
         assert_eq!(body["temperature"], 0.7);
         assert_eq!(body["user"], "ep-1");
+        assert_eq!(body["return_token_ids"], true, "auto asks for token ids");
         assert!(body.get("stop").is_none());
+        // An explicit setting is never droppable; sampling_of keeps every non-conversation field as sent.
+        assert!(!OptionalField::Logprobs.droppable(&request));
+        assert!(OptionalField::ReturnTokenIds.droppable(&request));
+        assert_eq!(
+            sampling_of(&body),
+            json!({"logprobs": true, "top_logprobs": 2, "top_k": 20, "temperature": 0.7,
+                   "return_token_ids": true})
+        );
+    }
+
+    #[test]
+    fn auto_fields_are_asked_for_and_omitted_on_request() {
+        let chat = ModelRequest::chat(vec![ChatMessage::user("hi")], Vec::new());
+        let body = request_body("m", &chat, &[]);
+        assert_eq!(body["logprobs"], true);
+        assert_eq!(body["top_logprobs"], 0);
+        assert_eq!(body["return_token_ids"], true);
+        let body = request_body("m", &chat, &OptionalField::ALL);
+        assert!(body.get("logprobs").is_none() && body.get("top_logprobs").is_none());
+        assert!(body.get("return_token_ids").is_none());
+        let prompt = ModelRequest::prompt("p");
+        let body = request_body("m", &prompt, &[OptionalField::ReturnTokenIds]);
+        assert_eq!(body["logprobs"], 0);
+        assert!(body.get("top_logprobs").is_none());
+        assert!(body.get("return_token_ids").is_none());
+        let off = ModelRequest::prompt("p").with_sampling(SamplingParams {
+            logprobs: LogprobsSetting::Off,
+            return_token_ids: TokenIdsSetting::Off,
+            ..SamplingParams::default()
+        });
+        assert_eq!(sampling_of(&request_body("m", &off, &[])), json!({}));
+        let extra = ModelRequest::prompt("p").with_sampling(SamplingParams {
+            extra_body: Some(json!({"return_token_ids": true})),
+            ..SamplingParams::default()
+        });
+        assert!(!OptionalField::ReturnTokenIds.droppable(&extra));
+        assert!(OptionalField::Logprobs.droppable(&extra));
     }
 
     #[test]

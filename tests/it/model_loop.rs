@@ -12,9 +12,12 @@ use swe_env::agent::{
 use swe_env::episode::{Episode, EpisodeConfig};
 use swe_env::trajectory::export::to_cwm_transcript;
 use swe_env::trajectory::{read_trajectory, EpisodeStatus, ReadTrajectory};
-use swe_env_model::scripted::{Script, ScriptedCompletion, ScriptedReply, ScriptedServer};
+use swe_env_model::scripted::{
+    Script, ScriptedCompletion, ScriptedOptions, ScriptedReply, ScriptedServer,
+};
 use swe_env_model::{
-    ChatMessage, ClientConfig, CwmLayout, ModelClient, TokenLogprob, ToolCall, Usage,
+    ChatMessage, ClientConfig, CwmLayout, ModelClient, SamplingParams, TokenLogprob, ToolCall,
+    Usage,
 };
 use tokio::sync::mpsc;
 
@@ -59,6 +62,16 @@ fn completion(seed: u32, text: &str, calls: &[(&str, &str)]) -> ScriptedReply {
         ]),
         ..ScriptedCompletion::default()
     })
+}
+
+/// The sampling part of a request body as the scripted server recorded it: every field but the conversation and
+/// transport ones (what a step's `tokens.sampling` must equal).
+fn sent_sampling(body: &Value) -> Value {
+    let mut fields = body.as_object().unwrap().clone();
+    for key in ["model", "messages", "prompt", "tools", "stream", "user"] {
+        fields.remove(key);
+    }
+    Value::Object(fields)
 }
 
 fn text_reply(text: &str) -> ScriptedReply {
@@ -318,6 +331,36 @@ async fn fix_in_mode(mode: ApiMode) {
     assert_eq!(requests.len(), n_calls);
     for request in &requests {
         assert_eq!(request.episode.as_deref(), Some(id.as_str()));
+    }
+    // By default every call asks for logprobs and token ids, and each call's record holds the sampling exactly as
+    // sent, why generation stopped and who answered.
+    let sent: Vec<Value> = requests.iter().map(|r| sent_sampling(&r.body)).collect();
+    let step_finish = if mode == ApiMode::ChatTools {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    let recorded: Vec<Value> = trajectory
+        .steps
+        .iter()
+        .map(|step| (&step.tokens, step_finish))
+        .chain([(final_tokens, "stop")])
+        .map(|(tokens, finish)| {
+            assert_eq!(tokens.endpoint.as_deref(), Some(server.base_url().as_str()));
+            assert_eq!(tokens.finish_reason.as_deref(), Some(finish));
+            tokens.sampling.clone().unwrap()
+        })
+        .collect();
+    assert_eq!(recorded, sent);
+    for sampling in &sent {
+        assert_eq!(sampling["return_token_ids"], true, "{sampling}");
+        match mode {
+            ApiMode::Completions => assert_eq!(sampling["logprobs"], 0, "{sampling}"),
+            _ => {
+                assert_eq!(sampling["logprobs"], true, "{sampling}");
+                assert_eq!(sampling["top_logprobs"], 0, "{sampling}");
+            }
+        }
     }
     let last = &requests.last().unwrap().body;
     match mode {
@@ -729,6 +772,10 @@ async fn run_episode_cli_drives_a_fixture_to_a_submission() {
             "scripted-model",
             "--mode",
             "completions",
+            "--logprobs",
+            "off",
+            "--return-token-ids",
+            "false",
         ])
         .args([
             "--max-turns",
@@ -772,6 +819,34 @@ async fn run_episode_cli_drives_a_fixture_to_a_submission() {
         trajectory.start.unwrap().model.unwrap()["name"],
         "scripted-model"
     );
+    // --logprobs off / --return-token-ids false: neither is asked for.
+    for request in server.requests() {
+        assert!(request.body.get("logprobs").is_none(), "{}", request.body);
+        assert!(
+            request.body.get("return_token_ids").is_none(),
+            "{}",
+            request.body
+        );
+    }
+
+    // A bad --logprobs value is a usage error (exit 2).
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_swe-env"))
+        .args(["run-episode", "--task", TASK, "--tasks"])
+        .arg(fixtures_file())
+        .args([
+            "--model-url",
+            &server.base_url(),
+            "--model",
+            "m",
+            "--logprobs",
+            "lots",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auto"), "{stderr}");
 
     // Bad input is a usage error (exit 2) before any container starts.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_swe-env"))
@@ -860,4 +935,108 @@ async fn after_a_submission_the_model_may_keep_working_or_only_answer() {
         "{submission}"
     );
     assert_eq!(answer_trajectory.steps.len(), 2);
+}
+
+/// A reply cut off by `max_tokens` is recorded as such; each call's record holds the sampling exactly as sent
+/// (max_tokens lowered to the context left, extra_body fields included); and an endpoint that rejects
+/// `return_token_ids` costs one 400, after which calls go without it and logprobs are still recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn model_calls_record_finish_reason_and_sampling_and_survive_a_strict_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("loop-record");
+    let cut = ScriptedReply::Completion(ScriptedCompletion {
+        text: "<think>let me look</think>\n<tool: bash>\ngrep -n 'for st".into(),
+        finish_reason: Some("length".into()),
+        reasoning: Some("separated thinking".into()),
+        logprobs: Some(vec![TokenLogprob {
+            token: "st".into(),
+            logprob: Some(-0.75),
+            top_logprobs: Vec::new(),
+        }]),
+        ..ScriptedCompletion::default()
+    });
+    let mut replies = vec![cut];
+    replies.extend(text_script());
+    let n_calls = replies.len();
+    // Stateless turns: the 400 and its re-send are the same turn and get the same reply.
+    let server = ScriptedServer::start_with(
+        Script::default().with_episode_turns(id.clone(), replies),
+        ScriptedOptions {
+            reject_fields: vec!["return_token_ids".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let client = client_for(&server, 2, Duration::from_secs(30));
+    let agent = ModelAgentConfig {
+        mode: ApiMode::ChatText,
+        sampling: SamplingParams {
+            temperature: Some(0.7),
+            max_tokens: Some(1_000_000),
+            extra_body: Some(serde_json::json!({"top_k": 20})),
+            ..SamplingParams::default()
+        },
+        ..ModelAgentConfig::default()
+    };
+    let mut episode =
+        start_episode(&id, &agent, episode_config(dir.path(), ApiMode::ChatText)).await;
+    let (outcome, _events, trajectory) = run_and_finish(&mut episode, &client, &agent).await;
+    assert_eq!(
+        outcome.agent.status,
+        EpisodeStatus::Submitted,
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.n_model_calls as usize, n_calls);
+
+    // The server saw one rejected request, then every call without return_token_ids but with logprobs.
+    let requests = server.requests();
+    assert_eq!(requests.len(), n_calls + 1);
+    assert_eq!(requests[0].body["return_token_ids"], true);
+    for request in &requests[1..] {
+        assert!(
+            request.body.get("return_token_ids").is_none(),
+            "{}",
+            request.body
+        );
+        assert_eq!(request.body["logprobs"], true);
+        assert_eq!(request.body["top_logprobs"], 0);
+        assert_eq!(request.body["temperature"], 0.7);
+        assert_eq!(request.body["top_k"], 20);
+        let max_tokens = request.body["max_tokens"].as_u64().unwrap();
+        assert!(
+            max_tokens <= 131_072,
+            "lowered to the context left: {max_tokens}"
+        );
+    }
+
+    // The trajectory: the cut-off reply is tellable apart, every call's sampling is what was sent.
+    let steps = &trajectory.steps;
+    assert_eq!(steps[0].tokens.finish_reason.as_deref(), Some("length"));
+    assert!(steps[0].format_error.is_some(), "{:?}", steps[0]);
+    assert_eq!(steps[0].tokens.logprobs.as_deref(), Some(&[-0.75][..]));
+    // Text mode keeps the server's separated reasoning in the step, apart from the action text.
+    assert_eq!(steps[0].reasoning.as_deref(), Some("separated thinking"));
+    assert!(!steps[0].raw_action.contains("separated thinking"));
+    for step in &steps[1..] {
+        assert_eq!(step.tokens.finish_reason.as_deref(), Some("stop"));
+        assert!(step.tokens.logprobs.is_some(), "logprobs still recorded");
+    }
+    let end = trajectory.end.as_ref().unwrap();
+    let final_tokens = end.final_answer_tokens.as_ref().unwrap();
+    assert_eq!(final_tokens.finish_reason.as_deref(), Some("stop"));
+    let recorded: Vec<Value> = steps
+        .iter()
+        .map(|step| step.tokens.sampling.clone().unwrap())
+        .chain([final_tokens.sampling.clone().unwrap()])
+        .collect();
+    let sent: Vec<Value> = requests[1..]
+        .iter()
+        .map(|r| sent_sampling(&r.body))
+        .collect();
+    assert_eq!(recorded, sent);
+    assert!(recorded[0].get("return_token_ids").is_none());
+    // The episode_start says what was asked: logprobs and token ids in auto mode.
+    let model = trajectory.start.as_ref().unwrap().model.clone().unwrap();
+    assert_eq!(model["sampling"]["logprobs"], "auto");
+    assert_eq!(model["sampling"]["return_token_ids"], "auto");
 }

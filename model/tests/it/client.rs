@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::json;
 use swe_env_model::scripted::{Script, ScriptedCompletion, ScriptedReply, ScriptedServer};
 use swe_env_model::{
-    AgentPromptConfig, ChatMessage, ClientConfig, ModelClient, ModelRequest, RetryConfig,
-    SamplingParams, TokenLogprob, ToolSpec, TopLogprob, Usage,
+    AgentPromptConfig, ChatMessage, ClientConfig, LogprobsSetting, ModelClient, ModelRequest,
+    RetryConfig, SamplingParams, TokenIdsSetting, TokenLogprob, ToolSpec, TopLogprob, Usage,
 };
 
 pub fn fast_config(endpoints: Vec<String>) -> ClientConfig {
@@ -223,8 +223,8 @@ async fn logprobs_and_token_ids_are_parsed_in_both_apis() {
     .unwrap();
     let client = ModelClient::new(fast_config(vec![server.base_url()])).unwrap();
     let sampling = SamplingParams {
-        logprobs: Some(2),
-        return_token_ids: true,
+        logprobs: LogprobsSetting::Top(2),
+        return_token_ids: TokenIdsSetting::On,
         ..SamplingParams::default()
     };
     let chat = client

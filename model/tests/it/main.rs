@@ -2,4 +2,5 @@
 
 mod client;
 mod errors;
+mod fallback;
 mod routing;

@@ -82,6 +82,7 @@ pub enum AfterSubmit {
 /// ```yaml
 /// mode: completions
 /// sampling: {temperature: 0.6, max_tokens: 8192, logprobs: 0, return_token_ids: true}
+/// # logprobs: auto | off | N (default auto), return_token_ids: auto | true | false (default auto)
 /// max_consecutive_format_errors: 3
 /// prompts:
 ///   cwm_layout: {begin_of_text: ""}
@@ -91,9 +92,10 @@ pub enum AfterSubmit {
 pub struct ModelAgentConfig {
     /// API mode (default [`ApiMode::ChatText`]).
     pub mode: ApiMode,
-    /// Sampling sent with every call (default: all server defaults). `max_tokens` is the per-turn output cap;
-    /// the loop lowers it to the context tokens left when fewer remain. In completions mode an empty `stop`
-    /// becomes the layout's `stop` list.
+    /// Sampling sent with every call (default: all server defaults, plus logprobs and token ids asked for in
+    /// `auto` mode, dropped per endpoint when it rejects them). `max_tokens` is the per-turn output cap; the loop
+    /// lowers it to the context tokens left when fewer remain. In completions mode an empty `stop` becomes the
+    /// layout's `stop` list. Each step's `tokens.sampling` records what was actually sent.
     pub sampling: SamplingParams,
     /// Prompt templates and the CWM layout (default: the model crate's built-in CWM-style prompts).
     pub prompts: AgentPromptConfig,
@@ -297,6 +299,35 @@ mod tests {
             ModelAgentConfig::from_yaml_str("").unwrap(),
             ModelAgentConfig::default()
         );
+    }
+
+    #[test]
+    fn logprobs_and_token_ids_settings_parse_old_and_new_forms() {
+        use swe_env_model::{LogprobsSetting, TokenIdsSetting};
+        let default = ModelAgentConfig::default();
+        assert_eq!(default.sampling.logprobs, LogprobsSetting::Auto);
+        assert_eq!(default.sampling.return_token_ids, TokenIdsSetting::Auto);
+        let old =
+            ModelAgentConfig::from_yaml_str("sampling: {logprobs: 0, return_token_ids: true}\n")
+                .unwrap();
+        assert_eq!(old.sampling.logprobs, LogprobsSetting::Top(0));
+        assert_eq!(old.sampling.return_token_ids, TokenIdsSetting::On);
+        let off = ModelAgentConfig::from_yaml_str(
+            "sampling:\n  logprobs: off\n  return_token_ids: false\n",
+        )
+        .unwrap();
+        assert_eq!(off.sampling.logprobs, LogprobsSetting::Off);
+        assert_eq!(off.sampling.return_token_ids, TokenIdsSetting::Off);
+        let auto = ModelAgentConfig::from_yaml_str(
+            "sampling:\n  logprobs: auto\n  return_token_ids: auto\n",
+        )
+        .unwrap();
+        assert_eq!(auto, default);
+        assert_eq!(auto.describe()["sampling"]["logprobs"], "auto");
+        let error = ModelAgentConfig::from_yaml_str("sampling:\n  logprobs: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lots") && error.contains("auto"), "{error}");
     }
 
     #[test]

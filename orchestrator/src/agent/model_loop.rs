@@ -95,6 +95,8 @@ pub struct ModelAgentOutcome {
     pub final_answer: Option<String>,
     /// Tokens of the final-answer call (the trajectory has no step for it).
     pub final_answer_tokens: Option<StepTokens>,
+    /// Separated reasoning of the final-answer call.
+    pub final_answer_reasoning: Option<String>,
     /// Successful model calls.
     pub n_model_calls: u32,
     /// Prompt tokens summed over calls (as reported by the server; 0 when it reports none).
@@ -119,6 +121,7 @@ impl ModelAgentOutcome {
             detail: self.detail.clone(),
             final_answer: self.final_answer.clone(),
             final_answer_tokens: self.final_answer_tokens.clone(),
+            final_answer_reasoning: self.final_answer_reasoning.clone(),
             ..EndInfo::status(self.agent.status)
         }
     }
@@ -343,6 +346,9 @@ pub fn step_tokens(completion: &Completion) -> StepTokens {
             .prompt_token_ids
             .as_ref()
             .map(|ids| ids.iter().map(|&id| i64::from(id)).collect()),
+        finish_reason: completion.finish_reason.clone(),
+        sampling: Some(completion.sampling.clone()).filter(|sampling| !sampling.is_null()),
+        endpoint: Some(completion.endpoint.clone()),
     }
 }
 
@@ -415,6 +421,7 @@ pub async fn run_model_agent(
     let loop_started = Instant::now();
     let mut final_answer = None;
     let mut final_answer_tokens = None;
+    let mut final_answer_reasoning = None;
     let (status, detail) = 'run: {
         let (system, user) = match opening_prompt(episode.instance(), config, episode.config()) {
             Ok(prompt) => prompt,
@@ -500,12 +507,15 @@ pub async fn run_model_agent(
             if !listening {
                 break 'run cancelled_detail();
             }
-            let reasoning = reasoning_of(config.mode, &completion);
             let meta = StepMeta {
                 request_id: None,
                 model_ms: Some(model_ms),
                 tokens,
-                reasoning,
+                reasoning: completion
+                    .reasoning
+                    .clone()
+                    .filter(|r| !r.trim().is_empty()),
+                content: content_beside_call(config.mode, &completion),
             };
             let reply = interpret(
                 config.mode,
@@ -518,6 +528,7 @@ pub async fn run_model_agent(
                 Reply::Final(answer) => {
                     final_answer = Some(answer);
                     final_answer_tokens = Some(meta.tokens);
+                    final_answer_reasoning = meta.reasoning;
                     break 'run (EpisodeStatus::Submitted, None);
                 }
                 Reply::ToolAfterSubmit => {
@@ -597,6 +608,7 @@ pub async fn run_model_agent(
         detail,
         final_answer,
         final_answer_tokens,
+        final_answer_reasoning,
         n_model_calls: tally.n_model_calls,
         prompt_tokens: tally.prompt_tokens,
         completion_tokens: tally.completion_tokens,
@@ -624,17 +636,13 @@ fn cancelled_detail() -> (EpisodeStatus, Option<String>) {
     )
 }
 
-/// In chat-tools mode the text next to a call is the model's thinking; keep it with any separated reasoning.
-fn reasoning_of(mode: ApiMode, completion: &Completion) -> Option<String> {
-    let content = (mode == ApiMode::ChatTools && !completion.tool_calls.is_empty())
-        .then(|| completion.text.trim())
-        .filter(|text| !text.is_empty());
-    match (completion.reasoning.as_deref(), content) {
-        (Some(reasoning), Some(content)) => Some(format!("{reasoning}\n\n{content}")),
-        (Some(reasoning), None) => Some(reasoning.to_owned()),
-        (None, Some(content)) => Some(content.to_owned()),
-        (None, None) => None,
-    }
+/// In chat-tools mode the assistant text sent next to a native call (its `content`), recorded as is in
+/// `StepRecord::content`, apart from the separated reasoning. In the text modes the whole text is the action.
+fn content_beside_call(mode: ApiMode, completion: &Completion) -> Option<String> {
+    (mode == ApiMode::ChatTools
+        && !completion.tool_calls.is_empty()
+        && !completion.text.trim().is_empty())
+    .then(|| completion.text.clone())
 }
 
 fn budget_detail(status: EpisodeStatus, episode: &Episode) -> String {
@@ -682,6 +690,7 @@ mod tests {
             latency: Duration::ZERO,
             total_duration: Duration::ZERO,
             attempts: 1,
+            sampling: json!({"temperature": 0.5, "logprobs": 0}),
         }
     }
 
@@ -790,12 +799,32 @@ mod tests {
         assert_eq!(tokens.token_ids, Some(vec![7, 8]));
         assert_eq!(tokens.logprobs, Some(vec![-0.5, MISSING_LOGPROB]));
         assert_eq!(tokens.tokens, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(
+            tokens.sampling,
+            Some(json!({"temperature": 0.5, "logprobs": 0}))
+        );
+        assert_eq!(tokens.endpoint.as_deref(), Some("http://127.0.0.1:1/v1"));
         reply.usage = Some(Usage::default());
         assert_eq!(
             step_tokens(&reply).prompt,
             None,
             "all-zero usage means unknown"
         );
+    }
+
+    #[test]
+    fn text_beside_a_native_call_is_its_own_field() {
+        let mut call = completion("", &[("bash", "{}")]);
+        assert_eq!(content_beside_call(ApiMode::ChatTools, &call), None);
+        call.text = "I will list".into();
+        assert_eq!(
+            content_beside_call(ApiMode::ChatTools, &call).as_deref(),
+            Some("I will list")
+        );
+        // Text modes: the reply text is the action itself.
+        let text = completion("<tool: bash>\nls\n</tool>", &[]);
+        assert_eq!(content_beside_call(ApiMode::ChatText, &text), None);
+        assert_eq!(content_beside_call(ApiMode::Completions, &text), None);
     }
 
     #[test]

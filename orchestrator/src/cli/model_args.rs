@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use swe_env_model::ClientConfig;
+use swe_env_model::{ClientConfig, LogprobsSetting, TokenIdsSetting};
 
 use crate::agent::{ApiMode, ModelAgentConfig};
 
@@ -32,6 +32,14 @@ pub struct ModelArgs {
     /// Most output tokens per turn; overrides the config.
     #[arg(long)]
     pub max_tokens: Option<u32>,
+    /// Per-token log-probabilities: `auto` (asked for, dropped for an endpoint that rejects them), `off`, or N
+    /// alternatives per token (always asked); overrides the config [default: auto].
+    #[arg(long, value_name = "auto|off|N")]
+    pub logprobs: Option<LogprobsSetting>,
+    /// Prompt and generated token ids (vLLM `return_token_ids`): `auto` (asked for, dropped for an endpoint that
+    /// rejects them), `true` or `false`; overrides the config [default: auto].
+    #[arg(long, value_name = "auto|true|false")]
+    pub return_token_ids: Option<TokenIdsSetting>,
     /// Time allowed for one model request, in seconds [default: 600].
     #[arg(long)]
     pub request_timeout_secs: Option<u64>,
@@ -57,6 +65,8 @@ impl ModelArgs {
             || self.api_key_env.is_some()
             || self.temperature.is_some()
             || self.max_tokens.is_some()
+            || self.logprobs.is_some()
+            || self.return_token_ids.is_some()
             || self.request_timeout_secs.is_some()
             || self.max_attempts.is_some()
     }
@@ -89,6 +99,12 @@ impl ModelArgs {
         }
         if let Some(max_tokens) = self.max_tokens {
             config.sampling.max_tokens = Some(max_tokens);
+        }
+        if let Some(logprobs) = self.logprobs {
+            config.sampling.logprobs = logprobs;
+        }
+        if let Some(return_token_ids) = self.return_token_ids {
+            config.sampling.return_token_ids = return_token_ids;
         }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

@@ -80,6 +80,8 @@ pub struct StepMeta {
     pub tokens: StepTokens,
     /// Reasoning text delivered separately from the action.
     pub reasoning: Option<String>,
+    /// Assistant text next to a native tool call (chat-tools).
+    pub content: Option<String>,
 }
 
 /// What one step produced.
@@ -117,6 +119,8 @@ pub struct EndInfo {
     pub final_answer: Option<String>,
     /// Tokens of the final-answer model turn.
     pub final_answer_tokens: Option<StepTokens>,
+    /// Separated reasoning of the final-answer model turn.
+    pub final_answer_reasoning: Option<String>,
     /// Rewards, when graded.
     pub rewards: Option<Value>,
     /// Grading report, when graded.
@@ -131,6 +135,7 @@ impl EndInfo {
             detail: None,
             final_answer: None,
             final_answer_tokens: None,
+            final_answer_reasoning: None,
             rewards: None,
             grading: None,
         }
@@ -644,6 +649,7 @@ impl Episode {
             submission: self.submission.clone(),
             final_answer: end.final_answer,
             final_answer_tokens: end.final_answer_tokens,
+            final_answer_reasoning: end.final_answer_reasoning,
             n_steps: self.n_steps,
             rewards: end.rewards,
             grading: end.grading,
@@ -716,6 +722,7 @@ fn step_record(
         request_id: meta.request_id,
         raw_action,
         reasoning: meta.reasoning,
+        content: meta.content,
         parsed_call: call.and_then(|c| serde_json::to_value(c).ok()),
         tool: call.map(|c| c.name().as_str().to_owned()),
         tool_call_id,

@@ -345,8 +345,10 @@ pub fn step_action(request: &proto::StepRequest) -> Result<(Action, StepMeta), S
             logprobs: Some(turn.logprobs).filter(|l| !l.is_empty()),
             tokens: None,
             prompt_token_ids: None,
+            ..StepTokens::default()
         },
         reasoning: Some(turn.reasoning).filter(|r| !r.is_empty()),
+        content: None,
     };
     Ok((action, meta))
 }

@@ -92,6 +92,20 @@ pub struct StepTokens {
     /// policy saw, for RL without re-tokenising.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_token_ids: Option<Vec<i64>>,
+    /// Why generation stopped (`stop`, `length`, `tool_calls`, …), as the endpoint said: a reply cut off by
+    /// `max_tokens` reads `length`. Absent in older files and for actions no model produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// The sampling parameters exactly as sent with this call: every field of the request body except `model`,
+    /// `messages`, `prompt`, `tools`, `stream` and `user` — so `temperature`, `top_p`, `max_tokens` (after lowering
+    /// to the context left), `seed`, `stop` (after the layout's default filled it), `logprobs` / `top_logprobs` and
+    /// `return_token_ids` (absent when the endpoint rejected them in `auto` mode), and `extra_body`'s fields
+    /// merged at the top level as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<serde_json::Value>,
+    /// Base URL of the endpoint that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// The `step` record.
@@ -107,6 +121,11 @@ pub struct StepRecord {
     /// Reasoning text the model produced separately (e.g. `reasoning_content`), when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// Assistant text sent next to a native tool call (chat-tools mode), when any: the message's `content`, kept
+    /// apart from both the call (`raw_action`) and the separated `reasoning`. (Files before this field stored it in
+    /// `reasoning`, joined after a blank line.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
     /// The parsed tool call (`{"tool": name, ...arguments}`), or null when parsing failed.
     pub parsed_call: Option<Value>,
     /// Tool name when parsed.
@@ -210,6 +229,9 @@ pub struct EpisodeEnd {
     /// Tokens, ids and logprobs of the model turn that gave the final answer (it is not a step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_answer_tokens: Option<StepTokens>,
+    /// Reasoning the model produced separately in the final-answer turn (`reasoning_content`), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_answer_reasoning: Option<String>,
     /// Number of steps taken.
     pub n_steps: u32,
     /// Rewards, when graded.
@@ -322,6 +344,7 @@ mod tests {
             submission: None,
             final_answer: None,
             final_answer_tokens: None,
+            final_answer_reasoning: None,
             n_steps: 3,
             rewards: None,
             grading: None,

@@ -70,6 +70,7 @@ pub async fn close_crashed(
         submission: None,
         final_answer: None,
         final_answer_tokens: None,
+        final_answer_reasoning: None,
         n_steps: read.steps.len() as u32,
         rewards: None,
         grading: None,

@@ -198,6 +198,7 @@ mod tests {
             submission: None,
             final_answer: None,
             final_answer_tokens: None,
+            final_answer_reasoning: None,
             n_steps: 0,
             rewards: None,
             grading: None,
