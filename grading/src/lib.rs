@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod diff;
 pub mod directives;
 pub mod eval_script;
+pub mod patch_key;
 pub mod specs;
 
 pub use dataset::{load_dataset_file, DatasetAlias, Instance, LoadedDataset, RowError};
