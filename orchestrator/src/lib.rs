@@ -7,6 +7,7 @@ pub mod client;
 pub mod datasets;
 pub mod episode;
 pub mod grade;
+pub mod harvest;
 pub mod pool;
 pub mod server;
 pub mod task;

@@ -127,7 +127,8 @@ fn source_violations(sources: &[(String, String)]) -> Vec<String> {
 }
 
 /// Top-level modules of the orchestrator and the modules each may use (`crate::X`): the layering cli → server /
-/// benchmark / client → agent → episode / grade → trajectory / task / datasets, with no arrow back up.
+/// benchmark / client → agent → episode / grade → trajectory / task / datasets (harvest sits above benchmark), with no
+/// arrow back up.
 const LAYERS: &[(&str, &[&str])] = &[
     ("task", &[]),
     ("datasets", &[]),
@@ -140,6 +141,18 @@ const LAYERS: &[(&str, &[&str])] = &[
         "benchmark",
         &[
             "agent",
+            "datasets",
+            "episode",
+            "grade",
+            "task",
+            "trajectory",
+        ],
+    ),
+    (
+        "harvest",
+        &[
+            "agent",
+            "benchmark",
             "datasets",
             "episode",
             "grade",
@@ -172,6 +185,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "datasets",
             "episode",
             "grade",
+            "harvest",
             "server",
             "task",
             "trajectory",

@@ -8,6 +8,13 @@
 //!
 //! A phase error becomes the instance's `error` result with what was known by then
 //! ([`AttemptError::into_result`]); a panic in any phase becomes one too (`workers.rs` catches it).
+//!
+//! One attempt path for every runner: `run-benchmark` / `evaluate` ([`attempt_instance`]: ids from the run id, the
+//! run's agent) and `harvest` ([`attempt_with`]: a rollout's episode and grading ids, its own model agent with the
+//! rollout's sampling; the trajectory is left in the episode config's `trajectory_dir`).
+
+use std::path::PathBuf;
+use std::time::Instant;
 
 use swe_env_grading::dataset::Instance;
 use swe_env_model::TemplateError;
@@ -19,25 +26,82 @@ use super::{AgentSpec, SandboxError, Shared};
 use crate::agent::{builtin_prompt, run_gold, AgentOutcome, ModelAgentOutcome};
 use crate::episode::{EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo};
 use crate::grade::{grade_patch, write_instance_logs, GradeError, GradeOutcome};
-use crate::trajectory::EpisodeStatus;
+use crate::trajectory::{EpisodeStatus, StepTokens};
 
-/// Runs one instance: image → submission (given, or from an agent's episode) → grading → trajectory end.
+/// Runs one instance of a benchmark run: image → submission (given, or from an agent's episode) → grading →
+/// trajectory end. The episode is `<run id>-<instance id>`, the run's agent drives it.
 pub(super) async fn attempt_instance(shared: &Shared, instance: &Instance) -> InstanceResult {
-    match attempt(shared, instance).await {
-        Ok(result) => result,
-        Err(error) => error.into_result(instance),
-    }
+    let spec = AttemptSpec {
+        episode_id: format!("{}-{}", shared.config.run_id, instance.instance_id),
+        grading_id: format!("{}-{}-grade", shared.config.run_id, instance.instance_id),
+        agent: shared.config.agent.clone(),
+        logs_dir: Some(shared.config.logs_dir.clone()),
+    };
+    attempt_with(shared, instance, &spec).await.result
 }
 
-async fn attempt(shared: &Shared, instance: &Instance) -> Result<InstanceResult, AttemptError> {
+/// Who runs one attempt and under which ids.
+#[derive(Clone)]
+pub struct AttemptSpec {
+    /// The episode id (the trajectory is `<trajectory_dir>/<episode_id>.jsonl`, the container is named after it).
+    pub episode_id: String,
+    /// The id of the grading container.
+    pub grading_id: String,
+    /// The agent (a model agent carries this attempt's sampling).
+    pub agent: super::AgentSpec,
+    /// Where the reference grading logs go (`None`: not written).
+    pub logs_dir: Option<PathBuf>,
+}
+
+/// What an attempt produced: the result and where its time went.
+#[derive(Debug, Clone)]
+pub struct AttemptOutput {
+    /// The instance's result (an `error` result when a phase failed).
+    pub result: InstanceResult,
+    /// Time of each phase.
+    pub timing: PhaseTimes,
+}
+
+/// Time of an attempt's phases, ms (0 for a phase that did not run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Starting the episode (container create + start, shell, anti-leak).
+    pub start_ms: u64,
+    /// Grading (fresh container, apply, tests).
+    pub grade_ms: u64,
+}
+
+/// Runs one attempt of `instance` as `spec` says: image → submission → grading → trajectory end.
+pub(super) async fn attempt_with(
+    shared: &Shared,
+    instance: &Instance,
+    spec: &AttemptSpec,
+) -> AttemptOutput {
+    let mut timing = PhaseTimes::default();
+    let result = match attempt(shared, instance, spec, &mut timing).await {
+        Ok(result) => result,
+        Err(error) => error.into_result(instance),
+    };
+    AttemptOutput { result, timing }
+}
+
+async fn attempt(
+    shared: &Shared,
+    instance: &Instance,
+    spec: &AttemptSpec,
+    timing: &mut PhaseTimes,
+) -> Result<InstanceResult, AttemptError> {
     if let Err(error) = prepare_image(shared, instance).await {
         // A given prediction is a submission even when its image is missing: the harness counts it as an
         // error, not as incomplete.
-        let submission = given_prediction(shared, instance).flatten();
+        let submission = given_prediction(spec, instance).flatten();
         return Err(AttemptError::Image { error, submission });
     }
-    let mut agent = run_agent(shared, instance).await?;
-    let graded = match grade(shared, instance, &mut agent).await {
+    let mut agent = run_agent(shared, instance, spec, timing).await?;
+    let grading = Instant::now();
+    let graded = grade(shared, instance, spec, &mut agent).await;
+    timing.grade_ms = grading.elapsed().as_millis() as u64;
+    let graded = match graded {
         Ok(graded) => graded,
         Err(error) => {
             let submission = agent.submission;
@@ -181,6 +245,9 @@ struct EpisodeRun {
     outcome: AgentOutcome,
     usage: Usage,
     final_answer: Option<String>,
+    /// The final answer's model call (token ids, logprobs, finish reason, sampling), for `episode_end`.
+    final_answer_tokens: Option<StepTokens>,
+    final_answer_reasoning: Option<String>,
     detail: Option<String>,
 }
 
@@ -191,18 +258,23 @@ impl EpisodeRun {
     }
 }
 
-fn given_prediction(shared: &Shared, instance: &Instance) -> Option<Option<String>> {
-    match &shared.config.agent {
+fn given_prediction(spec: &AttemptSpec, instance: &Instance) -> Option<Option<String>> {
+    match &spec.agent {
         AgentSpec::Predictions { patches, .. } => patches.get(&instance.instance_id).cloned(),
         _ => None,
     }
 }
 
 /// Phase 2: the submission, from the given predictions or from an episode with the chosen agent.
-async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, AgentError> {
-    if let AgentSpec::Predictions { .. } = &shared.config.agent {
+async fn run_agent(
+    shared: &Shared,
+    instance: &Instance,
+    spec: &AttemptSpec,
+    timing: &mut PhaseTimes,
+) -> Result<AgentRun, AgentError> {
+    if let AgentSpec::Predictions { .. } = &spec.agent {
         // Given predictions (a file, or the gold / empty patches): no episode, the patch is graded as is.
-        return match given_prediction(shared, instance) {
+        return match given_prediction(spec, instance) {
             Some(submission) => Ok(AgentRun {
                 submission,
                 episode: None,
@@ -212,23 +284,26 @@ async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, Age
             }),
         };
     }
-    let agent = &shared.config.agent;
-    let episode_id = format!("{}-{}", shared.config.run_id, instance.instance_id);
+    let agent = &spec.agent;
+    let episode_id = &spec.episode_id;
     let trajectory = shared
         .episode_config
         .trajectory_dir
         .join(format!("{episode_id}.jsonl"));
     // A rerun after an interrupt starts its trajectory afresh.
     let _ = tokio::fs::remove_file(&trajectory).await;
-    let (episode_config, info) = start_info(shared, instance)?;
-    let mut episode = Episode::start(
+    let (episode_config, info) = start_info(shared, agent, instance)?;
+    let starting = Instant::now();
+    let started = Episode::start(
         &shared.engine,
-        &episode_id,
+        episode_id,
         instance.clone(),
         episode_config,
         info,
     )
-    .await?;
+    .await;
+    timing.start_ms = starting.elapsed().as_millis() as u64;
+    let mut episode = started?;
     let dispatched = match agent {
         AgentSpec::Gold => run_gold(&mut episode).await.map(|o| (o, None)),
         AgentSpec::Model(model) => {
@@ -255,6 +330,8 @@ async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, Age
         outcome,
         usage: Usage::default(),
         final_answer: None,
+        final_answer_tokens: None,
+        final_answer_reasoning: None,
         detail: None,
     };
     if let Some(model_outcome) = model_outcome {
@@ -273,6 +350,8 @@ async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, Age
             });
         }
         run.final_answer = model_outcome.final_answer;
+        run.final_answer_tokens = model_outcome.final_answer_tokens;
+        run.final_answer_reasoning = model_outcome.final_answer_reasoning;
         run.detail = model_outcome.detail;
     }
     let submission = match agent {
@@ -288,10 +367,11 @@ async fn run_agent(shared: &Shared, instance: &Instance) -> Result<AgentRun, Age
 /// The episode settings and opening prompt for the chosen agent.
 fn start_info(
     shared: &Shared,
+    agent: &AgentSpec,
     instance: &Instance,
 ) -> Result<(EpisodeConfig, StartInfo), TemplateError> {
     let mut episode_config = shared.episode_config.clone();
-    let info = match &shared.config.agent {
+    let info = match agent {
         AgentSpec::Model(model) => {
             episode_config.tool_format = model.config.mode.tool_format();
             let mut info = crate::agent::start_info_for(instance, &model.config, &episode_config)?;
@@ -311,15 +391,15 @@ fn start_info(
 async fn grade(
     shared: &Shared,
     instance: &Instance,
+    spec: &AttemptSpec,
     agent: &mut AgentRun,
 ) -> Result<GradeOutcome, GradeError> {
-    let grading_id = format!("{}-{}-grade", shared.config.run_id, instance.instance_id);
     let graded = grade_patch(
         &shared.engine,
         instance,
         agent.submission.as_deref(),
         &shared.config.grade,
-        &grading_id,
+        &spec.grading_id,
     )
     .await;
     let outcome = match graded {
@@ -333,14 +413,12 @@ async fn grade(
             return Err(error);
         }
     };
-    if let Err(error) = write_instance_logs(
-        &shared.config.logs_dir,
-        &outcome,
-        agent.submission.as_deref(),
-    )
-    .await
-    {
-        warn!(instance_id = %instance.instance_id, %error, "cannot write grading logs");
+    if let Some(logs_dir) = &spec.logs_dir {
+        if let Err(error) =
+            write_instance_logs(logs_dir, &outcome, agent.submission.as_deref()).await
+        {
+            warn!(instance_id = %instance.instance_id, %error, "cannot write grading logs");
+        }
     }
     Ok(outcome)
 }
@@ -351,6 +429,8 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
         Some(mut run) => {
             let mut end = run.end_info();
             end.final_answer = run.final_answer;
+            end.final_answer_tokens = run.final_answer_tokens;
+            end.final_answer_reasoning = run.final_answer_reasoning;
             end.detail = run.detail;
             end.rewards = serde_json::to_value(&graded.rewards).ok();
             end.grading = serde_json::to_value(&graded.report).ok();

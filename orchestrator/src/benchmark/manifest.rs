@@ -593,7 +593,7 @@ fn begin_run_blocking(
 }
 
 /// Takes `<dir>/.lock` (advisory, exclusive, non-blocking) and writes this process's pid into it.
-fn lock_run_dir(dir: &Path, run_id: &str) -> Result<File, RunStartError> {
+pub(crate) fn lock_run_dir(dir: &Path, run_id: &str) -> Result<File, RunStartError> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)

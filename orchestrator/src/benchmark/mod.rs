@@ -9,8 +9,9 @@ pub mod results;
 pub mod summary;
 mod workers;
 
-pub use attempt::{AgentError, AttemptError, Usage};
+pub use attempt::{AgentError, AttemptError, AttemptOutput, AttemptSpec, PhaseTimes, Usage};
 pub use image::ImageError;
+pub use workers::{run_workers, Job};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -28,8 +29,53 @@ use results::{read_results, InstanceResult, InstanceStatus, ResultsFile};
 use summary::{finish_run, RunStats};
 use swe_env_sandbox::{DockerEngine, SandboxError};
 
+/// Network of grading containers (a closed set: a typo fails when the arguments are parsed).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GradingNetwork {
+    /// Docker's default bridge, as the reference harness grades (the tests may reach the network).
+    #[default]
+    Bridge,
+    /// No network (only `lo`): the submission's tests are isolated.
+    None,
+    /// The host's network stack (for tests that need a service on the host).
+    Host,
+}
+
+impl GradingNetwork {
+    /// The Docker `network_mode` value.
+    pub fn as_docker_mode(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::None => "none",
+            Self::Host => "host",
+        }
+    }
+}
+
 /// When images are pulled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
     /// Pull an image only when it is not present locally (default).
     #[default]
@@ -60,8 +106,8 @@ pub enum AgentSpec {
 
 /// A model agent: the client (shared by all workers: its concurrency limit is per endpoint) and the loop config.
 pub struct ModelAgent {
-    /// The HTTP client.
-    pub client: swe_env_model::ModelClient,
+    /// The HTTP client (shared: runners that vary the sampling per attempt share one client).
+    pub client: Arc<swe_env_model::ModelClient>,
     /// Its configuration (recorded in trajectories, API key excluded).
     pub client_config: swe_env_model::ClientConfig,
     /// The agent loop's configuration.
@@ -221,6 +267,35 @@ pub async fn run_benchmark(
         results,
         interrupted,
     })
+}
+
+/// Runs single attempts with the benchmark's path (image → episode → grading → trajectory end) for other runners
+/// (`harvest`): the caller names each attempt's episode, grading id and agent ([`AttemptSpec`]).
+#[derive(Clone)]
+pub struct Attempts {
+    shared: Arc<Shared>,
+}
+
+impl Attempts {
+    /// Attempts under `config` (its `episode.trajectory_dir` is where trajectories are written; its `agent`,
+    /// `run_id` and `logs_dir` are not used: each [`AttemptSpec`] says).
+    pub fn new(engine: &DockerEngine, config: RunConfig, progress: Arc<dyn Progress>) -> Self {
+        let episode_config = config.episode.clone();
+        Self {
+            shared: Arc::new(Shared {
+                engine: engine.clone(),
+                config,
+                episode_config,
+                pulls: Mutex::new(HashMap::new()),
+                progress,
+            }),
+        }
+    }
+
+    /// Runs one attempt of `instance` as `spec` says.
+    pub async fn run(&self, instance: &Instance, spec: &AttemptSpec) -> AttemptOutput {
+        attempt::attempt_with(&self.shared, instance, spec).await
+    }
 }
 
 /// The outcome of one image pull, shared by every instance that needs the image.

@@ -1,6 +1,7 @@
-//! The worker loop of a run: a fixed number of workers pull instances from one queue (nothing is spawned per
-//! instance), each result goes to the caller's channel as it finishes, and a panic inside one instance becomes
-//! that instance's `error` result (`error_kind` `panic`) while the others go on.
+//! The worker loop of a run (the one in the codebase: `run-benchmark` runs instances, `harvest` runs rollouts):
+//! a fixed number of workers pull jobs from one queue (nothing is spawned per job), each output goes to the
+//! caller's channel as it finishes, and a panic inside one job becomes that job's `error` output (`error_kind`
+//! `panic`) while the others go on.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,19 +17,64 @@ use tracing::{error, warn};
 
 use super::results::InstanceResult;
 
-/// Runs `attempt` on every instance of `todo` with `workers` workers (at least one) and sends each result, its
-/// `total_ms` set, to `results`. Stops starting instances, and drops the ones in flight, when `cancel` is
-/// cancelled; returns whether it did (the run was interrupted).
-pub(super) async fn run_workers<F, Fut>(
-    todo: Vec<Instance>,
+/// A unit of work of the worker loop.
+pub trait Job: Send + 'static {
+    /// What running the job produces.
+    type Output: Send + 'static;
+    /// What is kept of the job while it runs, to make its output if it panics.
+    type Key: Send;
+    /// The key of this job (taken before the job moves into its attempt).
+    fn key(&self) -> Self::Key;
+    /// The output of a job that panicked with `message`.
+    fn panicked(key: Self::Key, message: &str) -> Self::Output;
+    /// Records the job's wall time in its output.
+    fn set_elapsed(output: &mut Self::Output, elapsed: std::time::Duration);
+}
+
+impl Job for Instance {
+    type Output = InstanceResult;
+    type Key = (String, String);
+
+    fn key(&self) -> Self::Key {
+        (self.instance_id.clone(), self.repo.clone())
+    }
+
+    fn panicked((instance_id, repo): Self::Key, message: &str) -> InstanceResult {
+        error!(
+            instance_id,
+            panic = message,
+            "an instance panicked; recorded as an error"
+        );
+        InstanceResult::error(
+            &instance_id,
+            &repo,
+            "panic",
+            format!(
+                "swe-env panicked while running this instance ({message}): this is a bug, please \
+                 report it with the log; --retry-errors runs the instance again"
+            ),
+        )
+    }
+
+    fn set_elapsed(output: &mut InstanceResult, elapsed: std::time::Duration) {
+        output.total_ms = elapsed.as_millis() as u64;
+    }
+}
+
+/// Runs `attempt` on every job of `todo` with `workers` workers (at least one) and sends each output, its wall
+/// time set, to `results`. Stops starting jobs, and drops the ones in flight, when `cancel` is cancelled; returns
+/// whether it did (the run was interrupted).
+pub async fn run_workers<J, F, Fut>(
+    todo: Vec<J>,
     workers: usize,
     cancel: CancellationToken,
     attempt: F,
-    results: mpsc::UnboundedSender<InstanceResult>,
+    results: mpsc::UnboundedSender<J::Output>,
 ) -> bool
 where
-    F: Fn(Instance) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = InstanceResult> + Send + 'static,
+    J: Job,
+    F: Fn(J) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = J::Output> + Send + 'static,
 {
     let n_workers = workers.max(1).min(todo.len());
     let queue = Arc::new(Mutex::new(VecDeque::from(todo)));
@@ -52,14 +98,15 @@ where
     cancel.is_cancelled()
 }
 
-async fn worker<F, Fut>(
-    queue: Arc<Mutex<VecDeque<Instance>>>,
+async fn worker<J, F, Fut>(
+    queue: Arc<Mutex<VecDeque<J>>>,
     cancel: CancellationToken,
     attempt: F,
-    results: mpsc::UnboundedSender<InstanceResult>,
+    results: mpsc::UnboundedSender<J::Output>,
 ) where
-    F: Fn(Instance) -> Fut,
-    Fut: Future<Output = InstanceResult>,
+    J: Job,
+    F: Fn(J) -> Fut,
+    Fut: Future<Output = J::Output>,
 {
     loop {
         if cancel.is_cancelled() {
@@ -71,37 +118,21 @@ async fn worker<F, Fut>(
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop_front();
-        let Some(instance) = next else {
+        let Some(job) = next else {
             return;
         };
-        let (instance_id, repo) = (instance.instance_id.clone(), instance.repo.clone());
+        let key = job.key();
         let started = Instant::now();
-        let run = AssertUnwindSafe(attempt(instance)).catch_unwind();
+        let run = AssertUnwindSafe(attempt(job)).catch_unwind();
         let outcome = tokio::select! {
             outcome = run => outcome,
             _ = cancel.cancelled() => return,
         };
         let mut result = match outcome {
             Ok(result) => result,
-            Err(payload) => {
-                let message = crate::panic_message(payload.as_ref());
-                error!(
-                    instance_id,
-                    panic = message,
-                    "an instance panicked; recorded as an error"
-                );
-                InstanceResult::error(
-                    &instance_id,
-                    &repo,
-                    "panic",
-                    format!(
-                        "swe-env panicked while running this instance ({message}): this is a bug, please \
-                         report it with the log; --retry-errors runs the instance again"
-                    ),
-                )
-            }
+            Err(payload) => J::panicked(key, crate::panic_message(payload.as_ref())),
         };
-        result.total_ms = started.elapsed().as_millis() as u64;
+        J::set_elapsed(&mut result, started.elapsed());
         if results.send(result).is_err() {
             // Nobody listens any more (the run stops listening only once every worker ended): nothing to do.
             return;

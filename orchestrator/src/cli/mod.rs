@@ -6,6 +6,7 @@ mod error;
 mod evaluate;
 mod export;
 mod gc;
+mod harvest;
 mod images;
 mod model_args;
 mod run_benchmark;
@@ -78,6 +79,10 @@ enum Command {
     ///
     /// Example: `swe-env gc` (orphans only), `swe-env gc --all --json`.
     Gc(gc::GcArgs),
+    /// Harvest K graded rollouts per task into zstd shards + manifest + data card (exactly once, resumable).
+    ///
+    /// Example: `swe-env harvest --dataset fixtures --model-url http://host:8000/v1 --model NAME --samples 4 --out h1`.
+    Harvest(Box<harvest::HarvestArgs>),
     /// Measure the system and print figures (step latency, container start-up, …).
     ///
     /// Example: `swe-env bench sandbox --steps 2000`.
@@ -98,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Shell(args) => shell::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Harvest(args) => harvest::run(*args).await,
     };
     outcome.map_err(CliError::classify)
 }

@@ -25,28 +25,7 @@ use swe_env_sandbox::DockerEngine;
 
 use super::EXIT_INTERRUPTED;
 
-/// Network of grading containers (a closed set: a typo fails when the arguments are parsed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum GradingNetwork {
-    /// Docker's default bridge, as the reference harness grades (the tests may reach the network).
-    #[default]
-    Bridge,
-    /// No network (only `lo`): the submission's tests are isolated.
-    None,
-    /// The host's network stack (for tests that need a service on the host).
-    Host,
-}
-
-impl GradingNetwork {
-    /// The Docker `network_mode` value.
-    pub fn as_docker_mode(self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::None => "none",
-            Self::Host => "host",
-        }
-    }
-}
+pub use crate::benchmark::GradingNetwork;
 
 /// Arguments shared by `run-benchmark` and `evaluate`: what to run and where results go.
 #[derive(Debug, Clone, clap::Args)]
@@ -128,7 +107,7 @@ pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
         let client = swe_env_model::ModelClient::new(client_config.clone())
             .map_err(|e| super::error::usage(format!("model client: {e}")))?;
         AgentSpec::Model(Arc::new(ModelAgent {
-            client,
+            client: Arc::new(client),
             client_config,
             config,
         }))

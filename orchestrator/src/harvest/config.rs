@@ -1,0 +1,694 @@
+//! The harvest configuration: every knob of `swe-env harvest`, from a YAML file (`--config`, loaded with the one
+//! YAML loader, unknown keys refused with line and column) and the command-line flags (which override it). Each
+//! flag has a YAML key of the same name with `_` for `-` (`--task-token-budget` → `task_token_budget`), plus
+//! `endpoints: [{url, max_in_flight}]` and an inline `agent:` (the agent config; or `agent_config: FILE`).
+//!
+//! [`HarvestConfig::resolve`] validates it and makes what the runner needs: the agent config, the model client
+//! config, the episode and grading settings, the temperature of each sample, and the config hash.
+//!
+//! **Config hash** (`config_hash`, part of every rollout id): sha256 hex of the canonical JSON (keys sorted, no
+//! spaces) of [`Resolved::hashed_config`]: `model`; `agent` (the effective agent config: API mode, sampling (with
+//! `max_tokens`), prompts and layout, format-error limit, after-submit); `temperatures` (the list or the schedule as
+//! given); `seed`; `samples`; `episode` (`max_turns`, `context_tokens` = `rollout_token_budget`, `wall_clock_secs`,
+//! `observation_cap_bytes`, the tool settings, anti-leak, `image_template`); `grading` (`rules`, `network`,
+//! `test_timeout_secs`). NOT hashed (changing them resumes the same harvest): datasets and `instance_ids` (the
+//! store checks the dataset set itself), `workers`, endpoints' URLs and concurrency, API key variable, request
+//! timeout and attempts, the per-task and global budgets, `pull`, `max_shard_bytes`, `out`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use swe_env_model::yaml::{self, YamlError};
+
+use crate::agent::{ApiMode, ModelAgentConfig, ModelAgentConfigError};
+use crate::benchmark::{GradingNetwork, PullPolicy};
+use crate::episode::EpisodeConfig;
+use crate::grade::{GradeConfig, RuleSet};
+use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+
+/// What the config file is called in errors.
+const KIND: &str = "harvest config";
+
+/// Default `workers`.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Default `max_turns` per rollout.
+pub const DEFAULT_MAX_TURNS: u32 = 128;
+/// Default wall-clock limit of one rollout, seconds.
+pub const DEFAULT_ROLLOUT_TIME_SECS: u64 = 3600;
+/// Default time limit of the tests at grading, seconds.
+pub const DEFAULT_TEST_TIMEOUT_SECS: u64 = 1800;
+/// Default `max_shard_bytes`: 256 MiB.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 256 << 20;
+/// Default time allowed for one model request, seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+/// Default most attempts per model call.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// One model endpoint and how many requests it takes at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Base URL of an OpenAI-compatible endpoint, ending in `/v1`.
+    pub url: String,
+    /// Most requests in flight to this endpoint (default: the client's per-endpoint default, 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Every knob of `swe-env harvest` (YAML keys = flag names with `_`). Every key may be left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HarvestConfig {
+    /// Task sources (`fixtures`, an alias, a path); each row of each is a task.
+    pub datasets: Vec<String>,
+    /// Output directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Only these instance ids (of any of the datasets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instance_ids: Vec<String>,
+    /// Served model name.
+    pub model: String,
+    /// Endpoints, used round-robin, each with its own concurrency limit.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Name of the environment variable holding the API key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Time allowed for one model request, seconds.
+    pub request_timeout_secs: u64,
+    /// Most attempts per model call (1 = no retry).
+    pub max_attempts: u32,
+    /// API mode; overrides the agent config's `mode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ApiMode>,
+    /// The agent config inline (mode, sampling, prompts, format-error limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<ModelAgentConfig>,
+    /// The agent config from a YAML file (instead of `agent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<PathBuf>,
+    /// Rollouts per task (K).
+    pub samples: u32,
+    /// Sample k gets `temperatures[k % len]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub temperatures: Vec<f64>,
+    /// `FROM:TO`: sample k gets FROM + (TO − FROM)·k/(K−1) (linear over k).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_schedule: Option<String>,
+    /// Base seed, mixed with each rollout (contract: sha256 of `{seed}\n{instance_id}\n{sample_idx}`).
+    pub seed: u64,
+    /// Rollouts in flight.
+    pub workers: usize,
+    /// Maximum agent turns per rollout.
+    pub max_turns: u32,
+    /// Most output tokens per model call (the agent's `sampling.max_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Context-token budget of one rollout (default: the episode default, 131072).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_token_budget: Option<u64>,
+    /// Wall-clock limit of one rollout, seconds.
+    pub rollout_time_budget_secs: u64,
+    /// Tokens (prompt + completion) per task over all its rollouts; then no more rollouts of that task start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_token_budget: Option<u64>,
+    /// Turns per task over all its rollouts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_turn_budget: Option<u64>,
+    /// Rollout wall time per task (sum over its rollouts), seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_time_budget_secs: Option<u64>,
+    /// Tokens over the whole harvest (every invocation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_budget: Option<u64>,
+    /// Turns over the whole harvest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_budget: Option<u64>,
+    /// Wall-clock seconds of harvesting over every invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_budget_secs: Option<u64>,
+    /// Network of grading containers.
+    pub grading_network: GradingNetwork,
+    /// Grading rules.
+    pub rules: RuleSet,
+    /// Time limit of the tests at grading, seconds.
+    pub test_timeout: u64,
+    /// Image name template for rows without an `image` field.
+    pub image_template: String,
+    /// When images are pulled.
+    pub pull: PullPolicy,
+    /// A shard is closed and the next opened when it reaches this size, bytes.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for HarvestConfig {
+    fn default() -> Self {
+        Self {
+            datasets: Vec::new(),
+            out: None,
+            instance_ids: Vec::new(),
+            model: String::new(),
+            endpoints: Vec::new(),
+            api_key_env: None,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            mode: None,
+            agent: None,
+            agent_config: None,
+            samples: 1,
+            temperatures: Vec::new(),
+            temperature_schedule: None,
+            seed: 0,
+            workers: DEFAULT_WORKERS,
+            max_turns: DEFAULT_MAX_TURNS,
+            max_tokens: None,
+            rollout_token_budget: None,
+            rollout_time_budget_secs: DEFAULT_ROLLOUT_TIME_SECS,
+            task_token_budget: None,
+            task_turn_budget: None,
+            task_time_budget_secs: None,
+            token_budget: None,
+            turn_budget: None,
+            time_budget_secs: None,
+            grading_network: GradingNetwork::Bridge,
+            rules: RuleSet::default(),
+            test_timeout: DEFAULT_TEST_TIMEOUT_SECS,
+            image_template: OFFICIAL_IMAGE_TEMPLATE.to_owned(),
+            pull: PullPolicy::Missing,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
+    }
+}
+
+/// Why a harvest configuration is unusable. All of these are usage errors (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file could not be read or parsed (file, line and column named).
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+    /// The agent config is unusable.
+    #[error(transparent)]
+    Agent(#[from] ModelAgentConfigError),
+    /// A value is missing or out of range.
+    #[error("invalid harvest config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// Per-task and global budgets (not part of the config hash: raise them and rerun to continue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Budgets {
+    /// Tokens per task.
+    pub task_tokens: Option<u64>,
+    /// Turns per task.
+    pub task_turns: Option<u64>,
+    /// Rollout wall time per task, seconds.
+    pub task_wall_secs: Option<u64>,
+    /// Tokens in total.
+    pub tokens: Option<u64>,
+    /// Turns in total.
+    pub turns: Option<u64>,
+    /// Harvest wall time in total, seconds.
+    pub wall_secs: Option<u64>,
+}
+
+/// A validated configuration with everything the runner needs.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The configuration as given (flags applied).
+    pub config: HarvestConfig,
+    /// The agent config (mode and `max_tokens` applied); each rollout adds its seed and temperature.
+    pub agent: ModelAgentConfig,
+    /// The model client config (endpoints with their limits, key, timeouts).
+    pub client: swe_env_model::ClientConfig,
+    /// Per-rollout episode settings (`trajectory_dir` is set by the runner).
+    pub episode: EpisodeConfig,
+    /// Grading settings.
+    pub grade: GradeConfig,
+    /// Budgets over tasks and the whole harvest.
+    pub budgets: Budgets,
+    /// The result-changing configuration (hashed; recorded in harvest.json).
+    pub hashed_config: Value,
+    /// sha256 hex of the canonical JSON of `hashed_config`.
+    pub config_hash: String,
+}
+
+impl HarvestConfig {
+    /// Reads a YAML config file (unknown keys refused, errors with line and column).
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        Ok(yaml::load_file(path, KIND)?)
+    }
+
+    /// Parses YAML text (empty = defaults).
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        Ok(yaml::parse_str(text, KIND, yaml::INLINE)?)
+    }
+
+    /// The temperature of sample `sample_idx` (`None`: the agent config's, or the server default).
+    pub fn temperature_for(&self, sample_idx: u32) -> Option<f64> {
+        if !self.temperatures.is_empty() {
+            return Some(self.temperatures[sample_idx as usize % self.temperatures.len()]);
+        }
+        let (from, to) = parse_schedule(self.temperature_schedule.as_deref()?).ok()?;
+        if self.samples <= 1 {
+            return Some(from);
+        }
+        let t = from + (to - from) * f64::from(sample_idx) / f64::from(self.samples - 1);
+        // Round away float noise (0.1 + 0.2 …) so the value sent and recorded is the one a person would write.
+        Some((t * 1e9).round() / 1e9)
+    }
+
+    /// Validates and resolves the configuration.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        self.validate()?;
+        let mut agent = match (&self.agent, &self.agent_config) {
+            (Some(agent), None) => agent.clone(),
+            (None, Some(path)) => ModelAgentConfig::from_yaml_file(path)?,
+            (None, None) => ModelAgentConfig::default(),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "both `agent` (inline) and `agent_config` (a file) are set: keep one",
+                ))
+            }
+        };
+        if let Some(mode) = self.mode {
+            agent.mode = mode;
+        }
+        if let Some(max_tokens) = self.max_tokens {
+            agent.sampling.max_tokens = Some(max_tokens);
+        }
+        agent
+            .validate()
+            .map_err(|detail| invalid(format!("agent config: {detail}")))?;
+        if agent.sampling.seed.is_some() {
+            return Err(invalid(
+                "the agent config sets `sampling.seed`: harvest gives each rollout its own seed; set the base \
+                 seed with --seed (YAML `seed`) instead",
+            ));
+        }
+        let mut client =
+            swe_env_model::ClientConfig::new(self.endpoints[0].url.clone(), self.model.clone());
+        client.endpoints = self.endpoints.iter().map(|e| e.url.clone()).collect();
+        let default_limit = client.max_in_flight_per_endpoint;
+        client.endpoint_max_in_flight = self
+            .endpoints
+            .iter()
+            .map(|e| e.max_in_flight.unwrap_or(default_limit))
+            .collect();
+        client.api_key_env = self.api_key_env.clone();
+        client.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        client.retry.max_attempts = self.max_attempts;
+        let mut episode = EpisodeConfig {
+            max_turns: self.max_turns,
+            wall_clock: Duration::from_secs(self.rollout_time_budget_secs),
+            image_template: self.image_template.clone(),
+            ..EpisodeConfig::default()
+        };
+        if let Some(tokens) = self.rollout_token_budget {
+            episode.context_tokens = tokens;
+        }
+        episode.tool_format = agent.mode.tool_format();
+        let grade = GradeConfig {
+            network_mode: self.grading_network.as_docker_mode().to_owned(),
+            test_timeout: Duration::from_secs(self.test_timeout),
+            image_template: self.image_template.clone(),
+            ..GradeConfig::default()
+        }
+        .with_rules(self.rules);
+        let budgets = Budgets {
+            task_tokens: self.task_token_budget,
+            task_turns: self.task_turn_budget,
+            task_wall_secs: self.task_time_budget_secs,
+            tokens: self.token_budget,
+            turns: self.turn_budget,
+            wall_secs: self.time_budget_secs,
+        };
+        let hashed_config = serde_json::json!({
+            "model": self.model,
+            "agent": serde_json::to_value(&agent).map_err(|e| invalid(e.to_string()))?,
+            "temperatures": match (&self.temperatures, &self.temperature_schedule) {
+                (list, None) if !list.is_empty() => serde_json::json!({"list": list}),
+                (_, Some(schedule)) => serde_json::json!({"schedule": schedule}),
+                _ => Value::Null,
+            },
+            "seed": self.seed,
+            "samples": self.samples,
+            "episode": {
+                "max_turns": episode.max_turns,
+                "context_tokens": episode.context_tokens,
+                "wall_clock_secs": episode.wall_clock.as_secs(),
+                "observation_cap_bytes": episode.observation_cap_bytes,
+                "tool_format": format!("{:?}", episode.tool_format),
+                "tools": format!("{:?}", episode.tools),
+                "anti_leak": format!("{:?}", episode.anti_leak),
+                "image_template": episode.image_template,
+            },
+            "grading": {
+                "rules": self.rules.as_str(),
+                "network": self.grading_network.as_docker_mode(),
+                "test_timeout_secs": self.test_timeout,
+            },
+        });
+        let config_hash = sha256_hex(canonical_json(&hashed_config).as_bytes());
+        Ok(Resolved {
+            config: self.clone(),
+            agent,
+            client,
+            episode,
+            grade,
+            budgets,
+            hashed_config,
+            config_hash,
+        })
+    }
+
+    /// Checks values (counts, ranges, required keys), saying how to fix each.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.datasets.is_empty() {
+            return Err(invalid(
+                "no dataset: give --dataset fixtures|verified|lite|full|PATH (repeatable) or `datasets:` in the config",
+            ));
+        }
+        if self.datasets.iter().any(|d| d.trim().is_empty()) {
+            return Err(invalid("an empty dataset name: give an alias or a path"));
+        }
+        if self.out.is_none() {
+            return Err(invalid(
+                "no output directory: give --out DIR (or `out:` in the config)",
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err(invalid(
+                "no model endpoint: give --model-url URL (repeatable; an OpenAI-compatible base URL ending in /v1) \
+                 or `endpoints: [{url: …, max_in_flight: …}]` in the config",
+            ));
+        }
+        for endpoint in &self.endpoints {
+            if !(endpoint.url.starts_with("http://") || endpoint.url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "endpoint `{}` is not an http(s) URL: give a base URL such as http://host:8000/v1",
+                    endpoint.url
+                )));
+            }
+            if endpoint.max_in_flight == Some(0) {
+                return Err(invalid(format!(
+                    "endpoint {} has max_in_flight 0: give at least 1 (or leave it out)",
+                    endpoint.url
+                )));
+            }
+        }
+        if self.model.trim().is_empty() {
+            return Err(invalid(
+                "no model name: give --model NAME (the served model name)",
+            ));
+        }
+        if self.samples == 0 {
+            return Err(invalid("--samples is 0: give K >= 1 rollouts per task"));
+        }
+        if self.workers == 0 || self.workers > 4096 {
+            return Err(invalid(format!(
+                "--workers {} is out of range: give 1 to 4096",
+                self.workers
+            )));
+        }
+        if self.max_turns == 0 {
+            return Err(invalid("--max-turns is 0: give at least 1"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(invalid(
+                "--max-tokens is 0: give at least 1 (or leave it out)",
+            ));
+        }
+        if self.rollout_token_budget == Some(0) {
+            return Err(invalid("--rollout-token-budget is 0: give at least 1"));
+        }
+        if self.rollout_time_budget_secs == 0 {
+            return Err(invalid("--rollout-time-budget-secs is 0: give at least 1"));
+        }
+        if self.test_timeout == 0 {
+            return Err(invalid("--test-timeout is 0: give at least 1 second"));
+        }
+        if self.request_timeout_secs == 0 || self.max_attempts == 0 {
+            return Err(invalid(
+                "request_timeout_secs and max_attempts must be at least 1",
+            ));
+        }
+        if self.max_shard_bytes == 0 {
+            return Err(invalid(format!(
+                "--max-shard-bytes is 0: give a positive size in bytes (default {DEFAULT_MAX_SHARD_BYTES})"
+            )));
+        }
+        if !self.temperatures.is_empty() && self.temperature_schedule.is_some() {
+            return Err(invalid(
+                "both --temperatures and --temperature-schedule are set: give one of them",
+            ));
+        }
+        for &t in &self.temperatures {
+            check_temperature(t)?;
+        }
+        if let Some(schedule) = &self.temperature_schedule {
+            let (from, to) = parse_schedule(schedule).map_err(invalid)?;
+            check_temperature(from)?;
+            check_temperature(to)?;
+        }
+        if self.instance_ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(invalid(
+                "--instance-ids holds an empty id: give comma-separated instance ids, e.g. --instance-ids a__b-1,c__d-2",
+            ));
+        }
+        for (name, value) in [
+            ("--task-token-budget", self.task_token_budget),
+            ("--task-turn-budget", self.task_turn_budget),
+            ("--task-time-budget-secs", self.task_time_budget_secs),
+            ("--token-budget", self.token_budget),
+            ("--turn-budget", self.turn_budget),
+            ("--time-budget-secs", self.time_budget_secs),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!(
+                    "{name} is 0: give a positive budget (or leave it out for none)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_temperature(t: f64) -> Result<(), ConfigError> {
+    if t.is_finite() && (0.0..=2.0).contains(&t) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "temperature {t} is out of range: give values from 0 to 2"
+        )))
+    }
+}
+
+/// Parses a temperature list `0.2,0.6,1.0` (the `--temperatures` flag).
+pub fn parse_temperatures(text: &str) -> Result<Vec<f64>, String> {
+    let values: Result<Vec<f64>, String> = text
+        .split(',')
+        .map(|part| {
+            part.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`{part}` is not a number: give e.g. 0.2,0.6,1.0"))
+        })
+        .collect();
+    let values = values?;
+    if values.is_empty() {
+        return Err("an empty temperature list: give e.g. 0.2,0.6,1.0".to_owned());
+    }
+    Ok(values)
+}
+
+/// Parses `FROM:TO` (e.g. `0.2:1.0`).
+pub fn parse_schedule(text: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("temperature schedule `{text}` is not FROM:TO: give e.g. 0.2:1.0");
+    let (from, to) = text.split_once(':').ok_or_else(bad)?;
+    let from = from.trim().parse::<f64>().map_err(|_| bad())?;
+    let to = to.trim().parse::<f64>().map_err(|_| bad())?;
+    Ok((from, to))
+}
+
+/// The seed of a rollout: the first 8 bytes (big-endian) of sha256(`{base_seed}\n{instance_id}\n{sample_idx}`),
+/// masked to 2^53 − 1 so it survives JSON readers that use doubles.
+pub fn rollout_seed(base_seed: u64, instance_id: &str, sample_idx: u32) -> u64 {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{base_seed}\n{instance_id}\n{sample_idx}").as_bytes(),
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first) & ((1u64 << 53) - 1)
+}
+
+/// JSON with object keys sorted at every level and no whitespace.
+pub fn canonical_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for key in keys {
+                    out.insert(key.clone(), sorted(&map[key]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    // serde_json's map keeps keys sorted unless `preserve_order` is on; sorting here holds either way.
+    serde_json::to_string(&sorted(value)).unwrap_or_default()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HarvestConfig {
+        HarvestConfig {
+            datasets: vec!["fixtures".into()],
+            out: Some("out".into()),
+            model: "m".into(),
+            endpoints: vec![EndpointConfig {
+                url: "http://127.0.0.1:1/v1".into(),
+                max_in_flight: None,
+            }],
+            samples: 4,
+            ..HarvestConfig::default()
+        }
+    }
+
+    #[test]
+    fn yaml_keys_are_checked_with_line_and_column() {
+        let error = HarvestConfig::from_yaml_str("samples: 2\nworkerz: 3\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("workerz"), "{text}");
+        assert!(
+            matches!(&error, ConfigError::Yaml(y) if y.position().map(|p| p.0) == Some(2)),
+            "{text}"
+        );
+        let config = HarvestConfig::from_yaml_str(
+            "datasets: [fixtures]\nendpoints:\n  - {url: 'http://a/v1', max_in_flight: 2}\nagent:\n  mode: chat-tools\n  sampling: {top_p: 0.9}\n",
+        )
+        .unwrap();
+        assert_eq!(config.endpoints[0].max_in_flight, Some(2));
+        assert_eq!(config.agent.unwrap().mode, ApiMode::ChatTools);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_fix() {
+        for (change, needle) in [
+            (
+                Box::new(|c: &mut HarvestConfig| c.samples = 0) as Box<dyn Fn(&mut HarvestConfig)>,
+                "K >= 1",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.temperature_schedule = Some("0.2:5".into())),
+                "from 0 to 2",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.temperature_schedule = Some("hot".into())),
+                "FROM:TO",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.temperatures = vec![-1.0]),
+                "from 0 to 2",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.datasets.clear()),
+                "--dataset",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.endpoints.clear()),
+                "--model-url",
+            ),
+            (
+                Box::new(|c: &mut HarvestConfig| c.token_budget = Some(0)),
+                "--token-budget",
+            ),
+        ] {
+            let mut config = base();
+            change(&mut config);
+            let error = config.resolve().unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+        assert!(parse_temperatures("").is_err());
+        assert!(parse_temperatures("0.2,x").is_err());
+        assert_eq!(parse_temperatures("0.2, 1").unwrap(), [0.2, 1.0]);
+    }
+
+    #[test]
+    fn temperatures_cycle_or_follow_the_schedule() {
+        let mut config = base();
+        config.temperatures = vec![0.2, 0.6, 1.0];
+        let got: Vec<_> = (0..4).map(|k| config.temperature_for(k)).collect();
+        assert_eq!(got, [Some(0.2), Some(0.6), Some(1.0), Some(0.2)]);
+        config.temperatures.clear();
+        config.temperature_schedule = Some("0.2:1.1".into());
+        let got: Vec<_> = (0..4).map(|k| config.temperature_for(k)).collect();
+        assert_eq!(got, [Some(0.2), Some(0.5), Some(0.8), Some(1.1)]);
+        config.temperature_schedule = None;
+        assert_eq!(config.temperature_for(0), None);
+    }
+
+    #[test]
+    fn the_hash_covers_result_changing_fields_only() {
+        let hash = |c: &HarvestConfig| c.resolve().unwrap().config_hash;
+        let original = hash(&base());
+        let mut other = base();
+        other.workers = 17;
+        other.endpoints[0].url = "http://other:9/v1".into();
+        other.endpoints[0].max_in_flight = Some(3);
+        other.token_budget = Some(10);
+        other.task_turn_budget = Some(10);
+        other.max_shard_bytes = 1 << 20;
+        other.instance_ids = vec!["x".into()];
+        assert_eq!(hash(&other), original);
+        for change in [
+            Box::new(|c: &mut HarvestConfig| c.seed = 1) as Box<dyn Fn(&mut HarvestConfig)>,
+            Box::new(|c: &mut HarvestConfig| c.samples = 5),
+            Box::new(|c: &mut HarvestConfig| c.temperatures = vec![0.5]),
+            Box::new(|c: &mut HarvestConfig| c.max_turns = 7),
+            Box::new(|c: &mut HarvestConfig| c.mode = Some(ApiMode::Completions)),
+            Box::new(|c: &mut HarvestConfig| c.model = "n".into()),
+            Box::new(|c: &mut HarvestConfig| c.rules = RuleSet::Hardened),
+            Box::new(|c: &mut HarvestConfig| c.grading_network = GradingNetwork::None),
+        ] {
+            let mut changed = base();
+            change(&mut changed);
+            assert_ne!(hash(&changed), original);
+        }
+        assert_eq!(original.len(), 64);
+    }
+
+    #[test]
+    fn rollout_seeds_are_json_safe_and_differ_per_sample() {
+        let a = rollout_seed(0, "t-1", 0);
+        assert_eq!(a, rollout_seed(0, "t-1", 0));
+        assert_ne!(a, rollout_seed(0, "t-1", 1));
+        assert_ne!(a, rollout_seed(1, "t-1", 0));
+        assert!(a < (1 << 53));
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        let value = serde_json::json!({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": null}});
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
+    }
+}

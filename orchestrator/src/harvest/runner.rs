@@ -1,0 +1,877 @@
+//! The harvest runner: plan → rollouts on the benchmark's worker pool and attempt path → commit, exactly once.
+//!
+//! The plan is every (dataset row × sample index) minus the rollouts already committed in the store. Each rollout
+//! is one attempt of the benchmark path (`benchmark::Attempts`: image → episode with the model agent under this
+//! rollout's seed and temperature → grading in a fresh container → `episode_end` with rewards), its trajectory
+//! written to the store's work directory, read back, committed as one shard line (`HarvestStore::commit`), and
+//! deleted. An attempt that ends in an `error` result (image missing, endpoint down, sandbox or grading failure) is
+//! recorded in `failures.jsonl` and runs again on the next invocation.
+//!
+//! Budgets: per rollout through the episode config; per task and in total (tokens, turns, wall time) counted from
+//! the committed rows plus this invocation's rollouts (failed ones included). Once one is spent no rollout (of
+//! that task / at all) starts; in-flight ones finish and commit; the rest are counted as `skipped_budget`.
+//! The global wall-clock budget counts this invocation's time only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use swe_env_grading::dataset::Instance;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::card::DataCard;
+use super::config::{rollout_seed, Budgets, Resolved};
+use super::store::{
+    rollout_id, DatasetEntry, HarvestHeader, HarvestStore, ManifestRow, RolloutFailure,
+    RolloutLine, RolloutTiming, SpentSummary, StoreError, StoreOptions, TimeSums,
+};
+use crate::benchmark::results::InstanceStatus;
+use crate::benchmark::{
+    run_workers, AgentSpec, AttemptSpec, Attempts, Job, ModelAgent, Progress, RunConfig,
+};
+use crate::trajectory::{read_trajectory, Record};
+use swe_env_sandbox::DockerEngine;
+
+/// One dataset of the harvest, loaded.
+#[derive(Debug, Clone)]
+pub struct DatasetInput {
+    /// The source as given (`fixtures`, an alias, a path).
+    pub source: String,
+    /// sha256 hex of its content.
+    pub sha256: String,
+    /// Rows in the whole dataset (before `instance_ids`).
+    pub rows: u64,
+    /// The rows to harvest (after `instance_ids`).
+    pub instances: Vec<Instance>,
+}
+
+/// Why a harvest could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum HarvestError {
+    /// The output directory refused (in use, configuration changed, corrupt) or a write failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The model client could not be made from the configuration.
+    #[error("model client: {0}")]
+    Client(String),
+}
+
+impl HarvestError {
+    /// Whether this is the user's to fix by changing the command (exit 2) rather than infrastructure (exit 3).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(StoreError::ConfigChanged { .. } | StoreError::InUse { .. })
+                | Self::Client(_)
+        )
+    }
+}
+
+/// What happened to one rollout, for progress reports.
+#[derive(Debug, Clone)]
+pub enum RolloutEvent {
+    /// Committed (graded).
+    Committed {
+        /// The task.
+        instance_id: String,
+        /// The sample index.
+        sample_idx: u32,
+        /// The grading verdict.
+        resolved: bool,
+        /// `episode_end.status`.
+        status: String,
+        /// Wall time of the rollout, ms.
+        wall_ms: u64,
+    },
+    /// Failed (recorded in failures.jsonl; retried next invocation).
+    Failed {
+        /// The task.
+        instance_id: String,
+        /// The sample index.
+        sample_idx: u32,
+        /// `error_kind`.
+        kind: String,
+        /// The error.
+        error: String,
+    },
+    /// Not started: a budget was spent.
+    Skipped {
+        /// The task.
+        instance_id: String,
+        /// The sample index.
+        sample_idx: u32,
+    },
+}
+
+/// Counts so far.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Rollouts in the plan (dataset rows after `instance_ids` × K).
+    pub planned: u64,
+    /// Committed before this invocation.
+    pub committed_before: u64,
+    /// Committed by this invocation.
+    pub committed_new: u64,
+    /// Resolved among every committed rollout.
+    pub resolved_total: u64,
+    /// Failed in this invocation.
+    pub failed: u64,
+    /// Failures of this invocation by `error_kind`.
+    pub failed_by_kind: BTreeMap<String, u64>,
+    /// Not started because a budget was spent.
+    pub skipped_budget: u64,
+    /// Prompt + completion tokens of this invocation's rollouts.
+    pub tokens: u64,
+    /// Prompt tokens of this invocation.
+    pub prompt_tokens: u64,
+    /// Completion tokens of this invocation.
+    pub completion_tokens: u64,
+    /// Time summed over this invocation's rollouts.
+    pub time: TimeSums,
+}
+
+impl Totals {
+    /// Rollouts handled by this invocation (committed, failed or skipped).
+    pub fn done(&self) -> u64 {
+        self.committed_new + self.failed + self.skipped_budget
+    }
+
+    /// Rollouts this invocation set out to run.
+    pub fn to_run(&self) -> u64 {
+        self.planned.saturating_sub(self.committed_before)
+    }
+}
+
+/// Reports progress to the caller (bar, log lines).
+pub trait HarvestProgress: Send + Sync {
+    /// The plan is known.
+    fn begin(&self, totals: &Totals);
+    /// A rollout ended (or was skipped).
+    fn rollout(&self, event: &RolloutEvent, totals: &Totals);
+    /// A status line (orphans removed, pulls, budget stop).
+    fn note(&self, message: &str);
+}
+
+/// What a harvest invocation did.
+#[derive(Debug, Clone)]
+pub struct HarvestOutcome {
+    /// The output directory.
+    pub out: PathBuf,
+    /// The counts.
+    pub totals: Totals,
+    /// Committed rollouts in the directory now.
+    pub committed_total: u64,
+    /// Wall-clock time of this invocation.
+    pub wall: Duration,
+    /// Interrupted (Ctrl-C): in-flight rollouts were dropped.
+    pub interrupted: bool,
+    /// The budget that stopped the harvest, in words with how to continue.
+    pub budget_stop: Option<String>,
+    /// A write to the store failed mid-run (the harvest stopped; rerun to continue).
+    pub store_error: Option<String>,
+    /// The data card written at the end.
+    pub card: Option<DataCard>,
+}
+
+impl HarvestOutcome {
+    /// Committed rollouts per hour of this invocation.
+    pub fn rollouts_per_hour(&self) -> f64 {
+        let secs = self.wall.as_secs_f64();
+        if secs > 0.0 {
+            self.totals.committed_new as f64 * 3600.0 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Tokens per second of this invocation.
+    pub fn tokens_per_sec(&self) -> f64 {
+        let secs = self.wall.as_secs_f64();
+        if secs > 0.0 {
+            self.totals.tokens as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One planned rollout.
+#[derive(Clone)]
+struct Rollout {
+    instance: Arc<Instance>,
+    dataset_sha256: String,
+    sample_idx: u32,
+    rollout_id: String,
+    seed: u64,
+    temperature: Option<f64>,
+}
+
+/// What a worker hands to the collector.
+enum RolloutOutput {
+    /// A graded trajectory, to commit; the work file is deleted after the commit.
+    Line {
+        line: Box<RolloutLine>,
+        work_file: PathBuf,
+    },
+    /// No gradable trajectory.
+    Failed {
+        failure: RolloutFailure,
+        timing: RolloutTiming,
+        tokens: u64,
+        turns: u64,
+    },
+    /// Not started: a budget was spent.
+    Skipped {
+        instance_id: String,
+        sample_idx: u32,
+    },
+}
+
+impl Job for Rollout {
+    type Output = RolloutOutput;
+    type Key = (String, String, u32);
+
+    fn key(&self) -> Self::Key {
+        (
+            self.rollout_id.clone(),
+            self.instance.instance_id.clone(),
+            self.sample_idx,
+        )
+    }
+
+    fn panicked((rollout_id, instance_id, sample_idx): Self::Key, message: &str) -> RolloutOutput {
+        tracing::error!(
+            rollout_id,
+            instance_id,
+            panic = message,
+            "a rollout panicked; recorded as a failure"
+        );
+        RolloutOutput::Failed {
+            failure: RolloutFailure {
+                rollout_id,
+                instance_id,
+                sample_idx,
+                error_kind: "panic".to_owned(),
+                error: format!(
+                    "swe-env panicked while running this rollout ({message}): this is a bug, please report it \
+                     with the log; the next invocation runs the rollout again"
+                ),
+                at: crate::trajectory::record::now_rfc3339(),
+            },
+            timing: RolloutTiming::default(),
+            tokens: 0,
+            turns: 0,
+        }
+    }
+
+    fn set_elapsed(_output: &mut RolloutOutput, _elapsed: Duration) {
+        // Each rollout measures its own wall time (it is part of the committed line).
+    }
+}
+
+/// Tokens, turns and rollout wall time spent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    tokens: u64,
+    turns: u64,
+    wall_ms: u64,
+}
+
+impl Spent {
+    fn add(&mut self, tokens: u64, turns: u64, wall_ms: u64) {
+        self.tokens += tokens;
+        self.turns += turns;
+        self.wall_ms += wall_ms;
+    }
+}
+
+/// Budget accounting shared by the workers (check before starting) and the collector (add what was spent).
+struct BudgetState {
+    budgets: Budgets,
+    started: Instant,
+    total: Spent,
+    per_task: HashMap<String, Spent>,
+    /// The first global budget found spent, in words.
+    stopped: Option<String>,
+    /// Tasks whose budget was found spent (message per task; the first is reported).
+    task_stops: Vec<String>,
+}
+
+const RERUN: &str =
+    "rerun the same command with a larger budget to continue (budgets are not part of the config hash)";
+
+impl BudgetState {
+    fn add(&mut self, instance_id: &str, tokens: u64, turns: u64, wall_ms: u64) {
+        self.total.add(tokens, turns, wall_ms);
+        self.per_task
+            .entry(instance_id.to_owned())
+            .or_default()
+            .add(tokens, turns, wall_ms);
+    }
+
+    /// Why a rollout of `instance_id` may not start (`None`: it may).
+    fn refusal(&mut self, instance_id: &str) -> Option<String> {
+        if let Some(stopped) = &self.stopped {
+            return Some(stopped.clone());
+        }
+        let b = self.budgets;
+        let global = if b.tokens.is_some_and(|limit| self.total.tokens >= limit) {
+            Some(format!(
+                "the global token budget (--token-budget {}) is spent: {} tokens used",
+                b.tokens.unwrap_or_default(),
+                self.total.tokens
+            ))
+        } else if b.turns.is_some_and(|limit| self.total.turns >= limit) {
+            Some(format!(
+                "the global turn budget (--turn-budget {}) is spent: {} turns used",
+                b.turns.unwrap_or_default(),
+                self.total.turns
+            ))
+        } else if b
+            .wall_secs
+            .is_some_and(|limit| self.started.elapsed() >= Duration::from_secs(limit))
+        {
+            Some(format!(
+                "the wall-clock budget of this invocation (--time-budget-secs {}) is spent",
+                b.wall_secs.unwrap_or_default()
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = global {
+            let message = format!("{message}; {RERUN}");
+            self.stopped = Some(message.clone());
+            return Some(message);
+        }
+        let task = self.per_task.get(instance_id).copied().unwrap_or_default();
+        let refusal = if b.task_tokens.is_some_and(|limit| task.tokens >= limit) {
+            Some(format!(
+                "the per-task token budget (--task-token-budget {}) of {instance_id} is spent: {} tokens used",
+                b.task_tokens.unwrap_or_default(),
+                task.tokens
+            ))
+        } else if b.task_turns.is_some_and(|limit| task.turns >= limit) {
+            Some(format!(
+                "the per-task turn budget (--task-turn-budget {}) of {instance_id} is spent: {} turns used",
+                b.task_turns.unwrap_or_default(),
+                task.turns
+            ))
+        } else if b
+            .task_wall_secs
+            .is_some_and(|limit| task.wall_ms >= limit.saturating_mul(1000))
+        {
+            Some(format!(
+                "the per-task time budget (--task-time-budget-secs {}) of {instance_id} is spent: {} s of \
+                 rollouts",
+                b.task_wall_secs.unwrap_or_default(),
+                task.wall_ms / 1000
+            ))
+        } else {
+            None
+        };
+        let refusal = refusal.map(|message| format!("{message}; {RERUN}"));
+        if let Some(message) = &refusal {
+            if !self.task_stops.iter().any(|m| m == message) {
+                self.task_stops.push(message.clone());
+            }
+        }
+        refusal
+    }
+}
+
+/// Forwards the attempt path's notes (image pulls) to the harvest progress.
+struct Notes(Arc<dyn HarvestProgress>);
+
+impl Progress for Notes {
+    fn finished(
+        &self,
+        _result: &crate::benchmark::results::InstanceResult,
+        _resolved_so_far: usize,
+        _done: usize,
+        _total: usize,
+    ) {
+    }
+
+    fn note(&self, message: &str) {
+        self.0.note(message);
+    }
+}
+
+/// What the workers share.
+struct Context {
+    attempts: Attempts,
+    client: Arc<swe_env_model::ModelClient>,
+    resolved: Resolved,
+    work_dir: PathBuf,
+    budgets: Arc<Mutex<BudgetState>>,
+}
+
+/// Runs a harvest into `out`: opens (or resumes) the store, runs every uncommitted rollout, writes the manifest
+/// parquet and data card. `cancel` (Ctrl-C) stops starting rollouts and drops the ones in flight.
+pub async fn run_harvest(
+    engine: &DockerEngine,
+    out: PathBuf,
+    resolved: Resolved,
+    datasets: Vec<DatasetInput>,
+    progress: Arc<dyn HarvestProgress>,
+    cancel: CancellationToken,
+) -> Result<HarvestOutcome, HarvestError> {
+    let started = Instant::now();
+    let header = HarvestHeader {
+        datasets: datasets
+            .iter()
+            .map(|d| DatasetEntry {
+                source: d.source.clone(),
+                sha256: d.sha256.clone(),
+                rows: d.rows,
+            })
+            .collect(),
+        config_hash: resolved.config_hash.clone(),
+        config: resolved.hashed_config.clone(),
+    };
+    let client = swe_env_model::ModelClient::new(resolved.client.clone())
+        .map_err(|e| HarvestError::Client(e.to_string()))?;
+    let mut store = HarvestStore::open(
+        &out,
+        header,
+        StoreOptions {
+            max_shard_bytes: resolved.config.max_shard_bytes,
+        },
+    )
+    .await?;
+    // Containers of earlier swe-env processes that died (a killed harvest being resumed) go first.
+    match swe_env_sandbox::collect_garbage(engine, swe_env_sandbox::GcScope::Orphans).await {
+        Ok(report) if !report.removed.is_empty() => progress.note(&format!(
+            "removed {} orphaned containers of dead swe-env processes",
+            report.removed.len()
+        )),
+        Ok(_) => {}
+        Err(error) => progress.note(&format!("warning: orphan clean-up failed: {error}")),
+    }
+
+    let mut budget_state = BudgetState {
+        budgets: resolved.budgets,
+        started,
+        total: Spent::default(),
+        per_task: HashMap::new(),
+        stopped: None,
+        task_stops: Vec::new(),
+    };
+    let mut totals = Totals::default();
+    let committed: std::collections::HashSet<&str> = store
+        .committed()
+        .iter()
+        .map(|row| row.rollout_id.as_str())
+        .collect();
+    for row in store.committed() {
+        budget_state.add(
+            &row.instance_id,
+            row.total_tokens,
+            u64::from(row.n_turns),
+            row.wall_ms,
+        );
+        totals.resolved_total += u64::from(row.resolved);
+    }
+    let samples = resolved.config.samples;
+    let mut todo = Vec::new();
+    for dataset in &datasets {
+        for instance in &dataset.instances {
+            let instance = Arc::new(instance.clone());
+            for sample_idx in 0..samples {
+                totals.planned += 1;
+                let id = rollout_id(
+                    &dataset.sha256,
+                    &instance.instance_id,
+                    sample_idx,
+                    &resolved.config_hash,
+                );
+                if committed.contains(id.as_str()) {
+                    totals.committed_before += 1;
+                    continue;
+                }
+                todo.push(Rollout {
+                    instance: instance.clone(),
+                    dataset_sha256: dataset.sha256.clone(),
+                    sample_idx,
+                    seed: rollout_seed(resolved.config.seed, &instance.instance_id, sample_idx),
+                    temperature: resolved.config.temperature_for(sample_idx),
+                    rollout_id: id,
+                });
+            }
+        }
+    }
+    drop(committed);
+    progress.begin(&totals);
+
+    let work_dir = store.work_dir();
+    let mut episode = resolved.episode.clone();
+    episode.trajectory_dir = work_dir.clone();
+    let run_config = RunConfig {
+        run_id: "harvest".to_owned(),
+        dir: out.clone(),
+        logs_dir: work_dir.join("logs"),
+        model_name: resolved.config.model.clone(),
+        agent: AgentSpec::Empty,
+        workers: resolved.config.workers,
+        pull: resolved.config.pull,
+        episode,
+        grade: resolved.grade.clone(),
+        retry_errors: true,
+        ungraded_ids: Vec::new(),
+        unknown_prediction_ids: Vec::new(),
+    };
+    let budgets = Arc::new(Mutex::new(budget_state));
+    let context = Arc::new(Context {
+        attempts: Attempts::new(engine, run_config, Arc::new(Notes(progress.clone()))),
+        client: Arc::new(client),
+        resolved: resolved.clone(),
+        work_dir,
+        budgets: budgets.clone(),
+    });
+
+    // Workers stop on Ctrl-C (`cancel`) or when a commit fails (`stop`, a child: it does not mark an interrupt).
+    let stop = cancel.child_token();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let attempt = move |rollout: Rollout| {
+        let context = context.clone();
+        async move { run_rollout(&context, rollout).await }
+    };
+    let workers = run_workers(todo, resolved.config.workers, stop.clone(), attempt, sender);
+    let mut store_error = None;
+    let collect = async {
+        while let Some(output) = receiver.recv().await {
+            let event = match output {
+                RolloutOutput::Skipped {
+                    instance_id,
+                    sample_idx,
+                } => {
+                    totals.skipped_budget += 1;
+                    RolloutEvent::Skipped {
+                        instance_id,
+                        sample_idx,
+                    }
+                }
+                RolloutOutput::Failed {
+                    failure,
+                    timing,
+                    tokens,
+                    turns,
+                } => {
+                    lock(&budgets).add(&failure.instance_id, tokens, turns, timing.wall_ms);
+                    totals.failed += 1;
+                    *totals
+                        .failed_by_kind
+                        .entry(failure.error_kind.clone())
+                        .or_default() += 1;
+                    totals.tokens += tokens;
+                    totals.time.add(&timing);
+                    let event = RolloutEvent::Failed {
+                        instance_id: failure.instance_id.clone(),
+                        sample_idx: failure.sample_idx,
+                        kind: failure.error_kind.clone(),
+                        error: failure.error.clone(),
+                    };
+                    if let Err(error) = store.record_failure(failure).await {
+                        warn!(%error, "cannot record a failed rollout (it is retried anyway)");
+                    }
+                    event
+                }
+                RolloutOutput::Line { line, work_file } => {
+                    let timing = line.timing;
+                    match store.commit(*line).await {
+                        Ok(row) => {
+                            let _ = tokio::fs::remove_file(&work_file).await;
+                            account(&mut totals, &budgets, &row, &timing);
+                            RolloutEvent::Committed {
+                                instance_id: row.instance_id.clone(),
+                                sample_idx: row.sample_idx,
+                                resolved: row.resolved,
+                                status: row.status.clone(),
+                                wall_ms: row.wall_ms,
+                            }
+                        }
+                        Err(error) => {
+                            // The disk is full or the directory went away: nothing more can be committed.
+                            warn!(%error, "cannot commit a rollout; stopping the harvest");
+                            store_error.get_or_insert_with(|| error.to_string());
+                            stop.cancel();
+                            continue;
+                        }
+                    }
+                }
+            };
+            progress.rollout(&event, &totals);
+        }
+    };
+    let (stopped_early, ()) = tokio::join!(workers, collect);
+    let interrupted = stopped_early && cancel.is_cancelled();
+    if stopped_early {
+        // In-flight episodes were dropped mid-way: remove every container this process still owns. A create
+        // request dropped mid-flight may still land in the engine, so sweep until a pass finds nothing.
+        for pass in 0..5 {
+            match swe_env_sandbox::gc::remove_owned(engine).await {
+                Ok(0) if pass > 0 => break,
+                Ok(n) => info!(
+                    removed = n,
+                    pass, "removed in-flight containers after a stop"
+                ),
+                Err(error) => {
+                    warn!(%error, "could not remove in-flight containers; run `swe-env gc`")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // A create request of a process killed just before this one started can land in the engine after the sweep at
+    // start: sweep orphans once more so a resumed harvest leaves nothing of the killed one behind.
+    match swe_env_sandbox::collect_garbage(engine, swe_env_sandbox::GcScope::Orphans).await {
+        Ok(report) if !report.removed.is_empty() => {
+            info!(
+                removed = report.removed.len(),
+                "removed late orphaned containers"
+            )
+        }
+        Ok(_) => {}
+        Err(error) => warn!(%error, "orphan clean-up at the end failed; run `swe-env gc`"),
+    }
+    let budget_stop = {
+        let state = lock(&budgets);
+        state
+            .stopped
+            .clone()
+            .or_else(|| state.task_stops.first().cloned())
+    };
+    if totals.skipped_budget > 0 {
+        if let Some(message) = &budget_stop {
+            progress.note(&format!(
+                "budget: {message} ({} rollouts not started)",
+                totals.skipped_budget
+            ));
+        }
+    }
+    let committed_total = store.committed().len() as u64;
+    let wall = started.elapsed();
+    let spent = SpentSummary {
+        invocation_wall_ms: wall.as_millis() as u64,
+        committed_new: totals.committed_new,
+        time: totals.time,
+        prompt_tokens: totals.prompt_tokens,
+        completion_tokens: totals.completion_tokens,
+        failures_by_kind: totals.failed_by_kind.clone(),
+    };
+    let card = match store.finish(spent).await {
+        Ok(card) => Some(card),
+        Err(error) => {
+            warn!(%error, "cannot write manifest.parquet / the data card");
+            store_error.get_or_insert_with(|| error.to_string());
+            None
+        }
+    };
+    let budget_stop = budget_stop.filter(|_| totals.skipped_budget > 0);
+    Ok(HarvestOutcome {
+        out,
+        totals,
+        committed_total,
+        wall,
+        interrupted,
+        budget_stop,
+        store_error,
+        card,
+    })
+}
+
+fn lock(budgets: &Mutex<BudgetState>) -> std::sync::MutexGuard<'_, BudgetState> {
+    budgets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Adds a committed row to the counts and budgets.
+fn account(
+    totals: &mut Totals,
+    budgets: &Mutex<BudgetState>,
+    row: &ManifestRow,
+    timing: &RolloutTiming,
+) {
+    totals.committed_new += 1;
+    totals.resolved_total += u64::from(row.resolved);
+    totals.tokens += row.total_tokens;
+    totals.prompt_tokens += row.prompt_tokens;
+    totals.completion_tokens += row.completion_tokens;
+    totals.time.add(timing);
+    lock(budgets).add(
+        &row.instance_id,
+        row.total_tokens,
+        u64::from(row.n_turns),
+        row.wall_ms,
+    );
+}
+
+/// Runs one rollout (unless a budget forbids it) and makes its line or failure.
+async fn run_rollout(context: &Context, rollout: Rollout) -> RolloutOutput {
+    let instance_id = rollout.instance.instance_id.clone();
+    if lock(&context.budgets).refusal(&instance_id).is_some() {
+        return RolloutOutput::Skipped {
+            instance_id,
+            sample_idx: rollout.sample_idx,
+        };
+    }
+    let started = Instant::now();
+    let episode_id = format!(
+        "{instance_id}.s{}.{}.{:04x}",
+        rollout.sample_idx,
+        &rollout.rollout_id[..8.min(rollout.rollout_id.len())],
+        rand::random::<u16>()
+    );
+    let mut agent_config = context.resolved.agent.clone();
+    agent_config.sampling.seed = Some(rollout.seed);
+    if let Some(temperature) = rollout.temperature {
+        agent_config.sampling.temperature = Some(temperature);
+    }
+    let temperature = agent_config.sampling.temperature;
+    let spec = AttemptSpec {
+        grading_id: format!("{episode_id}-grade"),
+        episode_id: episode_id.clone(),
+        agent: AgentSpec::Model(Arc::new(ModelAgent {
+            client: context.client.clone(),
+            client_config: context.resolved.client.clone(),
+            config: agent_config,
+        })),
+        logs_dir: None,
+    };
+    let output = context.attempts.run(&rollout.instance, &spec).await;
+    let work_file = context.work_dir.join(format!("{episode_id}.jsonl"));
+    let result = output.result;
+    let mut timing = RolloutTiming {
+        wall_ms: started.elapsed().as_millis() as u64,
+        start_ms: output.timing.start_ms,
+        model_ms: result.model_ms,
+        tool_ms: 0,
+        grade_ms: output.timing.grade_ms,
+    };
+    let failed = |kind: &str, error: String, timing: RolloutTiming| RolloutOutput::Failed {
+        failure: RolloutFailure {
+            rollout_id: rollout.rollout_id.clone(),
+            instance_id: instance_id.clone(),
+            sample_idx: rollout.sample_idx,
+            error_kind: kind.to_owned(),
+            error,
+            at: crate::trajectory::record::now_rfc3339(),
+        },
+        timing,
+        tokens: result.tokens,
+        turns: u64::from(result.n_steps),
+    };
+    if result.status == InstanceStatus::Error {
+        let _ = tokio::fs::remove_file(&work_file).await;
+        return failed(
+            result.error_kind.as_deref().unwrap_or("error"),
+            result.error.clone().unwrap_or_default(),
+            timing,
+        );
+    }
+    let read = match read_trajectory(&work_file).await {
+        Ok(read) => read,
+        Err(error) => {
+            let _ = tokio::fs::remove_file(&work_file).await;
+            return failed("trajectory", error.to_string(), timing);
+        }
+    };
+    let (Some(start), Some(end)) = (read.start, read.end) else {
+        let _ = tokio::fs::remove_file(&work_file).await;
+        return failed(
+            "trajectory",
+            format!(
+                "trajectory {} has no episode_start or episode_end",
+                work_file.display()
+            ),
+            timing,
+        );
+    };
+    timing.tool_ms = read.steps.iter().map(|s| s.tool_ms).sum();
+    let mut records = Vec::with_capacity(read.steps.len() + 2);
+    records.push(Record::EpisodeStart(start));
+    records.extend(read.steps.into_iter().map(Record::Step));
+    records.push(Record::EpisodeEnd(end));
+    RolloutOutput::Line {
+        line: Box::new(RolloutLine {
+            rollout_id: rollout.rollout_id,
+            dataset_sha256: rollout.dataset_sha256,
+            config_hash: context.resolved.config_hash.clone(),
+            instance_id,
+            repo: rollout.instance.repo.clone(),
+            sample_idx: rollout.sample_idx,
+            seed: Some(rollout.seed),
+            temperature,
+            model: context.resolved.config.model.clone(),
+            resolved: result.status == InstanceStatus::Resolved,
+            timing,
+            records,
+        }),
+        work_file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(budgets: Budgets) -> BudgetState {
+        BudgetState {
+            budgets,
+            started: Instant::now(),
+            total: Spent::default(),
+            per_task: HashMap::new(),
+            stopped: None,
+            task_stops: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_spent_task_budget_stops_only_that_task() {
+        let mut state = state(Budgets {
+            task_turns: Some(5),
+            ..Budgets::default()
+        });
+        assert_eq!(state.refusal("a"), None);
+        state.add("a", 100, 5, 10);
+        let refusal = state.refusal("a").unwrap();
+        assert!(refusal.contains("--task-turn-budget 5"), "{refusal}");
+        assert!(refusal.contains("rerun"), "{refusal}");
+        assert_eq!(state.refusal("b"), None);
+        assert_eq!(state.task_stops.len(), 1);
+    }
+
+    #[test]
+    fn a_spent_global_budget_stops_everything_and_stays_spent() {
+        let mut state = state(Budgets {
+            tokens: Some(1000),
+            task_tokens: Some(10_000),
+            ..Budgets::default()
+        });
+        state.add("a", 600, 1, 10);
+        assert_eq!(state.refusal("b"), None);
+        state.add("b", 600, 1, 10);
+        let refusal = state.refusal("c").unwrap();
+        assert!(refusal.contains("--token-budget 1000"), "{refusal}");
+        assert!(refusal.contains("1200 tokens"), "{refusal}");
+        assert_eq!(state.refusal("a"), Some(refusal));
+    }
+
+    #[test]
+    fn the_task_time_budget_counts_rollout_wall_time() {
+        let mut state = state(Budgets {
+            task_wall_secs: Some(2),
+            ..Budgets::default()
+        });
+        state.add("a", 0, 0, 1999);
+        assert_eq!(state.refusal("a"), None);
+        state.add("a", 0, 0, 1);
+        assert!(state
+            .refusal("a")
+            .unwrap()
+            .contains("--task-time-budget-secs 2"));
+    }
+}
