@@ -6,7 +6,11 @@
 //! the lenient [`Dialect::GitApply`] when unidiff refuses it) and keeps, per file (files sorted by path; a path
 //! that appears in several sections keeps their lines in patch order):
 //! - only added (`+`) and removed (`-`) lines, in patch order; hunk headers, line offsets and context are ignored;
-//! - each line with every whitespace character removed;
+//! - each line's leading indentation kept, as a number of spaces (a tab advances to the next multiple of 8
+//!   columns, as Python reads it), and every other whitespace character removed: Python indentation is semantic
+//!   (`return y` inside an `if` is another change than at function level), while `a=b` vs `a = b` and trailing
+//!   whitespace are formatting. Indentation counts in every file, not only Python ones (YAML and Makefiles care
+//!   too; a re-indented C line is then a different change, the safe side for dedup);
 //! - in Python files (`.py`, `.pyi`, `.pyx`), a trailing `#` comment cut (a `#` outside a one-line string literal);
 //! - lines left blank dropped, and files left without a line dropped (a whitespace- or comment-only change to a
 //!   file does not count), except binary files, which keep a `binary` marker.
@@ -73,13 +77,37 @@ fn changed_lines(file: &FileDiff, python: bool) -> Vec<String> {
             };
             let text = line.content();
             let text = if python { strip_comment(text) } else { text };
-            let squeezed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-            if !squeezed.is_empty() {
-                out.push(format!("{sign}{squeezed}"));
+            if let Some(key) = line_key(text) {
+                out.push(format!("{sign}{key}"));
             }
         }
     }
     out
+}
+
+/// The key of one added or removed line: its indentation as that many spaces (a tab advances to the next
+/// multiple of 8 columns, as Python reads it; a form feed resets to column 0), then the rest with every
+/// whitespace character removed. `None` for a blank line. Python indentation is semantic, so it counts;
+/// whitespace inside the line (`a=b` vs `a = b`) and at its end does not.
+fn line_key(text: &str) -> Option<String> {
+    let mut column = 0usize;
+    let mut rest = "";
+    for (index, c) in text.char_indices() {
+        match c {
+            '\t' => column = (column / 8 + 1) * 8,
+            '\x0c' => column = 0,
+            c if c.is_whitespace() => column += 1,
+            _ => {
+                rest = &text[index..];
+                break;
+            }
+        }
+    }
+    let squeezed: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
+    if squeezed.is_empty() {
+        return None;
+    }
+    Some(format!("{}{squeezed}", " ".repeat(column)))
 }
 
 /// `line` up to a `#` that starts a Python comment: one outside a `'…'` / `"…"` literal on this line (backslash
@@ -142,7 +170,8 @@ diff --git a/docs/notes.txt b/docs/notes.txt
 ";
 
     /// The same change: files in the other order, one line of context instead of three, other offsets, other
-    /// indentation and spacing, a trailing comment, an added blank line.
+    /// spacing inside lines, trailing whitespace, a trailing comment, an added blank line (indentation is the
+    /// same: it counts).
     const SAME: &str = "diff --git a/docs/notes.txt b/docs/notes.txt
 --- a/docs/notes.txt
 +++ b/docs/notes.txt
@@ -153,9 +182,9 @@ diff --git a/pkg/mod.py b/pkg/mod.py
 --- a/pkg/mod.py
 +++ b/pkg/mod.py
 @@ -40,3 +40,4 @@ def f(x):
- \tc = 3
--\treturn x+1
-+\treturn x  +  2   # the fix
+   \tc = 3
+-    return x+1
++    return x  +  2   # the fix\t
 +
  \td = 4
 ";
@@ -165,7 +194,7 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         assert_eq!(normalize(BASE), normalize(SAME));
         assert_eq!(
             normalize(BASE),
-            "file docs/notes.txt\n+#aheading,notacomment\nfile pkg/mod.py\n-returnx+1\n+returnx+2\n"
+            "file docs/notes.txt\n+#aheading,notacomment\nfile pkg/mod.py\n-    returnx+1\n+    returnx+2\n"
         );
     }
 
@@ -199,6 +228,37 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         assert_eq!(normalize("not  a patch\n\n"), normalize("notapatch"));
         assert_eq!(normalize(""), "");
         assert_eq!(normalize(" \n\t\n"), "");
+    }
+
+    /// Python indentation is semantic: the same statement inside an `if` and at function level is another
+    /// change. A tab is the spaces up to the next multiple of 8 (as Python reads it); trailing whitespace and
+    /// whitespace after the indentation do not count.
+    #[test]
+    fn indentation_counts_and_tabs_expand_to_multiples_of_8() {
+        let at = |line: &str| format!("--- a/m.py\n+++ b/m.py\n@@ -1 +1,2 @@\n x = 1\n+{line}\n");
+        assert_ne!(
+            normalize(&at("        return y")),
+            normalize(&at("    return y"))
+        );
+        assert_eq!(normalize(&at("    return y")), "file m.py\n+    returny\n");
+        assert_eq!(
+            normalize(&at("\treturn y")),
+            normalize(&at("        return y"))
+        );
+        assert_eq!(
+            normalize(&at("  \treturn y")),
+            normalize(&at("        return y"))
+        );
+        assert_eq!(
+            normalize(&at("    \t  return y")),
+            normalize(&at("          return y"))
+        );
+        assert_eq!(
+            normalize(&at("    return  y  \t")),
+            normalize(&at("    return y"))
+        );
+        assert_eq!(normalize(&at("    a=b")), normalize(&at("    a = b")));
+        assert_ne!(normalize(&at("    a=b")), normalize(&at("a = b")));
     }
 
     #[test]

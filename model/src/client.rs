@@ -12,6 +12,7 @@ use crate::endpoints::EndpointPool;
 use crate::error::{snippet, status_hint, ModelError};
 use crate::retry::{is_retryable_status, parse_retry_after, RetryConfig};
 use crate::types::{Completion, ModelRequest};
+use crate::url::redact_url;
 use crate::wire::{parse_reply, request_body, sampling_of, ApiKind, OptionalField, ParsedReply};
 
 /// How many characters of a response body an error message quotes.
@@ -164,7 +165,8 @@ impl ModelClient {
         for endpoint in &config.endpoints {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(ModelError::InvalidConfig(format!(
-                    "endpoint {endpoint} is not an http:// or https:// URL"
+                    "endpoint {} is not an http:// or https:// URL",
+                    redact_url(endpoint)
                 )));
             }
         }
@@ -181,7 +183,10 @@ impl ModelClient {
             return Err(ModelError::InvalidConfig(format!(
                 "endpoint_max_in_flight[{index}] (endpoint {}) is 0, so no request could ever be sent to it; \
                  use at least 1 or remove the endpoint",
-                config.endpoints.get(index).map_or("(none)", String::as_str)
+                config
+                    .endpoints
+                    .get(index)
+                    .map_or_else(|| "(none)".to_owned(), |url| redact_url(url))
             )));
         }
         if config.endpoint_max_in_flight.len() > config.endpoints.len() {
@@ -343,7 +348,8 @@ impl ModelClient {
                 failure: AttemptFailure::Transport("no endpoint could be leased".into()),
             });
         };
-        let endpoint = lease.endpoint.base_url.clone();
+        // Reported (completion, errors, logs) without credentials; the request goes to the real URL.
+        let endpoint = redact_url(&lease.endpoint.base_url);
         let url = lease.endpoint.url(kind.path());
         loop {
             let omit: Vec<OptionalField> = OptionalField::ALL
@@ -450,6 +456,8 @@ fn transport_failure(error: reqwest::Error) -> AttemptFailure {
     if error.is_timeout() {
         return AttemptFailure::Timeout;
     }
+    // The endpoint is reported beside the detail, redacted; reqwest's own message would repeat the full URL.
+    let error = error.without_url();
     let mut detail = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
@@ -478,5 +486,48 @@ mod tests {
         assert!(error
             .to_string()
             .contains("SWE_ENV_MODEL_TEST_SURELY_UNSET"));
+    }
+
+    fn one_attempt(endpoint: String) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoint, "m");
+        config.retry.max_attempts = 1;
+        config.request_timeout = Duration::from_secs(10);
+        config
+    }
+
+    /// A credential in the endpoint URL is used for the request (reqwest sends user-info as basic auth) but
+    /// never reported: not in the completion's endpoint, not in an error.
+    #[tokio::test]
+    async fn credentials_in_the_endpoint_url_are_used_but_not_reported() {
+        use crate::scripted::{Script, ScriptedReply, ScriptedServer};
+        let server = ScriptedServer::start(Script::new(vec![ScriptedReply::text("ok")]))
+            .await
+            .unwrap();
+        let plain = server.base_url();
+        let secret = plain.replacen("http://", "http://user:s3cret@", 1);
+        let client = ModelClient::new(one_attempt(secret)).unwrap();
+        let completion = client
+            .call(&crate::ModelRequest::prompt("x"))
+            .await
+            .unwrap();
+        assert_eq!(completion.endpoint, plain);
+        // base64("user:s3cret")
+        assert_eq!(
+            server.requests()[0].header("authorization"),
+            Some("Basic dXNlcjpzM2NyZXQ=")
+        );
+
+        // Nothing listens on port 9 of the loopback: a transport error, reported without the secrets.
+        let client = ModelClient::new(one_attempt(
+            "http://user:s3cret@127.0.0.1:9/v1?api_key=k3y".into(),
+        ))
+        .unwrap();
+        let error = client
+            .call(&crate::ModelRequest::prompt("x"))
+            .await
+            .unwrap_err();
+        let text = format!("{error} {error:?}");
+        assert!(text.contains("127.0.0.1:9/v1"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
     }
 }

@@ -7,6 +7,7 @@
 //!   [`CwmLayout`] that renders a conversation into one prompt string.
 //! - [`yaml`] is the one YAML config loader (this crate's prompt config, the orchestrator's agent and server
 //!   configs), so every config file reports errors alike.
+//! - [`redact_url`] is the endpoint URL without user-info or query: the only form recorded or logged.
 //! - [`scripted::ScriptedServer`] is a real HTTP server replaying scripted replies, for tests.
 
 mod client;
@@ -19,6 +20,7 @@ mod retry;
 pub mod scripted;
 mod template;
 mod types;
+mod url;
 mod wire;
 pub mod yaml;
 
@@ -36,4 +38,5 @@ pub use types::{
     ChatMessage, ChatRole, Completion, LogprobsSetting, ModelInput, ModelRequest, SamplingParams,
     TokenIdsSetting, TokenLogprob, ToolCall, ToolSpec, TopLogprob, Usage,
 };
+pub use url::redact_url;
 pub use yaml::YamlError;

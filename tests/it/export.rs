@@ -1,6 +1,7 @@
 //! `swe-env export` run as a program on trajectory files and a harvest directory written here: filters and their
 //! counts, dedup, the per-task cap, closed sets failing at parse time, two episodes in one file, nothing hidden in
-//! the output. No Docker needed.
+//! the output. No Docker needed, except one test that runs a real episode (fixture task in Docker, scripted model
+//! server) to check that a credential in `--model-url` reaches neither the trajectory nor an export.
 
 use std::path::Path;
 use std::process::Command;
@@ -536,4 +537,131 @@ fn export_hashes_are_the_harvest_manifest_hashes() {
             "{submission:?}"
         );
     }
+}
+
+/// A `--model-url` with user-info: the requests authenticate with it, but neither the trajectory (each call's
+/// `tokens.endpoint`, `episode_start.model.endpoints`) nor an export (its metadata) holds the secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_the_model_url_reach_no_record_and_no_export() {
+    use swe_env_model::scripted::{Script, ScriptedServer};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ScriptedServer::start(Script::new(crate::model_loop::text_script()))
+        .await
+        .unwrap();
+    let plain = server.base_url();
+    let secret_url = plain.replacen("http://", "http://user:s3cret@", 1);
+    let episode_id = crate::common::unique_id("export-cred");
+    let output = tokio::process::Command::new(EXE)
+        .args([
+            "run-episode",
+            "--task",
+            "swe-env-fixtures__spans-1",
+            "--tasks",
+        ])
+        .arg(crate::episode::fixtures_file())
+        .args(["--model-url", &secret_url, "--model", "scripted-model"])
+        .args(["--mode", "completions", "--max-turns", "20"])
+        .args(["--episode-id", &episode_id, "--trajectory-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    // The secret was used: reqwest sends user-info as basic auth.
+    assert_eq!(
+        server.requests()[0].header("authorization"),
+        Some("Basic dXNlcjpzM2NyZXQ=")
+    );
+    let file = dir.path().join(format!("{episode_id}.jsonl"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("s3cret"), "the trajectory holds the secret");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records[0]["model"]["endpoints"], json!([plain]));
+    let step = records.iter().find(|r| r["type"] == "step").unwrap();
+    assert_eq!(step["tokens"]["endpoint"], plain.trim_end_matches('/'));
+    for format in ["openai-chat", "cwm"] {
+        let run = export(&[file.to_str().unwrap(), "--format", format]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(run.rows.len(), 1, "{}", run.stderr);
+        assert_eq!(
+            run.rows[0]["metadata"]["model"]["endpoints"],
+            json!([plain])
+        );
+        assert!(!run.stdout.contains("s3cret"), "{format}: {}", run.stdout);
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            hits.extend(files_holding(&path, needle));
+        } else if String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle) {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+/// The same through `run-benchmark`: no file of the run directory (manifest, results, trajectories, report) holds
+/// the secret of a `--model-url` with user-info, and an export of its trajectories has none either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_benchmark_run_directory_holds_no_model_url_credential() {
+    use swe_env_model::scripted::{Script, ScriptedServer};
+    let server = ScriptedServer::start(Script::new(crate::model_loop::text_script()))
+        .await
+        .unwrap();
+    let secret_url = server
+        .base_url()
+        .replacen("http://", "http://user:s3cret@", 1);
+    let out = tempfile::tempdir().unwrap();
+    let run_id = crate::common::unique_id("cred");
+    let output = tokio::process::Command::new(EXE)
+        .args([
+            "run-benchmark",
+            "fixtures",
+            "--instance-ids",
+            "swe-env-fixtures__spans-1",
+        ])
+        .args([
+            "--model-url",
+            &secret_url,
+            "--model",
+            "scripted",
+            "--mode",
+            "chat-text",
+        ])
+        .args([
+            "--json",
+            "--run-id",
+            &run_id,
+            "--grading-network",
+            "none",
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("s3cret") && !stdout.contains("s3cret"),
+        "{stderr}"
+    );
+    let run_dir = out.path().join(&run_id);
+    assert_eq!(files_holding(&run_dir, "s3cret"), Vec::<String>::new());
+    let run = export(&[run_dir.to_str().unwrap(), "--format", "openai-chat"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.rows.is_empty(), "{}", run.stderr);
+    assert!(!run.stdout.contains("s3cret"));
 }

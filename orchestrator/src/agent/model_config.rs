@@ -268,14 +268,21 @@ pub fn start_info_for(
     })
 }
 
-/// Adds the served model name and endpoints (never the API key) to a [`StartInfo`]'s model description.
+/// Adds the served model name and endpoints to a [`StartInfo`]'s model description: never the API key, and each
+/// endpoint through [`swe_env_model::redact_url`] (no user-info, no query), so a credential in `--model-url`
+/// reaches no record or export.
 pub fn add_client_info(info: &mut StartInfo, client: &ClientConfig) {
     let mut model = match info.model.take() {
         Some(Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     };
+    let endpoints: Vec<String> = client
+        .endpoints
+        .iter()
+        .map(|url| swe_env_model::redact_url(url))
+        .collect();
     model.insert("name".into(), json!(client.model));
-    model.insert("endpoints".into(), json!(client.endpoints));
+    model.insert("endpoints".into(), json!(endpoints));
     info.model = Some(Value::Object(model));
 }
 
@@ -328,6 +335,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("lots") && error.contains("auto"), "{error}");
+    }
+
+    #[test]
+    fn client_info_names_the_endpoints_without_credentials() {
+        let mut client = ClientConfig::new("http://user:s3cret@127.0.0.1:8000/v1", "served");
+        client
+            .endpoints
+            .push("https://models.internal/v1?api_key=k3y".into());
+        let mut info = StartInfo::default();
+        add_client_info(&mut info, &client);
+        let model = info.model.unwrap();
+        assert_eq!(
+            model["endpoints"],
+            json!(["http://127.0.0.1:8000/v1", "https://models.internal/v1"])
+        );
+        assert_eq!(model["name"], "served");
+        let text = model.to_string();
+        assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
     }
 
     #[test]

@@ -387,7 +387,13 @@ impl RunManifest {
         };
         let (model_endpoints, api_key_env) = match &config.agent {
             AgentSpec::Model(model) => (
-                model.client_config.endpoints.clone(),
+                // Without user-info or query: a credential in `--model-url` is never written down.
+                model
+                    .client_config
+                    .endpoints
+                    .iter()
+                    .map(|url| swe_env_model::redact_url(url))
+                    .collect(),
                 model.client_config.api_key_env.clone(),
             ),
             _ => (Vec::new(), None),

@@ -12,7 +12,11 @@
 //!   `reasoning_content` (null when none), on every assistant message. `tools` holds the OpenAI tool schemas of a
 //!   JSON-format episode (empty for text-format episodes).
 //! - CWM transcript ([`to_cwm_transcript_with`]): roles `system`, `user`, `assistant` and `tool: NAME` for tool
-//!   outputs; format errors go back to the model as `user` turns, as the CWM scaffold does. Plus `token_view`
+//!   outputs; format errors go back to the model as `user` turns, as the CWM scaffold does. Every assistant
+//!   message has `reasoning`: the model's separate reasoning of that turn (the final answer's too), null when none,
+//!   never rendered into the content (the layout did not render it either). Its `content` is the raw action; in a
+//!   chat-tools episode the text the model sent beside a call comes first, then a blank line, then the call as
+//!   recorded (the JSON `raw_action`). Plus `token_view`
 //!   ([`token_view`]): the token ids of the whole episode with a loss mask, when they were recorded.
 
 use serde_json::{json, Map, Value};
@@ -133,10 +137,7 @@ pub fn to_openai_chat_with(trajectory: &ReadTrajectory, options: &ExportOptions)
         }
     }
     if let Some(answer) = final_answer(trajectory) {
-        let reasoning = trajectory
-            .end
-            .as_ref()
-            .and_then(|end| end.final_answer_reasoning.as_deref());
+        let reasoning = final_answer_reasoning(trajectory);
         messages
             .push(json!({"role": "assistant", "content": answer, "reasoning_content": reasoning}));
     }
@@ -154,7 +155,13 @@ pub fn to_openai_chat_with(trajectory: &ReadTrajectory, options: &ExportOptions)
 pub fn to_cwm_transcript_with(trajectory: &ReadTrajectory, options: &ExportOptions) -> Value {
     let mut messages = prompt_messages(trajectory);
     for step in &trajectory.steps {
-        messages.push(json!({"role": "assistant", "content": step.raw_action}));
+        // Text sent beside a native call (chat-tools mode) came first in the model's turn; the call follows.
+        let content = match step.content.as_deref().filter(|text| !text.is_empty()) {
+            Some(text) => format!("{text}\n\n{}", step.raw_action),
+            None => step.raw_action.clone(),
+        };
+        messages
+            .push(json!({"role": "assistant", "content": content, "reasoning": step.reasoning}));
         let role = match (&step.tool, &step.format_error) {
             (Some(tool), None) => format!("tool: {tool}"),
             _ => "user".to_owned(),
@@ -162,7 +169,9 @@ pub fn to_cwm_transcript_with(trajectory: &ReadTrajectory, options: &ExportOptio
         messages.push(json!({"role": role, "content": step.observation}));
     }
     if let Some(answer) = final_answer(trajectory) {
-        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(
+            json!({"role": "assistant", "content": answer, "reasoning": final_answer_reasoning(trajectory)}),
+        );
     }
     row(trajectory, options, messages, |row| {
         row.insert("token_view".into(), token_view(trajectory));
@@ -174,6 +183,13 @@ fn final_answer(trajectory: &ReadTrajectory) -> Option<&str> {
         .end
         .as_ref()
         .and_then(|e| e.final_answer.as_deref())
+}
+
+fn final_answer_reasoning(trajectory: &ReadTrajectory) -> Option<&str> {
+    trajectory
+        .end
+        .as_ref()
+        .and_then(|end| end.final_answer_reasoning.as_deref())
 }
 
 fn row(
@@ -540,6 +556,45 @@ mod tests {
         assert_eq!(messages[8]["role"], "user");
         assert_eq!(messages[9]["content"], "Done.");
         assert_eq!(messages.len(), 10);
+    }
+
+    /// Every CWM assistant message carries the model's separate reasoning (null when none), the final answer's
+    /// included, so the messages hold what the token view holds; text beside a native call is in the content.
+    #[test]
+    fn cwm_transcript_keeps_reasoning_and_text_beside_a_call() {
+        let mut text = text_trajectory();
+        if let Some(end) = text.end.as_mut() {
+            end.final_answer_reasoning = Some("All checked.".into());
+        }
+        let row = to_cwm_transcript(&text);
+        let messages = row["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2 + 4 + 1);
+        assert_eq!(messages[2]["role"], "assistant");
+        assert_eq!(messages[2]["content"], "<tool: bash>\nls\n</tool>");
+        assert_eq!(messages[2]["reasoning"], "I should look around.");
+        assert_eq!(messages[3]["role"], "tool: bash");
+        assert_eq!(messages[3].get("reasoning"), None, "only assistant turns");
+        assert_eq!(messages[4]["reasoning"], Value::Null);
+        assert!(messages[4].as_object().unwrap().contains_key("reasoning"));
+        assert_eq!(messages[6]["content"], "Done.");
+        assert_eq!(messages[6]["reasoning"], "All checked.");
+
+        let row = to_cwm_transcript(&native_trajectory());
+        let messages = row["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2 + 6 + 1);
+        let call = r#"{"name":"bash","arguments":"{\"command\": \"ls\"}"}"#;
+        assert_eq!(messages[2]["content"], call);
+        assert_eq!(messages[2]["reasoning"], "Let me list files.");
+        let rejected = &messages[4];
+        let content = rejected["content"].as_str().unwrap();
+        assert!(
+            content.starts_with("Both at once.\n\n[{\"name\":\"bash\""),
+            "text beside a call comes first, then the calls: {content}"
+        );
+        assert_eq!(rejected["reasoning"], "Two at once.");
+        assert_eq!(messages[6]["content"], "I am done?");
+        assert_eq!(messages[6]["reasoning"], Value::Null);
+        assert_eq!(messages[8]["reasoning"], Value::Null);
     }
 
     #[test]
