@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use swe_env_model::scripted::{Script, ScriptedReply, ScriptedServer};
 
-use crate::common::unique_id;
+use crate::common::{describe, unique_id};
 use crate::episode::fixtures_file;
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
@@ -20,15 +20,6 @@ fn swe_env(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn json_file(path: &Path) -> serde_json::Value {

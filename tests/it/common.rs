@@ -69,14 +69,22 @@ pub async fn start_episode(
         .unwrap()
 }
 
+/// A finished command's exit status, stdout and stderr, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Asserts that a finished command exited 0; the panic names `what` and shows its status, stdout and stderr.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(
         output.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "{what} failed: {}",
+        describe(output)
     );
 }
 

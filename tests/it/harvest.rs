@@ -12,7 +12,7 @@ use swe_env::harvest::store::rollout_id;
 use swe_env_model::scripted::{Script, ScriptedCompletion, ScriptedReply, ScriptedServer};
 use swe_env_model::Usage;
 
-use crate::common::{engine, unique_id};
+use crate::common::{describe, engine, unique_id};
 use crate::episode::fixtures_file;
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
@@ -53,17 +53,8 @@ async fn run(mut command: tokio::process::Command) -> Output {
     command.output().await.unwrap()
 }
 
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The one JSON object `--json` prints on stdout.
-fn summary(output: &Output) -> Value {
+pub(crate) fn summary(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()

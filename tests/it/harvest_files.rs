@@ -303,3 +303,38 @@ async fn python_reads_shards_manifest_and_parquet_written_by_the_store() {
     let first_line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first_line["rollout_id"], first.rollout_id.as_str());
 }
+
+/// `--out` naming a directory of someone else's files (no `harvest.json`) is refused with exit 2 before anything
+/// in it is touched: its `work/` is not cleared and no lock file is left.
+#[test]
+fn harvest_refuses_an_out_directory_that_is_not_a_harvest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mine");
+    std::fs::create_dir_all(out.join("work")).unwrap();
+    std::fs::write(out.join("work/draft.txt"), "precious").unwrap();
+    std::fs::write(out.join("notes.md"), "mine").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_swe-env"))
+        .args(["harvest", "--dataset", "fixtures", "--model-url"])
+        .arg("http://127.0.0.1:9/v1")
+        .args(["--model", "m", "--samples", "1", "--out"])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not empty and is not a harvest directory: give a new or empty --out"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("work/draft.txt")).unwrap(),
+        "precious"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["notes.md", "work"]);
+}

@@ -3,14 +3,15 @@
 //! exit 1, retried by the next invocation).
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use swe_env_model::scripted::{Script, ScriptedCompletion, ScriptedReply, ScriptedServer};
 use swe_env_model::Usage;
 
-use crate::common::{engine, free_port, unique_id};
+use crate::common::{describe, engine, free_port, unique_id};
+use crate::harvest::summary;
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
 
@@ -58,25 +59,6 @@ fn command(url: &str, model: &str, out: &Path, extra: &[&str]) -> tokio::process
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn summary(output: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON on stdout: {}", describe(output)));
-    serde_json::from_str(line).unwrap()
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -218,4 +200,355 @@ async fn a_failed_rollout_is_recorded_exits_1_and_is_retried_by_the_next_invocat
         .map(|f| f["rollout_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, failed_ids, "the retried rollouts are the failed ones");
+}
+
+/// The harvest binary with explicit datasets (no `--dataset fixtures`).
+fn bare_command(datasets: &[&Path], out: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(EXE);
+    command.arg("harvest");
+    for dataset in datasets {
+        command.arg("--dataset").arg(dataset);
+    }
+    command
+        .args([
+            "--model-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--json",
+        ])
+        .arg("--out")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_dataset_twice_or_an_instance_id_in_two_datasets_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/fixtures/tasks.jsonl"),
+    )
+    .unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    std::fs::write(&a, &fixtures).unwrap();
+    std::fs::write(&b, &fixtures).unwrap();
+    let out = dir.path().join("out");
+    let same = bare_command(&[&a, &b], &out).output().await.unwrap();
+    assert_eq!(same.status.code(), Some(2), "{}", describe(&same));
+    let stderr = String::from_utf8_lossy(&same.stderr);
+    assert!(stderr.contains("same content"), "{stderr}");
+    assert!(
+        stderr.contains(a.to_str().unwrap()) && stderr.contains(b.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(!out.join("manifest.jsonl").exists());
+
+    // Another file holding one row of the first: the instance id would be harvested twice.
+    let first_row = fixtures.lines().next().unwrap();
+    std::fs::write(&b, format!("{first_row}\n")).unwrap();
+    let shared = bare_command(&[&a, &b], &out).output().await.unwrap();
+    assert_eq!(shared.status.code(), Some(2), "{}", describe(&shared));
+    let stderr = String::from_utf8_lossy(&shared.stderr);
+    let id: Value = serde_json::from_str(first_row).unwrap();
+    assert!(
+        stderr.contains(id["instance_id"].as_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--instance-ids"), "{stderr}");
+    assert!(!out.join("manifest.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_endpoint_trips_the_breaker_and_rollouts_that_keep_failing_are_given_up() {
+    let model = unique_id("harvest-breaker");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ids = fixture_ids(1);
+    let base = [
+        "--instance-ids",
+        ids.as_str(),
+        "--samples",
+        "5",
+        "--max-turns",
+        "1",
+        "--max-attempts",
+        "1",
+    ];
+    // Nothing listens there: the breaker stops the harvest after 3 failures in a row, not after all 5.
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let mut args = base.to_vec();
+    args.extend(["--workers", "1", "--max-consecutive-failures", "3"]);
+    let tripped = command(&dead, &model, &out, &args).output().await.unwrap();
+    assert_eq!(tripped.status.code(), Some(3), "{}", describe(&tripped));
+    let json = summary(&tripped);
+    assert_eq!(json["failed"], 3, "{json}");
+    assert_eq!(json["exit_code"], 3, "{json}");
+    let stderr = String::from_utf8_lossy(&tripped.stderr);
+    assert!(
+        stderr.contains("the model endpoint failed 3 rollouts in a row"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rerun"), "{stderr}");
+    assert_eq!(lines(&out.join("failures.jsonl")).len(), 3);
+
+    // With one failure allowed per rollout, the 3 failed ones are given up; the other 2 run.
+    let server = ScriptedServer::start(Script::default().with_fallback(idle(0)))
+        .await
+        .unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--workers", "2", "--max-rollout-failures", "1"]);
+    let partial = command(&server.base_url(), &model, &out, &args)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(partial.status.code(), Some(1), "{}", describe(&partial));
+    let json = summary(&partial);
+    assert_eq!(json["given_up"], 3, "{json}");
+    assert_eq!(json["committed_new"], 2, "{json}");
+    assert_eq!(json["failed"], 0, "{json}");
+    assert_eq!(
+        json["given_up_rollouts"].as_array().unwrap().len(),
+        3,
+        "{json}"
+    );
+    let given_up = json["given_up_rollouts"].to_string();
+    assert!(given_up.contains("model_endpoint"), "{given_up}");
+    let rows = lines(&out.join("manifest.jsonl"));
+    let mut samples: Vec<u64> = rows
+        .iter()
+        .map(|r| r["sample_idx"].as_u64().unwrap())
+        .collect();
+    samples.sort_unstable();
+    assert_eq!(samples, [3, 4], "the never-failed samples ran");
+
+    // --retry-given-up runs them once more.
+    args.push("--retry-given-up");
+    let retried = command(&server.base_url(), &model, &out, &args)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(retried.status.code(), Some(0), "{}", describe(&retried));
+    let json = summary(&retried);
+    assert_eq!(
+        (json["given_up"].as_u64(), json["committed_new"].as_u64()),
+        (Some(0), Some(3)),
+        "{json}"
+    );
+    assert_eq!(json["committed_total"], 5, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raising_k_with_a_temperature_list_continues_the_harvest() {
+    let server = ScriptedServer::start(Script::default().with_fallback(idle(0)))
+        .await
+        .unwrap();
+    let model = unique_id("harvest-k");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ids = fixture_ids(1);
+    let run = |k: &'static str, extra: &[&str]| {
+        let mut args = vec![
+            "--instance-ids",
+            ids.as_str(),
+            "--samples",
+            k,
+            "--max-turns",
+            "1",
+            "--temperatures",
+            "0.2,0.6",
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        command(&server.base_url(), &model, &out, &args)
+    };
+    let first = run("1", &[]).output().await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let before = lines(&out.join("manifest.jsonl"));
+    assert_eq!(before.len(), 1);
+    let asked = server.requests();
+    assert!(
+        asked.iter().all(|r| r.body.get("logprobs").is_some()),
+        "logprobs asked for by default"
+    );
+    // More samples, and the recording-only knobs off: neither changes the config hash.
+    let more = run("3", &["--logprobs", "off", "--return-token-ids", "false"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(more.status.code(), Some(0), "{}", describe(&more));
+    let json = summary(&more);
+    assert_eq!(
+        (
+            json["committed_before"].as_u64(),
+            json["committed_new"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{json}"
+    );
+    let rows = lines(&out.join("manifest.jsonl"));
+    assert_eq!(rows[0], before[0], "the old row is kept as it was");
+    let mut by_sample: Vec<(u64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["sample_idx"].as_u64().unwrap(),
+                r["temperature"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    by_sample.sort_by_key(|pair| pair.0);
+    assert_eq!(by_sample, [(0, 0.2), (1, 0.6), (2, 0.2)]);
+    let later = &server.requests()[asked.len()..];
+    assert!(!later.is_empty());
+    for request in later {
+        assert!(
+            request.body.get("logprobs").is_none()
+                && request.body.get("return_token_ids").is_none(),
+            "--logprobs off / --return-token-ids false: {}",
+            request.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_is_an_interrupt_and_progress_lines_come_while_rollouts_run() {
+    // Each turn takes 2 s: no rollout ends within the first 10 s.
+    let server = ScriptedServer::start(Script::default().with_fallback(idle(2000)))
+        .await
+        .unwrap();
+    let model = unique_id("harvest-term");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ids = fixture_ids(1);
+    let args = [
+        "--instance-ids",
+        ids.as_str(),
+        "--samples",
+        "2",
+        "--max-turns",
+        "20",
+        "--workers",
+        "2",
+    ];
+    let mut child = command(&server.base_url(), &model, &out, &args)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while !seen.lock().unwrap().contains("progress 0/2") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress line while the rollouts ran:\n{}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().await.unwrap();
+    reader.await.unwrap();
+    let stderr = seen.lock().unwrap().clone();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}\n{stderr}",
+        describe(&output)
+    );
+    let json = summary(&output);
+    assert_eq!(json["interrupted"], true, "{json}");
+    assert!(out.join("manifest.parquet").exists(), "{stderr}");
+    assert!(out.join("data_card.json").exists(), "{stderr}");
+    for container in engine().await.labelled_containers().await.unwrap() {
+        assert!(
+            container
+                .owner
+                .as_ref()
+                .is_none_or(|owner| owner.pid != pid),
+            "container {} of the terminated harvest left behind",
+            container.id
+        );
+    }
+}
+
+/// Progress that says nothing.
+struct Quiet;
+
+impl swe_env::harvest::runner::HarvestProgress for Quiet {
+    fn begin(&self, _totals: &swe_env::harvest::runner::Totals) {}
+    fn rollout(
+        &self,
+        _event: &swe_env::harvest::runner::RolloutEvent,
+        _totals: &swe_env::harvest::runner::Totals,
+    ) {
+    }
+    fn note(&self, _message: &str) {}
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runner_plans_a_dataset_given_twice_once() {
+    use swe_env::harvest::config::{EndpointConfig, HarvestConfig};
+    use swe_env::harvest::runner::{run_harvest, DatasetInput};
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = HarvestConfig {
+        datasets: vec!["fixtures".into()],
+        out: Some(out.clone()),
+        model: unique_id("harvest-twice"),
+        endpoints: vec![EndpointConfig {
+            url: format!("http://127.0.0.1:{}/v1", free_port()),
+            max_in_flight: None,
+        }],
+        samples: 2,
+        max_turns: 1,
+        max_attempts: 1,
+        grading_network: swe_env::benchmark::GradingNetwork::None,
+        ..HarvestConfig::default()
+    };
+    let resolved = config.resolve().unwrap();
+    let loaded = swe_env::datasets::load_source("fixtures").await.unwrap();
+    let digest = swe_env::benchmark::manifest::dataset_digest("fixtures").unwrap();
+    let first = loaded.instances[0].clone();
+    let dataset = DatasetInput {
+        source: "fixtures".into(),
+        sha256: digest.sha256,
+        rows: loaded.instances.len() as u64,
+        instances: vec![first.clone(), first],
+    };
+    let outcome = run_harvest(
+        &engine().await,
+        out,
+        resolved,
+        vec![dataset.clone(), dataset],
+        std::sync::Arc::new(Quiet),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // One task × K=2, however often it was given; nothing listens at the endpoint, so both fail once.
+    assert_eq!(outcome.totals.planned, 2, "{outcome:?}");
+    assert_eq!(outcome.totals.failed, 2, "{outcome:?}");
 }

@@ -2,7 +2,7 @@
 //! exactly once and resumable (see `crate::harvest`). Flags override the `--config` YAML; progress on stderr (a bar
 //! on a terminal, periodic lines otherwise), a summary table or one JSON object (`--json`) on stdout.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +30,9 @@ use super::{EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED};
     swe-env harvest --dataset fixtures --model-url http://127.0.0.1:8000/v1 --model NAME --samples 4 --out h1\n  \
     swe-env harvest --config harvest.yaml --out h1 --workers 16   # rerun the same command to resume\n  \
     swe-env harvest --config harvest.yaml --out h1 --print-config\n\n\
-    Exit codes: 0 every planned rollout committed, 1 some rollouts failed or a budget stopped the harvest (rerun \
-    to retry / continue), 2 usage or a configuration change on resume, 3 infrastructure, 130 interrupted.")]
+    Exit codes: 0 every planned rollout committed, 1 some rollouts failed, were given up or a budget stopped the \
+    harvest (rerun to retry / continue), 2 usage or a configuration change on resume, 3 infrastructure (also: \
+    --max-consecutive-failures infrastructure failures in a row), 130 interrupted (Ctrl-C or SIGTERM).")]
 pub struct HarvestArgs {
     /// Task source: `fixtures`, `verified`, `lite`, `full` or a JSONL/JSON/parquet path; repeatable.
     #[arg(long = "dataset")]
@@ -133,6 +134,19 @@ pub struct HarvestArgs {
     /// Shard size limit, bytes [default: 268435456].
     #[arg(long)]
     pub max_shard_bytes: Option<u64>,
+    /// A rollout that failed this many times (failures.jsonl, all invocations) is not run again [default: 3].
+    #[arg(long)]
+    pub max_rollout_failures: Option<u32>,
+    /// Stop the harvest (exit 3) after this many rollout failures in a row of the model endpoint or Docker
+    /// [default: 8].
+    #[arg(long)]
+    pub max_consecutive_failures: Option<u32>,
+    /// Run the given-up rollouts (see --max-rollout-failures) once more.
+    #[arg(long)]
+    pub retry_given_up: bool,
+    /// What is recorded of each model call (not part of the config hash).
+    #[command(flatten)]
+    pub recording: super::model_args::RecordingArgs,
     /// Print one JSON object with the outcome on stdout.
     #[arg(long)]
     pub json: bool,
@@ -178,6 +192,15 @@ impl HarvestArgs {
             config.temperature_schedule = Some(schedule.clone());
             config.temperatures.clear();
         }
+        if self.retry_given_up {
+            config.retry_given_up = true;
+        }
+        if let Some(logprobs) = self.recording.logprobs {
+            config.logprobs = Some(logprobs);
+        }
+        if let Some(return_token_ids) = self.recording.return_token_ids {
+            config.return_token_ids = Some(return_token_ids);
+        }
         if self.agent_config.is_some() {
             config.agent_config = self.agent_config.clone();
             config.agent = None;
@@ -210,7 +233,9 @@ impl HarvestArgs {
             test_timeout,
             image_template,
             pull,
-            max_shard_bytes
+            max_shard_bytes,
+            max_rollout_failures,
+            max_consecutive_failures
         );
         set_option!(
             out,
@@ -251,16 +276,36 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         .context("connecting to Docker")?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let cancel_on_interrupt = cancel.clone();
+    // SIGTERM (a scheduler or `kill`) is an interrupt like Ctrl-C: containers removed, card and parquet written.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let signal = tokio::select! {
+            result = tokio::signal::ctrl_c() => result.is_ok().then_some("interrupt"),
+            received = terminate.recv() => received.map(|()| "SIGTERM"),
+        };
+        if let Some(signal) = signal {
             eprintln!(
-                "\ninterrupt: stopping; in-flight rollouts are dropped (they run again next time) and their \
+                "\n{signal}: stopping; in-flight rollouts are dropped (they run again next time) and their \
                  containers removed"
             );
             cancel_on_interrupt.cancel();
         }
     });
     let progress = Arc::new(Display::new());
+    // Without a terminal, a progress line every LINE_EVERY even while no rollout ends.
+    let ticker = progress.bar.is_none().then(|| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(LINE_EVERY);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                progress.tick();
+            }
+        })
+    });
     eprintln!(
         "harvest into {}: {} datasets, K={}, {} workers, config {}",
         out.display(),
@@ -277,8 +322,11 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         progress.clone(),
         cancel,
     )
-    .await
-    .map_err(|error| {
+    .await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    let outcome = outcome.map_err(|error| {
         if error.is_usage() {
             super::error::usage(error.to_string())
         } else {
@@ -294,6 +342,18 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(message) = &outcome.budget_stop {
         eprintln!("stopped by a budget: {message}");
+    }
+    if let Some(message) = &outcome.circuit_break {
+        eprintln!("error: the harvest stopped: {message}");
+    }
+    if !outcome.given_up.is_empty() {
+        eprintln!(
+            "{} rollouts given up after failing --max-rollout-failures times (failures.jsonl; --retry-given-up runs \
+             them once more): {}{}",
+            outcome.totals.given_up,
+            outcome.given_up.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+            if outcome.given_up.len() > 5 { "; …" } else { "" }
+        );
     }
     if let Some(error) = &outcome.store_error {
         eprintln!(
@@ -316,6 +376,7 @@ async fn load_datasets(config: &HarvestConfig) -> anyhow::Result<Vec<DatasetInpu
     let wanted: HashSet<&str> = config.instance_ids.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
     let mut sources = HashSet::new();
+    let mut digests: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
     for source in &config.datasets {
         if !sources.insert(source.as_str()) {
@@ -334,6 +395,13 @@ async fn load_datasets(config: &HarvestConfig) -> anyhow::Result<Vec<DatasetInpu
         }
         let digest = crate::benchmark::manifest::dataset_digest(source)
             .with_context(|| format!("hashing dataset {source}"))?;
+        if let Some(first) = digests.insert(digest.sha256.clone(), source.clone()) {
+            return Err(super::error::usage(format!(
+                "--dataset {first} and --dataset {source} have the same content (sha256 {}): every rollout would \
+                 be planned twice; give the dataset once",
+                digest.sha256
+            )));
+        }
         let rows = loaded.instances.len() as u64;
         let instances: Vec<_> = loaded
             .instances
@@ -348,6 +416,7 @@ async fn load_datasets(config: &HarvestConfig) -> anyhow::Result<Vec<DatasetInpu
             instances,
         });
     }
+    check_unique_ids(&out)?;
     let mut unknown: Vec<&str> = wanted
         .iter()
         .filter(|id| !seen.contains(**id))
@@ -363,12 +432,54 @@ async fn load_datasets(config: &HarvestConfig) -> anyhow::Result<Vec<DatasetInpu
     Ok(out)
 }
 
+/// (instance, sample) must be unique in a harvest: an instance id in two datasets is refused.
+fn check_unique_ids(datasets: &[DatasetInput]) -> anyhow::Result<()> {
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    let mut repeated = Vec::new();
+    for (index, dataset) in datasets.iter().enumerate() {
+        for instance in &dataset.instances {
+            match owner.get(instance.instance_id.as_str()) {
+                Some(&first) if first != index => {
+                    repeated.push((instance.instance_id.as_str(), first, index))
+                }
+                Some(_) => {}
+                None => {
+                    owner.insert(&instance.instance_id, index);
+                }
+            }
+        }
+    }
+    if repeated.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = repeated
+        .iter()
+        .take(5)
+        .map(|(id, a, b)| {
+            format!(
+                "{id} (in {} and {})",
+                datasets[*a].source, datasets[*b].source
+            )
+        })
+        .collect();
+    Err(super::error::usage(format!(
+        "{} instance ids are in more than one dataset: {}{}; an (instance, sample) must be unique in a harvest: \
+         remove the repeated rows from one of the files, or pass --instance-ids with the ids to harvest",
+        repeated.len(),
+        named.join(", "),
+        if repeated.len() > 5 { ", …" } else { "" }
+    )))
+}
+
 fn exit_code(outcome: &HarvestOutcome) -> u8 {
     if outcome.interrupted {
         EXIT_INTERRUPTED
-    } else if outcome.store_error.is_some() {
+    } else if outcome.store_error.is_some() || outcome.circuit_break.is_some() {
         EXIT_INFRA
-    } else if outcome.totals.failed > 0 || outcome.totals.skipped_budget > 0 {
+    } else if outcome.totals.failed > 0
+        || outcome.totals.skipped_budget > 0
+        || outcome.totals.given_up > 0
+    {
         EXIT_FAILED
     } else {
         super::EXIT_OK
@@ -388,6 +499,9 @@ fn outcome_json(outcome: &HarvestOutcome, exit_code: u8) -> serde_json::Value {
         "failed_by_kind": t.failed_by_kind,
         "resolved_total": t.resolved_total,
         "skipped_budget": t.skipped_budget,
+        "given_up": t.given_up,
+        "given_up_rollouts": outcome.given_up,
+        "circuit_break": outcome.circuit_break,
         "rollouts_per_hour": outcome.rollouts_per_hour(),
         "tokens_per_sec": outcome.tokens_per_sec(),
         "wall_secs": outcome.wall.as_secs_f64(),
@@ -428,6 +542,7 @@ fn render_summary(outcome: &HarvestOutcome) -> String {
         format!("{}{}", t.failed, kinds(&t.failed_by_kind)),
     );
     row("skipped (budget)", t.skipped_budget.to_string());
+    row("given up", t.given_up.to_string());
     row(
         "rollouts/hour",
         format!("{:.1}", outcome.rollouts_per_hour()),
@@ -480,6 +595,8 @@ struct Display {
     bar: Option<ProgressBar>,
     started: Instant,
     last_line: Mutex<Instant>,
+    /// The counts of the latest report (`None` before the plan is known).
+    latest: Mutex<Option<Totals>>,
 }
 
 /// Seconds between plain progress lines.
@@ -501,6 +618,7 @@ impl Display {
             bar,
             started: Instant::now(),
             last_line: Mutex::new(Instant::now()),
+            latest: Mutex::new(None),
         }
     }
 
@@ -523,6 +641,38 @@ impl Display {
         }
     }
 
+    /// The periodic line without a terminal: printed when none was for LINE_EVERY (rollouts may take minutes).
+    fn tick(&self) {
+        let Some(totals) = self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let mut last = self
+            .last_line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.elapsed() + Duration::from_millis(100) >= LINE_EVERY {
+            *last = Instant::now();
+            eprintln!(
+                "progress {}/{}: {}",
+                totals.done(),
+                totals.to_run(),
+                self.status(&totals)
+            );
+        }
+    }
+
+    fn remember(&self, totals: &Totals) {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(totals.clone());
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -532,18 +682,21 @@ impl Display {
 
 impl HarvestProgress for Display {
     fn begin(&self, totals: &Totals) {
+        self.remember(totals);
         if let Some(bar) = &self.bar {
             bar.set_length(totals.to_run());
         }
         self.say(&format!(
-            "planned {} rollouts: {} committed before, {} to run",
+            "planned {} rollouts: {} committed before, {} given up, {} to run",
             totals.planned,
             totals.committed_before,
+            totals.given_up,
             totals.to_run()
         ));
     }
 
     fn rollout(&self, event: &RolloutEvent, totals: &Totals) {
+        self.remember(totals);
         if let RolloutEvent::Failed {
             instance_id,
             sample_idx,

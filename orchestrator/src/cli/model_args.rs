@@ -32,6 +32,20 @@ pub struct ModelArgs {
     /// Most output tokens per turn; overrides the config.
     #[arg(long)]
     pub max_tokens: Option<u32>,
+    /// What is recorded of each model call (logprobs, token ids).
+    #[command(flatten)]
+    pub recording: RecordingArgs,
+    /// Time allowed for one model request, in seconds [default: 600].
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
+    /// Most attempts per model call (1 = no retry) [default: 5].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+}
+
+/// What is recorded of each model call; shared by `run-episode`, `run-benchmark` and `harvest`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RecordingArgs {
     /// Per-token log-probabilities: `auto` (asked for, dropped for an endpoint that rejects them), `off`, or N
     /// alternatives per token (always asked); overrides the config [default: auto].
     #[arg(long, value_name = "auto|off|N")]
@@ -40,12 +54,6 @@ pub struct ModelArgs {
     /// rejects them), `true` or `false`; overrides the config [default: auto].
     #[arg(long, value_name = "auto|true|false")]
     pub return_token_ids: Option<TokenIdsSetting>,
-    /// Time allowed for one model request, in seconds [default: 600].
-    #[arg(long)]
-    pub request_timeout_secs: Option<u64>,
-    /// Most attempts per model call (1 = no retry) [default: 5].
-    #[arg(long)]
-    pub max_attempts: Option<u32>,
 }
 
 /// Default of `--request-timeout-secs`.
@@ -65,8 +73,8 @@ impl ModelArgs {
             || self.api_key_env.is_some()
             || self.temperature.is_some()
             || self.max_tokens.is_some()
-            || self.logprobs.is_some()
-            || self.return_token_ids.is_some()
+            || self.recording.logprobs.is_some()
+            || self.recording.return_token_ids.is_some()
             || self.request_timeout_secs.is_some()
             || self.max_attempts.is_some()
     }
@@ -100,10 +108,10 @@ impl ModelArgs {
         if let Some(max_tokens) = self.max_tokens {
             config.sampling.max_tokens = Some(max_tokens);
         }
-        if let Some(logprobs) = self.logprobs {
+        if let Some(logprobs) = self.recording.logprobs {
             config.sampling.logprobs = logprobs;
         }
-        if let Some(return_token_ids) = self.return_token_ids {
+        if let Some(return_token_ids) = self.recording.return_token_ids {
             config.sampling.return_token_ids = return_token_ids;
         }
         config.validate().map_err(anyhow::Error::msg)?;

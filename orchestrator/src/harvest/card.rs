@@ -169,107 +169,180 @@ fn ratio(part: u64, whole: u64) -> f64 {
 
 /// The card of `rows` (committed), `failures` (all of `failures.jsonl`) and `spent` (this invocation).
 pub fn build(rows: &[ManifestRow], failures: &[RolloutFailure], spent: &SpentSummary) -> DataCard {
-    let rollouts = rows.len() as u64;
-    let resolved = rows.iter().filter(|r| r.resolved).count() as u64;
-    let mut repos: BTreeMap<String, (u64, BTreeSet<&str>, u64)> = BTreeMap::new();
-    let mut by_status = BTreeMap::new();
-    let mut instances = BTreeSet::new();
-    let mut time = TimeSums::default();
-    let mut tokens = TokenSums::default();
-    let (mut steps, mut format_error_steps, mut ended_format_errors) = (0u64, 0u64, 0u64);
-    let (mut cut_calls, mut rollouts_with_cut) = (0u64, 0u64);
+    let mut builder = CardBuilder::default();
     for row in rows {
-        let repo = repos.entry(row.repo.clone()).or_default();
-        repo.0 += 1;
-        repo.1.insert(&row.instance_id);
-        repo.2 += u64::from(row.resolved);
-        *by_status.entry(row.status.clone()).or_insert(0u64) += 1;
-        instances.insert(row.instance_id.as_str());
-        time.wall_ms += row.wall_ms;
-        time.start_ms += row.start_ms;
-        time.model_ms += row.model_ms;
-        time.tool_ms += row.tool_ms;
-        time.grade_ms += row.grade_ms;
-        tokens.prompt += row.prompt_tokens;
-        tokens.completion += row.completion_tokens;
-        tokens.total += row.total_tokens;
-        steps += u64::from(row.n_turns);
-        format_error_steps += u64::from(row.n_format_errors);
-        ended_format_errors += u64::from(row.status == "format_errors");
-        cut_calls += u64::from(row.n_length_cut);
-        rollouts_with_cut += u64::from(row.n_length_cut > 0);
+        builder.add(row);
     }
-    let by_repo = repos
-        .into_iter()
-        .map(|(repo, (n, ids, ok))| {
-            (
-                repo,
-                RepoCounts {
-                    rollouts: n,
-                    instances: ids.len() as u64,
-                    resolved: ok,
-                    resolved_rate: ratio(ok, n),
-                },
-            )
-        })
-        .collect();
-    let per_rollout: [(&str, PerRollout); 6] = [
-        ("turns", |r| u64::from(r.n_turns)),
-        ("total_tokens", |r| r.total_tokens),
-        ("completion_tokens", |r| r.completion_tokens),
-        ("obs_bytes_max", |r| r.obs_bytes_max),
-        ("obs_bytes_total", |r| r.obs_bytes_total),
-        ("bytes", |r| r.bytes),
-    ];
-    let distributions = per_rollout
-        .into_iter()
-        .filter_map(|(name, get)| {
-            distribution(rows.iter().map(get).collect()).map(|d| (name.to_owned(), d))
-        })
-        .collect();
     let committed: BTreeSet<&str> = rows.iter().map(|r| r.rollout_id.as_str()).collect();
-    let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
     for failure in failures {
-        if !committed.contains(failure.rollout_id.as_str()) {
-            latest.insert(&failure.rollout_id, &failure.error_kind);
+        builder.add_failure(failure, committed.contains(failure.rollout_id.as_str()));
+    }
+    builder.build(spent)
+}
+
+/// The card built in one pass over the rows without keeping them: counters, per-repo and per-status counts, the
+/// distinct instances, and the six per-rollout numbers the percentiles need (48 bytes a row).
+#[derive(Debug, Default)]
+pub struct CardBuilder {
+    rollouts: u64,
+    resolved: u64,
+    repos: BTreeMap<String, (u64, BTreeSet<String>, u64)>,
+    by_status: BTreeMap<String, u64>,
+    instances: BTreeSet<String>,
+    time: TimeSums,
+    tokens: TokenSums,
+    steps: u64,
+    format_error_steps: u64,
+    ended_format_errors: u64,
+    cut_calls: u64,
+    rollouts_with_cut: u64,
+    /// One column per entry of [`PER_ROLLOUT`].
+    columns: [Vec<u64>; 6],
+    /// The latest failure kind of each rollout failed and not committed.
+    outstanding: BTreeMap<String, String>,
+    /// Failures seen.
+    recorded: u64,
+}
+
+/// The per-rollout distributions of the card, by name.
+const PER_ROLLOUT: [(&str, PerRollout); 6] = [
+    ("turns", |r| u64::from(r.n_turns)),
+    ("total_tokens", |r| r.total_tokens),
+    ("completion_tokens", |r| r.completion_tokens),
+    ("obs_bytes_max", |r| r.obs_bytes_max),
+    ("obs_bytes_total", |r| r.obs_bytes_total),
+    ("bytes", |r| r.bytes),
+];
+
+impl CardBuilder {
+    /// Counts one committed row.
+    pub fn add(&mut self, row: &ManifestRow) {
+        self.rollouts += 1;
+        self.resolved += u64::from(row.resolved);
+        if let Some(repo) = self.repos.get_mut(&row.repo) {
+            repo.0 += 1;
+            repo.2 += u64::from(row.resolved);
+            if !repo.1.contains(&row.instance_id) {
+                repo.1.insert(row.instance_id.clone());
+            }
+        } else {
+            self.repos.insert(
+                row.repo.clone(),
+                (
+                    1,
+                    BTreeSet::from([row.instance_id.clone()]),
+                    u64::from(row.resolved),
+                ),
+            );
+        }
+        if let Some(n) = self.by_status.get_mut(&row.status) {
+            *n += 1;
+        } else {
+            self.by_status.insert(row.status.clone(), 1);
+        }
+        if !self.instances.contains(&row.instance_id) {
+            self.instances.insert(row.instance_id.clone());
+        }
+        self.time.wall_ms += row.wall_ms;
+        self.time.start_ms += row.start_ms;
+        self.time.model_ms += row.model_ms;
+        self.time.tool_ms += row.tool_ms;
+        self.time.grade_ms += row.grade_ms;
+        self.tokens.prompt += row.prompt_tokens;
+        self.tokens.completion += row.completion_tokens;
+        self.tokens.total += row.total_tokens;
+        self.steps += u64::from(row.n_turns);
+        self.format_error_steps += u64::from(row.n_format_errors);
+        self.ended_format_errors += u64::from(row.status == "format_errors");
+        self.cut_calls += u64::from(row.n_length_cut);
+        self.rollouts_with_cut += u64::from(row.n_length_cut > 0);
+        for (column, (_, get)) in self.columns.iter_mut().zip(PER_ROLLOUT) {
+            column.push(get(row));
         }
     }
-    let mut outstanding_by_kind = BTreeMap::new();
-    for kind in latest.values() {
-        *outstanding_by_kind
-            .entry((*kind).to_owned())
-            .or_insert(0u64) += 1;
+
+    /// Counts one line of `failures.jsonl` (in file order); `committed`: its rollout was committed since.
+    pub fn add_failure(&mut self, failure: &RolloutFailure, committed: bool) {
+        self.recorded += 1;
+        if !committed {
+            self.outstanding
+                .insert(failure.rollout_id.clone(), failure.error_kind.clone());
+        }
     }
-    DataCard {
-        format: CARD_FORMAT.to_owned(),
-        rollouts,
-        instances: instances.len() as u64,
-        resolved,
-        resolved_rate: ratio(resolved, rollouts),
-        by_repo,
-        by_status,
-        distributions,
-        format_errors: FormatErrorStats {
+
+    /// The card; `spent` is this invocation's.
+    pub fn build(self, spent: &SpentSummary) -> DataCard {
+        let Self {
+            rollouts,
+            resolved,
+            repos,
+            by_status,
+            instances,
+            time,
+            tokens,
             steps,
             format_error_steps,
-            step_rate: ratio(format_error_steps, steps),
-            rollouts_ended_format_errors: ended_format_errors,
-            rollout_share: ratio(ended_format_errors, rollouts),
-        },
-        length_cut: LengthCutStats {
+            ended_format_errors,
             cut_calls,
-            per_step: ratio(cut_calls, steps),
             rollouts_with_cut,
-            rollout_share: ratio(rollouts_with_cut, rollouts),
-        },
-        time_ms: time,
-        tokens,
-        this_invocation: spent.clone(),
-        failures: FailureStats {
-            outstanding_rollouts: latest.len() as u64,
-            outstanding_by_kind,
-            recorded: failures.len() as u64,
-        },
+            columns,
+            outstanding,
+            recorded,
+        } = self;
+        let by_repo = repos
+            .into_iter()
+            .map(|(repo, (n, ids, ok))| {
+                (
+                    repo,
+                    RepoCounts {
+                        rollouts: n,
+                        instances: ids.len() as u64,
+                        resolved: ok,
+                        resolved_rate: ratio(ok, n),
+                    },
+                )
+            })
+            .collect();
+        let distributions = PER_ROLLOUT
+            .into_iter()
+            .zip(columns)
+            .filter_map(|((name, _), values)| distribution(values).map(|d| (name.to_owned(), d)))
+            .collect();
+        let mut outstanding_by_kind = BTreeMap::new();
+        for kind in outstanding.values() {
+            *outstanding_by_kind.entry(kind.clone()).or_insert(0u64) += 1;
+        }
+        DataCard {
+            format: CARD_FORMAT.to_owned(),
+            rollouts,
+            instances: instances.len() as u64,
+            resolved,
+            resolved_rate: ratio(resolved, rollouts),
+            by_repo,
+            by_status,
+            distributions,
+            format_errors: FormatErrorStats {
+                steps,
+                format_error_steps,
+                step_rate: ratio(format_error_steps, steps),
+                rollouts_ended_format_errors: ended_format_errors,
+                rollout_share: ratio(ended_format_errors, rollouts),
+            },
+            length_cut: LengthCutStats {
+                cut_calls,
+                per_step: ratio(cut_calls, steps),
+                rollouts_with_cut,
+                rollout_share: ratio(rollouts_with_cut, rollouts),
+            },
+            time_ms: time,
+            tokens,
+            this_invocation: spent.clone(),
+            failures: FailureStats {
+                outstanding_rollouts: outstanding.len() as u64,
+                outstanding_by_kind,
+                recorded,
+            },
+        }
     }
 }
 
@@ -437,6 +510,19 @@ pub fn to_markdown(card: &DataCard) -> String {
             s.failures_by_kind.get(kind).unwrap_or(&0)
         );
     }
+    if !s.given_up.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n{} rollouts given up (not run again; `--retry-given-up` runs them once more):\n",
+            s.given_up.len()
+        );
+        for rollout in s.given_up.iter().take(50) {
+            let _ = writeln!(md, "- {rollout}");
+        }
+        if s.given_up.len() > 50 {
+            let _ = writeln!(md, "- … ({} more in data_card.json)", s.given_up.len() - 50);
+        }
+    }
     md
 }
 
@@ -526,6 +612,9 @@ mod tests {
             ..SpentSummary::default()
         };
         spent.failures_by_kind.insert("image_missing".into(), 1);
+        spent
+            .given_up
+            .push("o__r-9 s1: 3 failures, last model_endpoint".into());
         let card = build(&rows, &failures, &spent);
         assert_eq!((card.rollouts, card.instances, card.resolved), (4, 3, 2));
         assert_eq!(card.resolved_rate, 0.5);
@@ -654,6 +743,12 @@ mod tests {
         assert!(md.contains("| grading, s | 1.6 | 0.0 |"), "{md}");
         assert!(md.contains("| image_missing | 0 | 1 |"), "{md}");
         assert!(md.contains("| model_unavailable | 1 | 0 |"), "{md}");
+        assert!(
+            md.contains("1 rollouts given up")
+                && md.contains("- o__r-9 s1: 3 failures, last model_endpoint"),
+            "{md}"
+        );
+        assert!(json.contains("o__r-9 s1: 3 failures"), "{json}");
     }
 
     #[test]

@@ -8,12 +8,17 @@
 //!
 //! **Config hash** (`config_hash`, part of every rollout id): sha256 hex of the canonical JSON (keys sorted, no
 //! spaces) of [`Resolved::hashed_config`]: `model`; `agent` (the effective agent config: API mode, sampling (with
-//! `max_tokens`), prompts and layout, format-error limit, after-submit); `temperatures` (the list or the schedule as
-//! given); `seed`; `samples`; `episode` (`max_turns`, `context_tokens` = `rollout_token_budget`, `wall_clock_secs`,
-//! `observation_cap_bytes`, the tool settings, anti-leak, `image_template`); `grading` (`rules`, `network`,
-//! `test_timeout_secs`). NOT hashed (changing them resumes the same harvest): datasets and `instance_ids` (the
-//! store checks the dataset set itself), `workers`, endpoints' URLs and concurrency, API key variable, request
-//! timeout and attempts, the per-task and global budgets, `pull`, `max_shard_bytes`, `out`.
+//! `max_tokens`; without the recording-only `logprobs` and `return_token_ids`, which cannot change an action),
+//! prompts and layout, format-error limit, after-submit); `temperatures` (the list as numbers, or the schedule as
+//! its two numbers, so `0.2:1.0` and `0.2:1` are the same); `seed`; `samples` ONLY with a temperature schedule (a
+//! schedule spreads over K, so K changes every sample's temperature; with a list or none, sample k's settings do
+//! not depend on K, so raising K continues the harvest with the new samples); `episode` (`max_turns`,
+//! `context_tokens` = `rollout_token_budget`, `wall_clock_secs`, `observation_cap_bytes`, the tool settings,
+//! anti-leak, `image_template`); `grading` (`rules`, `network`, `test_timeout_secs`). NOT hashed (changing them
+//! resumes the same harvest): datasets and `instance_ids` (the store checks the dataset set itself), `samples`
+//! without a schedule, `workers`, endpoints' URLs and concurrency, API key variable, request timeout and attempts,
+//! `logprobs` and `return_token_ids`, the per-task and global budgets, `max_rollout_failures`,
+//! `max_consecutive_failures`, `pull`, `max_shard_bytes`, `out`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,12 +26,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use swe_env_model::yaml::{self, YamlError};
+use swe_env_model::{LogprobsSetting, TokenIdsSetting};
 
 use crate::agent::{ApiMode, ModelAgentConfig, ModelAgentConfigError};
 use crate::benchmark::{GradingNetwork, PullPolicy};
 use crate::episode::EpisodeConfig;
 use crate::grade::{GradeConfig, RuleSet};
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use crate::trajectory::Durability;
 
 /// What the config file is called in errors.
 const KIND: &str = "harvest config";
@@ -45,6 +52,12 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 256 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
 /// Default most attempts per model call.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Most rollouts per task (`samples`, K).
+pub const MAX_SAMPLES: u32 = 100_000;
+/// Default `max_rollout_failures`: a rollout that failed this often (failures.jsonl) is not planned again.
+pub const DEFAULT_MAX_ROLLOUT_FAILURES: u32 = 3;
+/// Default `max_consecutive_failures`: this many infrastructure failures in a row stop the harvest.
+pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 8;
 
 /// One model endpoint and how many requests it takes at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,9 +139,24 @@ pub struct HarvestConfig {
     /// Turns over the whole harvest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_budget: Option<u64>,
-    /// Wall-clock seconds of harvesting over every invocation.
+    /// Wall-clock seconds of this invocation (each invocation counts its own time; rerun to continue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_budget_secs: Option<u64>,
+    /// A rollout whose failures in `failures.jsonl` reach this many is not planned again (it is `given_up`)
+    /// unless `--retry-given-up`.
+    pub max_rollout_failures: u32,
+    /// This many rollout failures in a row of an infrastructure kind (model endpoint, Docker unavailable) stop
+    /// the harvest (exit 3).
+    pub max_consecutive_failures: u32,
+    /// Plan the given-up rollouts again (one more try each).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_given_up: bool,
+    /// Per-token log-probabilities (`auto`, `off`, N); overrides the agent config's `sampling.logprobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsSetting>,
+    /// Token ids (`auto`, `true`, `false`); overrides the agent config's `sampling.return_token_ids`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_token_ids: Option<TokenIdsSetting>,
     /// Network of grading containers.
     pub grading_network: GradingNetwork,
     /// Grading rules.
@@ -172,6 +200,11 @@ impl Default for HarvestConfig {
             token_budget: None,
             turn_budget: None,
             time_budget_secs: None,
+            max_rollout_failures: DEFAULT_MAX_ROLLOUT_FAILURES,
+            max_consecutive_failures: DEFAULT_MAX_CONSECUTIVE_FAILURES,
+            retry_given_up: false,
+            logprobs: None,
+            return_token_ids: None,
             grading_network: GradingNetwork::Bridge,
             rules: RuleSet::default(),
             test_timeout: DEFAULT_TEST_TIMEOUT_SECS,
@@ -282,6 +315,12 @@ impl HarvestConfig {
         if let Some(max_tokens) = self.max_tokens {
             agent.sampling.max_tokens = Some(max_tokens);
         }
+        if let Some(logprobs) = self.logprobs {
+            agent.sampling.logprobs = logprobs;
+        }
+        if let Some(return_token_ids) = self.return_token_ids {
+            agent.sampling.return_token_ids = return_token_ids;
+        }
         agent
             .validate()
             .map_err(|detail| invalid(format!("agent config: {detail}")))?;
@@ -307,6 +346,8 @@ impl HarvestConfig {
             max_turns: self.max_turns,
             wall_clock: Duration::from_secs(self.rollout_time_budget_secs),
             image_template: self.image_template.clone(),
+            // The work trajectory is discarded on restart; the store's commit is the durability point.
+            durability: Durability::Os,
             ..EpisodeConfig::default()
         };
         if let Some(tokens) = self.rollout_token_budget {
@@ -328,16 +369,28 @@ impl HarvestConfig {
             turns: self.turn_budget,
             wall_secs: self.time_budget_secs,
         };
-        let hashed_config = serde_json::json!({
+        let mut agent_hashed = serde_json::to_value(&agent).map_err(|e| invalid(e.to_string()))?;
+        if let Some(sampling) = agent_hashed
+            .get_mut("sampling")
+            .and_then(Value::as_object_mut)
+        {
+            // Recording only: they change what is kept of a call, never the action.
+            sampling.remove("logprobs");
+            sampling.remove("return_token_ids");
+        }
+        let schedule = match &self.temperature_schedule {
+            Some(text) => Some(parse_schedule(text).map_err(invalid)?),
+            None => None,
+        };
+        let mut hashed_config = serde_json::json!({
             "model": self.model,
-            "agent": serde_json::to_value(&agent).map_err(|e| invalid(e.to_string()))?,
-            "temperatures": match (&self.temperatures, &self.temperature_schedule) {
+            "agent": agent_hashed,
+            "temperatures": match (&self.temperatures, schedule) {
+                (_, Some((from, to))) => serde_json::json!({"schedule": [from, to]}),
                 (list, None) if !list.is_empty() => serde_json::json!({"list": list}),
-                (_, Some(schedule)) => serde_json::json!({"schedule": schedule}),
                 _ => Value::Null,
             },
             "seed": self.seed,
-            "samples": self.samples,
             "episode": {
                 "max_turns": episode.max_turns,
                 "context_tokens": episode.context_tokens,
@@ -354,6 +407,10 @@ impl HarvestConfig {
                 "test_timeout_secs": self.test_timeout,
             },
         });
+        if schedule.is_some() {
+            // A schedule spreads over K: K changes every sample's temperature.
+            hashed_config["samples"] = Value::from(self.samples);
+        }
         let config_hash = sha256_hex(canonical_json(&hashed_config).as_bytes());
         Ok(Resolved {
             config: self.clone(),
@@ -409,6 +466,22 @@ impl HarvestConfig {
         }
         if self.samples == 0 {
             return Err(invalid("--samples is 0: give K >= 1 rollouts per task"));
+        }
+        if self.samples > MAX_SAMPLES {
+            return Err(invalid(format!(
+                "--samples {} is too many: give at most {MAX_SAMPLES} rollouts per task",
+                self.samples
+            )));
+        }
+        if self.max_rollout_failures == 0 {
+            return Err(invalid(format!(
+                "--max-rollout-failures is 0: give at least 1 (default {DEFAULT_MAX_ROLLOUT_FAILURES})"
+            )));
+        }
+        if self.max_consecutive_failures == 0 {
+            return Err(invalid(format!(
+                "--max-consecutive-failures is 0: give at least 1 (default {DEFAULT_MAX_CONSECUTIVE_FAILURES})"
+            )));
         }
         if self.workers == 0 || self.workers > 4096 {
             return Err(invalid(format!(
@@ -656,10 +729,12 @@ mod tests {
         other.task_turn_budget = Some(10);
         other.max_shard_bytes = 1 << 20;
         other.instance_ids = vec!["x".into()];
+        other.max_rollout_failures = 9;
+        other.max_consecutive_failures = 2;
+        other.retry_given_up = true;
         assert_eq!(hash(&other), original);
         for change in [
             Box::new(|c: &mut HarvestConfig| c.seed = 1) as Box<dyn Fn(&mut HarvestConfig)>,
-            Box::new(|c: &mut HarvestConfig| c.samples = 5),
             Box::new(|c: &mut HarvestConfig| c.temperatures = vec![0.5]),
             Box::new(|c: &mut HarvestConfig| c.max_turns = 7),
             Box::new(|c: &mut HarvestConfig| c.mode = Some(ApiMode::Completions)),
@@ -672,6 +747,86 @@ mod tests {
             assert_ne!(hash(&changed), original);
         }
         assert_eq!(original.len(), 64);
+    }
+
+    #[test]
+    fn recording_only_sampling_knobs_are_not_hashed() {
+        let hash = |c: &HarvestConfig| c.resolve().unwrap().config_hash;
+        let original = hash(&base());
+        let mut other = base();
+        other.logprobs = Some(LogprobsSetting::Off);
+        other.return_token_ids = Some(TokenIdsSetting::Off);
+        let resolved = other.resolve().unwrap();
+        assert_eq!(resolved.agent.sampling.logprobs, LogprobsSetting::Off);
+        assert_eq!(
+            resolved.agent.sampling.return_token_ids,
+            TokenIdsSetting::Off
+        );
+        assert_eq!(resolved.config_hash, original);
+        other.logprobs = Some(LogprobsSetting::Top(5));
+        assert_eq!(hash(&other), original);
+        // The same through an inline agent config.
+        let mut inline = base();
+        let mut agent = ModelAgentConfig::default();
+        agent.sampling.logprobs = LogprobsSetting::Off;
+        inline.agent = Some(agent);
+        assert_eq!(hash(&inline), original);
+    }
+
+    #[test]
+    fn samples_are_hashed_only_with_a_temperature_schedule() {
+        let hash = |c: &HarvestConfig| c.resolve().unwrap().config_hash;
+        // No temperatures, or a list: sample k does not depend on K, so raising K continues the harvest.
+        for temperatures in [vec![], vec![0.2, 0.6, 1.0]] {
+            let mut four = base();
+            four.temperatures = temperatures;
+            let mut eight = four.clone();
+            eight.samples = 8;
+            assert_eq!(hash(&four), hash(&eight));
+            for k in 0..4 {
+                assert_eq!(four.temperature_for(k), eight.temperature_for(k));
+            }
+        }
+        // A schedule spreads over K: K is part of the hash.
+        let mut four = base();
+        four.temperature_schedule = Some("0.2:1.0".into());
+        let mut eight = four.clone();
+        eight.samples = 8;
+        assert_ne!(hash(&four), hash(&eight));
+    }
+
+    #[test]
+    fn the_schedule_is_hashed_as_numbers() {
+        let hash = |c: &HarvestConfig| c.resolve().unwrap().config_hash;
+        let mut a = base();
+        a.temperature_schedule = Some("0.2:1.0".into());
+        let mut b = base();
+        b.temperature_schedule = Some(" 0.20 : 1".into());
+        assert_eq!(hash(&a), hash(&b));
+        b.temperature_schedule = Some("0.2:0.9".into());
+        assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn samples_are_capped_and_failure_limits_positive() {
+        let mut config = base();
+        config.samples = MAX_SAMPLES;
+        assert!(config.resolve().is_ok());
+        config.samples = MAX_SAMPLES + 1;
+        let error = config.resolve().unwrap_err().to_string();
+        assert!(error.contains("at most 100000"), "{error}");
+        let mut config = base();
+        config.max_rollout_failures = 0;
+        assert!(config.resolve().is_err());
+        let mut config = base();
+        config.max_consecutive_failures = 0;
+        assert!(config.resolve().is_err());
+    }
+
+    #[test]
+    fn harvest_episodes_leave_durability_to_the_os() {
+        // The work trajectory is discarded on restart; the commit is the durability point.
+        assert_eq!(base().resolve().unwrap().episode.durability, Durability::Os);
     }
 
     #[test]

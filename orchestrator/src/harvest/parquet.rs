@@ -3,7 +3,7 @@
 //! Written to a temp file and renamed, so a reader never sees half a file.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parquet::basic::Compression;
@@ -14,8 +14,8 @@ use parquet::schema::parser::parse_message_type;
 
 use super::store::{ManifestRow, StoreError};
 
-/// Rows per row group.
-const ROW_GROUP_ROWS: usize = 65_536;
+/// Rows per row group: also the most rows held in memory while writing (a parsed row takes ~2.7 KB, so ~27 MB).
+pub const ROW_GROUP_ROWS: usize = 10_000;
 
 /// The schema of `manifest.parquet` (field order = column order).
 pub const SCHEMA: &str = "message manifest {
@@ -138,103 +138,173 @@ fn optional<T, U>(
 
 /// Writes `rows` to `path` (temp file in the same directory, fsync, rename).
 pub fn write_manifest_parquet(path: &Path, rows: &[ManifestRow]) -> Result<(), StoreError> {
-    let temp = path.with_file_name(format!(
-        ".{}.tmp.{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = write_file(&temp, rows).and_then(|()| {
-        std::fs::rename(&temp, path)?;
-        if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    });
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&temp);
-        StoreError::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source,
-        }
-    })
+    let mut sink = ParquetSink::create(path)?;
+    for row in rows {
+        sink.push(row.clone())?;
+    }
+    sink.finish()
 }
 
-fn write_file(path: &Path, rows: &[ManifestRow]) -> std::io::Result<()> {
-    let schema = Arc::new(parse_message_type(SCHEMA).map_err(std::io::Error::other)?);
-    let properties = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
-    let file = File::create(path)?;
-    let mut writer =
-        SerializedFileWriter::new(file, schema, properties).map_err(std::io::Error::other)?;
-    let columns = columns();
-    for chunk in rows.chunks(ROW_GROUP_ROWS) {
-        let mut group = writer.next_row_group().map_err(std::io::Error::other)?;
-        for column in &columns {
-            let Some(mut out) = group.next_column().map_err(std::io::Error::other)? else {
-                return Err(std::io::Error::other(
-                    "parquet schema has fewer columns than the writer",
-                ));
-            };
-            let written = match column {
-                Column::Str(get) => {
-                    let values: Vec<ByteArray> = chunk
-                        .iter()
-                        .map(|r| ByteArray::from(get(r).into_bytes()))
-                        .collect();
-                    out.typed::<ByteArrayType>()
-                        .write_batch(&values, None, None)
-                }
-                Column::OptStr(get) => {
-                    let (values, levels) =
-                        optional(chunk, get, |s| ByteArray::from(s.into_bytes()));
-                    out.typed::<ByteArrayType>()
-                        .write_batch(&values, Some(&levels), None)
-                }
-                Column::I32(get) => {
-                    let values: Vec<i32> = chunk.iter().map(|r| int32(get(r))).collect();
-                    out.typed::<Int32Type>().write_batch(&values, None, None)
-                }
-                Column::I64(get) => {
-                    let values: Vec<i64> = chunk.iter().map(|r| int64(get(r))).collect();
-                    out.typed::<Int64Type>().write_batch(&values, None, None)
-                }
-                Column::OptI64(get) => {
-                    let (values, levels) = optional(chunk, get, int64);
-                    out.typed::<Int64Type>()
-                        .write_batch(&values, Some(&levels), None)
-                }
-                Column::OptF64(get) => {
-                    let (values, levels) = optional(chunk, get, |v| v);
-                    out.typed::<DoubleType>()
-                        .write_batch(&values, Some(&levels), None)
-                }
-                Column::Bool(get) => {
-                    let values: Vec<bool> = chunk.iter().map(get).collect();
-                    out.typed::<BoolType>().write_batch(&values, None, None)
-                }
-            };
-            written.map_err(std::io::Error::other)?;
-            out.close().map_err(std::io::Error::other)?;
-        }
-        if group
-            .next_column()
-            .map_err(std::io::Error::other)?
-            .is_some()
-        {
-            return Err(std::io::Error::other(
-                "parquet schema has more columns than the writer",
-            ));
-        }
-        group.close().map_err(std::io::Error::other)?;
+/// `manifest.parquet` written row by row: at most one row group of rows ([`ROW_GROUP_ROWS`]) is held, so a
+/// manifest of millions of rows is converted in bounded memory. Rows go to a temp file beside `path`, renamed over
+/// it by [`finish`](ParquetSink::finish); dropped unfinished, the temp file is removed.
+pub struct ParquetSink {
+    path: PathBuf,
+    temp: PathBuf,
+    writer: Option<SerializedFileWriter<File>>,
+    columns: Vec<Column>,
+    buffer: Vec<ManifestRow>,
+}
+
+impl ParquetSink {
+    /// Starts the temp file of `path`.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        let temp = path.with_file_name(format!(
+            ".{}.tmp.{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let writer = (|| {
+            let schema = Arc::new(parse_message_type(SCHEMA).map_err(std::io::Error::other)?);
+            let properties = Arc::new(
+                WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .build(),
+            );
+            let file = File::create(&temp)?;
+            SerializedFileWriter::new(file, schema, properties).map_err(std::io::Error::other)
+        })();
+        let mut sink = Self {
+            path: path.to_path_buf(),
+            temp,
+            writer: None,
+            columns: columns(),
+            buffer: Vec::new(),
+        };
+        sink.writer = Some(writer.map_err(|source| sink.error(source))?);
+        Ok(sink)
     }
-    let file = writer.into_inner().map_err(std::io::Error::other)?;
-    file.sync_all()
+
+    /// Adds a row (a row group is written once [`ROW_GROUP_ROWS`] are buffered).
+    pub fn push(&mut self, row: ManifestRow) -> Result<(), StoreError> {
+        self.buffer.push(row);
+        if self.buffer.len() >= ROW_GROUP_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the last row group and the footer, fsyncs, renames over the target and fsyncs the directory.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        let Some(writer) = self.writer.take() else {
+            return Err(self.error(std::io::Error::other("the parquet writer is gone")));
+        };
+        let result = writer
+            .into_inner()
+            .map_err(std::io::Error::other)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(&self.temp, &self.path))
+            .and_then(|()| match self.path.parent() {
+                Some(parent) => File::open(parent)?.sync_all(),
+                None => Ok(()),
+            });
+        result.map_err(|source| self.error(source))
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = match self.writer.as_mut() {
+            Some(writer) => write_group(writer, &self.columns, &self.buffer),
+            None => Err(std::io::Error::other("the parquet writer is gone")),
+        };
+        self.buffer.clear();
+        result.map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            op: "write",
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for ParquetSink {
+    fn drop(&mut self) {
+        // Unfinished (an error, or never finished): the temp file must not stay behind. After a rename it is gone.
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+fn write_group(
+    writer: &mut SerializedFileWriter<File>,
+    columns: &[Column],
+    chunk: &[ManifestRow],
+) -> std::io::Result<()> {
+    let mut group = writer.next_row_group().map_err(std::io::Error::other)?;
+    for column in columns {
+        let Some(mut out) = group.next_column().map_err(std::io::Error::other)? else {
+            return Err(std::io::Error::other(
+                "parquet schema has fewer columns than the writer",
+            ));
+        };
+        let written = match column {
+            Column::Str(get) => {
+                let values: Vec<ByteArray> = chunk
+                    .iter()
+                    .map(|r| ByteArray::from(get(r).into_bytes()))
+                    .collect();
+                out.typed::<ByteArrayType>()
+                    .write_batch(&values, None, None)
+            }
+            Column::OptStr(get) => {
+                let (values, levels) = optional(chunk, get, |s| ByteArray::from(s.into_bytes()));
+                out.typed::<ByteArrayType>()
+                    .write_batch(&values, Some(&levels), None)
+            }
+            Column::I32(get) => {
+                let values: Vec<i32> = chunk.iter().map(|r| int32(get(r))).collect();
+                out.typed::<Int32Type>().write_batch(&values, None, None)
+            }
+            Column::I64(get) => {
+                let values: Vec<i64> = chunk.iter().map(|r| int64(get(r))).collect();
+                out.typed::<Int64Type>().write_batch(&values, None, None)
+            }
+            Column::OptI64(get) => {
+                let (values, levels) = optional(chunk, get, int64);
+                out.typed::<Int64Type>()
+                    .write_batch(&values, Some(&levels), None)
+            }
+            Column::OptF64(get) => {
+                let (values, levels) = optional(chunk, get, |v| v);
+                out.typed::<DoubleType>()
+                    .write_batch(&values, Some(&levels), None)
+            }
+            Column::Bool(get) => {
+                let values: Vec<bool> = chunk.iter().map(get).collect();
+                out.typed::<BoolType>().write_batch(&values, None, None)
+            }
+        };
+        written.map_err(std::io::Error::other)?;
+        out.close().map_err(std::io::Error::other)?;
+    }
+    if group
+        .next_column()
+        .map_err(std::io::Error::other)?
+        .is_some()
+    {
+        return Err(std::io::Error::other(
+            "parquet schema has more columns than the writer",
+        ));
+    }
+    group.close().map_err(std::io::Error::other)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,18 +1,23 @@
 //! The harvest runner: plan → rollouts on the benchmark's worker pool and attempt path → commit, exactly once.
 //!
-//! The plan is every (dataset row × sample index) minus the rollouts already committed in the store. Each rollout
+//! The plan is every (dataset row × sample index) minus the rollouts already committed in the store, minus the
+//! rollouts given up (their failures in `failures.jsonl` reached `max_rollout_failures`; `--retry-given-up` plans
+//! them again), each (dataset hash, instance id) once, so each rollout id once. A planned rollout holds its id and shared pointers to its task and
+//! dataset hash; its seed and temperature are made when it starts. Each rollout
 //! is one attempt of the benchmark path (`benchmark::Attempts`: image → episode with the model agent under this
 //! rollout's seed and temperature → grading in a fresh container → `episode_end` with rewards), its trajectory
 //! written to the store's work directory, read back, committed as one shard line (`HarvestStore::commit`), and
 //! deleted. An attempt that ends in an `error` result (image missing, endpoint down, sandbox or grading failure) is
-//! recorded in `failures.jsonl` and runs again on the next invocation.
+//! recorded in `failures.jsonl` and runs again on the next invocation (until given up). `max_consecutive_failures`
+//! failures in a row of an infrastructure kind (`model_endpoint`, `docker_unavailable`) stop the harvest like a
+//! failed commit does (in-flight rollouts dropped, their containers removed, exit 3).
 //!
 //! Budgets: per rollout through the episode config; per task and in total (tokens, turns, wall time) counted from
 //! the committed rows plus this invocation's rollouts (failed ones included). Once one is spent no rollout (of
 //! that task / at all) starts; in-flight ones finish and commit; the rest are counted as `skipped_budget`.
 //! The global wall-clock budget counts this invocation's time only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,8 +29,8 @@ use tracing::{info, warn};
 use super::card::DataCard;
 use super::config::{rollout_seed, Budgets, Resolved};
 use super::store::{
-    rollout_id, DatasetEntry, HarvestHeader, HarvestStore, ManifestRow, RolloutFailure,
-    RolloutLine, RolloutTiming, SpentSummary, StoreError, StoreOptions, TimeSums,
+    read_failures, rollout_id, DatasetEntry, HarvestHeader, HarvestStore, ManifestRow,
+    RolloutFailure, RolloutLine, RolloutTiming, SpentSummary, StoreError, StoreOptions, TimeSums,
 };
 use crate::benchmark::results::InstanceStatus;
 use crate::benchmark::{
@@ -61,11 +66,10 @@ pub enum HarvestError {
 impl HarvestError {
     /// Whether this is the user's to fix by changing the command (exit 2) rather than infrastructure (exit 3).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Self::Store(StoreError::ConfigChanged { .. } | StoreError::InUse { .. })
-                | Self::Client(_)
-        )
+        match self {
+            Self::Store(error) => error.is_usage(),
+            Self::Client(_) => true,
+        }
     }
 }
 
@@ -122,6 +126,8 @@ pub struct Totals {
     pub failed_by_kind: BTreeMap<String, u64>,
     /// Not started because a budget was spent.
     pub skipped_budget: u64,
+    /// Not planned: they failed `max_rollout_failures` times already (`--retry-given-up` runs them again).
+    pub given_up: u64,
     /// Prompt + completion tokens of this invocation's rollouts.
     pub tokens: u64,
     /// Prompt tokens of this invocation.
@@ -140,7 +146,9 @@ impl Totals {
 
     /// Rollouts this invocation set out to run.
     pub fn to_run(&self) -> u64 {
-        self.planned.saturating_sub(self.committed_before)
+        self.planned
+            .saturating_sub(self.committed_before)
+            .saturating_sub(self.given_up)
     }
 }
 
@@ -171,6 +179,10 @@ pub struct HarvestOutcome {
     pub budget_stop: Option<String>,
     /// A write to the store failed mid-run (the harvest stopped; rerun to continue).
     pub store_error: Option<String>,
+    /// Too many infrastructure failures in a row stopped the harvest: what failed and how to continue.
+    pub circuit_break: Option<String>,
+    /// The rollouts given up (`{instance_id} s{sample_idx}: {failures} failures, last {kind}`), first ones.
+    pub given_up: Vec<String>,
     /// The data card written at the end.
     pub card: Option<DataCard>,
 }
@@ -197,15 +209,13 @@ impl HarvestOutcome {
     }
 }
 
-/// One planned rollout.
+/// One planned rollout: shared task and dataset, its own id only (seed and temperature are made when it starts).
 #[derive(Clone)]
 struct Rollout {
     instance: Arc<Instance>,
-    dataset_sha256: String,
+    dataset_sha256: Arc<str>,
     sample_idx: u32,
     rollout_id: String,
-    seed: u64,
-    temperature: Option<f64>,
 }
 
 /// What a worker hands to the collector.
@@ -381,6 +391,50 @@ impl BudgetState {
     }
 }
 
+/// Failure kinds that say the infrastructure is down (every rollout would fail the same way), as opposed to a
+/// problem of one task or rollout.
+const INFRA_KINDS: [&str; 2] = ["model_endpoint", "docker_unavailable"];
+
+/// Stops the harvest after `limit` rollout failures in a row of an infrastructure kind ([`INFRA_KINDS`]).
+struct Breaker {
+    limit: u32,
+    streak: u32,
+}
+
+impl Breaker {
+    fn new(limit: u32) -> Self {
+        Self { limit, streak: 0 }
+    }
+
+    /// A rollout committed: the infrastructure works.
+    fn succeeded(&mut self) {
+        self.streak = 0;
+    }
+
+    /// A rollout failed with `kind`; `Some(why to stop)` once the streak reaches the limit.
+    fn failed(&mut self, kind: &str, error: &str) -> Option<String> {
+        if !INFRA_KINDS.contains(&kind) {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        if self.streak < self.limit {
+            return None;
+        }
+        let what = if kind == "docker_unavailable" {
+            "the Docker engine"
+        } else {
+            "the model endpoint"
+        };
+        let error = error.lines().next().unwrap_or_default();
+        Some(format!(
+            "{what} failed {} rollouts in a row (last: {error}): check it and rerun the same command \
+             (--max-consecutive-failures sets how many)",
+            self.streak
+        ))
+    }
+}
+
 /// Forwards the attempt path's notes (image pulls) to the harvest progress.
 struct Notes(Arc<dyn HarvestProgress>);
 
@@ -459,50 +513,90 @@ pub async fn run_harvest(
         stopped: None,
         task_stops: Vec::new(),
     };
-    let mut totals = Totals::default();
-    let committed: std::collections::HashSet<&str> = store
-        .committed()
-        .iter()
-        .map(|row| row.rollout_id.as_str())
-        .collect();
-    for row in store.committed() {
-        budget_state.add(
-            &row.instance_id,
-            row.total_tokens,
-            u64::from(row.n_turns),
-            row.wall_ms,
-        );
-        totals.resolved_total += u64::from(row.resolved);
+    let committed = store.totals();
+    budget_state
+        .total
+        .add(committed.tokens, committed.turns, committed.wall_ms);
+    let mut totals = Totals {
+        resolved_total: committed.resolved,
+        ..Totals::default()
+    };
+    // Failures so far per rollout: a rollout that failed `max_rollout_failures` times is given up.
+    let mut failures: HashMap<String, (u32, String)> = HashMap::new();
+    for failure in read_failures(&out)? {
+        let entry = failures.entry(failure.rollout_id).or_default();
+        entry.0 += 1;
+        entry.1 = failure.error_kind;
     }
+    let max_failures = resolved.config.max_rollout_failures;
+    let mut given_up = Vec::new();
     let samples = resolved.config.samples;
+    // A rollout id is a function of (dataset hash, instance id, sample): planning each (hash, instance) once plans
+    // each id once, even with a row or a dataset given twice (the CLI refuses both; this is the last guard).
+    let mut planned_rows: HashSet<(Arc<str>, &str)> = HashSet::new();
     let mut todo = Vec::new();
     for dataset in &datasets {
+        let dataset_sha256: Arc<str> = Arc::from(dataset.sha256.as_str());
         for instance in &dataset.instances {
+            if !planned_rows.insert((dataset_sha256.clone(), instance.instance_id.as_str())) {
+                warn!(
+                    instance_id = instance.instance_id,
+                    dataset = dataset.source,
+                    "a task is given twice; planned once"
+                );
+                continue;
+            }
             let instance = Arc::new(instance.clone());
+            if !budget_state.per_task.contains_key(&instance.instance_id) {
+                let task = store.task_totals(&instance.instance_id);
+                let mut spent = Spent::default();
+                spent.add(task.tokens, task.turns, task.wall_ms);
+                budget_state
+                    .per_task
+                    .insert(instance.instance_id.clone(), spent);
+            }
             for sample_idx in 0..samples {
-                totals.planned += 1;
                 let id = rollout_id(
-                    &dataset.sha256,
+                    &dataset_sha256,
                     &instance.instance_id,
                     sample_idx,
                     &resolved.config_hash,
                 );
-                if committed.contains(id.as_str()) {
+                totals.planned += 1;
+                if store.is_committed(&id) {
                     totals.committed_before += 1;
                     continue;
                 }
+                if let Some((count, kind)) = failures.get(&id) {
+                    if *count >= max_failures && !resolved.config.retry_given_up {
+                        totals.given_up += 1;
+                        given_up.push(format!(
+                            "{} s{sample_idx}: {count} failures, last {kind}",
+                            instance.instance_id
+                        ));
+                        continue;
+                    }
+                }
                 todo.push(Rollout {
                     instance: instance.clone(),
-                    dataset_sha256: dataset.sha256.clone(),
+                    dataset_sha256: dataset_sha256.clone(),
                     sample_idx,
-                    seed: rollout_seed(resolved.config.seed, &instance.instance_id, sample_idx),
-                    temperature: resolved.config.temperature_for(sample_idx),
                     rollout_id: id,
                 });
             }
         }
     }
-    drop(committed);
+    drop(planned_rows);
+    drop(failures);
+    if totals.given_up > 0 {
+        progress.note(&format!(
+            "{} rollouts given up after {max_failures} failures each (not run; --retry-given-up runs them \
+             again): {}{}",
+            totals.given_up,
+            given_up.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+            if given_up.len() > 5 { "; …" } else { "" }
+        ));
+    }
     progress.begin(&totals);
 
     let work_dir = store.work_dir();
@@ -540,6 +634,8 @@ pub async fn run_harvest(
     };
     let workers = run_workers(todo, resolved.config.workers, stop.clone(), attempt, sender);
     let mut store_error = None;
+    let mut breaker = Breaker::new(resolved.config.max_consecutive_failures);
+    let mut circuit_break = None;
     let collect = async {
         while let Some(output) = receiver.recv().await {
             let event = match output {
@@ -573,8 +669,20 @@ pub async fn run_harvest(
                         kind: failure.error_kind.clone(),
                         error: failure.error.clone(),
                     };
+                    let tripped = breaker.failed(&failure.error_kind, &failure.error);
                     if let Err(error) = store.record_failure(failure).await {
                         warn!(%error, "cannot record a failed rollout (it is retried anyway)");
+                    }
+                    if let Some(message) = tripped {
+                        if circuit_break.is_none() {
+                            warn!(
+                                message,
+                                "too many infrastructure failures in a row; stopping the harvest"
+                            );
+                            progress.note(&format!("stopping: {message}"));
+                            circuit_break = Some(message);
+                            stop.cancel();
+                        }
                     }
                     event
                 }
@@ -583,6 +691,7 @@ pub async fn run_harvest(
                     match store.commit(*line).await {
                         Ok(row) => {
                             let _ = tokio::fs::remove_file(&work_file).await;
+                            breaker.succeeded();
                             account(&mut totals, &budgets, &row, &timing);
                             RolloutEvent::Committed {
                                 instance_id: row.instance_id.clone(),
@@ -651,7 +760,7 @@ pub async fn run_harvest(
             ));
         }
     }
-    let committed_total = store.committed().len() as u64;
+    let committed_total = store.committed_count();
     let wall = started.elapsed();
     let spent = SpentSummary {
         invocation_wall_ms: wall.as_millis() as u64,
@@ -660,6 +769,7 @@ pub async fn run_harvest(
         prompt_tokens: totals.prompt_tokens,
         completion_tokens: totals.completion_tokens,
         failures_by_kind: totals.failed_by_kind.clone(),
+        given_up: given_up.clone(),
     };
     let card = match store.finish(spent).await {
         Ok(card) => Some(card),
@@ -678,6 +788,8 @@ pub async fn run_harvest(
         interrupted,
         budget_stop,
         store_error,
+        circuit_break,
+        given_up,
         card,
     })
 }
@@ -725,9 +837,11 @@ async fn run_rollout(context: &Context, rollout: Rollout) -> RolloutOutput {
         &rollout.rollout_id[..8.min(rollout.rollout_id.len())],
         rand::random::<u16>()
     );
+    let config = &context.resolved.config;
+    let seed = rollout_seed(config.seed, &instance_id, rollout.sample_idx);
     let mut agent_config = context.resolved.agent.clone();
-    agent_config.sampling.seed = Some(rollout.seed);
-    if let Some(temperature) = rollout.temperature {
+    agent_config.sampling.seed = Some(seed);
+    if let Some(temperature) = config.temperature_for(rollout.sample_idx) {
         agent_config.sampling.temperature = Some(temperature);
     }
     let temperature = agent_config.sampling.temperature;
@@ -798,12 +912,12 @@ async fn run_rollout(context: &Context, rollout: Rollout) -> RolloutOutput {
     RolloutOutput::Line {
         line: Box::new(RolloutLine {
             rollout_id: rollout.rollout_id,
-            dataset_sha256: rollout.dataset_sha256,
+            dataset_sha256: rollout.dataset_sha256.to_string(),
             config_hash: context.resolved.config_hash.clone(),
             instance_id,
             repo: rollout.instance.repo.clone(),
             sample_idx: rollout.sample_idx,
-            seed: Some(rollout.seed),
+            seed: Some(seed),
             temperature,
             model: context.resolved.config.model.clone(),
             resolved: result.status == InstanceStatus::Resolved,
@@ -827,6 +941,42 @@ mod tests {
             stopped: None,
             task_stops: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_breaker_trips_on_infrastructure_failures_in_a_row_only() {
+        let mut breaker = Breaker::new(3);
+        assert_eq!(breaker.failed("model_endpoint", "refused"), None);
+        assert_eq!(breaker.failed("model_endpoint", "refused"), None);
+        breaker.succeeded();
+        assert_eq!(breaker.failed("model_endpoint", "refused"), None);
+        assert_eq!(breaker.failed("image_missing", "no image"), None);
+        assert_eq!(breaker.failed("model_endpoint", "refused"), None);
+        assert_eq!(breaker.failed("docker_unavailable", "no docker"), None);
+        let message = breaker
+            .failed("model_endpoint", "connection refused\nmore")
+            .unwrap();
+        assert!(
+            message.contains("the model endpoint failed 3 rollouts in a row"),
+            "{message}"
+        );
+        assert!(message.contains("connection refused"), "{message}");
+        assert!(message.contains("rerun"), "{message}");
+    }
+
+    #[test]
+    fn a_corrupt_store_is_a_usage_error() {
+        let error = HarvestError::Store(StoreError::Corrupt {
+            path: "manifest.jsonl".into(),
+            detail: "bad".into(),
+        });
+        assert!(error.is_usage());
+        let io = HarvestError::Store(StoreError::Io {
+            op: "write",
+            path: "x".into(),
+            source: std::io::Error::other("full"),
+        });
+        assert!(!io.is_usage());
     }
 
     #[test]

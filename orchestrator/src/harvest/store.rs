@@ -5,17 +5,25 @@
 //!
 //! A rollout is committed iff its [`ManifestRow`] is a complete line of `manifest.jsonl`. [`HarvestStore::commit`]
 //! appends the frame to the current shard and fdatasyncs it, then appends the row and fdatasyncs the manifest, so a
-//! kill at any moment leaves at most one uncommitted frame and a torn row behind. [`HarvestStore::open`] takes the
-//! directory's lock (`.lock`, the run-directory lock of `benchmark::manifest`), checks the header (a different
-//! config hash or dataset set is [`StoreError::ConfigChanged`]), and repairs: the manifest is truncated after its
-//! last complete, parseable line, every shard to the end of the last frame a row points into (shards no row points
-//! into are removed), `failures.jsonl` after its last newline; `work/` is cleared. Kill -9 anywhere: no committed
-//! rollout lost, none twice, and every line of every shard is a committed rollout.
+//! kill at any moment leaves at most one uncommitted frame and a torn row behind; a commit that fails undoes itself
+//! (the row cut first, then the frame; the next frame overwrites it anyway), and when the row cannot be cut the
+//! store refuses every later commit. [`HarvestStore::open`] refuses a directory that is neither missing, empty nor a
+//! harvest ([`StoreError::NotHarvest`], before touching it), takes the directory's lock (`.lock`, the run-directory
+//! lock of `benchmark::manifest`), writes the header first on a new directory and checks it on an old one (a
+//! different config hash or dataset set is [`StoreError::ConfigChanged`]), and repairs: the manifest is truncated
+//! after its last complete, parseable line, every shard to the end of the last frame a row points into (shards no
+//! row points into are removed), `failures.jsonl` after its last newline; `work/` and temp files of a killed
+//! invocation are removed. Kill -9 anywhere: no committed rollout lost, none twice, and every line of every shard
+//! is a committed rollout.
+//!
+//! Memory does not grow with the rows: the manifest is read line by line, and the store keeps only an index (ids
+//! as 128-bit numbers, token/turn/time totals overall and per task: about 40 bytes a rollout plus ~100 per
+//! task); `finish` streams the manifest once into parquet row groups and the card's counters.
 //! All file work runs on the blocking pool, never on an async worker.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +31,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::benchmark::manifest::{
-    diff_settings, lock_run_dir, sha256_hex, FieldDiff, RunStartError,
+    diff_settings, lock_run_dir, sha256_hex, FieldDiff, RunStartError, LOCK_FILE,
 };
 use crate::trajectory::record::{now_rfc3339, Record, StepTokens};
 
@@ -213,7 +221,8 @@ pub struct Invocation {
     pub at: String,
     /// Its pid.
     pub pid: u32,
-    /// Its command line (values of options naming a key, token, secret or password redacted; long ones cut).
+    /// Its command line (values of options naming a key, token, secret or password redacted, and the user-info and
+    /// query string of every URL; long ones cut).
     pub argv_summary: String,
     /// Rows committed before it started.
     pub committed_before: u64,
@@ -292,6 +301,80 @@ pub struct SpentSummary {
     pub completion_tokens: u64,
     /// This invocation's failures by `error_kind`.
     pub failures_by_kind: BTreeMap<String, u64>,
+    /// Rollouts not planned by this invocation because they failed `max_rollout_failures` times
+    /// (`{instance} s{k}: {n} failures, last {kind}`).
+    #[serde(default)]
+    pub given_up: Vec<String>,
+}
+
+/// Sums over committed rollouts (all of them, or one task's): what the runner's budgets and resume need, kept by
+/// the store without holding the rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Committed rollouts.
+    pub rollouts: u64,
+    /// `total_tokens` summed.
+    pub tokens: u64,
+    /// `n_turns` summed.
+    pub turns: u64,
+    /// `wall_ms` summed.
+    pub wall_ms: u64,
+    /// Rollouts graded resolved.
+    pub resolved: u64,
+}
+
+impl Totals {
+    fn add(&mut self, row: &ManifestRow) {
+        self.rollouts += 1;
+        self.tokens += row.total_tokens;
+        self.turns += u64::from(row.n_turns);
+        self.wall_ms += row.wall_ms;
+        self.resolved += u64::from(row.resolved);
+    }
+}
+
+/// The compact index of the committed rollouts kept in memory: ids as 128-bit numbers (a rollout id is 32 hex
+/// chars) and totals per task and overall: about 40 bytes a rollout (200k rows: 7.7 MB), not the ~2.7 KB of a row.
+#[derive(Debug, Default)]
+struct Index {
+    ids: HashSet<u128>,
+    per_task: HashMap<String, Totals>,
+    total: Totals,
+}
+
+impl Index {
+    /// Adds a row; false when its id was already there (the row is then not counted).
+    fn add(&mut self, row: &ManifestRow) -> bool {
+        if !self.ids.insert(id_key(&row.rollout_id)) {
+            return false;
+        }
+        self.total.add(row);
+        if let Some(task) = self.per_task.get_mut(&row.instance_id) {
+            task.add(row);
+        } else {
+            let mut task = Totals::default();
+            task.add(row);
+            self.per_task.insert(row.instance_id.clone(), task);
+        }
+        true
+    }
+
+    fn contains(&self, rollout_id: &str) -> bool {
+        self.ids.contains(&id_key(rollout_id))
+    }
+}
+
+/// A rollout id as a number: the 32 hex chars parsed; any other string (a hand-edited manifest) hashed.
+fn id_key(rollout_id: &str) -> u128 {
+    if rollout_id.len() == 32 {
+        if let Ok(key) = u128::from_str_radix(rollout_id, 16) {
+            return key;
+        }
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, rollout_id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_be_bytes(bytes)
 }
 
 /// Errors of the harvest store.
@@ -323,6 +406,15 @@ pub enum StoreError {
         /// Every differing field (`config_hash`, `config.…`, `datasets`).
         fields: Vec<FieldDiff>,
     },
+    /// `--out` names a directory with files in it that is not a harvest directory (no `harvest.json`).
+    #[error(
+        "{} is not empty and is not a harvest directory: give a new or empty --out (nothing in it was changed)",
+        dir.display()
+    )]
+    NotHarvest {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A stored file does not parse.
     #[error("cannot read {}: {detail}; restore it from a backup, or use another --out", path.display())]
     Corrupt {
@@ -353,12 +445,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Bad usage or input (exit 2: directory in use, configuration changed, a stored file unreadable), as opposed
-    /// to an infrastructure failure (`Io`, exit 3) or a runner bug (`Rejected`, exit 3).
+    /// Bad usage or input (exit 2: directory in use or not a harvest, configuration changed, a stored file
+    /// unreadable), as opposed to an infrastructure failure (`Io`, exit 3) or a runner bug (`Rejected`, exit 3).
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::InUse { .. } | Self::ConfigChanged { .. } | Self::Corrupt { .. }
+            Self::InUse { .. }
+                | Self::ConfigChanged { .. }
+                | Self::Corrupt { .. }
+                | Self::NotHarvest { .. }
         )
     }
 
@@ -538,6 +633,28 @@ struct Files {
     manifest: File,
     manifest_len: u64,
     failures: Option<File>,
+    /// Set when a failed commit could not be undone: every later commit is refused (the next open repairs).
+    poisoned: Option<String>,
+    /// Failure points a test makes fail (`manifest_write`, `manifest_cut`, `shard_cut`).
+    #[cfg(test)]
+    fail: Vec<&'static str>,
+}
+
+impl Files {
+    /// An injected failure at `point` (tests only; always `Ok` otherwise).
+    #[cfg(test)]
+    fn injected(&self, point: &str) -> std::io::Result<()> {
+        if self.fail.contains(&point) {
+            return Err(std::io::Error::other(format!("injected failure: {point}")));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[allow(clippy::unused_self)]
+    fn injected(&self, _point: &str) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An open harvest directory: holds its lock until [`finish`](HarvestStore::finish) or drop.
@@ -546,8 +663,7 @@ pub struct HarvestStore {
     dir: PathBuf,
     options: StoreOptions,
     header: HeaderFile,
-    rows: Vec<ManifestRow>,
-    ids: HashSet<String>,
+    index: Index,
     dataset_hashes: HashSet<String>,
     files: Option<Files>,
     _lock: File,
@@ -589,14 +705,28 @@ impl HarvestStore {
         &self.header
     }
 
-    /// Rows committed so far (resume: skip these ids), in commit order.
-    pub fn committed(&self) -> &[ManifestRow] {
-        &self.rows
-    }
-
     /// Whether `rollout_id` is committed.
     pub fn is_committed(&self, rollout_id: &str) -> bool {
-        self.ids.contains(rollout_id)
+        self.index.contains(rollout_id)
+    }
+
+    /// How many rollouts are committed.
+    pub fn committed_count(&self) -> u64 {
+        self.index.total.rollouts
+    }
+
+    /// Sums over the committed rollouts of one task (zero when it has none).
+    pub fn task_totals(&self, instance_id: &str) -> Totals {
+        self.index
+            .per_task
+            .get(instance_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Sums over all committed rollouts.
+    pub fn totals(&self) -> Totals {
+        self.index.total
     }
 
     /// Where in-flight episode files go (cleared on open).
@@ -609,6 +739,15 @@ impl HarvestStore {
     /// otherwise the next open repairs it).
     pub async fn commit(&mut self, line: RolloutLine) -> Result<ManifestRow, StoreError> {
         self.check_line(&line)?;
+        if let Some(reason) = self.files.as_ref().and_then(|f| f.poisoned.as_ref()) {
+            return Err(StoreError::Io {
+                op: "commit into",
+                path: self.dir.clone(),
+                source: std::io::Error::other(format!(
+                    "{reason}; end this invocation and run it again (reopening repairs the directory)"
+                )),
+            });
+        }
         let files = self.files.take().ok_or_else(|| StoreError::Io {
             op: "commit into",
             path: self.dir.clone(),
@@ -624,8 +763,7 @@ impl HarvestStore {
         .await?;
         self.files = Some(files);
         let row = result?;
-        self.ids.insert(row.rollout_id.clone());
-        self.rows.push(row.clone());
+        self.index.add(&row);
         Ok(row)
     }
 
@@ -665,12 +803,27 @@ impl HarvestStore {
     /// every committed row, then releases the lock.
     pub async fn finish(self, spent: SpentSummary) -> Result<super::card::DataCard, StoreError> {
         let dir = self.dir.clone();
-        let rows = self.rows;
         let lock = self._lock;
+        // The finish pass builds its own id set (file order, duplicates skipped): the index is not needed.
+        drop(self.index);
         blocking(&dir.clone(), move || {
-            let failures = read_failures(&dir)?;
-            super::parquet::write_manifest_parquet(&dir.join(PARQUET_FILE), &rows)?;
-            let card = super::card::build(&rows, &failures, &spent);
+            // One streaming pass over the manifest: parquet row groups and card counters, no row kept.
+            let mut card = super::card::CardBuilder::default();
+            let mut sink = super::parquet::ParquetSink::create(&dir.join(PARQUET_FILE))?;
+            let mut seen = HashSet::new();
+            scan_manifest(&dir.join(MANIFEST_FILE), |row| {
+                if seen.insert(id_key(&row.rollout_id)) {
+                    card.add(&row);
+                    sink.push(row)?;
+                }
+                Ok(())
+            })?;
+            sink.finish()?;
+            for_each_failure(&dir, |failure| {
+                card.add_failure(&failure, seen.contains(&id_key(&failure.rollout_id)));
+            })?;
+            drop(seen);
+            let card = card.build(&spent);
             super::card::write(&dir, &card)?;
             drop(lock);
             Ok(card)
@@ -683,7 +836,7 @@ impl HarvestStore {
             rollout_id: line.rollout_id.clone(),
             detail,
         };
-        if self.ids.contains(&line.rollout_id) {
+        if self.index.contains(&line.rollout_id) {
             return Err(reject(
                 "it is already committed (a rollout is committed once)".into(),
             ));
@@ -801,16 +954,33 @@ fn commit_inner(
     })?;
     row_text.push('\n');
     let written = files
-        .manifest
-        .write_all(row_text.as_bytes())
+        .injected("manifest_write")
+        .and_then(|()| files.manifest.write_all(row_text.as_bytes()))
         .and_then(|()| files.manifest.sync_data());
     if let Err(error) = written {
-        // Not committed: cut the row and the frame off again, so no shard holds a line the manifest lacks (best
-        // effort; open repairs it otherwise).
-        let _ = files.manifest.set_len(files.manifest_len);
-        if let Some(shard) = files.shard.as_mut() {
-            if shard.set_len(offset).is_ok() {
-                files.shard_len = offset;
+        // Not committed. The next frame goes to `offset` whatever happens below, overwriting this one, so no shard
+        // line without a row can stay between two committed frames.
+        files.shard_len = offset;
+        // Cut the row off first (it may have reached the disk whole): only once that is synced may the frame go, or
+        // a row could point past the end of its shard.
+        let manifest_cut = files
+            .injected("manifest_cut")
+            .and_then(|()| files.manifest.set_len(files.manifest_len))
+            .and_then(|()| files.manifest.sync_data());
+        match manifest_cut {
+            Ok(()) => {
+                let shard_cut = files.injected("shard_cut");
+                if let Some(shard) = files.shard.as_mut() {
+                    // Best effort: a frame left here is overwritten by the next commit or cut by the next open.
+                    if let Err(cut_error) = shard_cut.and_then(|()| shard.set_len(offset)) {
+                        warn!(shard = %shard_path.display(), offset, error = %cut_error, "could not cut an uncommitted frame");
+                    }
+                }
+            }
+            Err(cut_error) => {
+                // Whether the row is on disk is unknown: nothing may follow it in this process.
+                warn!(manifest = %manifest_path.display(), error = %cut_error, "could not cut an uncommitted row; the store refuses further commits");
+                files.poisoned = Some(format!("a failed commit could not be undone ({cut_error})"));
             }
         }
         return Err(StoreError::io("append a row to", &manifest_path)(error));
@@ -824,6 +994,8 @@ fn open_blocking(
     header: HarvestHeader,
     options: StoreOptions,
 ) -> Result<HarvestStore, StoreError> {
+    // Before anything is created in it: a directory of someone else's files is refused, never cleared.
+    refuse_foreign(&dir)?;
     std::fs::create_dir_all(&dir).map_err(StoreError::io("create the harvest directory", &dir))?;
     let lock = lock_run_dir(&dir, "").map_err(|error| match error {
         RunStartError::InUse { pid, .. } => StoreError::InUse {
@@ -837,6 +1009,7 @@ fn open_blocking(
             source: std::io::Error::other(other.to_string()),
         },
     })?;
+    remove_stale_temps(&dir)?;
     let header_path = dir.join(HEADER_FILE);
     let stored = match std::fs::read(&header_path) {
         Ok(bytes) => Some(
@@ -866,11 +1039,47 @@ fn open_blocking(
             return Err(StoreError::ConfigChanged { dir, fields });
         }
     }
+    let fresh = stored.is_none();
+    let mut header_file = match stored {
+        Some(stored) => stored,
+        None => {
+            // Checked again under the lock; then the header is written first, so a kill anywhere later leaves a
+            // directory the next open recognizes as a harvest.
+            refuse_foreign(&dir)?;
+            let mut header_file = HeaderFile {
+                format: FORMAT.to_owned(),
+                datasets: header.datasets.clone(),
+                config_hash: header.config_hash.clone(),
+                config: header.config.clone(),
+                created_at: now_rfc3339(),
+                invocations: Vec::new(),
+            };
+            header_file.invocations.push(invocation(0));
+            write_json_atomically(&header_path, &header_file)?;
+            header_file
+        }
+    };
     let shards = dir.join(SHARDS_DIR);
     std::fs::create_dir_all(&shards).map_err(StoreError::io("create", &shards))?;
-    let (rows, manifest_len) = repair_manifest(&dir)?;
+    // One streaming pass: the index (ids, totals) and where the last committed frame of each shard ends.
+    let mut index = Index::default();
+    let mut ends: BTreeMap<String, u64> = BTreeMap::new();
+    let manifest_len = repair_manifest(&dir, |row| {
+        if !index.add(&row) {
+            warn!(dir = %dir.display(), rollout_id = %row.rollout_id, "duplicate manifest row ignored");
+            return Ok(());
+        }
+        let end = row.offset + row.length;
+        match ends.get_mut(&row.shard) {
+            Some(last) => *last = (*last).max(end),
+            None => {
+                ends.insert(row.shard, end);
+            }
+        }
+        Ok(())
+    })?;
     repair_failures(&dir)?;
-    let (shard_index, shard_len) = repair_shards(&dir, &rows)?;
+    let (shard_index, shard_len) = repair_shards(&dir, &ends)?;
     let work = dir.join(WORK_DIR);
     match std::fs::remove_dir_all(&work) {
         Ok(()) => {}
@@ -879,21 +1088,12 @@ fn open_blocking(
     }
     std::fs::create_dir_all(&work).map_err(StoreError::io("create", &work))?;
 
-    let mut header_file = stored.unwrap_or_else(|| HeaderFile {
-        format: FORMAT.to_owned(),
-        datasets: header.datasets.clone(),
-        config_hash: header.config_hash.clone(),
-        config: header.config.clone(),
-        created_at: now_rfc3339(),
-        invocations: Vec::new(),
-    });
-    header_file.invocations.push(Invocation {
-        at: now_rfc3339(),
-        pid: std::process::id(),
-        argv_summary: argv_summary(std::env::args()),
-        committed_before: rows.len() as u64,
-    });
-    write_json_atomically(&header_path, &header_file)?;
+    if !fresh {
+        header_file
+            .invocations
+            .push(invocation(index.total.rollouts));
+        write_json_atomically(&header_path, &header_file)?;
+    }
 
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest = open_append(&manifest_path).map_err(StoreError::io("open", &manifest_path))?;
@@ -914,19 +1114,17 @@ fn open_blocking(
     } else {
         shard_index
     };
-    let ids = rows.iter().map(|row| row.rollout_id.clone()).collect();
     let dataset_hashes = header_file
         .datasets
         .iter()
         .map(|d| d.sha256.clone())
         .collect();
-    info!(dir = %dir.display(), committed = rows.len(), shard_index, shard_len, "harvest store opened");
+    info!(dir = %dir.display(), committed = index.total.rollouts, tasks = index.per_task.len(), shard_index, shard_len, "harvest store opened");
     Ok(HarvestStore {
         dir,
         options,
         header: header_file,
-        rows,
-        ids,
+        index,
         dataset_hashes,
         files: Some(Files {
             shard,
@@ -939,9 +1137,77 @@ fn open_blocking(
             manifest,
             manifest_len,
             failures: None,
+            poisoned: None,
+            #[cfg(test)]
+            fail: Vec::new(),
         }),
         _lock: lock,
     })
+}
+
+/// This invocation, for the header.
+fn invocation(committed_before: u64) -> Invocation {
+    Invocation {
+        at: now_rfc3339(),
+        pid: std::process::id(),
+        argv_summary: argv_summary(std::env::args()),
+        committed_before,
+    }
+}
+
+/// [`StoreError::NotHarvest`] unless `dir` is missing, empty, or a harvest directory (has `harvest.json`). The
+/// lock file and our temp files count as empty: a first open killed before its header was renamed leaves them.
+fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
+    if dir.join(HEADER_FILE).exists() {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::io("list", dir)(error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != LOCK_FILE && !is_our_temp(&name) {
+            return Err(StoreError::NotHarvest {
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a temp file [`write_atomically`] (or the parquet writer) leaves when killed:
+/// `.{file}.tmp.{pid}` of a file written whole.
+fn is_our_temp(name: &str) -> bool {
+    let whole = [
+        HEADER_FILE,
+        PARQUET_FILE,
+        super::card::CARD_JSON,
+        super::card::CARD_MD,
+    ];
+    whole.iter().any(|file| {
+        name.strip_prefix('.')
+            .and_then(|n| n.strip_prefix(file))
+            .and_then(|n| n.strip_prefix(".tmp."))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Removes the temp files a killed invocation left (we hold the lock: no live writer owns them).
+fn remove_stale_temps(dir: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(StoreError::io("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_our_temp(&name) {
+            let path = entry.path();
+            warn!(path = %path.display(), "stale temp file of a killed invocation removed");
+            std::fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// What is compared on resume: the config hash, the config and the set of dataset hashes.
@@ -952,7 +1218,8 @@ fn compared(config_hash: &str, config: &Value, datasets: &[DatasetEntry]) -> Val
     json!({"config_hash": config_hash, "config": config, "datasets": hashes})
 }
 
-/// The command line for the header: values of options naming a secret redacted, at most 2000 chars.
+/// The command line for the header: values of options naming a secret redacted, user-info and query strings of
+/// URLs redacted ([`redact_urls`]), at most 2000 chars.
 fn argv_summary(args: impl Iterator<Item = String>) -> String {
     const SECRET: [&str; 4] = ["key", "token", "secret", "password"];
     let mut out = Vec::new();
@@ -974,7 +1241,7 @@ fn argv_summary(args: impl Iterator<Item = String>) -> String {
                 }
             }
         } else {
-            out.push(arg);
+            out.push(redact_urls(&arg));
         }
     }
     let text = out.join(" ");
@@ -984,6 +1251,43 @@ fn argv_summary(args: impl Iterator<Item = String>) -> String {
     } else {
         text
     }
+}
+
+/// `arg` with the user-info (`user:pass@`) and the query string of every URL in it (`scheme://…`, up to white
+/// space or a comma) replaced by `<redacted>`: endpoints can carry credentials in either place.
+fn redact_urls(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == ',')
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, path) = url.split_at(authority_end);
+        match authority.rfind('@') {
+            Some(i) => {
+                out.push_str("<redacted>@");
+                out.push_str(&authority[i + 1..]);
+            }
+            None => out.push_str(authority),
+        }
+        match path.find('?') {
+            Some(q) => {
+                out.push_str(&path[..q]);
+                out.push_str("?<redacted>");
+                if let Some(fragment) = path[q..].find('#') {
+                    out.push_str(&path[q + fragment..]);
+                }
+            }
+            None => out.push_str(path),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<(), StoreError> {
@@ -1019,83 +1323,113 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
     })
 }
 
-/// Parses the complete lines of a manifest; returns the rows and the byte length they span. A last complete
-/// line that does not parse is a torn write (its bytes reached the disk out of order) and is left out; an
-/// earlier one is corruption.
-fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<(Vec<ManifestRow>, u64), StoreError> {
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut rows = Vec::new();
-    let mut seen = HashSet::new();
-    let mut end = 0usize;
-    let lines: Vec<&[u8]> = bytes[..complete].split_inclusive(|&b| b == b'\n').collect();
-    let count = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        match serde_json::from_slice::<ManifestRow>(line) {
+/// Reads the manifest at `path` line by line (never whole), calling `each` with every row of its good prefix in
+/// file order (duplicates included); returns the byte length of that prefix. A last complete line that does not
+/// parse is a torn write (its bytes reached the disk out of order) and is left out; an earlier one is corruption;
+/// bytes after the last newline are a torn write too.
+fn scan_manifest(
+    path: &Path,
+    mut each: impl FnMut(ManifestRow) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let file = File::open(path).map_err(StoreError::io("read", path))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut end = 0u64;
+    let mut number = 0u64;
+    let mut pending: Option<(u64, String)> = None;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(StoreError::io("read", path))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        number += 1;
+        if let Some((at, error)) = pending.take() {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("line {at}: {error}"),
+            });
+        }
+        match serde_json::from_slice::<ManifestRow>(&line) {
             Ok(row) => {
-                if seen.insert(row.rollout_id.clone()) {
-                    rows.push(row);
-                } else {
-                    warn!(path = %path.display(), rollout_id = %row.rollout_id, "duplicate manifest row ignored");
-                }
-                end += line.len();
+                end += n as u64;
+                each(row)?;
             }
-            Err(error) if i + 1 == count => {
-                warn!(path = %path.display(), %error, "torn last manifest line dropped");
-            }
-            Err(error) => {
-                return Err(StoreError::Corrupt {
-                    path: path.to_path_buf(),
-                    detail: format!("line {}: {error}", i + 1),
-                })
-            }
+            Err(error) => pending = Some((number, error.to_string())),
         }
     }
-    Ok((rows, end as u64))
+    if let Some((at, error)) = pending {
+        warn!(path = %path.display(), line = at, %error, "torn last manifest line dropped");
+    }
+    Ok(end)
 }
 
-/// Truncates `manifest.jsonl` after its last good line (creating it when missing).
-fn repair_manifest(dir: &Path) -> Result<(Vec<ManifestRow>, u64), StoreError> {
+/// Truncates `manifest.jsonl` after its last good line (creating it when missing), calling `each` with every row
+/// kept; returns the manifest's length.
+fn repair_manifest(
+    dir: &Path,
+    each: impl FnMut(ManifestRow) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(StoreError::io("read", &path)(error)),
+    let len = match std::fs::metadata(&path) {
+        Ok(metadata) => Some(metadata.len()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(StoreError::io("stat", &path)(error)),
     };
-    let (rows, end) = parse_manifest(&path, &bytes)?;
-    if end != bytes.len() as u64 || bytes.is_empty() {
+    let end = match len {
+        Some(_) => scan_manifest(&path, each)?,
+        None => 0,
+    };
+    if len != Some(end) {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(StoreError::io("open", &path))?;
-        if end != bytes.len() as u64 {
-            warn!(path = %path.display(), dropped_bytes = bytes.len() as u64 - end, "manifest tail repaired");
+        if let Some(len) = len {
+            warn!(path = %path.display(), dropped_bytes = len - end, "manifest tail repaired");
         }
         file.set_len(end)
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("truncate", &path))?;
         sync_dir(dir).map_err(StoreError::io("sync", dir))?;
     }
-    Ok((rows, end))
+    Ok(end)
 }
 
-/// Truncates `failures.jsonl` after its last newline, so the next failure starts a line of its own.
+/// Truncates `failures.jsonl` after its last newline, so the next failure starts a line of its own (reads only
+/// the tail, backwards).
 fn repair_failures(dir: &Path) -> Result<(), StoreError> {
     let path = dir.join(FAILURES_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
+    let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(StoreError::io("read", &path)(error)),
+        Err(error) => return Err(StoreError::io("open", &path)(error)),
     };
-    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if end < bytes.len() {
-        warn!(path = %path.display(), dropped_bytes = bytes.len() - end, "torn failures tail repaired");
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("open", &path))?;
-        file.set_len(end as u64)
+    let len = file
+        .metadata()
+        .map_err(StoreError::io("stat", &path))?
+        .len();
+    let mut buffer = vec![0u8; 1 << 16];
+    let (mut pos, mut end) = (len, 0u64);
+    while pos > 0 {
+        let start = pos.saturating_sub(buffer.len() as u64);
+        let chunk = &mut buffer[..(pos - start) as usize];
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(chunk))
+            .map_err(StoreError::io("read", &path))?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        pos = start;
+    }
+    if end < len {
+        warn!(path = %path.display(), dropped_bytes = len - end, "torn failures tail repaired");
+        file.set_len(end)
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("truncate", &path))?;
     }
@@ -1104,13 +1438,8 @@ fn repair_failures(dir: &Path) -> Result<(), StoreError> {
 
 /// Truncates every shard to the end of the last frame a row points into (removing shards no row points into);
 /// returns the index and length of the shard to continue.
-fn repair_shards(dir: &Path, rows: &[ManifestRow]) -> Result<(u32, u64), StoreError> {
+fn repair_shards(dir: &Path, ends: &BTreeMap<String, u64>) -> Result<(u32, u64), StoreError> {
     let shards = dir.join(SHARDS_DIR);
-    let mut ends: BTreeMap<String, u64> = BTreeMap::new();
-    for row in rows {
-        let end = ends.entry(row.shard.clone()).or_default();
-        *end = (*end).max(row.offset + row.length);
-    }
     let mut present = BTreeMap::new();
     let entries = std::fs::read_dir(&shards).map_err(StoreError::io("list", &shards))?;
     for entry in entries {
@@ -1164,25 +1493,69 @@ fn repair_shards(dir: &Path, rows: &[ManifestRow]) -> Result<(u32, u64), StoreEr
         .map_or((0, 0), |(&index, &len)| (index, len)))
 }
 
-/// The committed rows of a harvest directory (a torn tail ignored; nothing is modified, no lock taken).
+/// The committed rows of a harvest directory (a torn tail ignored; nothing is modified, no lock taken). All rows
+/// in memory: a program that can go row by row should use [`for_each_row`].
 pub fn read_manifest(dir: &Path) -> Result<Vec<ManifestRow>, StoreError> {
+    let mut rows = Vec::new();
+    for_each_row(dir, |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Calls `each` with every committed row of a harvest directory in commit order, streaming (a torn tail ignored,
+/// duplicate rows skipped; nothing is modified, no lock taken).
+pub fn for_each_row(
+    dir: &Path,
+    mut each: impl FnMut(ManifestRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(StoreError::io("read", &path))?;
-    Ok(parse_manifest(&path, &bytes)?.0)
+    let mut seen = HashSet::new();
+    scan_manifest(&path, |row| {
+        if seen.insert(id_key(&row.rollout_id)) {
+            each(row)
+        } else {
+            warn!(path = %path.display(), rollout_id = %row.rollout_id, "duplicate manifest row ignored");
+            Ok(())
+        }
+    })?;
+    Ok(())
 }
 
 /// The failures recorded in `failures.jsonl` (a torn tail ignored; none when the file is missing).
 pub fn read_failures(dir: &Path) -> Result<Vec<RolloutFailure>, StoreError> {
+    let mut failures = Vec::new();
+    for_each_failure(dir, |failure| failures.push(failure))?;
+    Ok(failures)
+}
+
+/// Calls `each` with every failure of `failures.jsonl` in file order, streaming (lines that do not parse, such as
+/// a torn tail, skipped; nothing when the file is missing).
+pub fn for_each_failure(
+    dir: &Path,
+    mut each: impl FnMut(RolloutFailure),
+) -> Result<(), StoreError> {
     let path = dir.join(FAILURES_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(StoreError::io("read", &path)(error)),
     };
-    Ok(bytes
-        .split(|&b| b == b'\n')
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect())
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(StoreError::io("read", &path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Ok(failure) = serde_json::from_slice(&line) {
+            each(failure);
+        }
+    }
 }
 
 /// One committed rollout: seeks to its frame and decodes it.
@@ -1326,6 +1699,13 @@ pub(crate) mod tests {
         }
     }
 
+    impl HarvestStore {
+        /// The committed rows, read back from the manifest.
+        fn committed_rows(&self) -> Vec<ManifestRow> {
+            read_manifest(&self.dir).unwrap()
+        }
+    }
+
     fn options(max_shard_bytes: u64) -> StoreOptions {
         StoreOptions { max_shard_bytes }
     }
@@ -1370,18 +1750,18 @@ pub(crate) mod tests {
         let store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
             .await
             .unwrap();
-        assert_eq!(store.committed().len(), 5);
+        assert_eq!(store.committed_rows().len(), 5);
         assert_eq!(store.header().invocations.len(), 2);
         assert_eq!(store.header().invocations[1].committed_before, 5);
-        for (row, l) in store.committed().iter().zip(&lines) {
+        for (row, l) in store.committed_rows().iter().zip(&lines) {
             assert_eq!(&read_rollout(dir.path(), row).unwrap(), l);
         }
-        assert_eq!(read_manifest(dir.path()).unwrap(), store.committed());
+        assert_eq!(read_manifest(dir.path()).unwrap(), store.committed_rows());
         // The whole shard is a valid multi-frame zstd stream of the lines.
         let shard = std::fs::read(dir.path().join(SHARDS_DIR).join(shard_name(0))).unwrap();
         let text = String::from_utf8(zstd::stream::decode_all(shard.as_slice()).unwrap()).unwrap();
         assert_eq!(text.lines().count(), 5);
-        let row = &store.committed()[1];
+        let row = &store.committed_rows()[1];
         assert_eq!(
             (row.n_turns, row.n_format_errors, row.n_length_cut),
             (3, 0, 0)
@@ -1521,7 +1901,7 @@ pub(crate) mod tests {
         let mut store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
             .await
             .unwrap();
-        assert_eq!(store.committed().len(), 3);
+        assert_eq!(store.committed_rows().len(), 3);
         assert_eq!(std::fs::metadata(&shard_path).unwrap().len(), committed_len);
         let manifest_text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(manifest_text.ends_with('\n') && manifest_text.lines().count() == 3);
@@ -1539,9 +1919,9 @@ pub(crate) mod tests {
         let store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
             .await
             .unwrap();
-        assert_eq!(store.committed().len(), 4);
-        for row in store.committed() {
-            read_rollout(dir.path(), row).unwrap();
+        assert_eq!(store.committed_rows().len(), 4);
+        for row in store.committed_rows() {
+            read_rollout(dir.path(), &row).unwrap();
         }
         drop(store);
 
@@ -1595,8 +1975,8 @@ pub(crate) mod tests {
             assert_ne!(row.shard, last_shard);
             assert_eq!(row.offset, 0);
         }
-        for row in store.committed() {
-            read_rollout(dir.path(), row).unwrap();
+        for row in store.committed_rows() {
+            read_rollout(dir.path(), &row).unwrap();
         }
         // Limit 1: one frame per shard.
         let dir = tempfile::tempdir().unwrap();
@@ -1615,7 +1995,7 @@ pub(crate) mod tests {
             shard_files(dir.path()),
             (0..4).map(shard_name).collect::<Vec<_>>()
         );
-        assert!(store.committed().iter().all(|r| r.offset == 0));
+        assert!(store.committed_rows().iter().all(|r| r.offset == 0));
     }
 
     #[tokio::test]
@@ -1698,7 +2078,7 @@ pub(crate) mod tests {
         let mut partial = line("i", 0, 1, 1);
         partial.records.pop();
         assert!(store.commit(partial).await.is_err());
-        assert!(store.committed().is_empty());
+        assert!(store.committed_rows().is_empty());
         store.commit(line("i", 0, 1, 1)).await.unwrap();
     }
 
@@ -1768,7 +2148,7 @@ pub(crate) mod tests {
         let mut store = HarvestStore::open(&dir, header(), options(64 << 10))
             .await
             .unwrap();
-        let mut k = store.committed().len() as u32;
+        let mut k = store.committed_rows().len() as u32;
         loop {
             store.commit(line("crash", k, 5, 4000)).await.unwrap();
             k += 1;
@@ -1805,7 +2185,7 @@ pub(crate) mod tests {
             let store = HarvestStore::open(dir.path(), header(), options(64 << 10))
                 .await
                 .unwrap();
-            let rows = store.committed();
+            let rows = store.committed_rows();
             let ids: HashSet<&str> = rows.iter().map(|r| r.rollout_id.as_str()).collect();
             assert_eq!(
                 ids.len(),
@@ -1838,5 +2218,291 @@ pub(crate) mod tests {
         }
         assert!(previous > 6, "the child committed only {previous} rollouts");
         assert!(shard_files(dir.path()).len() > 1, "no shard roll happened");
+    }
+
+    /// Every line of every shard, decoded as a whole stream (what `zstd -dc` gives).
+    fn shard_lines(dir: &Path) -> Vec<RolloutLine> {
+        let mut lines = Vec::new();
+        for name in shard_files(dir) {
+            let bytes = std::fs::read(dir.join(SHARDS_DIR).join(name)).unwrap();
+            let text = zstd::stream::decode_all(bytes.as_slice()).unwrap();
+            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                lines.push(serde_json::from_slice(line).unwrap());
+            }
+        }
+        lines
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_is_not_a_harvest_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(WORK_DIR)).unwrap();
+        std::fs::write(dir.path().join(WORK_DIR).join("thesis.tex"), "precious").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let error = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap_err();
+        assert!(error.is_usage(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("is not empty and is not a harvest directory: give a new or empty --out"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(WORK_DIR).join("thesis.tex")).unwrap(),
+            "precious"
+        );
+        // Nothing of ours is left in it (no lock file either).
+        assert_eq!(entries(dir.path()), ["notes.txt", "work"]);
+
+        // A missing directory is created; a real harvest directory gets its work/ cleared on reopen.
+        let fresh = dir.path().join("new");
+        let store = HarvestStore::open(&fresh, header(), StoreOptions::default())
+            .await
+            .unwrap();
+        std::fs::write(store.work_dir().join("ep.jsonl"), "x").unwrap();
+        drop(store);
+        // Temp files a kill left behind (write_atomically's names) are removed on open.
+        for stale in [
+            ".harvest.json.tmp.99999",
+            ".manifest.parquet.tmp.7",
+            ".data_card.md.tmp.8",
+            ".data_card.json.tmp.9",
+        ] {
+            std::fs::write(fresh.join(stale), "partial").unwrap();
+        }
+        let store = HarvestStore::open(&fresh, header(), StoreOptions::default())
+            .await
+            .unwrap();
+        assert!(!store.work_dir().join("ep.jsonl").exists());
+        assert_eq!(
+            entries(&fresh),
+            [
+                ".lock",
+                FAILURES_FILE,
+                HEADER_FILE,
+                MANIFEST_FILE,
+                SHARDS_DIR,
+                WORK_DIR
+            ]
+            .into_iter()
+            .filter(|n| *n != FAILURES_FILE)
+            .collect::<Vec<_>>()
+        );
+        drop(store);
+
+        // A first open killed before its header was written leaves only the lock and a temp header: still ours.
+        let killed = dir.path().join("killed");
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join(".lock"), "12345\n").unwrap();
+        std::fs::write(killed.join(".harvest.json.tmp.12345"), "{").unwrap();
+        HarvestStore::open(&killed, header(), StoreOptions::default())
+            .await
+            .unwrap();
+        assert!(!killed.join(".harvest.json.tmp.12345").exists());
+    }
+
+    #[test]
+    fn argv_summary_strips_url_credentials_and_queries() {
+        let args = [
+            "swe-env",
+            "harvest",
+            "--model-url",
+            "https://alice:pa55w0rd@models.example:8000/v1?api_key=abc123&x=1#frag",
+            "--model-url=http://tok3n@10.0.0.1/v1",
+            "--dataset",
+            "s3://bucket/data.jsonl?X-Amz-Signature=s1gn",
+            "--api-key",
+            "sk-live",
+            "--out",
+            "runs/h1",
+        ]
+        .map(String::from);
+        let summary = argv_summary(args.into_iter());
+        for secret in ["alice", "pa55w0rd", "abc123", "tok3n", "s1gn", "sk-live"] {
+            assert!(!summary.contains(secret), "{secret} in {summary}");
+        }
+        assert!(
+            summary.contains("https://<redacted>@models.example:8000/v1?<redacted>#frag"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("--model-url=http://<redacted>@10.0.0.1/v1 "),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("s3://bucket/data.jsonl?<redacted>"),
+            "{summary}"
+        );
+        assert!(summary.ends_with("--out runs/h1"), "{summary}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_no_orphan_frame_even_when_the_shard_cannot_be_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        store.commit(line("i", 0, 1, 50)).await.unwrap();
+        // The row cannot be written and the frame cannot be cut off again.
+        store.files.as_mut().unwrap().fail = vec!["manifest_write", "shard_cut"];
+        store.commit(line("i", 1, 1, 50)).await.unwrap_err();
+        store.files.as_mut().unwrap().fail.clear();
+        store.commit(line("i", 2, 1, 50)).await.unwrap();
+        drop(store);
+        let store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.committed_count(), 2);
+        // Every line of the shard is a committed rollout: the failed one's frame was overwritten.
+        let ids: Vec<u32> = shard_lines(dir.path())
+            .iter()
+            .map(|l| l.sample_idx)
+            .collect();
+        assert_eq!(ids, [0, 2]);
+        drop(store);
+
+        // The row cannot be cut off again either: the store refuses every later commit (it cannot know whether
+        // the row reached the disk), and the next open sorts it out.
+        let mut store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        store.files.as_mut().unwrap().fail = vec!["manifest_write", "manifest_cut"];
+        store.commit(line("i", 3, 1, 50)).await.unwrap_err();
+        store.files.as_mut().unwrap().fail.clear();
+        let error = store.commit(line("i", 4, 1, 50)).await.unwrap_err();
+        assert!(error.to_string().contains("reopen"), "{error}");
+        drop(store);
+        let store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.committed_count(), 2);
+        let ids: Vec<u32> = shard_lines(dir.path())
+            .iter()
+            .map(|l| l.sample_idx)
+            .collect();
+        assert_eq!(ids, [0, 2]);
+    }
+
+    /// Peak resident set size of this process (VmHWM), bytes.
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    /// Current resident set size (VmRSS), bytes.
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    /// Open and finish over a manifest of `ROWS` rows stay within a memory bound that does not hold the rows: the
+    /// index keeps ~50 bytes a row (id set, per-task totals), the card 48 (six u64 columns for the percentiles),
+    /// the parquet writer one row group. The rows themselves (~2 KB each in memory) would need ~400 MB here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_large_manifest_opens_and_finishes_in_bounded_memory() {
+        const ROWS: u64 = 200_000;
+        const TASKS: u64 = 1_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        let template = store.commit(line("i", 0, 3, 100)).await.unwrap();
+        drop(store);
+        {
+            // ROWS rows, all pointing at the one frame (what repair and the card read), ids and tasks varied.
+            let file = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(dir.path().join(MANIFEST_FILE))
+                .unwrap();
+            let mut out = std::io::BufWriter::new(file);
+            // One serialization, then markers replaced per row (serializing 200k rows in debug takes seconds).
+            let mut row = template.clone();
+            row.rollout_id = "@@ID@@".into();
+            row.instance_id = "@@TASK@@".into();
+            row.repo = "@@REPO@@".into();
+            row.total_tokens = 4_242_424_242_424;
+            let text = serde_json::to_string(&row).unwrap();
+            for marker in ["@@ID@@", "@@TASK@@", "@@REPO@@", "4242424242424"] {
+                assert_eq!(text.matches(marker).count(), 1, "{marker} in {text}");
+            }
+            for k in 0..ROWS {
+                let line = text
+                    .replace("@@ID@@", &format!("{:032x}", k + 1))
+                    .replace("@@TASK@@", &format!("task-{}", k % TASKS))
+                    .replace("@@REPO@@", &format!("owner/repo-{}", k % 7))
+                    .replace("4242424242424", &k.to_string());
+                out.write_all(line.as_bytes()).unwrap();
+                out.write_all(b"\n").unwrap();
+            }
+            out.flush().unwrap();
+        }
+        let manifest_mb = std::fs::metadata(dir.path().join(MANIFEST_FILE))
+            .unwrap()
+            .len() as f64
+            / 1e6;
+        // Reset the peak to the current RSS where the kernel allows it (Linux ≥ 4.0); otherwise the peak so far is
+        // the baseline, which only makes the check looser.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let before = rss();
+        let started = std::time::Instant::now();
+        let store = HarvestStore::open(dir.path(), header(), StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.committed_count(), ROWS);
+        let open_secs = started.elapsed().as_secs_f64();
+        let after_open = peak_rss();
+        let card = store.finish(SpentSummary::default()).await.unwrap();
+        let total_secs = started.elapsed().as_secs_f64();
+        let after_finish = peak_rss();
+        assert_eq!(card.rollouts, ROWS);
+        assert_eq!(card.instances, TASKS);
+        assert_eq!(card.by_repo.len(), 7);
+        assert_eq!(card.distributions["total_tokens"].max, ROWS - 1);
+        let reader = parquet::file::reader::SerializedFileReader::new(
+            File::open(dir.path().join(PARQUET_FILE)).unwrap(),
+        )
+        .unwrap();
+        use parquet::file::reader::FileReader;
+        assert_eq!(reader.metadata().file_metadata().num_rows(), ROWS as i64);
+        // Written a row group at a time.
+        assert_eq!(
+            reader.metadata().num_row_groups(),
+            (ROWS as usize).div_ceil(super::super::parquet::ROW_GROUP_ROWS)
+        );
+        let mb = |b: u64| b as f64 / 1e6;
+        let open_growth = after_open.saturating_sub(before);
+        let finish_growth = after_finish.saturating_sub(before);
+        println!(
+            "large manifest: {ROWS} rows ({manifest_mb:.0} MB jsonl), baseline RSS {:.1} MB, peak growth: open {:.1} MB, \
+             open+finish {:.1} MB; open {open_secs:.1} s, open+finish {total_secs:.1} s",
+            mb(before),
+            mb(open_growth),
+            mb(finish_growth)
+        );
+        // Bound: 40 MB fixed (a parquet row group of rows being encoded, allocator slack) + 250 bytes a row
+        // (index, card columns, the finish pass's id set, growth doubling of each).
+        let bound = (40 << 20) + 250 * ROWS;
+        assert!(
+            finish_growth < bound,
+            "peak RSS grew {:.1} MB over {ROWS} rows (bound {:.1} MB)",
+            mb(finish_growth),
+            mb(bound)
+        );
     }
 }
