@@ -39,9 +39,11 @@ impl Endpoint {
         !self.rejected_flag(field).swap(true, Ordering::Relaxed)
     }
 
-    /// The full URL of an API path under this endpoint.
+    /// The full URL of an API path under this endpoint: the path goes after the base URL's path and before its
+    /// query or fragment, which are kept (`http://h/v1?api_key=k` → `http://h/v1/chat/completions?api_key=k`).
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("{}/{}", self.base_url, path)
+        let (base, tail) = split_query(&self.base_url);
+        format!("{}/{}{}", base.trim_end_matches('/'), path, tail)
     }
 
     fn cooling_down(&self, now: Instant, cooldown: Duration) -> bool {
@@ -49,6 +51,15 @@ impl Endpoint {
             Ok(failed_at) => failed_at.is_some_and(|at| now.duration_since(at) < cooldown),
             Err(_) => false,
         }
+    }
+}
+
+/// `url` cut before its query (`?…`) or fragment (`#…`), whichever comes first: (the rest, the query or fragment
+/// with its leading `?` / `#`).
+fn split_query(url: &str) -> (&str, &str) {
+    match url.find(['?', '#']) {
+        Some(index) => url.split_at(index),
+        None => (url, ""),
     }
 }
 
@@ -227,6 +238,47 @@ mod tests {
             out.push(pool.lease(None).await.unwrap().index);
         }
         out
+    }
+
+    #[test]
+    fn the_api_path_goes_before_the_query_and_fragment() {
+        let url = |base: &str| {
+            EndpointPool::new(&[base.to_string()], &[], 1, Duration::from_secs(60)).endpoints[0]
+                .url("chat/completions")
+        };
+        assert_eq!(
+            url("http://h/v1?api_key=k"),
+            "http://h/v1/chat/completions?api_key=k"
+        );
+        assert_eq!(
+            url("http://h/v1/?api_key=k&x=a/b"),
+            "http://h/v1/chat/completions?api_key=k&x=a/b"
+        );
+        assert_eq!(url("http://h/v1#frag"), "http://h/v1/chat/completions#frag");
+        assert_eq!(
+            url("http://h:8/v1?k=1#f"),
+            "http://h:8/v1/chat/completions?k=1#f"
+        );
+        assert_eq!(url("http://h/v1/"), "http://h/v1/chat/completions");
+    }
+
+    #[tokio::test]
+    async fn a_base_url_with_a_query_reaches_the_api_path() {
+        use crate::scripted::{Script, ScriptedReply, ScriptedServer};
+        use crate::{ChatMessage, ClientConfig, ModelClient, ModelRequest};
+
+        let server = ScriptedServer::start(Script::new(vec![ScriptedReply::text("ok")]))
+            .await
+            .unwrap();
+        let config = ClientConfig::new(format!("{}?api_key=k", server.base_url()), "m");
+        let client = ModelClient::new(config).unwrap();
+        let completion = client
+            .call(&ModelRequest::chat(vec![ChatMessage::user("p")], vec![]))
+            .await
+            .unwrap();
+        assert_eq!(completion.text, "ok");
+        let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/v1/chat/completions"]);
     }
 
     #[tokio::test]

@@ -665,3 +665,168 @@ async fn a_benchmark_run_directory_holds_no_model_url_credential() {
     assert!(!run.rows.is_empty(), "{}", run.stderr);
     assert!(!run.stdout.contains("s3cret"));
 }
+
+/// Peak RSS (VmHWM) of `swe-env export ARGS` in bytes, read from `/proc/PID/status` every few milliseconds while it
+/// runs (the last reading before it exits), with its output.
+fn export_peak_rss(args: &[&str]) -> (Run, u64) {
+    let child = Command::new(EXE)
+        .arg("export")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(status) = std::fs::read_to_string(&status_path) {
+                    if let Some(kb) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kb * 1024, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    poller.join().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let run = Run {
+        code: output.status.code().unwrap(),
+        rows: stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect(),
+        stdout,
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    };
+    (run, peak.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// A harvest of 100 000 manifest rows exports in bounded memory: the manifest is streamed, nothing is kept per row
+/// without dedup or a cap, and with them only a small summary per row that passed the filters (no manifest row).
+/// 50 rollouts are real commits (resolved, one per task); 100 000 more rows (unresolved, every one its own id and
+/// hashes, tasks shared with the real ones) point at a real frame but are excluded from the manifest alone — by
+/// `--resolved true`, or by the cap of 1 per task (resolved first) — so they are never decoded. Holding the rows
+/// (~2.7 KB each in memory) needs ~270 MB here.
+#[tokio::test]
+async fn a_harvest_of_100k_rows_exports_in_bounded_memory() {
+    const TASKS: u64 = 50;
+    const FILLER: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("harvest");
+    let config_hash = "cfg0";
+    let mut store = HarvestStore::open(
+        &out_dir,
+        HarvestHeader {
+            datasets: vec![DatasetEntry {
+                source: "test".into(),
+                sha256: "d5".into(),
+                rows: TASKS,
+            }],
+            config_hash: config_hash.into(),
+            config: json!({"model": "scripted"}),
+        },
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut template = None;
+    for task in 0..TASKS {
+        let id = format!("task-{task}");
+        let episode = Episode::new(&format!("{id}.s0"), &id);
+        let row = store
+            .commit(rollout(&id, 0, &episode, config_hash))
+            .await
+            .unwrap();
+        template.get_or_insert(row);
+    }
+    drop(store);
+    {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(out_dir.join("manifest.jsonl"))
+            .unwrap();
+        let mut out = std::io::BufWriter::new(file);
+        // One serialization, then markers replaced per row (serializing 100k rows in debug takes seconds).
+        let mut row = template.unwrap();
+        row.rollout_id = "@@ID@@".into();
+        row.instance_id = "@@TASK@@".into();
+        row.episode_id = "@@EPISODE@@".into();
+        row.trajectory_hash = "@@HASH@@".into();
+        row.patch_hash = Some("@@PATCH@@".into());
+        row.resolved = false;
+        let text = serde_json::to_string(&row).unwrap();
+        for marker in ["@@ID@@", "@@TASK@@", "@@EPISODE@@", "@@HASH@@", "@@PATCH@@"] {
+            assert_eq!(text.matches(marker).count(), 1, "{marker} in {text}");
+        }
+        for k in 0..FILLER {
+            let line = text
+                .replace("@@ID@@", &format!("{:032x}", k + 1))
+                .replace("@@TASK@@", &format!("task-{}", k % TASKS))
+                .replace("@@EPISODE@@", &format!("filler-{k}"))
+                .replace("@@HASH@@", &format!("{:064x}", k + 1))
+                .replace("@@PATCH@@", &format!("{:064x}", u64::MAX - k));
+            out.write_all(line.as_bytes()).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+        out.flush().unwrap();
+    }
+    let input = out_dir.to_str().unwrap();
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+
+    let (run, streamed) = export_peak_rss(&[input, "--resolved", "true"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.rows.len(), TASKS as usize, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("exported {TASKS};"))
+            && run.stderr.contains("resolved 100000"),
+        "{}",
+        run.stderr
+    );
+    let (run, selected) = export_peak_rss(&[input, "--dedup", "both", "--per-task-cap", "1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.rows.len(), TASKS as usize, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("exported {TASKS};")) && run.stderr.contains("cap 100000"),
+        "{}",
+        run.stderr
+    );
+    let mut kept: Vec<&str> = run
+        .rows
+        .iter()
+        .map(|row| row["episode_id"].as_str().unwrap())
+        .collect();
+    kept.sort();
+    kept.dedup();
+    assert_eq!(kept.len(), TASKS as usize);
+    assert!(kept.iter().all(|id| id.ends_with(".s0")), "{kept:?}");
+    println!(
+        "export of {} manifest rows: peak RSS {:.1} MB streamed (--resolved true), {:.1} MB with --dedup both \
+         --per-task-cap 1",
+        TASKS + FILLER,
+        mb(streamed),
+        mb(selected)
+    );
+    assert!(
+        streamed < 48_000_000,
+        "peak RSS {:.1} MB without dedup or cap",
+        mb(streamed)
+    );
+    assert!(
+        selected < 96_000_000,
+        "peak RSS {:.1} MB with dedup and cap",
+        mb(selected)
+    );
+}

@@ -3,7 +3,6 @@
 //! caller's channel as it finishes, and a panic inside one job becomes that job's `error` output (`error_kind`
 //! `panic`) while the others go on.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -61,23 +60,28 @@ impl Job for Instance {
     }
 }
 
-/// Runs `attempt` on every job of `todo` with `workers` workers (at least one) and sends each output, its wall
-/// time set, to `results`. Stops starting jobs, and drops the ones in flight, when `cancel` is cancelled; returns
-/// whether it did (the run was interrupted).
-pub async fn run_workers<J, F, Fut>(
-    todo: Vec<J>,
+/// Runs `attempt` on every job of `todo` with `workers` workers (at least one; no more than `todo`'s size hint
+/// allows) and sends each output, its wall time set, to `results`. `todo` is pulled one job at a time, under the
+/// queue's lock, as workers free up: a lazy iterator is never materialised. Stops starting jobs, and drops the
+/// ones in flight, when `cancel` is cancelled; returns whether it did (the run was interrupted).
+pub async fn run_workers<T, J, F, Fut>(
+    todo: T,
     workers: usize,
     cancel: CancellationToken,
     attempt: F,
     results: mpsc::UnboundedSender<J::Output>,
 ) -> bool
 where
+    T: IntoIterator<Item = J>,
+    T::IntoIter: Send + 'static,
     J: Job,
     F: Fn(J) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = J::Output> + Send + 'static,
 {
-    let n_workers = workers.max(1).min(todo.len());
-    let queue = Arc::new(Mutex::new(VecDeque::from(todo)));
+    let todo = todo.into_iter();
+    let most = todo.size_hint().1.unwrap_or(usize::MAX);
+    let n_workers = workers.max(1).min(most);
+    let queue: Queue<J> = Arc::new(Mutex::new(Box::new(todo.fuse())));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n_workers {
         tasks.spawn(worker(
@@ -98,8 +102,11 @@ where
     cancel.is_cancelled()
 }
 
+/// The jobs not started yet, shared by the workers.
+type Queue<J> = Arc<Mutex<Box<dyn Iterator<Item = J> + Send>>>;
+
 async fn worker<J, F, Fut>(
-    queue: Arc<Mutex<VecDeque<J>>>,
+    queue: Queue<J>,
     cancel: CancellationToken,
     attempt: F,
     results: mpsc::UnboundedSender<J::Output>,
@@ -112,12 +119,12 @@ async fn worker<J, F, Fut>(
         if cancel.is_cancelled() {
             return;
         }
-        // The lock is held only to pop; a poisoned queue (impossible: nothing panics while holding it) is still
-        // a queue.
+        // The lock is held only to pull the next job; a poisoned queue (a panic inside the caller's iterator) is
+        // still a queue, and fused: once it ended it stays ended.
         let next = queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop_front();
+            .next();
         let Some(job) = next else {
             return;
         };
@@ -165,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_instance_becomes_an_error_result_and_the_others_still_run() {
-        let todo = (0..4).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let todo: Vec<Instance> = (0..4).map(|i| instance(&format!("o__r-{i}"))).collect();
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel();
         let interrupted = run_workers(
@@ -207,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fixed_number_of_workers_pull_the_instances() {
-        let todo = (0..8).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let todo: Vec<Instance> = (0..8).map(|i| instance(&format!("o__r-{i}"))).collect();
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel();
         // Tasks alive on the runtime while an instance runs (the test body itself is not a task).
@@ -236,9 +243,50 @@ mod tests {
         assert_eq!(max_tasks.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
+    /// The queue is a lazy iterator pulled one job at a time as workers free up: an endless one works, and when
+    /// the run stops only the jobs started (plus at most one per worker) were ever made.
+    #[tokio::test]
+    async fn an_endless_job_iterator_is_pulled_one_job_at_a_time() {
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = made.clone();
+        let todo = (0..).map(move |i| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            instance(&format!("o__r-{i:03}"))
+        });
+        let cancel = CancellationToken::new();
+        let cancel_tx = cancel.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let interrupted = run_workers(
+            todo,
+            2,
+            cancel,
+            move |instance: Instance| {
+                let cancel_tx = cancel_tx.clone();
+                async move {
+                    if instance.instance_id == "o__r-010" {
+                        cancel_tx.cancel();
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::task::yield_now().await;
+                    unresolved(&instance)
+                }
+            },
+            tx,
+        )
+        .await;
+        assert!(interrupted);
+        let done = collect(rx).await.len();
+        let made = made.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((9..=11).contains(&done), "{done} finished");
+        assert!(
+            made <= 13,
+            "{made} jobs made for {done} finished by 2 workers"
+        );
+    }
+
     #[tokio::test]
     async fn cancel_stops_starting_instances_and_drops_the_one_in_flight() {
-        let todo = (0..5).map(|i| instance(&format!("o__r-{i}"))).collect();
+        let todo: Vec<Instance> = (0..5).map(|i| instance(&format!("o__r-{i}"))).collect();
         let cancel = CancellationToken::new();
         let cancel_tx = cancel.clone();
         let (tx, rx) = mpsc::unbounded_channel();

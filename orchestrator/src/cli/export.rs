@@ -3,7 +3,9 @@
 //!
 //! Inputs: trajectory files, directories of them, run directories (their `trajectories/`) and harvest output
 //! directories (`manifest.jsonl` + `shards/`: every committed rollout; the per-trajectory filters read the manifest
-//! rows, so excluded rollouts are never decoded). Torn last lines (crashed episodes) are tolerated; corrupt files,
+//! rows, so excluded rollouts are never decoded). A manifest is streamed, never held: without dedup or a cap
+//! nothing is kept per row; with them, a first pass keeps a small summary of each row that passed the filters
+//! (`trajectory::filter::Candidates`) and the second pass writes the kept rollouts in input order. Torn last lines (crashed episodes) are tolerated; corrupt files,
 //! files holding more than one episode and trajectories without an `episode_start` are reported and skipped
 //! (exit 1). At the end, stderr says how many rows were exported and how many trajectories were excluded, per
 //! reason.
@@ -14,12 +16,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::harvest::store::{read_manifest, read_rollout, ManifestRow, MANIFEST_FILE, SHARDS_DIR};
+use crate::harvest::store::{
+    for_each_row, read_rollout, ManifestRow, StoreError, MANIFEST_FILE, SHARDS_DIR,
+};
 use crate::trajectory::export::{
     to_cwm_transcript_with, to_openai_chat_with, ExportOptions, RolloutInfo,
 };
 use crate::trajectory::filter::{
-    select, Dedup, Exclusion, ExclusionCounts, Filters, RewardKey, Summary, TokenTotals,
+    Candidates, Dedup, Exclusion, ExclusionCounts, Filters, RewardKey, Summary, TokenTotals,
 };
 use crate::trajectory::{read_trajectory, EpisodeStatus, ReadTrajectory};
 
@@ -151,30 +155,22 @@ impl ExportArgs {
     }
 }
 
-/// One trajectory to consider: a file, or a committed rollout of a harvest directory.
-enum Item {
+/// One input, in the order given: a trajectory file, or a harvest directory whose manifest is streamed (its
+/// committed rollouts, one input each, in commit order).
+enum Source {
     File(PathBuf),
-    Rollout { dir: PathBuf, row: Box<ManifestRow> },
-}
-
-impl Item {
-    fn name(&self) -> String {
-        match self {
-            Item::File(path) => path.display().to_string(),
-            Item::Rollout { dir, row } => format!("{} rollout {}", dir.display(), row.rollout_id),
-        }
-    }
+    Harvest(PathBuf),
 }
 
 fn is_harvest_dir(dir: &Path) -> bool {
     dir.join(MANIFEST_FILE).is_file() && dir.join(SHARDS_DIR).is_dir()
 }
 
-/// The items named by `inputs`: files as given, directories' `*.jsonl` files, for a run directory (one with a
-/// `trajectories/` sub-directory) its trajectories, for a harvest directory its committed rollouts. A missing input
-/// or an unreadable manifest is bad input (exit 2).
-fn items(inputs: &[PathBuf]) -> anyhow::Result<Vec<Item>> {
-    let mut items = Vec::new();
+/// The sources named by `inputs`: files as given, directories' `*.jsonl` files, for a run directory (one with a
+/// `trajectories/` sub-directory) its trajectories, harvest directories as themselves (read later, streaming). A
+/// missing input is bad input (exit 2).
+fn sources(inputs: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
+    let mut sources = Vec::new();
     for input in inputs {
         if !input.exists() {
             return Err(super::error::usage(format!(
@@ -184,13 +180,7 @@ fn items(inputs: &[PathBuf]) -> anyhow::Result<Vec<Item>> {
             )));
         }
         if input.is_dir() && is_harvest_dir(input) {
-            let rows = read_manifest(input).map_err(|error| {
-                super::error::usage(format!("harvest directory {}: {error}", input.display()))
-            })?;
-            items.extend(rows.into_iter().map(|row| Item::Rollout {
-                dir: input.clone(),
-                row: Box::new(row),
-            }));
+            sources.push(Source::Harvest(input.clone()));
         } else if input.is_dir() {
             let nested = input.join("trajectories");
             let dir = if nested.is_dir() {
@@ -204,12 +194,17 @@ fn items(inputs: &[PathBuf]) -> anyhow::Result<Vec<Item>> {
                 .filter(|path| path.extension().is_some_and(|ext| ext == "jsonl"))
                 .collect();
             found.sort();
-            items.extend(found.into_iter().map(Item::File));
+            sources.extend(found.into_iter().map(Source::File));
         } else {
-            items.push(Item::File(input.clone()));
+            sources.push(Source::File(input.clone()));
         }
     }
-    Ok(items)
+    Ok(sources)
+}
+
+/// An unreadable manifest is bad input (exit 2).
+fn manifest_error(dir: &Path, error: StoreError) -> anyhow::Error {
+    super::error::usage(format!("harvest directory {}: {error}", dir.display()))
 }
 
 /// The filters' view of a harvest manifest row (no decoding; its hashes are the ones [`Summary::of`] computes).
@@ -234,40 +229,40 @@ fn row_summary(row: &ManifestRow) -> Summary {
     }
 }
 
-/// Reads one item: its trajectory and its harvest ids. Errors are messages for the "skipping" line.
-async fn load(item: &Item) -> Result<(ReadTrajectory, Option<RolloutInfo>), String> {
-    let (trajectory, rollout) = match item {
-        Item::File(path) => (
-            read_trajectory(path)
-                .await
-                .map_err(|error| error.to_string())?,
-            None,
-        ),
-        Item::Rollout { dir, row } => {
-            let (dir, row) = (dir.clone(), row.as_ref().clone());
-            let line = tokio::task::spawn_blocking(move || read_rollout(&dir, &row))
-                .await
-                .map_err(|error| format!("reading the rollout failed: {error}"))?
-                .map_err(|error| error.to_string())?;
-            let info = RolloutInfo {
-                rollout_id: line.rollout_id,
-                sample_idx: line.sample_idx,
-                seed: line.seed,
-                temperature: line.temperature,
-                dataset_sha256: line.dataset_sha256,
-                config_hash: line.config_hash,
-            };
-            let trajectory = ReadTrajectory::from_records(line.records)
-                .map_err(|(record, error)| format!("record {record} of the shard line: {error}"))?;
-            (trajectory, Some(info))
-        }
-    };
+/// A trajectory with steps but no `episode_start` is not whole.
+fn check_whole(trajectory: &ReadTrajectory) -> Result<(), String> {
     if trajectory.start.is_none() && !trajectory.steps.is_empty() {
         return Err(
             "steps without an episode_start: not a whole trajectory (was the file cut at the front?)".into(),
         );
     }
-    Ok((trajectory, rollout))
+    Ok(())
+}
+
+/// Reads one trajectory file. Errors are messages for the "skipping" line.
+async fn load_file(path: &Path) -> Result<ReadTrajectory, String> {
+    let trajectory = read_trajectory(path)
+        .await
+        .map_err(|error| error.to_string())?;
+    check_whole(&trajectory)?;
+    Ok(trajectory)
+}
+
+/// Reads one committed rollout (blocking): its trajectory and its harvest ids.
+fn load_rollout(dir: &Path, row: &ManifestRow) -> Result<(ReadTrajectory, RolloutInfo), String> {
+    let line = read_rollout(dir, row).map_err(|error| error.to_string())?;
+    let info = RolloutInfo {
+        rollout_id: line.rollout_id,
+        sample_idx: line.sample_idx,
+        seed: line.seed,
+        temperature: line.temperature,
+        dataset_sha256: line.dataset_sha256,
+        config_hash: line.config_hash,
+    };
+    let trajectory = ReadTrajectory::from_records(line.records)
+        .map_err(|(record, error)| format!("record {record} of the shard line: {error}"))?;
+    check_whole(&trajectory)?;
+    Ok((trajectory, info))
 }
 
 /// Where the export goes.
@@ -299,16 +294,179 @@ impl Output {
     }
 }
 
+/// What the first pass (dedup or a cap asked) decided for an input, by its position in the input order. Rollouts
+/// left out by a per-trajectory filter get no note (the second pass asks the filters again from the manifest row).
+#[derive(Debug, Clone, Copy)]
+enum Note {
+    Keep,
+    Exclude(Exclusion),
+    /// Reported in the first pass.
+    Unreadable,
+}
+
+/// The export's state through the passes: where rows go, the counts, the first pass's notes.
+struct Exporter {
+    output: Output,
+    format: ExportFormat,
+    include_task: bool,
+    filters: Filters,
+    excluded: ExclusionCounts,
+    written: u64,
+    unreadable: u64,
+    /// Sorted by position; consumed in order by [`Exporter::note`].
+    notes: Vec<(u64, Note)>,
+    next_note: usize,
+}
+
+impl Exporter {
+    fn skip(&mut self, name: &dyn std::fmt::Display, error: &str) {
+        eprintln!("skipping {name}: {error}");
+        self.unreadable += 1;
+    }
+
+    /// The first pass's note for the input at `position` (positions asked in ascending order).
+    fn note(&mut self, position: u64) -> Option<Note> {
+        while let Some(&(at, note)) = self.notes.get(self.next_note) {
+            if at > position {
+                break;
+            }
+            self.next_note += 1;
+            if at == position {
+                return Some(note);
+            }
+        }
+        None
+    }
+
+    /// Converts and writes one trajectory.
+    fn emit(
+        &mut self,
+        trajectory: &ReadTrajectory,
+        rollout: Option<RolloutInfo>,
+    ) -> anyhow::Result<()> {
+        let options = ExportOptions {
+            include_task: self.include_task,
+            rollout,
+        };
+        let row = match self.format {
+            ExportFormat::OpenaiChat => to_openai_chat_with(trajectory, &options),
+            ExportFormat::Cwm => to_cwm_transcript_with(trajectory, &options),
+        };
+        if self.output.write(&row)? {
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// The second pass over a harvest directory (blocking): every manifest row, up to `limit` rows when the first
+    /// pass counted them (rows committed since are not in its decisions), checked against the manifest row or the
+    /// notes, and the kept rollouts decoded and written. Returns the position after the last row.
+    fn export_harvest(
+        &mut self,
+        dir: &Path,
+        mut position: u64,
+        limit: Option<u64>,
+    ) -> anyhow::Result<u64> {
+        let needs_all = self.filters.needs_all();
+        let mut failure = None;
+        let scanned = for_each_row(dir, |row| {
+            if self.output.closed || limit.is_some_and(|limit| position >= limit) {
+                return Err(stop_scan(dir));
+            }
+            let here = position;
+            position += 1;
+            let early = match needs_all.then(|| self.note(here)).flatten() {
+                Some(Note::Keep) => None,
+                Some(Note::Exclude(reason)) => Some(reason),
+                Some(Note::Unreadable) => return Ok(()),
+                None => self.filters.check(&row_summary(&row)),
+            };
+            if let Some(reason) = early {
+                self.excluded.add(reason);
+                return Ok(());
+            }
+            match load_rollout(dir, &row) {
+                Ok((trajectory, info)) => {
+                    if let Err(error) = self.emit(&trajectory, Some(info)) {
+                        failure = Some(error);
+                        return Err(stop_scan(dir));
+                    }
+                }
+                Err(error) => self.skip(
+                    &format_args!("{} rollout {}", dir.display(), row.rollout_id),
+                    &error,
+                ),
+            }
+            Ok(())
+        });
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        match scanned {
+            Ok(()) => Ok(position),
+            // Stopped on purpose: the reader went away, or the first pass's rows are done.
+            Err(_) if self.output.closed || limit.is_some_and(|limit| position >= limit) => {
+                Ok(position)
+            }
+            Err(error) => Err(manifest_error(dir, error)),
+        }
+    }
+}
+
+/// The error that ends a manifest scan early on purpose (never shown).
+fn stop_scan(dir: &Path) -> StoreError {
+    StoreError::Corrupt {
+        path: dir.to_path_buf(),
+        detail: "export stopped reading".into(),
+    }
+}
+
+/// The first pass over a harvest directory when dedup or a cap is asked (blocking): the rows that pass the
+/// per-trajectory filters go into `candidates` (a small summary each; nothing is kept of the others). Returns the
+/// position after the last row.
+fn summarise_harvest(
+    dir: &Path,
+    filters: &Filters,
+    candidates: &mut Candidates,
+    mut position: u64,
+) -> anyhow::Result<u64> {
+    for_each_row(dir, |row| {
+        let summary = row_summary(&row);
+        if filters.check(&summary).is_none() {
+            candidates.push(position, &summary);
+        }
+        position += 1;
+        Ok(())
+    })
+    .map_err(|error| manifest_error(dir, error))?;
+    Ok(position)
+}
+
+/// Runs `work` on the blocking pool with `state` and gives the state back.
+async fn blocking<S: Send + 'static, T: Send + 'static>(
+    state: S,
+    work: impl FnOnce(&mut S) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<(S, T)> {
+    tokio::task::spawn_blocking(move || {
+        let mut state = state;
+        let result = work(&mut state);
+        result.map(|value| (state, value))
+    })
+    .await
+    .context("the export's reading thread failed")?
+}
+
 pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     args.check_ranges()?;
-    let mut items = items(&args.inputs)?;
+    let mut sources = sources(&args.inputs)?;
     // An earlier export written among the inputs (`-o runs/RUN/trajectories/chat.jsonl`) is not an input.
     if let Some(output) = args.output.as_ref().and_then(|o| o.canonicalize().ok()) {
-        items.retain(|item| {
-            !matches!(item, Item::File(path) if path.canonicalize().is_ok_and(|p| p == output))
+        sources.retain(|source| {
+            !matches!(source, Source::File(path) if path.canonicalize().is_ok_and(|p| p == output))
         });
     }
     let filters = args.filters();
+    let needs_all = filters.needs_all();
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).map_err(|e| {
@@ -320,94 +478,123 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let mut output = Output { out, closed: false };
-    let mut excluded = ExclusionCounts::default();
-    let (mut written, mut unreadable) = (0u64, 0u64);
-    let mut skip = |item: &Item, error: &str| {
-        eprintln!("skipping {}: {error}", item.name());
-        unreadable += 1;
-    };
-    let export = |trajectory: &ReadTrajectory, rollout: Option<RolloutInfo>| {
-        let options = ExportOptions {
-            include_task: args.include_task,
-            rollout,
-        };
-        match args.format {
-            ExportFormat::OpenaiChat => to_openai_chat_with(trajectory, &options),
-            ExportFormat::Cwm => to_cwm_transcript_with(trajectory, &options),
-        }
+    let mut exporter = Exporter {
+        output: Output { out, closed: false },
+        format: args.format,
+        include_task: args.include_task,
+        filters: filters.clone(),
+        excluded: ExclusionCounts::default(),
+        written: 0,
+        unreadable: 0,
+        notes: Vec::new(),
+        next_note: 0,
     };
 
-    // Dedup and the cap decide over the whole set: summaries first (files are read twice, rollouts' manifest rows
-    // serve), then the kept ones are read again and written in input order. Otherwise one pass.
-    let mut decided: Vec<Option<Option<Exclusion>>> = Vec::new();
-    if filters.needs_all() {
-        let mut summaries = Vec::with_capacity(items.len());
-        let mut positions = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            let summary = match item {
-                Item::Rollout { row, .. } => row_summary(row),
-                Item::File(_) => match load(item).await {
-                    Ok((trajectory, _)) => Summary::of(&trajectory),
-                    Err(error) => {
-                        skip(item, &error);
-                        continue;
+    // Dedup and the cap decide over the whole set: a first pass keeps a small summary of each input that passed
+    // the per-trajectory filters (files are read twice, rollouts' manifest rows serve), then the second pass reads
+    // the kept ones again and writes them in input order. Otherwise one pass. Harvest manifests are streamed.
+    let mut limits: Vec<Option<u64>> = vec![None; sources.len()];
+    if needs_all {
+        let mut candidates = Candidates::new(&filters);
+        let mut position = 0u64;
+        for (index, source) in sources.iter().enumerate() {
+            match source {
+                Source::File(path) => {
+                    match load_file(path).await {
+                        Ok(trajectory) => {
+                            let summary = Summary::of(&trajectory);
+                            match filters.check(&summary) {
+                                Some(reason) => {
+                                    exporter.notes.push((position, Note::Exclude(reason)))
+                                }
+                                None => candidates.push(position, &summary),
+                            }
+                        }
+                        Err(error) => {
+                            exporter.skip(&path.display(), &error);
+                            exporter.notes.push((position, Note::Unreadable));
+                        }
                     }
-                },
-            };
-            summaries.push(summary);
-            positions.push(index);
+                    position += 1;
+                }
+                Source::Harvest(dir) => {
+                    let (dir, filters_copy) = (dir.clone(), filters.clone());
+                    let (back, end) = blocking(candidates, move |candidates| {
+                        summarise_harvest(&dir, &filters_copy, candidates, position)
+                    })
+                    .await?;
+                    candidates = back;
+                    position = end;
+                    limits[index] = Some(end);
+                }
+            }
         }
-        decided = vec![None; items.len()];
-        for (position, decision) in positions.into_iter().zip(select(&filters, &summaries)) {
-            decided[position] = Some(decision);
-        }
+        exporter.notes.extend(
+            candidates
+                .select()
+                .into_iter()
+                .map(|(at, decision)| (at, decision.map_or(Note::Keep, Note::Exclude))),
+        );
+        exporter.notes.sort_by_key(|(at, _)| *at);
     }
-    for (index, item) in items.iter().enumerate() {
-        if output.closed {
+
+    let mut position = 0u64;
+    for (source, limit) in sources.into_iter().zip(limits) {
+        if exporter.output.closed {
             break;
         }
-        let early = if filters.needs_all() {
-            match decided[index] {
-                // Unreadable in the first pass: already reported.
-                None => continue,
-                Some(decision) => decision,
+        match source {
+            Source::File(path) => {
+                let here = position;
+                position += 1;
+                let early = if needs_all {
+                    match exporter.note(here) {
+                        // Unreadable in the first pass: already reported.
+                        Some(Note::Unreadable) => continue,
+                        Some(Note::Exclude(reason)) => Some(reason),
+                        Some(Note::Keep) | None => None,
+                    }
+                } else {
+                    None
+                };
+                if let Some(reason) = early {
+                    exporter.excluded.add(reason);
+                    continue;
+                }
+                let trajectory = match load_file(&path).await {
+                    Ok(trajectory) => trajectory,
+                    Err(error) => {
+                        exporter.skip(&path.display(), &error);
+                        continue;
+                    }
+                };
+                if !needs_all {
+                    if let Some(reason) = filters.check(&Summary::of(&trajectory)) {
+                        exporter.excluded.add(reason);
+                        continue;
+                    }
+                }
+                exporter.emit(&trajectory, None)?;
             }
-        } else if let Item::Rollout { row, .. } = item {
-            filters.check(&row_summary(row))
-        } else {
-            None
-        };
-        if let Some(reason) = early {
-            excluded.add(reason);
-            continue;
-        }
-        let (trajectory, rollout) = match load(item).await {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                skip(item, &error);
-                continue;
+            Source::Harvest(dir) => {
+                let (back, end) = blocking(exporter, move |exporter| {
+                    exporter.export_harvest(&dir, position, limit)
+                })
+                .await?;
+                exporter = back;
+                position = end;
             }
-        };
-        if !filters.needs_all() && matches!(item, Item::File(_)) {
-            if let Some(reason) = filters.check(&Summary::of(&trajectory)) {
-                excluded.add(reason);
-                continue;
-            }
-        }
-        if output.write(&export(&trajectory, rollout))? {
-            written += 1;
         }
     }
-    output.flush()?;
-    if output.closed {
+    exporter.output.flush()?;
+    if exporter.output.closed {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "exported {written}; excluded: {excluded}; unreadable {unreadable} (of {} inputs)",
-        items.len()
+        "exported {}; excluded: {}; unreadable {} (of {position} inputs)",
+        exporter.written, exporter.excluded, exporter.unreadable
     );
-    Ok(ExitCode::from(if unreadable == 0 {
+    Ok(ExitCode::from(if exporter.unreadable == 0 {
         super::EXIT_OK
     } else {
         super::EXIT_FAILED

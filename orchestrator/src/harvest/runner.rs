@@ -2,8 +2,10 @@
 //!
 //! The plan is every (dataset row × sample index) minus the rollouts already committed in the store, minus the
 //! rollouts given up (their failures in `failures.jsonl` reached `max_rollout_failures`; `--retry-given-up` plans
-//! them again), each (dataset hash, instance id) once, so each rollout id once. A planned rollout holds its id and shared pointers to its task and
-//! dataset hash; its seed and temperature are made when it starts. Each rollout
+//! them again), each (dataset hash, instance id) once, so each rollout id once. The plan is lazy (`Plan`): one
+//! counting pass (totals for progress, one bit per row × sample saying "do not run") and then an iterator the
+//! workers pull from, which makes each rollout (its id and shared pointers to its task and dataset hash) only when
+//! a worker takes it; its seed and temperature are made when it starts. Each rollout
 //! is one attempt of the benchmark path (`benchmark::Attempts`: image → episode with the model agent under this
 //! rollout's seed and temperature → grading in a fresh container → `episode_end` with rewards), its trajectory
 //! written to the store's work directory, read back, committed as one shard line (`HarvestStore::commit`), and
@@ -216,6 +218,169 @@ struct Rollout {
     dataset_sha256: Arc<str>,
     sample_idx: u32,
     rollout_id: String,
+}
+
+/// What decides which rollouts a harvest plans.
+struct PlanRules<'a> {
+    samples: u32,
+    config_hash: &'a str,
+    max_failures: u32,
+    retry_given_up: bool,
+}
+
+/// The rollouts to run, made one at a time: every (dataset row × sample index) in dataset order, minus the ones
+/// the counting pass ([`Plan::count`]) marked (committed, given up, or of a row given twice). It keeps the rows it
+/// has not reached and one bit per planned (row × sample), never a rollout: 10 M rollouts are 1.25 MB of bits where
+/// a list of them was ~1 GB.
+struct Plan {
+    rows: Box<dyn Iterator<Item = (Arc<str>, Instance)> + Send>,
+    row: Option<(Arc<str>, Arc<Instance>)>,
+    samples: u32,
+    next_sample: u32,
+    config_hash: String,
+    /// Bit `row_index × samples + sample_idx` set: not to run.
+    skip: Vec<u64>,
+    position: u64,
+    remaining: usize,
+}
+
+impl Plan {
+    /// The counting pass: one walk over the rows × samples that adds every planned, committed and given-up rollout
+    /// to `totals` (a given-up one also to `given_up`, with its failure count and last kind), calls `new_row` once
+    /// per distinct task, and marks what not to run. Each (dataset hash, instance id) is planned once, so each
+    /// rollout id once, even with a row or a dataset given twice (the CLI refuses both; this is the last guard).
+    fn count(
+        datasets: Vec<DatasetInput>,
+        rules: PlanRules<'_>,
+        is_committed: impl Fn(&str) -> bool,
+        failures: &HashMap<String, (u32, String)>,
+        totals: &mut Totals,
+        given_up: &mut Vec<String>,
+        mut new_row: impl FnMut(&str),
+    ) -> Plan {
+        let samples = rules.samples;
+        let n_rows: u64 = datasets.iter().map(|d| d.instances.len() as u64).sum();
+        let bits = n_rows.saturating_mul(u64::from(samples));
+        let mut skip = vec![0u64; bits.div_ceil(64) as usize];
+        let mut mark = |position: u64| skip[(position / 64) as usize] |= 1 << (position % 64);
+        let mut remaining = 0usize;
+        let mut planned_rows: HashSet<(&str, &str)> = HashSet::new();
+        let mut position = 0u64;
+        for dataset in &datasets {
+            for instance in &dataset.instances {
+                let row_start = position;
+                position += u64::from(samples);
+                if !planned_rows.insert((dataset.sha256.as_str(), instance.instance_id.as_str())) {
+                    warn!(
+                        instance_id = instance.instance_id,
+                        dataset = dataset.source,
+                        "a task is given twice; planned once"
+                    );
+                    (row_start..position).for_each(&mut mark);
+                    continue;
+                }
+                new_row(&instance.instance_id);
+                for sample_idx in 0..samples {
+                    let at = row_start + u64::from(sample_idx);
+                    let id = rollout_id(
+                        &dataset.sha256,
+                        &instance.instance_id,
+                        sample_idx,
+                        rules.config_hash,
+                    );
+                    totals.planned += 1;
+                    if is_committed(&id) {
+                        totals.committed_before += 1;
+                        mark(at);
+                        continue;
+                    }
+                    if let Some((count, kind)) = failures.get(&id) {
+                        if *count >= rules.max_failures && !rules.retry_given_up {
+                            totals.given_up += 1;
+                            given_up.push(format!(
+                                "{} s{sample_idx}: {count} failures, last {kind}",
+                                instance.instance_id
+                            ));
+                            mark(at);
+                            continue;
+                        }
+                    }
+                    remaining += 1;
+                }
+            }
+        }
+        drop(planned_rows);
+        let rows = datasets.into_iter().flat_map(|dataset| {
+            let sha256: Arc<str> = Arc::from(dataset.sha256);
+            dataset
+                .instances
+                .into_iter()
+                .map(move |instance| (sha256.clone(), instance))
+        });
+        Plan {
+            rows: Box::new(rows),
+            row: None,
+            samples,
+            next_sample: samples,
+            config_hash: rules.config_hash.to_owned(),
+            skip,
+            position: 0,
+            remaining,
+        }
+    }
+
+    fn skipped(&self, position: u64) -> bool {
+        self.skip
+            .get((position / 64) as usize)
+            .is_some_and(|word| word & (1 << (position % 64)) != 0)
+    }
+}
+
+impl Iterator for Plan {
+    type Item = Rollout;
+
+    fn next(&mut self) -> Option<Rollout> {
+        while self.remaining > 0 {
+            if self.next_sample >= self.samples {
+                let (sha256, instance) = self.rows.next()?;
+                let row_start = self.position;
+                self.next_sample = 0;
+                // A row with nothing left to run is passed over without sharing it.
+                if (row_start..row_start + u64::from(self.samples)).all(|at| self.skipped(at)) {
+                    self.position += u64::from(self.samples);
+                    self.next_sample = self.samples;
+                    self.row = None;
+                    continue;
+                }
+                self.row = Some((sha256, Arc::new(instance)));
+            }
+            let sample_idx = self.next_sample;
+            let at = self.position;
+            self.next_sample += 1;
+            self.position += 1;
+            if self.skipped(at) {
+                continue;
+            }
+            let (sha256, instance) = self.row.as_ref()?;
+            self.remaining -= 1;
+            return Some(Rollout {
+                rollout_id: rollout_id(
+                    sha256,
+                    &instance.instance_id,
+                    sample_idx,
+                    &self.config_hash,
+                ),
+                instance: instance.clone(),
+                dataset_sha256: sha256.clone(),
+                sample_idx,
+            });
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
 }
 
 /// What a worker hands to the collector.
@@ -530,63 +695,27 @@ pub async fn run_harvest(
     }
     let max_failures = resolved.config.max_rollout_failures;
     let mut given_up = Vec::new();
-    let samples = resolved.config.samples;
-    // A rollout id is a function of (dataset hash, instance id, sample): planning each (hash, instance) once plans
-    // each id once, even with a row or a dataset given twice (the CLI refuses both; this is the last guard).
-    let mut planned_rows: HashSet<(Arc<str>, &str)> = HashSet::new();
-    let mut todo = Vec::new();
-    for dataset in &datasets {
-        let dataset_sha256: Arc<str> = Arc::from(dataset.sha256.as_str());
-        for instance in &dataset.instances {
-            if !planned_rows.insert((dataset_sha256.clone(), instance.instance_id.as_str())) {
-                warn!(
-                    instance_id = instance.instance_id,
-                    dataset = dataset.source,
-                    "a task is given twice; planned once"
-                );
-                continue;
-            }
-            let instance = Arc::new(instance.clone());
-            if !budget_state.per_task.contains_key(&instance.instance_id) {
-                let task = store.task_totals(&instance.instance_id);
+    let todo = Plan::count(
+        datasets,
+        PlanRules {
+            samples: resolved.config.samples,
+            config_hash: &resolved.config_hash,
+            max_failures,
+            retry_given_up: resolved.config.retry_given_up,
+        },
+        |id| store.is_committed(id),
+        &failures,
+        &mut totals,
+        &mut given_up,
+        |instance_id| {
+            if !budget_state.per_task.contains_key(instance_id) {
+                let task = store.task_totals(instance_id);
                 let mut spent = Spent::default();
                 spent.add(task.tokens, task.turns, task.wall_ms);
-                budget_state
-                    .per_task
-                    .insert(instance.instance_id.clone(), spent);
+                budget_state.per_task.insert(instance_id.to_owned(), spent);
             }
-            for sample_idx in 0..samples {
-                let id = rollout_id(
-                    &dataset_sha256,
-                    &instance.instance_id,
-                    sample_idx,
-                    &resolved.config_hash,
-                );
-                totals.planned += 1;
-                if store.is_committed(&id) {
-                    totals.committed_before += 1;
-                    continue;
-                }
-                if let Some((count, kind)) = failures.get(&id) {
-                    if *count >= max_failures && !resolved.config.retry_given_up {
-                        totals.given_up += 1;
-                        given_up.push(format!(
-                            "{} s{sample_idx}: {count} failures, last {kind}",
-                            instance.instance_id
-                        ));
-                        continue;
-                    }
-                }
-                todo.push(Rollout {
-                    instance: instance.clone(),
-                    dataset_sha256: dataset_sha256.clone(),
-                    sample_idx,
-                    rollout_id: id,
-                });
-            }
-        }
-    }
-    drop(planned_rows);
+        },
+    );
     drop(failures);
     if totals.given_up > 0 {
         progress.note(&format!(
@@ -931,6 +1060,145 @@ async fn run_rollout(context: &Context, rollout: Rollout) -> RolloutOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(id: &str) -> Instance {
+        swe_env_grading::dataset::instance_from_value(
+            serde_json::json!({"repo": "o/r", "instance_id": id,
+            "base_commit": "abc", "test_patch": "x", "version": "1.0"}),
+        )
+        .unwrap()
+    }
+
+    fn dataset(sha256: &str, ids: &[&str]) -> DatasetInput {
+        DatasetInput {
+            source: sha256.to_owned(),
+            sha256: sha256.to_owned(),
+            rows: ids.len() as u64,
+            instances: ids.iter().map(|id| task(id)).collect(),
+        }
+    }
+
+    fn rules(samples: u32) -> PlanRules<'static> {
+        PlanRules {
+            samples,
+            config_hash: "cfg",
+            max_failures: 2,
+            retry_given_up: false,
+        }
+    }
+
+    /// The lazy plan yields exactly what the materialised one did: rows × samples in dataset order, minus committed,
+    /// given-up and twice-given rows, with the counts for progress from the counting pass.
+    #[test]
+    fn the_plan_skips_committed_given_up_and_repeated_rollouts_as_it_goes() {
+        let datasets = vec![dataset("d1", &["a", "b", "a"]), dataset("d2", &["a", "c"])];
+        let committed: HashSet<String> = [
+            rollout_id("d1", "a", 1, "cfg"),
+            rollout_id("d2", "c", 0, "cfg"),
+            rollout_id("d2", "c", 1, "cfg"),
+            rollout_id("d2", "c", 2, "cfg"),
+        ]
+        .into();
+        let mut failures = HashMap::new();
+        failures.insert(rollout_id("d1", "b", 0, "cfg"), (2, "panic".to_owned()));
+        failures.insert(rollout_id("d1", "b", 2, "cfg"), (1, "panic".to_owned()));
+        let (mut totals, mut given_up, mut rows) = (Totals::default(), Vec::new(), Vec::new());
+        let plan = Plan::count(
+            datasets,
+            rules(3),
+            |id| committed.contains(id),
+            &failures,
+            &mut totals,
+            &mut given_up,
+            |id| rows.push(id.to_owned()),
+        );
+        assert_eq!(rows, ["a", "b", "a", "c"]);
+        assert_eq!(
+            (totals.planned, totals.committed_before, totals.given_up),
+            (12, 4, 1)
+        );
+        assert_eq!(given_up, ["b s0: 2 failures, last panic"]);
+        assert_eq!(plan.size_hint(), (7, Some(7)));
+        let got: Vec<(String, String, u32, String)> = plan
+            .map(|r| {
+                (
+                    r.dataset_sha256.to_string(),
+                    r.instance.instance_id.clone(),
+                    r.sample_idx,
+                    r.rollout_id,
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, u32, String)> = [
+            ("d1", "a", 0),
+            ("d1", "a", 2),
+            ("d1", "b", 1),
+            ("d1", "b", 2),
+            ("d2", "a", 0),
+            ("d2", "a", 1),
+            ("d2", "a", 2),
+        ]
+        .into_iter()
+        .map(|(d, i, k)| (d.to_owned(), i.to_owned(), k, rollout_id(d, i, k, "cfg")))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(totals.to_run(), 7);
+    }
+
+    /// Current resident set size (VmRSS), bytes.
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// Planning 1 M rollouts (1 000 rows × K = 1 000) allocates nothing per rollout: the counting pass keeps one bit
+    /// each (125 KB) and the iterator makes a rollout only when pulled. The list it replaced held ~100 bytes a
+    /// rollout (~100 MB here).
+    #[test]
+    fn planning_millions_of_rollouts_allocates_nothing_per_rollout() {
+        const ROWS: usize = 1_000;
+        const K: u32 = 1_000;
+        let ids: Vec<String> = (0..ROWS).map(|i| format!("o__r-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let datasets = vec![dataset("d", &refs)];
+        let before = rss();
+        let (mut totals, mut given_up) = (Totals::default(), Vec::new());
+        let mut plan = Plan::count(
+            datasets,
+            rules(K),
+            |_| false,
+            &HashMap::new(),
+            &mut totals,
+            &mut given_up,
+            |_| {},
+        );
+        assert_eq!(totals.planned, ROWS as u64 * u64::from(K));
+        assert_eq!(plan.size_hint().0, ROWS * K as usize);
+        let first = plan.next().unwrap();
+        assert_eq!(
+            (first.instance.instance_id.as_str(), first.sample_idx),
+            ("o__r-0", 0)
+        );
+        let pulled = plan.by_ref().take(100_000).count();
+        assert_eq!(pulled, 100_000);
+        let growth = rss().saturating_sub(before);
+        println!(
+            "plan of {} rollouts: RSS growth {:.1} MB",
+            totals.planned,
+            growth as f64 / 1e6
+        );
+        assert!(
+            growth < 32_000_000,
+            "RSS grew {growth} bytes planning 1 M rollouts"
+        );
+        assert_eq!(plan.size_hint().0, ROWS * K as usize - 100_001);
+    }
 
     fn state(budgets: Budgets) -> BudgetState {
         BudgetState {

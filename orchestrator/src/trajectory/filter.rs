@@ -3,13 +3,15 @@
 //!
 //! Everything works on a [`Summary`], which comes from a trajectory ([`Summary::of`]) or, for harvest output, can
 //! be filled from a manifest row without decoding the rollout. [`select`] decides for a whole input set (dedup and
-//! the cap need all of it); each exclusion has one [`Exclusion`] reason, counted in [`ExclusionCounts`].
+//! the cap need all of it) through [`Candidates`], which an export over millions of rows fills one trajectory at a
+//! time and which keeps only what dedup and the cap need; each exclusion has one [`Exclusion`] reason, counted in
+//! [`ExclusionCounts`].
 //!
 //! Order of the decisions (a trajectory is counted under the first that excludes it): unfinished, empty, status,
 //! resolved, reward, repo, turns, tokens, then — over the survivors, in the cap order (resolved first, then by
 //! rollout id, else episode id) — dedup (the first of a duplicate set is kept) and the per-task cap.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde_json::{json, Value};
@@ -393,44 +395,157 @@ pub fn select(filters: &Filters, summaries: &[Summary]) -> Vec<Option<Exclusion>
     if !filters.needs_all() {
         return decisions;
     }
-    let mut order: Vec<usize> = (0..summaries.len())
-        .filter(|&i| decisions[i].is_none())
-        .collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&summaries[a], &summaries[b]);
-        (!a.resolved, a.order_id(), &a.episode_id).cmp(&(!b.resolved, b.order_id(), &b.episode_id))
-    });
-    let by_trajectory = filters.needs_trajectory_hash();
-    let by_patch = matches!(filters.dedup, Dedup::Patch | Dedup::Both);
-    let mut seen: HashSet<(&str, &str, &str)> = HashSet::new();
-    let mut per_task: BTreeMap<&str, usize> = BTreeMap::new();
-    for index in order {
-        let summary = &summaries[index];
-        let task = summary.instance_id.as_str();
-        let mut keys = Vec::new();
-        if by_trajectory {
-            if let Some(hash) = &summary.trajectory_hash {
-                keys.push((task, "trajectory", hash.as_str()));
-            }
+    let mut candidates = Candidates::new(filters);
+    for (index, summary) in summaries.iter().enumerate() {
+        if decisions[index].is_none() {
+            candidates.push(index as u64, summary);
         }
-        if by_patch {
-            if let Some(hash) = &summary.patch_hash {
-                keys.push((task, "patch", hash.as_str()));
-            }
-        }
-        if keys.iter().any(|key| seen.contains(key)) {
-            decisions[index] = Some(Exclusion::Dedup);
-            continue;
-        }
-        let kept = per_task.entry(task).or_default();
-        if filters.per_task_cap.is_some_and(|cap| *kept >= cap) {
-            decisions[index] = Some(Exclusion::Cap);
-            continue;
-        }
-        *kept += 1;
-        seen.extend(keys);
+    }
+    for (index, decision) in candidates.select() {
+        decisions[index as usize] = decision;
     }
     decisions
+}
+
+/// What dedup and the per-task cap need of one trajectory that passed the per-trajectory filters, kept small (no
+/// rewards, no repo, no status; hashes as 32 bytes; the task as a number): ~150 bytes.
+#[derive(Debug)]
+struct Candidate {
+    /// Where it is in the input order.
+    position: u64,
+    task: u32,
+    resolved: bool,
+    /// The rollout id, else the episode id.
+    order_id: Box<str>,
+    /// The episode id when it is not `order_id` (the tie-break of equal rollout ids).
+    episode_id: Option<Box<str>>,
+    trajectory_hash: Option<[u8; 32]>,
+    patch_hash: Option<[u8; 32]>,
+}
+
+impl Candidate {
+    fn key(&self) -> (bool, &str, &str) {
+        (
+            !self.resolved,
+            &self.order_id,
+            self.episode_id.as_deref().unwrap_or(&self.order_id),
+        )
+    }
+}
+
+/// A hash as 32 bytes: the hex SHA-256 the summaries carry parsed, any other text (a hand-edited manifest) hashed,
+/// so equal texts stay equal and different ones different.
+fn hash_key(text: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let parsed = text.len() == 64
+        && key.iter_mut().enumerate().all(|(index, byte)| {
+            u8::from_str_radix(&text[index * 2..index * 2 + 2], 16)
+                .map(|value| *byte = value)
+                .is_ok()
+        });
+    if !parsed {
+        key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    }
+    key
+}
+
+/// Dedup and the per-task cap over a stream of trajectories: [`Candidates::push`] the ones that passed
+/// [`Filters::check`], one at a time, then [`Candidates::select`]. Holds a small [`Candidate`] per pushed
+/// trajectory and one entry per task, never a summary, so an export over millions of harvest rows keeps only what
+/// these two decisions need.
+#[derive(Debug)]
+pub struct Candidates {
+    dedup: Dedup,
+    per_task_cap: Option<usize>,
+    tasks: HashMap<Box<str>, u32>,
+    items: Vec<Candidate>,
+}
+
+impl Candidates {
+    /// An empty set deciding by `filters`' dedup and cap.
+    pub fn new(filters: &Filters) -> Candidates {
+        Candidates {
+            dedup: filters.dedup,
+            per_task_cap: filters.per_task_cap,
+            tasks: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Adds a trajectory that passed the per-trajectory filters, at `position` in the input order.
+    pub fn push(&mut self, position: u64, summary: &Summary) {
+        let next = u32::try_from(self.tasks.len()).unwrap_or(u32::MAX);
+        let task = match self.tasks.get(summary.instance_id.as_str()) {
+            Some(&task) => task,
+            None => {
+                self.tasks.insert(summary.instance_id.as_str().into(), next);
+                next
+            }
+        };
+        let order_id = summary.order_id();
+        let by_trajectory = matches!(self.dedup, Dedup::Trajectory | Dedup::Both);
+        let by_patch = matches!(self.dedup, Dedup::Patch | Dedup::Both);
+        self.items.push(Candidate {
+            position,
+            task,
+            resolved: summary.resolved,
+            order_id: order_id.into(),
+            episode_id: (summary.episode_id != order_id)
+                .then(|| summary.episode_id.as_str().into()),
+            trajectory_hash: summary
+                .trajectory_hash
+                .as_deref()
+                .filter(|_| by_trajectory)
+                .map(hash_key),
+            patch_hash: summary
+                .patch_hash
+                .as_deref()
+                .filter(|_| by_patch)
+                .map(hash_key),
+        });
+    }
+
+    /// How many trajectories were pushed.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The decision for every pushed trajectory, by position (ascending): `None` = exported, else `Dedup` or `Cap`.
+    /// In the cap order (resolved first, then by rollout id, else episode id), the first of a duplicate set is kept
+    /// and a task's trajectories past the cap are left out.
+    pub fn select(mut self) -> Vec<(u64, Option<Exclusion>)> {
+        self.items.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut seen: HashSet<(u32, bool, [u8; 32])> = HashSet::new();
+        let mut per_task = vec![0usize; self.tasks.len()];
+        drop(self.tasks);
+        let mut decisions: Vec<(u64, Option<Exclusion>)> = Vec::with_capacity(self.items.len());
+        for item in &self.items {
+            let keys = [
+                item.trajectory_hash.map(|hash| (item.task, true, hash)),
+                item.patch_hash.map(|hash| (item.task, false, hash)),
+            ];
+            if keys.iter().flatten().any(|key| seen.contains(key)) {
+                decisions.push((item.position, Some(Exclusion::Dedup)));
+                continue;
+            }
+            let kept = &mut per_task[item.task as usize];
+            if self.per_task_cap.is_some_and(|cap| *kept >= cap) {
+                decisions.push((item.position, Some(Exclusion::Cap)));
+                continue;
+            }
+            *kept += 1;
+            seen.extend(keys.into_iter().flatten());
+            decisions.push((item.position, None));
+        }
+        drop(self.items);
+        decisions.sort_unstable_by_key(|(position, _)| *position);
+        decisions
+    }
 }
 
 #[cfg(test)]
