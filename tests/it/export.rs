@@ -399,18 +399,15 @@ fn rollout(
     }
 }
 
-#[tokio::test]
-async fn harvest_directories_export_their_rollouts_with_ids_filters_and_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().join("harvest");
-    let config_hash = "cfg0";
-    let mut store = HarvestStore::open(
-        &out_dir,
+/// A harvest store in `out_dir` over one test dataset of `rows` rows (sha256 `d5`).
+async fn test_store(out_dir: &Path, config_hash: &str, rows: u64) -> HarvestStore {
+    HarvestStore::open(
+        out_dir,
         HarvestHeader {
             datasets: vec![DatasetEntry {
                 source: "test".into(),
                 sha256: "d5".into(),
-                rows: 2,
+                rows,
             }],
             config_hash: config_hash.into(),
             config: json!({"model": "scripted"}),
@@ -418,7 +415,15 @@ async fn harvest_directories_export_their_rollouts_with_ids_filters_and_cap() {
         StoreOptions::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn harvest_directories_export_their_rollouts_with_ids_filters_and_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("harvest");
+    let config_hash = "cfg0";
+    let mut store = test_store(&out_dir, config_hash, 2).await;
     let mut rollout_ids = Vec::new();
     for sample_idx in 0..4u32 {
         let mut episode = Episode::new(&format!("t1.s{sample_idx}"), "t1");
@@ -726,21 +731,7 @@ async fn a_harvest_of_100k_rows_exports_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("harvest");
     let config_hash = "cfg0";
-    let mut store = HarvestStore::open(
-        &out_dir,
-        HarvestHeader {
-            datasets: vec![DatasetEntry {
-                source: "test".into(),
-                sha256: "d5".into(),
-                rows: TASKS,
-            }],
-            config_hash: config_hash.into(),
-            config: json!({"model": "scripted"}),
-        },
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let mut store = test_store(&out_dir, config_hash, TASKS).await;
     let mut template = None;
     for task in 0..TASKS {
         let id = format!("task-{task}");
