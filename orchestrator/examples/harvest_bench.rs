@@ -40,7 +40,8 @@ struct Args {
     /// Wait before every model reply, in milliseconds.
     #[arg(long, default_value_t = 0)]
     model_delay_ms: u64,
-    /// Output directory of the harvest (emptied first).
+    /// Output directory of the harvest (an earlier harvest there is replaced; any other non-empty directory is
+    /// refused).
     #[arg(long, default_value = "target/harvest-bench")]
     out: PathBuf,
     /// Extra arguments passed to `swe-env harvest` as they are (after `--`).
@@ -111,7 +112,17 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         );
     }
     let server = ScriptedServer::start(script).await?;
+    // Only a missing directory or an earlier harvest (one with `harvest.json`) is replaced: anything else named
+    // by `--out` is refused, never deleted.
     if args.out.exists() {
+        let empty = std::fs::read_dir(&args.out)?.next().is_none();
+        if !empty && !args.out.join("harvest.json").exists() {
+            return Err(format!(
+                "{} is not empty and is not a harvest directory: give a new --out",
+                args.out.display()
+            )
+            .into());
+        }
         std::fs::remove_dir_all(&args.out)?;
     }
     let planned = dataset.instances.len() as u64 * u64::from(args.samples);

@@ -107,6 +107,10 @@ pub struct ModelAgentOutcome {
     pub model_time: Duration,
     /// Steps whose reply could not be parsed into a tool call.
     pub n_format_errors: u32,
+    /// The loop ended with `model_error` because the endpoint refused this episode's own request (an HTTP 4xx other
+    /// than 408 / 429, a malformed or oversized answer, a prompt that does not render): retrying the same episode
+    /// would fail the same way, unlike an endpoint that is down.
+    pub model_rejected: bool,
 }
 
 impl ModelAgentOutcome {
@@ -352,6 +356,18 @@ pub fn step_tokens(completion: &Completion) -> StepTokens {
     }
 }
 
+/// Whether a failed call was the endpoint refusing this request (a 4xx other than 408 / 429, or an answer that is not
+/// a usable completion) rather than being unreachable, timing out or overloaded.
+fn is_request_rejected(error: &ModelError) -> bool {
+    match error {
+        ModelError::HttpStatus { status, .. } => {
+            (400..500).contains(status) && *status != 408 && *status != 429
+        }
+        ModelError::MalformedResponse { .. } | ModelError::ResponseTooLarge { .. } => true,
+        _ => false,
+    }
+}
+
 /// Whether a failed call means the prompt no longer fits the model's context (servers answer 400 and say so).
 fn is_context_overflow(error: &ModelError) -> bool {
     match error {
@@ -422,14 +438,16 @@ pub async fn run_model_agent(
     let mut final_answer = None;
     let mut final_answer_tokens = None;
     let mut final_answer_reasoning = None;
+    let mut model_rejected = false;
     let (status, detail) = 'run: {
         let (system, user) = match opening_prompt(episode.instance(), config, episode.config()) {
             Ok(prompt) => prompt,
             Err(error) => {
+                model_rejected = true;
                 break 'run (
                     EpisodeStatus::ModelError,
                     Some(format!("invalid prompt config: {error}")),
-                )
+                );
             }
         };
         let mut conversation = Conversation {
@@ -447,10 +465,11 @@ pub async fn run_model_agent(
             let request = match conversation.request(config, episode) {
                 Ok(request) => request,
                 Err(error) => {
+                    model_rejected = true;
                     break 'run (
                         EpisodeStatus::ModelError,
                         Some(format!("cannot render the prompt: {error}")),
-                    )
+                    );
                 }
             };
             let wall_left = episode
@@ -475,6 +494,7 @@ pub async fn run_model_agent(
                     let status = if is_context_overflow(&error) {
                         EpisodeStatus::ContextExhausted
                     } else {
+                        model_rejected = is_request_rejected(&error);
                         EpisodeStatus::ModelError
                     };
                     break 'run (status, Some(error.to_string()));
@@ -614,6 +634,7 @@ pub async fn run_model_agent(
         completion_tokens: tally.completion_tokens,
         model_time: tally.model_time,
         n_format_errors: tally.n_format_errors,
+        model_rejected,
     };
     emit(
         &events,
@@ -842,5 +863,11 @@ mod tests {
         )));
         assert!(!is_context_overflow(&error(400, "bad temperature")));
         assert!(!is_context_overflow(&error(500, "maximum context length")));
+        // A refused request is the episode's own (retrying repeats it); an overloaded or down endpoint is not.
+        assert!(is_request_rejected(&error(400, "bad temperature")));
+        assert!(is_request_rejected(&error(404, "no such model")));
+        for transient in [408, 429, 500, 503] {
+            assert!(!is_request_rejected(&error(transient, "")), "{transient}");
+        }
     }
 }

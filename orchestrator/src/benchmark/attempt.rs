@@ -161,6 +161,9 @@ pub enum AgentError {
         episode_status: EpisodeStatus,
         /// Model usage until then.
         usage: Usage,
+        /// The endpoint refused this episode's request (a 4xx, a malformed answer): kind `model_rejected`, which
+        /// a retry of the same episode would repeat; otherwise `model_endpoint` (down, timing out, overloaded).
+        rejected: bool,
     },
 }
 
@@ -172,6 +175,7 @@ impl AttemptError {
             Self::Agent(AgentError::NoPrediction { .. }) => "no_prediction",
             Self::Agent(AgentError::PromptTemplate(_)) => "prompt_template",
             Self::Agent(AgentError::Episode(error)) => error_kind_of_episode(error),
+            Self::Agent(AgentError::ModelEndpoint { rejected: true, .. }) => "model_rejected",
             Self::Agent(AgentError::ModelEndpoint { .. }) => "model_endpoint",
             Self::Grade {
                 error: GradeError::Spec { .. },
@@ -347,6 +351,7 @@ async fn run_agent(
                 n_steps: run.outcome.n_steps,
                 episode_status: run.outcome.status,
                 usage: run.usage,
+                rejected: model_outcome.model_rejected,
             });
         }
         run.final_answer = model_outcome.final_answer;
@@ -524,9 +529,18 @@ mod tests {
             n_steps: 3,
             episode_status: EpisodeStatus::ModelError,
             usage,
+            rejected: false,
         })
         .into_result(&instance());
         assert_eq!(endpoint.error_kind.as_deref(), Some("model_endpoint"));
+        let rejected = AttemptError::from(AgentError::ModelEndpoint {
+            detail: "HTTP 400".into(),
+            n_steps: 1,
+            episode_status: EpisodeStatus::ModelError,
+            usage,
+            rejected: true,
+        });
+        assert_eq!(rejected.kind(), "model_rejected");
         assert_eq!(endpoint.error.as_deref(), Some("connection refused"));
         assert_eq!(
             (endpoint.n_steps, endpoint.tokens, endpoint.model_ms),

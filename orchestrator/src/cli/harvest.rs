@@ -348,8 +348,8 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
     }
     if !outcome.given_up.is_empty() {
         eprintln!(
-            "{} rollouts given up after failing --max-rollout-failures times (failures.jsonl; --retry-given-up runs \
-             them once more): {}{}",
+            "{} rollouts given up after failing --max-rollout-failures times for a reason of their own (failures.jsonl; \
+             --retry-given-up runs them once more): {}{}",
             outcome.totals.given_up,
             outcome.given_up.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
             if outcome.given_up.len() > 5 { "; …" } else { "" }
@@ -364,7 +364,8 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         eprintln!("interrupted: committed rollouts are kept; rerun the same command to resume");
     } else if outcome.totals.failed > 0 {
         eprintln!(
-            "{} rollouts failed (failures.jsonl); rerun the same command to retry them",
+            "{} rollouts failed (failures.jsonl); rerun the same command to retry them (one that has failed \
+             --max-rollout-failures times for a reason of its own, not an outage, is given up)",
             outcome.totals.failed
         );
     }

@@ -491,7 +491,7 @@ pub fn to_markdown(card: &DataCard) -> String {
     let _ = writeln!(md, "\n## Failures\n");
     let _ = writeln!(
         md,
-        "{} failure records; {} rollouts still failed (retried by the next invocation).\n",
+        "{} failure records; {} rollouts still failed (retried by the next invocation unless given up below).\n",
         card.failures.recorded, card.failures.outstanding_rollouts
     );
     let kinds: BTreeSet<&String> = card

@@ -297,10 +297,12 @@ impl Plan {
                     if let Some((count, kind)) = failures.get(&id) {
                         if *count >= rules.max_failures && !rules.retry_given_up {
                             totals.given_up += 1;
-                            given_up.push(format!(
-                                "{} s{sample_idx}: {count} failures, last {kind}",
-                                instance.instance_id
-                            ));
+                            if given_up.len() < MAX_GIVEN_UP_LISTED {
+                                given_up.push(format!(
+                                    "{} s{sample_idx}: {count} failures, last {kind}",
+                                    instance.instance_id
+                                ));
+                            }
                             mark(at);
                             continue;
                         }
@@ -556,6 +558,9 @@ impl BudgetState {
     }
 }
 
+/// Given-up rollouts named in `--json` and the data card (the count is always exact).
+const MAX_GIVEN_UP_LISTED: usize = 1000;
+
 /// Failure kinds that say the infrastructure is down (every rollout would fail the same way), as opposed to a
 /// problem of one task or rollout.
 const INFRA_KINDS: [&str; 2] = ["model_endpoint", "docker_unavailable"];
@@ -689,6 +694,11 @@ pub async fn run_harvest(
     // Failures so far per rollout: a rollout that failed `max_rollout_failures` times is given up.
     let mut failures: HashMap<String, (u32, String)> = HashMap::new();
     for failure in read_failures(&out)? {
+        // An outage (the endpoint or Docker down) says nothing about the rollout: only its own failures count
+        // towards giving it up.
+        if INFRA_KINDS.contains(&failure.error_kind.as_str()) {
+            continue;
+        }
         let entry = failures.entry(failure.rollout_id).or_default();
         entry.0 += 1;
         entry.1 = failure.error_kind;
@@ -717,15 +727,6 @@ pub async fn run_harvest(
         },
     );
     drop(failures);
-    if totals.given_up > 0 {
-        progress.note(&format!(
-            "{} rollouts given up after {max_failures} failures each (not run; --retry-given-up runs them \
-             again): {}{}",
-            totals.given_up,
-            given_up.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
-            if given_up.len() > 5 { "; …" } else { "" }
-        ));
-    }
     progress.begin(&totals);
 
     let work_dir = store.work_dir();

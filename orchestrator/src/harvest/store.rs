@@ -1231,7 +1231,12 @@ fn argv_summary(args: impl Iterator<Item = String>) -> String {
             continue;
         }
         let lower = arg.to_ascii_lowercase();
-        let secret = lower.starts_with("--") && SECRET.iter().any(|s| lower.contains(s));
+        let name = lower
+            .split_once('=')
+            .map_or(lower.as_str(), |(name, _)| name);
+        // `--token-budget 500` and `--api-key-env NAME` carry no secret: their values are kept.
+        let harmless = name.contains("budget") || name.ends_with("-env");
+        let secret = name.starts_with("--") && !harmless && SECRET.iter().any(|s| name.contains(s));
         if secret {
             match arg.split_once('=') {
                 Some((name, _)) => out.push(format!("{name}=<redacted>")),
@@ -2324,6 +2329,10 @@ pub(crate) mod tests {
             "s3://bucket/data.jsonl?X-Amz-Signature=s1gn",
             "--api-key",
             "sk-live",
+            "--token-budget",
+            "500",
+            "--api-key-env",
+            "MY_KEY",
             "--out",
             "runs/h1",
         ]
@@ -2343,6 +2352,10 @@ pub(crate) mod tests {
         assert!(
             summary.contains("s3://bucket/data.jsonl?<redacted>"),
             "{summary}"
+        );
+        assert!(
+            summary.contains("--token-budget 500 --api-key-env MY_KEY"),
+            "harmless values are kept: {summary}"
         );
         assert!(summary.ends_with("--out runs/h1"), "{summary}");
     }
