@@ -141,19 +141,61 @@ struct AttemptOk {
 }
 
 /// The fields a 400 body rejects that `auto` settings may drop: those `request` asks for in `auto` mode, that were
-/// in the body just sent (not in `omitted`), and that the error message names.
+/// in the body just sent (not in `omitted`), and that the body's error message names as a whole word. Only the
+/// parsed message is read ([`error_message`]), never the rest of the body: a server that quotes the request (an
+/// agent's output included) must not be able to switch a field off.
 fn rejected_fields(
     request: &ModelRequest,
     omitted: &[OptionalField],
     body: &[u8],
 ) -> Vec<OptionalField> {
-    let message = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let Some(message) = error_message(body) else {
+        return Vec::new();
+    };
+    let message = message.to_ascii_lowercase();
     OptionalField::ALL
         .into_iter()
         .filter(|field| {
-            !omitted.contains(field) && field.droppable(request) && message.contains(field.name())
+            !omitted.contains(field)
+                && field.droppable(request)
+                && words_naming(*field)
+                    .iter()
+                    .any(|word| names_word(&message, word))
         })
         .collect()
+}
+
+/// The words an error message may use for `field`: its name, and `top_logprobs` for logprobs (sent with it on
+/// the chat path).
+fn words_naming(field: OptionalField) -> &'static [&'static str] {
+    match field {
+        OptionalField::Logprobs => &["logprobs", "top_logprobs"],
+        OptionalField::ReturnTokenIds => &["return_token_ids"],
+    }
+}
+
+/// The error message of an error body: `error.message`, else a top-level `message` or `detail`, when a string.
+fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let found = [
+        value.get("error").and_then(|error| error.get("message")),
+        value.get("message"),
+        value.get("detail"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|found| found.as_str().map(str::to_owned));
+    found
+}
+
+/// Whether `text` holds `word` as a whole word: not inside a longer identifier (letters, digits, `_`).
+fn names_word(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(start, _)| {
+        let before = text[..start].chars().next_back();
+        let after = text[start + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
 }
 
 impl ModelClient {
@@ -239,8 +281,8 @@ impl ModelClient {
     /// waiting for a permit does not count against the request timeout.
     ///
     /// Fields asked for in `auto` mode (`logprobs`, `return_token_ids`) are dropped for an endpoint that answered
-    /// HTTP 400 naming them: the attempt is re-sent at once without them (no retry spent) and the endpoint
-    /// remembers it for the client's life. [`Completion::sampling`] is what the answering request carried.
+    /// HTTP 400 whose error message names them: the attempt is re-sent at once without them (no retry spent) and,
+    /// once that re-send succeeded, the endpoint remembers it for the client's life. [`Completion::sampling`] is what the answering request carried.
     pub async fn call(&self, request: &ModelRequest) -> Result<Completion, ModelError> {
         if let Some(extra) = &request.sampling.extra_body {
             if !extra.is_object() {
@@ -351,10 +393,16 @@ impl ModelClient {
         // Reported (completion, errors, logs) without credentials; the request goes to the real URL.
         let endpoint = redact_url(&lease.endpoint.base_url);
         let url = lease.endpoint.url(kind.path());
+        // Fields this attempt re-sends without after a 400 named them; the endpoint is marked only once a re-send
+        // without them succeeded.
+        let mut dropped: Vec<OptionalField> = Vec::new();
         loop {
             let omit: Vec<OptionalField> = OptionalField::ALL
                 .into_iter()
-                .filter(|&field| field.droppable(request) && lease.endpoint.rejects(field))
+                .filter(|&field| {
+                    field.droppable(request)
+                        && (lease.endpoint.rejects(field) || dropped.contains(&field))
+                })
                 .collect();
             let body = request_body(&self.config.model, request, &omit);
             let sampling = sampling_of(&body);
@@ -364,6 +412,15 @@ impl ModelClient {
             match result {
                 Ok(reply) => {
                     self.pool.mark_ok(lease.index);
+                    for &field in &dropped {
+                        if lease.endpoint.mark_rejects(field) {
+                            tracing::info!(
+                                endpoint = %endpoint,
+                                field = field.name(),
+                                "endpoint rejects a field asked for by default; calls to it go without it"
+                            );
+                        }
+                    }
                     return Ok(AttemptOk {
                         endpoint,
                         reply,
@@ -371,25 +428,25 @@ impl ModelClient {
                         sampling,
                     });
                 }
-                Err(AttemptFailure::Status {
-                    status: 400,
-                    ref body,
-                    ..
-                }) if !rejected_fields(request, &omit, body).is_empty() => {
-                    // The endpoint does not take a field we only asked for by default: drop it for this
-                    // endpoint and re-send at once. Each pass drops at least one more field, so this ends.
-                    for field in rejected_fields(request, &omit, body) {
-                        if lease.endpoint.mark_rejects(field) {
-                            tracing::info!(
-                                endpoint = %endpoint,
-                                field = field.name(),
-                                detail = %snippet(body, 200),
-                                "endpoint rejects a field asked for by default; calls to it go without it"
-                            );
-                        }
-                    }
-                }
                 Err(failure) => {
+                    let rejected = match &failure {
+                        AttemptFailure::Status {
+                            status: 400, body, ..
+                        } => rejected_fields(request, &omit, body),
+                        _ => Vec::new(),
+                    };
+                    if !rejected.is_empty() {
+                        // The endpoint may not take a field we only asked for by default: re-send at once
+                        // without it. Each pass drops at least one more field, so this ends.
+                        tracing::info!(
+                            endpoint = %endpoint,
+                            fields = ?rejected.iter().map(|field| field.name()).collect::<Vec<_>>(),
+                            detail = %failure.describe(),
+                            "endpoint refused a field asked for by default; re-sending without it"
+                        );
+                        dropped.extend(rejected);
+                        continue;
+                    }
                     if failure.retryable() {
                         self.pool.mark_failed(lease.index);
                         if let Ok(mut guard) = last_failed.lock() {
@@ -486,6 +543,28 @@ mod tests {
         assert!(error
             .to_string()
             .contains("SWE_ENV_MODEL_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn a_field_is_named_only_as_a_whole_word_of_the_error_message() {
+        assert!(names_word(
+            "unrecognized argument: return_token_ids",
+            "return_token_ids"
+        ));
+        assert!(names_word("'logprobs' is not supported", "logprobs"));
+        assert!(names_word("top_logprobs.", "top_logprobs"));
+        assert!(!names_word("no_logprobs_here", "logprobs"));
+        assert!(!names_word("top_logprobs", "logprobs"));
+        assert!(!names_word("return_token_ids2", "return_token_ids"));
+        let message = |body: &str| error_message(body.as_bytes());
+        assert_eq!(
+            message(r#"{"error":{"message":"bad logprobs"},"input":"x"}"#).as_deref(),
+            Some("bad logprobs")
+        );
+        assert_eq!(message(r#"{"message":"m"}"#).as_deref(), Some("m"));
+        assert_eq!(message(r#"{"detail":"d"}"#).as_deref(), Some("d"));
+        assert_eq!(message(r#"{"detail":[{"msg":"logprobs"}]}"#), None);
+        assert_eq!(message("logprobs is not JSON"), None);
     }
 
     fn one_attempt(endpoint: String) -> ClientConfig {

@@ -69,7 +69,8 @@ pub(crate) struct EndpointPool {
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     cooldown: Duration,
-    /// Woken whenever a lease ends, so a caller waiting for a permit takes the first endpoint that frees one.
+    /// Woken whenever a lease ends, so a caller waiting on several equally ranked endpoints takes the first that
+    /// frees a permit (a caller with one usable endpoint queues on its semaphore instead, first come first served).
     released: Notify,
 }
 
@@ -156,7 +157,8 @@ impl EndpointPool {
 
     /// Picks an endpoint and waits for one of its permits, preferring one that has a permit free: among the
     /// best-ranked endpoints (not avoided, not cooling down) in round-robin order, the first with a free permit;
-    /// when all are busy, the first of them to free one.
+    /// when all are busy, the first of them to free one. With a single usable endpoint, callers queue for its
+    /// permits in arrival order.
     pub(crate) async fn lease(&self, avoid: Option<usize>) -> Option<Lease<'_>> {
         let order = self.candidates(avoid);
         let first = *order.first()?;
@@ -165,8 +167,21 @@ impl EndpointPool {
             .copied()
             .take_while(|&index| index == first || self.rank_equal(index, first, avoid))
             .collect();
+        if let [index] = usable[..] {
+            // One endpoint to wait for (the common case): queue on its semaphore, which hands permits out in
+            // arrival order and wakes only the waiter it serves.
+            let endpoint = &self.endpoints[index];
+            let permit = Arc::clone(&endpoint.permits).acquire_owned().await.ok()?;
+            return Some(Lease {
+                index,
+                endpoint,
+                released: &self.released,
+                permit: Some(permit),
+            });
+        }
         loop {
-            // Register for the wake-up before looking, so a permit freed in between is not missed.
+            // Several equally ranked endpoints: take the first that frees a permit. Register for the wake-up
+            // before looking, so a permit freed in between is not missed.
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
@@ -345,6 +360,46 @@ mod tests {
         );
         config.endpoint_max_in_flight = vec![1, 2];
         assert!(ModelClient::new(config).is_err());
+    }
+
+    /// With one endpoint, waiters are served in arrival order: a permit freed while someone waits goes to that
+    /// waiter, not to a caller arriving just after the release.
+    #[tokio::test]
+    async fn one_endpoint_serves_waiters_first_come_first_served() {
+        let pool = Arc::new(pool(1));
+        let held = pool.lease(None).await.unwrap();
+        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = tokio::task::JoinSet::new();
+        for waiter in 0..4 {
+            let pool = Arc::clone(&pool);
+            let order_tx = order_tx.clone();
+            waiters.spawn(async move {
+                let lease = pool.lease(None).await.unwrap();
+                order_tx.send(waiter).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(lease);
+            });
+            // Let this waiter queue before the next one arrives.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        // A caller arriving right after the release queues behind the four waiting ones.
+        let late = pool.lease(None).await.unwrap();
+        order_tx.send(4).unwrap();
+        drop(late);
+        while let Some(result) = waiters.join_next().await {
+            result.unwrap();
+        }
+        drop(order_tx);
+        let mut order = Vec::new();
+        while let Some(waiter) = order_rx.recv().await {
+            order.push(waiter);
+        }
+        assert_eq!(
+            order,
+            [0, 1, 2, 3, 4],
+            "served in arrival order, before the late caller"
+        );
     }
 
     #[tokio::test]

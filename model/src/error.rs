@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::retry::is_retryable_status;
+
 /// Why a model call failed; infrastructure failures only (a bad model answer is data, not an error).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,6 +96,19 @@ impl ModelError {
         }
     }
 
+    /// Whether the endpoint refused this request (a 4xx other than 408 Request Timeout and the retryable 429, or an
+    /// answer that is not a usable completion) rather than being unreachable, timing out or overloaded: sending
+    /// the same request again would fail the same way.
+    pub fn is_request_rejected(&self) -> bool {
+        match self {
+            ModelError::HttpStatus { status, .. } => {
+                (400..500).contains(status) && *status != 408 && !is_retryable_status(*status)
+            }
+            ModelError::MalformedResponse { .. } | ModelError::ResponseTooLarge { .. } => true,
+            _ => false,
+        }
+    }
+
     /// How many attempts were made before giving up (0 when none could start).
     pub fn attempts(&self) -> u32 {
         match self {
@@ -155,5 +170,34 @@ mod tests {
         assert!(text.starts_with("model endpoint http://127.0.0.1:1/v1 answered HTTP 400"));
         assert!(!text.ends_with('.'));
         assert_eq!(err.status(), Some(400));
+    }
+
+    #[test]
+    fn a_refused_request_is_told_from_an_overloaded_or_down_endpoint() {
+        let error = |status: u16| ModelError::HttpStatus {
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            status,
+            attempts: 1,
+            body_snippet: String::new(),
+            hint: status_hint(status),
+        };
+        for refused in [400, 401, 404, 413, 422] {
+            assert!(error(refused).is_request_rejected(), "{refused}");
+        }
+        for transient in [408, 429, 500, 503] {
+            assert!(!error(transient).is_request_rejected(), "{transient}");
+        }
+        let malformed = ModelError::MalformedResponse {
+            endpoint: "e".into(),
+            detail: "d".into(),
+            body_snippet: String::new(),
+        };
+        assert!(malformed.is_request_rejected());
+        let down = ModelError::Unreachable {
+            endpoint: "e".into(),
+            attempts: 3,
+            detail: "refused".into(),
+        };
+        assert!(!down.is_request_rejected());
     }
 }

@@ -137,3 +137,92 @@ async fn a_field_the_user_set_is_never_dropped() {
     let completion = client.call(&off).await.unwrap();
     assert_eq!(completion.sampling, json!({"logprobs": 0}));
 }
+
+/// A 400 that quotes the request (an agent's output included) names the fields only in the quote, not in its
+/// error message: nothing is dropped, the call fails as any 400 does, and the next call still asks for both.
+#[tokio::test]
+async fn field_names_quoted_outside_the_error_message_switch_nothing_off() {
+    let quoting = json!({
+        "error": {"message": "This model's prompt contains a banned phrase", "type": "invalid_request_error"},
+        "input": "the agent wrote: set logprobs and return_token_ids off",
+    });
+    let server = ScriptedServer::start(Script::new(vec![
+        ScriptedReply::Status {
+            status: 400,
+            retry_after: None,
+            body: quoting.to_string(),
+        },
+        ScriptedReply::text("ok"),
+    ]))
+    .await
+    .unwrap();
+    let client = ModelClient::new(fast_config(vec![server.base_url()])).unwrap();
+    let request = ModelRequest::chat(vec![ChatMessage::user("hi")], Vec::new());
+    let error = client.call(&request).await.unwrap_err();
+    assert!(
+        matches!(&error, ModelError::HttpStatus { status: 400, .. }),
+        "{error}"
+    );
+    assert_eq!(server.request_count(), 1, "no re-send without the fields");
+    let completion = client.call(&request).await.unwrap();
+    assert_eq!(completion.text, "ok");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert_eq!(request.body["logprobs"], true);
+        assert_eq!(request.body["return_token_ids"], true);
+    }
+}
+
+/// A 400 naming a field only inside a longer identifier (`my_return_token_ids_v2`) is not about that field.
+#[tokio::test]
+async fn a_field_name_inside_a_longer_identifier_is_not_a_rejection() {
+    let server = ScriptedServer::start(Script::new(vec![
+        ScriptedReply::Status {
+            status: 400,
+            retry_after: None,
+            body: json!({"detail": "unknown option my_return_token_ids_v2"}).to_string(),
+        },
+        ScriptedReply::text("ok"),
+    ]))
+    .await
+    .unwrap();
+    let client = ModelClient::new(fast_config(vec![server.base_url()])).unwrap();
+    assert!(client.call(&ModelRequest::prompt("p")).await.is_err());
+    assert_eq!(server.request_count(), 1);
+    client.call(&ModelRequest::prompt("p")).await.unwrap();
+    assert_eq!(server.requests()[1].body["return_token_ids"], true);
+}
+
+/// The endpoint is marked only once the re-send without the field succeeded: when the re-send fails too, the field
+/// was not the trouble, so the next call asks for it again.
+#[tokio::test]
+async fn a_failed_re_send_does_not_mark_the_endpoint() {
+    let status = |message: &str| ScriptedReply::Status {
+        status: 400,
+        retry_after: None,
+        body: json!({"error": {"message": message}}).to_string(),
+    };
+    let server = ScriptedServer::start(Script::new(vec![
+        status("Unrecognized request argument supplied: return_token_ids"),
+        status("prompt contains a banned phrase"),
+        ScriptedReply::text("ok"),
+    ]))
+    .await
+    .unwrap();
+    let client = ModelClient::new(fast_config(vec![server.base_url()])).unwrap();
+    let error = client.call(&ModelRequest::prompt("p")).await.unwrap_err();
+    assert!(
+        matches!(&error, ModelError::HttpStatus { status: 400, body_snippet, .. }
+            if body_snippet.contains("banned phrase")),
+        "{error}"
+    );
+    let completion = client.call(&ModelRequest::prompt("p")).await.unwrap();
+    assert_eq!(completion.text, "ok");
+    let with_ids: Vec<bool> = server
+        .requests()
+        .iter()
+        .map(|request| request.body.get("return_token_ids").is_some())
+        .collect();
+    assert_eq!(with_ids, [true, false, true]);
+}

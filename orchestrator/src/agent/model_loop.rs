@@ -356,18 +356,6 @@ pub fn step_tokens(completion: &Completion) -> StepTokens {
     }
 }
 
-/// Whether a failed call was the endpoint refusing this request (a 4xx other than 408 / 429, or an answer that is not
-/// a usable completion) rather than being unreachable, timing out or overloaded.
-fn is_request_rejected(error: &ModelError) -> bool {
-    match error {
-        ModelError::HttpStatus { status, .. } => {
-            (400..500).contains(status) && *status != 408 && *status != 429
-        }
-        ModelError::MalformedResponse { .. } | ModelError::ResponseTooLarge { .. } => true,
-        _ => false,
-    }
-}
-
 /// Whether a failed call means the prompt no longer fits the model's context (servers answer 400 and say so).
 fn is_context_overflow(error: &ModelError) -> bool {
     match error {
@@ -494,7 +482,7 @@ pub async fn run_model_agent(
                     let status = if is_context_overflow(&error) {
                         EpisodeStatus::ContextExhausted
                     } else {
-                        model_rejected = is_request_rejected(&error);
+                        model_rejected = error.is_request_rejected();
                         EpisodeStatus::ModelError
                     };
                     break 'run (status, Some(error.to_string()));
@@ -864,10 +852,10 @@ mod tests {
         assert!(!is_context_overflow(&error(400, "bad temperature")));
         assert!(!is_context_overflow(&error(500, "maximum context length")));
         // A refused request is the episode's own (retrying repeats it); an overloaded or down endpoint is not.
-        assert!(is_request_rejected(&error(400, "bad temperature")));
-        assert!(is_request_rejected(&error(404, "no such model")));
+        assert!(error(400, "bad temperature").is_request_rejected());
+        assert!(error(404, "no such model").is_request_rejected());
         for transient in [408, 429, 500, 503] {
-            assert!(!is_request_rejected(&error(transient, "")), "{transient}");
+            assert!(!error(transient, "").is_request_rejected(), "{transient}");
         }
     }
 }
