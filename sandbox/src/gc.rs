@@ -245,3 +245,21 @@ pub async fn remove_owned(engine: &DockerEngine) -> Result<usize, SandboxError> 
     }
     Ok(removed)
 }
+
+/// Removes every container owned by this process until a pass finds none (at most 5 passes, 300 ms apart): a
+/// create request dropped mid-flight (a cancelled task) may still land in the engine after the first pass. Used
+/// after a run was stopped; a listing failure is logged and the sweep goes on. Returns how many were removed.
+pub async fn remove_owned_until_quiet(engine: &DockerEngine) -> usize {
+    let mut removed = 0;
+    for pass in 0..5 {
+        match remove_owned(engine).await {
+            Ok(0) if pass > 0 => break,
+            Ok(n) => removed += n,
+            Err(error) => {
+                warn!(%error, "could not list this process's containers; run `swe-env gc`")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    removed
+}

@@ -245,6 +245,16 @@ async fn missing_image_is_a_per_instance_error_and_the_run_completes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
+    stops_cleanly_and_keeps_partial_results("-INT").await;
+}
+
+/// A scheduler's SIGTERM is an interrupt like Ctrl-C (before, it killed the run and left its containers).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_keeps_partial_results() {
+    stops_cleanly_and_keeps_partial_results("-TERM").await;
+}
+
+async fn stops_cleanly_and_keeps_partial_results(signal: &str) {
     let out = tempfile::tempdir().unwrap();
     let child = Command::new(EXE)
         .args([
@@ -270,7 +280,7 @@ async fn ctrl_c_stops_cleanly_and_keeps_partial_results() {
     let results = out.path().join("int/results.jsonl");
     wait_for_results(&results, 1).await;
     let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());

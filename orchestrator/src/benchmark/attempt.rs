@@ -111,6 +111,17 @@ async fn attempt(
     Ok(finish(instance, agent, graded).await)
 }
 
+/// `error_kind` of a model endpoint that is down, timing out or overloaded.
+pub const KIND_MODEL_ENDPOINT: &str = "model_endpoint";
+/// `error_kind` of a Docker engine that cannot be reached.
+pub const KIND_DOCKER_UNAVAILABLE: &str = "docker_unavailable";
+
+/// Whether an `error_kind` says the infrastructure is down (every attempt would fail the same way until it is
+/// back), as opposed to a problem of one instance or rollout.
+pub fn is_outage_kind(kind: &str) -> bool {
+    kind == KIND_MODEL_ENDPOINT || kind == KIND_DOCKER_UNAVAILABLE
+}
+
 /// Why an instance ended as an `error` result: one variant per phase.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
@@ -176,7 +187,7 @@ impl AttemptError {
             Self::Agent(AgentError::PromptTemplate(_)) => "prompt_template",
             Self::Agent(AgentError::Episode(error)) => error_kind_of_episode(error),
             Self::Agent(AgentError::ModelEndpoint { rejected: true, .. }) => "model_rejected",
-            Self::Agent(AgentError::ModelEndpoint { .. }) => "model_endpoint",
+            Self::Agent(AgentError::ModelEndpoint { .. }) => KIND_MODEL_ENDPOINT,
             Self::Grade {
                 error: GradeError::Spec { .. },
                 ..
@@ -472,7 +483,7 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
 fn error_kind_of_sandbox(error: &SandboxError) -> &'static str {
     match error {
         SandboxError::ImageNotFound { .. } => "image_missing",
-        SandboxError::EngineUnavailable { .. } => "docker_unavailable",
+        SandboxError::EngineUnavailable { .. } => KIND_DOCKER_UNAVAILABLE,
         _ => "sandbox",
     }
 }

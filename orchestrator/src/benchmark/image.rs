@@ -72,7 +72,7 @@ impl ImageError {
             Self::Auth { .. } => "registry_auth",
             Self::RegistryUnreachable { .. } => "registry_unreachable",
             Self::Pull { .. } => "pull_failed",
-            Self::Engine(_) => "docker_unavailable",
+            Self::Engine(_) => super::attempt::KIND_DOCKER_UNAVAILABLE,
         }
     }
 

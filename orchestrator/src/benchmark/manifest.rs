@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use super::{AgentSpec, RunConfig};
+use crate::trajectory::digest::hex;
 use crate::trajectory::record::now_rfc3339;
 
 /// The manifest's file name in the run directory.
@@ -313,14 +314,8 @@ pub fn dataset_digest(source: &str) -> std::io::Result<DatasetDigest> {
     })
 }
 
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Hex sha256 of `bytes` (the one definition lives in `trajectory::digest`).
+pub use crate::trajectory::digest::sha256_hex;
 
 fn agent_settings(agent: &AgentSpec) -> AgentSettings {
     let (kind, config) = match agent {

@@ -9,7 +9,9 @@ pub mod results;
 pub mod summary;
 mod workers;
 
-pub use attempt::{AgentError, AttemptError, AttemptOutput, AttemptSpec, PhaseTimes, Usage};
+pub use attempt::{
+    is_outage_kind, AgentError, AttemptError, AttemptOutput, AttemptSpec, PhaseTimes, Usage,
+};
 pub use image::ImageError;
 pub use workers::{run_workers, Job};
 
@@ -244,21 +246,9 @@ pub async fn run_benchmark(
     };
     let (interrupted, ()) = tokio::join!(workers, collect);
     if interrupted {
-        // In-flight episodes were dropped mid-way: remove every container this process still owns. A create
-        // request dropped mid-flight may still land in the engine, so sweep until a pass finds nothing.
-        for pass in 0..5 {
-            match swe_env_sandbox::gc::remove_owned(engine).await {
-                Ok(0) if pass > 0 => break,
-                Ok(n) => info!(
-                    removed = n,
-                    pass, "removed in-flight containers after interrupt"
-                ),
-                Err(error) => {
-                    warn!(%error, "could not remove in-flight containers; run `swe-env gc`")
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
+        // In-flight episodes were dropped mid-way: remove every container this process still owns.
+        let removed = swe_env_sandbox::gc::remove_owned_until_quiet(engine).await;
+        info!(removed, "removed in-flight containers after interrupt");
     }
     let results: Vec<InstanceResult> = done.into_values().collect();
     let stats = finish_run(&config, &dataset_ids, &results, started.elapsed()).await?;

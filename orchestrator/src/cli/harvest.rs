@@ -275,23 +275,11 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to Docker")?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let cancel_on_interrupt = cancel.clone();
     // SIGTERM (a scheduler or `kill`) is an interrupt like Ctrl-C: containers removed, card and parquet written.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::spawn(async move {
-        let signal = tokio::select! {
-            result = tokio::signal::ctrl_c() => result.is_ok().then_some("interrupt"),
-            received = terminate.recv() => received.map(|()| "SIGTERM"),
-        };
-        if let Some(signal) = signal {
-            eprintln!(
-                "\n{signal}: stopping; in-flight rollouts are dropped (they run again next time) and their \
-                 containers removed"
-            );
-            cancel_on_interrupt.cancel();
-        }
-    });
+    super::cancel_on_stop_signal(
+        cancel.clone(),
+        "in-flight rollouts are dropped (they run again next time) and their containers removed",
+    );
     let progress = Arc::new(Display::new());
     // Without a terminal, a progress line every LINE_EVERY even while no rollout ends.
     let ticker = progress.bar.is_none().then(|| {

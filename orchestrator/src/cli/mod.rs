@@ -108,6 +108,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     outcome.map_err(CliError::classify)
 }
 
+/// Cancels `cancel` at the first SIGTERM or SIGINT (`server::shutdown::wait_for_stop_signal`), after printing
+/// `what` after the signal's name: long-running commands stop cleanly (containers removed, outputs written, exit 130)
+/// whether a person presses Ctrl-C or a scheduler sends SIGTERM.
+fn cancel_on_stop_signal(cancel: tokio_util::sync::CancellationToken, what: &'static str) {
+    tokio::spawn(async move {
+        let signal = match crate::server::shutdown::wait_for_stop_signal().await {
+            crate::server::shutdown::StopSignal::Terminate => "SIGTERM",
+            crate::server::shutdown::StopSignal::Interrupt => "interrupt",
+        };
+        eprintln!("\n{signal}: stopping; {what}");
+        cancel.cancel();
+    });
+}
+
 /// Raises the soft limit of open files to the hard limit, as Go programs (dockerd among them) do at start: a live
 /// episode holds about four descriptors on the FIFO data path (its directory, the shell's stdin and stdout, the
 /// trajectory), so a server at `max_episodes` 1024 needs more than the common soft default of 1024. Failing to raise

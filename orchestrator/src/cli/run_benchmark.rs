@@ -249,13 +249,10 @@ pub async fn execute_instances(
         }
     })?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let cancel_on_interrupt = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupt: stopping; in-flight instances are cancelled and their containers removed");
-            cancel_on_interrupt.cancel();
-        }
-    });
+    super::cancel_on_stop_signal(
+        cancel.clone(),
+        "in-flight instances are cancelled and their containers removed",
+    );
     let progress = Arc::new(BarProgress::new(instances.len() as u64));
     eprintln!(
         "run {run_id}: {} instances, {} workers, output {}",

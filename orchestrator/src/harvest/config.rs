@@ -33,6 +33,7 @@ use crate::benchmark::{GradingNetwork, PullPolicy};
 use crate::episode::EpisodeConfig;
 use crate::grade::{GradeConfig, RuleSet};
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
+use crate::trajectory::digest::sha256_hex;
 use crate::trajectory::Durability;
 
 /// What the config file is called in errors.
@@ -396,7 +397,7 @@ impl HarvestConfig {
                 "context_tokens": episode.context_tokens,
                 "wall_clock_secs": episode.wall_clock.as_secs(),
                 "observation_cap_bytes": episode.observation_cap_bytes,
-                "tool_format": format!("{:?}", episode.tool_format),
+                "tool_format": episode.tool_format.as_str(),
                 "tools": {
                     "cmd_timeout_secs": episode.tools.cmd_timeout.as_secs_f64(),
                     "edit_context_lines": episode.tools.edit_context_lines,
@@ -404,7 +405,7 @@ impl HarvestConfig {
                     "max_submission_bytes": episode.tools.max_submission_bytes,
                     "max_file_bytes": episode.tools.max_file_bytes,
                 },
-                "anti_leak": format!("{:?}", episode.anti_leak),
+                "anti_leak": episode.anti_leak.as_str(),
                 "image_template": episode.image_template,
             },
             "grading": {
@@ -625,11 +626,6 @@ pub fn canonical_json(value: &Value) -> String {
     }
     // serde_json's map keeps keys sorted unless `preserve_order` is on; sorting here holds either way.
     serde_json::to_string(&sorted(value)).unwrap_or_default()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

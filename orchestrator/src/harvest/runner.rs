@@ -561,11 +561,8 @@ impl BudgetState {
 /// Given-up rollouts named in `--json` and the data card (the count is always exact).
 const MAX_GIVEN_UP_LISTED: usize = 1000;
 
-/// Failure kinds that say the infrastructure is down (every rollout would fail the same way), as opposed to a
-/// problem of one task or rollout.
-const INFRA_KINDS: [&str; 2] = ["model_endpoint", "docker_unavailable"];
-
-/// Stops the harvest after `limit` rollout failures in a row of an infrastructure kind ([`INFRA_KINDS`]).
+/// Stops the harvest after `limit` rollout failures in a row of an outage kind
+/// ([`crate::benchmark::is_outage_kind`]).
 struct Breaker {
     limit: u32,
     streak: u32,
@@ -583,7 +580,7 @@ impl Breaker {
 
     /// A rollout failed with `kind`; `Some(why to stop)` once the streak reaches the limit.
     fn failed(&mut self, kind: &str, error: &str) -> Option<String> {
-        if !INFRA_KINDS.contains(&kind) {
+        if !crate::benchmark::is_outage_kind(kind) {
             self.streak = 0;
             return None;
         }
@@ -696,7 +693,7 @@ pub async fn run_harvest(
     for failure in read_failures(&out)? {
         // An outage (the endpoint or Docker down) says nothing about the rollout: only its own failures count
         // towards giving it up.
-        if INFRA_KINDS.contains(&failure.error_kind.as_str()) {
+        if crate::benchmark::is_outage_kind(&failure.error_kind) {
             continue;
         }
         let entry = failures.entry(failure.rollout_id).or_default();
@@ -847,21 +844,9 @@ pub async fn run_harvest(
     let (stopped_early, ()) = tokio::join!(workers, collect);
     let interrupted = stopped_early && cancel.is_cancelled();
     if stopped_early {
-        // In-flight episodes were dropped mid-way: remove every container this process still owns. A create
-        // request dropped mid-flight may still land in the engine, so sweep until a pass finds nothing.
-        for pass in 0..5 {
-            match swe_env_sandbox::gc::remove_owned(engine).await {
-                Ok(0) if pass > 0 => break,
-                Ok(n) => info!(
-                    removed = n,
-                    pass, "removed in-flight containers after a stop"
-                ),
-                Err(error) => {
-                    warn!(%error, "could not remove in-flight containers; run `swe-env gc`")
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        // In-flight episodes were dropped mid-way: remove every container this process still owns.
+        let removed = swe_env_sandbox::gc::remove_owned_until_quiet(engine).await;
+        info!(removed, "removed in-flight containers after a stop");
     }
     // A create request of a process killed just before this one started can land in the engine after the sweep at
     // start: sweep orphans once more so a resumed harvest leaves nothing of the killed one behind.

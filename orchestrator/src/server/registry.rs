@@ -71,18 +71,8 @@ impl StoredSubmission {
     }
 }
 
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
-}
+/// Lowercase hex SHA-256 of `bytes` (the crate's one definition).
+pub use crate::trajectory::digest::sha256_hex;
 
 /// Bytes an ended episode's slot is charged for besides its submission and stored replies (ids, labels, summary).
 const ENDED_SLOT_OVERHEAD_BYTES: usize = 1024;

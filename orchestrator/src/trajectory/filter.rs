@@ -16,8 +16,9 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+use super::digest::{hex, sha256_hex};
 use super::reader::ReadTrajectory;
-use super::record::{EpisodeStatus, StepTokens};
+use super::record::{EpisodeStatus, StepRecord, StepTokens};
 
 /// Which duplicates to drop (per task).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -258,20 +259,31 @@ pub fn resolved_of(rewards: Option<&Value>) -> Option<bool> {
 /// the final answer, each length-prefixed (`A<len>:…`, `O<len>:…`, `F<len>:…`). Ids, times, tokens, separate
 /// reasoning and the prompt are left out: two rollouts of a task that did and saw the same things hash the same.
 pub fn conversation_hash(trajectory: &ReadTrajectory) -> String {
+    conversation_hash_of(
+        trajectory.steps.iter(),
+        trajectory
+            .end
+            .as_ref()
+            .and_then(|e| e.final_answer.as_deref()),
+    )
+}
+
+/// The one core of [`conversation_hash`] and the harvest store's `trajectory_hash`: the steps' raw actions and
+/// observations in order, then the final answer, each length-prefixed (`A<len>:…`, `O<len>:…`, `F<len>:…`).
+pub fn conversation_hash_of<'a>(
+    steps: impl Iterator<Item = &'a StepRecord>,
+    final_answer: Option<&str>,
+) -> String {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut part = |tag: &str, text: &str| {
         context.update(format!("{tag}{}:", text.len()).as_bytes());
         context.update(text.as_bytes());
     };
-    for step in &trajectory.steps {
+    for step in steps {
         part("A", &step.raw_action);
         part("O", &step.observation);
     }
-    if let Some(answer) = trajectory
-        .end
-        .as_ref()
-        .and_then(|e| e.final_answer.as_ref())
-    {
+    if let Some(answer) = final_answer {
         part("F", answer);
     }
     hex(context.finish().as_ref())
@@ -281,12 +293,7 @@ pub fn conversation_hash(trajectory: &ReadTrajectory) -> String {
 /// `patch_hash`; `None` when the submission normalises to nothing (empty, or whitespace / comments only).
 pub fn patch_hash(submission: &str) -> Option<String> {
     let normalized = swe_env_grading::patch_key::normalize(submission);
-    (!normalized.trim().is_empty())
-        .then(|| hex(ring::digest::digest(&ring::digest::SHA256, normalized.as_bytes()).as_ref()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    (!normalized.trim().is_empty()).then(|| sha256_hex(normalized.as_bytes()))
 }
 
 /// The export's selection settings.

@@ -6,6 +6,7 @@
 //! **Stability:** the record schema is a public contract ([`SCHEMA_VERSION`]); add fields, never repurpose them.
 
 pub mod commit;
+pub mod digest;
 pub mod export;
 pub mod filter;
 pub mod reader;
