@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod datasets;
 pub mod episode;
+pub mod fsio;
 pub mod grade;
 pub mod harvest;
 pub mod pool;

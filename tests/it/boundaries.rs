@@ -132,6 +132,7 @@ fn source_violations(sources: &[(String, String)]) -> Vec<String> {
 const LAYERS: &[(&str, &[&str])] = &[
     ("task", &[]),
     ("datasets", &[]),
+    ("fsio", &[]),
     ("trajectory", &[]),
     ("grade", &["task", "trajectory"]),
     ("episode", &["task", "trajectory"]),
@@ -142,6 +143,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "agent",
             "datasets",
+            "fsio",
             "episode",
             "grade",
             "task",
@@ -154,6 +156,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "agent",
             "benchmark",
             "datasets",
+            "fsio",
             "episode",
             "grade",
             "task",

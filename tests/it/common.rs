@@ -151,3 +151,33 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Python with `packages`, in the venv `name` under the test target directory, made once: `import_check` (a Python
+/// statement) decides whether it is ready. A file lock keeps tests running at the same time from racing or
+/// installing twice.
+pub fn python_venv(name: &str, packages: &[&str], import_check: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(root).unwrap();
+    let lock = std::fs::File::create(root.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let venv = root.join(name);
+    let python = venv.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", import_check])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        run_ok(
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        );
+        run_ok(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(packages),
+        );
+    }
+    python
+}

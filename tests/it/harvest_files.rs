@@ -4,8 +4,7 @@
 //! decodes a shard too. The venv lives under the target directory and is reused (`data_venv`); without Python,
 //! pip or a reachable package index this test fails loudly.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -19,40 +18,13 @@ use swe_env::trajectory::record::{
 
 use crate::common::assert_success;
 
-/// Python with `zstandard` and `pyarrow`, in a venv under the test target directory, made once (under a file
-/// lock, so tests running at the same time neither race nor install twice).
+/// Python with `zstandard` and `pyarrow`, in a venv under the test target directory, made once.
 pub fn data_venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(root).unwrap();
-    let lock = File::create(root.join("harvest-data-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    let venv = root.join("harvest-data-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import zstandard, pyarrow.parquet"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        let venv_ok = Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            venv_ok,
-            "creating the venv {venv:?} (needs python3 with venv)"
-        );
-        let pip_ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "zstandard", "pyarrow"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            pip_ok,
-            "pip install zstandard pyarrow (needs the package index)"
-        );
-    }
-    python
+    crate::common::python_venv(
+        "harvest-data-venv",
+        &["zstandard", "pyarrow"],
+        "import zstandard, pyarrow.parquet",
+    )
 }
 
 const DATASET: &str = "5ca1ab1e";

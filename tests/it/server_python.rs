@@ -25,33 +25,11 @@ fn run(command: &mut Command, what: &str) -> String {
 
 /// A venv with grpcio and grpcio-tools, created once under the target directory.
 fn grpc_venv() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpc-python-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import grpc, grpc_tools.protoc"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        run(
-            Command::new("python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv),
-            "creating the venv (needs python3 with venv)",
-        );
-        run(
-            Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "grpcio",
-                "grpcio-tools",
-            ]),
-            "pip install grpcio grpcio-tools (needs the package index)",
-        );
-    }
-    python
+    crate::common::python_venv(
+        "grpc-python-venv",
+        &["grpcio", "grpcio-tools"],
+        "import grpc, grpc_tools.protoc",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -637,27 +637,13 @@ fn holder_pid(path: &Path) -> Option<u32> {
 }
 
 fn write_atomically(path: &Path, manifest: &RunManifest) -> Result<(), RunStartError> {
-    let text = serde_json::to_string_pretty(manifest).map_err(|error| RunStartError::Io {
+    let mut text = serde_json::to_string_pretty(manifest).map_err(|error| RunStartError::Io {
         op: "serialize",
         path: path.to_path_buf(),
         source: std::io::Error::other(error),
     })?;
-    let temp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    result.map_err(|error| {
-        let _ = std::fs::remove_file(&temp);
-        RunStartError::io("write", path)(error)
-    })
+    text.push('\n');
+    crate::fsio::write_atomically(path, text.as_bytes()).map_err(RunStartError::io("write", path))
 }
 
 #[cfg(test)]

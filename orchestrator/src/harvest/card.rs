@@ -348,24 +348,11 @@ impl CardBuilder {
 
 /// `data_card.json`: the card as JSON with every object's keys sorted, ending in a newline.
 pub fn to_json(card: &DataCard) -> String {
-    // Through a Value: its maps are sorted by key.
+    // Through a Value: its maps are sorted by key (serde_json is built without `preserve_order`).
     let value = serde_json::to_value(card).unwrap_or_default();
-    let mut text = serde_json::to_string_pretty(&sort_keys(value)).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
-}
-
-fn sort_keys(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let sorted: BTreeMap<String, Value> =
-                map.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
-            Value::Object(sorted.into_iter().collect())
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
-        other => other,
-    }
 }
 
 fn percent(rate: f64) -> String {

@@ -159,13 +159,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Starts the temp file of `path`.
     pub fn create(path: &Path) -> Result<Self, StoreError> {
-        let temp = path.with_file_name(format!(
-            ".{}.tmp.{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
+        let temp = crate::fsio::temp_path(path);
         let writer = (|| {
             let schema = Arc::new(parse_message_type(SCHEMA).map_err(std::io::Error::other)?);
             let properties = Arc::new(
@@ -205,12 +199,7 @@ impl ParquetSink {
         let result = writer
             .into_inner()
             .map_err(std::io::Error::other)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| std::fs::rename(&self.temp, &self.path))
-            .and_then(|()| match self.path.parent() {
-                Some(parent) => File::open(parent)?.sync_all(),
-                None => Ok(()),
-            });
+            .and_then(|file| crate::fsio::replace_with(file, &self.temp, &self.path));
         result.map_err(|source| self.error(source))
     }
 

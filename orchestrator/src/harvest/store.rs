@@ -261,22 +261,10 @@ impl Default for StoreOptions {
     }
 }
 
-/// Time summed over rollouts, ms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimeSums {
-    /// Rollout wall time.
-    pub wall_ms: u64,
-    /// Sandbox start.
-    pub start_ms: u64,
-    /// Model calls.
-    pub model_ms: u64,
-    /// Tools.
-    pub tool_ms: u64,
-    /// Grading.
-    pub grade_ms: u64,
-}
+/// Time summed over rollouts, ms: the same fields as one rollout's [`RolloutTiming`].
+pub type TimeSums = RolloutTiming;
 
-impl TimeSums {
+impl RolloutTiming {
     /// Adds one rollout's timing.
     pub fn add(&mut self, timing: &RolloutTiming) {
         self.wall_ms += timing.wall_ms;
@@ -1171,12 +1159,7 @@ fn is_our_temp(name: &str) -> bool {
         super::card::CARD_JSON,
         super::card::CARD_MD,
     ];
-    whole.iter().any(|file| {
-        name.strip_prefix('.')
-            .and_then(|n| n.strip_prefix(file))
-            .and_then(|n| n.strip_prefix(".tmp."))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-    })
+    whole.iter().any(|file| crate::fsio::is_temp_of(name, file))
 }
 
 /// Removes the temp files a killed invocation left (we hold the lock: no live writer owns them).
@@ -1291,25 +1274,7 @@ fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<(), Stor
 
 /// `bytes` to `path` through a temp file in the same directory + rename + directory fsync.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
-    })();
-    result.map_err(|error| {
-        let _ = std::fs::remove_file(&temp);
-        StoreError::io("write", path)(error)
-    })
+    crate::fsio::write_atomically(path, bytes).map_err(StoreError::io("write", path))
 }
 
 /// Reads the manifest at `path` line by line (never whole), calling `each` with every row of its good prefix in
