@@ -493,25 +493,28 @@ async fn every_command_reads_tasks_from_the_same_sources() {
         describe(&output)
     );
 
-    // serve: the same alias; it starts, lists its address, and stops cleanly on SIGTERM.
-    let mut child = Command::new(EXE)
-        .args(["serve", "--tasks", "fixtures", "--listen", "127.0.0.1:0"])
-        .args(["--trajectory-dir", dir.path().to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert!(line.starts_with("listening tcp "), "{line:?}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "serve exited {status:?}");
+    // serve: the same alias; it starts, lists its address, and stops cleanly on SIGTERM, even one sent the moment
+    // the `listening` line appears (its handlers are installed before it announces itself; before that fix about
+    // four starts in ten died of the signal here).
+    for attempt in 0..20 {
+        let mut child = Command::new(EXE)
+            .args(["serve", "--tasks", "fixtures", "--listen", "127.0.0.1:0"])
+            .args(["--trajectory-dir", dir.path().to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(line.starts_with("listening tcp "), "{line:?}");
+        // Sent directly (spawning `kill` takes milliseconds, long enough to hide the race).
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "start {attempt}: serve exited {status:?}");
+    }
 
     // A path works as before, and an unknown task in a known source is bad input.
     let output = swe_env(&[

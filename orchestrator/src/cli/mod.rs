@@ -108,12 +108,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     outcome.map_err(CliError::classify)
 }
 
-/// Cancels `cancel` at the first SIGTERM or SIGINT (`server::shutdown::wait_for_stop_signal`), after printing
+/// Cancels `cancel` at the first SIGTERM or SIGINT (`server::shutdown::StopSignals`, installed before this returns, so
+/// a signal sent right after cannot kill the process), after printing
 /// `what` after the signal's name: long-running commands stop cleanly (containers removed, outputs written, exit 130)
 /// whether a person presses Ctrl-C or a scheduler sends SIGTERM.
 fn cancel_on_stop_signal(cancel: tokio_util::sync::CancellationToken, what: &'static str) {
+    let mut signals = crate::server::shutdown::StopSignals::install();
     tokio::spawn(async move {
-        let signal = match crate::server::shutdown::wait_for_stop_signal().await {
+        let signal = match signals.recv().await {
             crate::server::shutdown::StopSignal::Terminate => "SIGTERM",
             crate::server::shutdown::StopSignal::Interrupt => "interrupt",
         };

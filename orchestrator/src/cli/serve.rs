@@ -103,6 +103,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(super::EXIT_USAGE));
         }
     };
+    // Handlers first: a SIGTERM sent as soon as the `listening` line appears must drain, not kill.
+    let signals = server::shutdown::StopSignals::install();
     let running = match server::start(config).await {
         Ok(running) => running,
         Err(error @ (server::ServerError::Config(_) | server::ServerError::Tasks(_))) => {
@@ -120,7 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("owner {}", running.owner_label());
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let report = running.run_until_signal().await;
+    let report = running.run_until_signal(signals).await;
     eprintln!(
         "stopped: {} call(s) cancelled, {} episode(s) cancelled, {} container(s) swept",
         report.cancelled_calls, report.episodes_cancelled, report.containers_swept

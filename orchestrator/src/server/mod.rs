@@ -220,9 +220,10 @@ impl RunningServer {
         self.state.engine.owner().to_label()
     }
 
-    /// Waits for SIGTERM or SIGINT, then shuts down with the configured grace period.
-    pub async fn run_until_signal(self) -> DrainReport {
-        let signal = shutdown::wait_for_stop_signal().await;
+    /// Waits for SIGTERM or SIGINT on `signals` (installed before the server was announced), then shuts down with
+    /// the configured grace period.
+    pub async fn run_until_signal(self, mut signals: shutdown::StopSignals) -> DrainReport {
+        let signal = signals.recv().await;
         info!(?signal, "stop signal received; draining");
         let grace = self.state.config.shutdown_grace();
         self.shutdown(grace).await

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
 use super::state::ServerState;
@@ -20,22 +20,41 @@ pub enum StopSignal {
     Interrupt,
 }
 
-/// Waits for SIGTERM or SIGINT. If the handlers cannot be installed, waits for Ctrl-C only.
-pub async fn wait_for_stop_signal() -> StopSignal {
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            warn!(%error, "cannot install signal handlers; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return StopSignal::Interrupt;
+/// SIGTERM and SIGINT handlers, installed when this value is made. Install them *before* telling anyone the process
+/// is ready (the `listening …` line, a child's pid handed out): a signal that arrives earlier than the handler takes
+/// the default action and kills the process instead of stopping it cleanly.
+pub struct StopSignals {
+    handlers: Option<(Signal, Signal)>,
+}
+
+impl StopSignals {
+    /// Installs the handlers now. If they cannot be installed, [`StopSignals::recv`] waits for Ctrl-C only.
+    pub fn install() -> Self {
+        let handlers = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(%error, "cannot install signal handlers; only Ctrl-C stops the process");
+                None
+            }
+        };
+        Self { handlers }
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) -> StopSignal {
+        match &mut self.handlers {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => StopSignal::Terminate,
+                _ = int.recv() => StopSignal::Interrupt,
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+                StopSignal::Interrupt
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => StopSignal::Terminate,
-        _ = int.recv() => StopSignal::Interrupt,
     }
 }
 
