@@ -360,7 +360,7 @@ CHECKS = {
 
 
 class Source(object):
-    """One file: its text, line offsets, significant tokens, logical lines and top-level chunks."""
+    """One file: its text, line offsets, significant tokens and logical lines."""
 
     def __init__(self, rel, raw, text, bom):
         self.rel, self.raw, self.text, self.bom = rel, raw, text, bom
@@ -402,19 +402,56 @@ class Source(object):
         row, col = pos
         return self.line_starts[row - 1] + col
 
-    def chunk_bounds(self, tree):
-        """Character offsets where each top-level statement starts (the first at 0), checked against the tree."""
-        starts, prev = [], None
+    def function_spans(self):
+        """(start, end, col, name) of every outermost function (one not inside another function), decorators
+        included, by its logical lines: it ends where a line starts at or left of its `def`."""
+        spans, cur, pending = [], None, None
         for line in self.lines:
             first = line[0]
-            if (first.start[1] == 0 and first.string not in CONTINUATION
-                    and not (prev is not None and prev[0].string == "@")):
-                starts.append(self.offset(first.start))
-            prev = line
-        if not starts:
-            return [0]
-        starts[0] = 0
-        return starts
+            col = first.start[1]
+            if cur is not None:
+                if col > cur[2]:
+                    continue
+                spans.append((cur[0], self.line_starts[first.start[0] - 1], cur[2], cur[3]))
+                cur = None
+            if first.string == "@":
+                if pending is None:
+                    pending = self.line_starts[first.start[0] - 1]
+                continue
+            k = 1 if first.string == "async" else 0
+            if len(line) > k + 1 and line[k].string == "def":
+                start = pending if pending is not None else self.line_starts[first.start[0] - 1]
+                cur = (start, None, col, line[k + 1].string)
+            pending = None
+        if cur is not None:
+            spans.append((cur[0], len(self.text), cur[2], cur[3]))
+        return spans
+
+
+def outer_functions(tree):
+    """Dotted names (classes + the function) of the outermost functions, in source order."""
+    out = []
+
+    def visit(stmts, classes):
+        for st in stmts:
+            kind = node_name(st)
+            if kind in ("FunctionDef", "AsyncFunctionDef"):
+                out.append(classes + [st.name])
+                continue
+            inner = classes + [st.name] if kind == "ClassDef" else classes
+            for f in st._fields:
+                v = getattr(st, f, None)
+                if not isinstance(v, list) or not v:
+                    continue
+                if isinstance(v[0], ast.stmt):
+                    visit(v, inner)
+                else:
+                    for item in v:
+                        if isinstance(getattr(item, "body", None), list):
+                            visit(item.body, inner)
+
+    visit(tree.body, [])
+    return out
 
 
 def is_op(tok, s):
@@ -591,49 +628,48 @@ class Analysis(object):
         self.src = Source(rel, raw, text, bom)
         if encode(text, bom) != raw:
             raise Failure("text does not round-trip to the same bytes")
-        # Each top-level statement is checked on its own (a mutant is parsed as its chunk, not the whole file).
-        bounds = self.src.chunk_bounds(tree) + [len(text)]
-        trees = []
-        if len(bounds) > 2:
+        # Each outermost function is checked on its own: a mutant is parsed and compared as its function (under an
+        # `if 1:` when indented), not as the whole file. When tokens and tree disagree, the whole file is the unit.
+        units = []
+        spans, names = self.src.function_spans(), outer_functions(tree)
+        if len(spans) == len(names) and all(sp[3] == nm[-1] for sp, nm in zip(spans, names)):
             try:
-                trees = [quiet_parse(text[bounds[k]:bounds[k + 1]]) for k in range(len(bounds) - 1)]
+                for (start, end, col, _n), nm in zip(spans, names):
+                    prefix = "if 1:\n" if col else ""
+                    units.append((start, end, prefix, nm[:-1], quiet_parse(prefix + text[start:end])))
             except (SyntaxError, ValueError, TypeError):
-                trees = []
-            if sum(len(t.body) for t in trees) != len(tree.body):
-                trees = []
-        if not trees:
-            bounds, trees = [0, len(text)], [tree]
-        self.bounds, self.trees = bounds, trees
-
-    def chunk_tree(self, k):
-        return self.trees[k]
+                units = []
+        if not units:
+            units = [(0, len(text), "", [], tree)]
+        self.units = units
 
     def mutated_text(self, cand):
         t = self.src.text
         return t[:cand["start"]] + cand["repl"] + t[cand["end"]:]
 
     def verify(self, cand):
-        """The function the candidate lands in if it is a real mutant of its kind, else None (no full compile)."""
-        k = 0
-        while self.bounds[k + 1] <= cand["start"]:
-            k += 1
-        if cand["end"] > self.bounds[k + 1]:
+        """The function the candidate lands in if it is a real mutant of its kind, else None (the whole file is
+        compiled later, for the mutants kept)."""
+        for start, end, prefix, classes, tree in self.units:
+            if start <= cand["start"] and cand["end"] <= end:
+                break
+        else:
             return None
-        lo, hi = self.bounds[k], self.bounds[k + 1] + len(cand["repl"]) - (cand["end"] - cand["start"])
-        chunk = self.mutated_text(cand)[lo:hi]
+        hi = end + len(cand["repl"]) - (cand["end"] - cand["start"])
+        unit = prefix + self.mutated_text(cand)[start:hi]
         try:
-            new = quiet_parse(chunk)
+            new = quiet_parse(unit)
             quiet_compile(new, self.src.rel)
         except (SyntaxError, ValueError, TypeError):
             return None
-        found = find_diff(self.chunk_tree(k), new)
+        found = find_diff(tree, new)
         if found is None:
             return None
         o, m, path = found
         func = function_of(path)
         if func is None or not CHECKS[cand["op"]](o, m, path, cand):
             return None
-        return func
+        return ".".join(classes + [func])
 
     def compiles(self, text):
         try:
