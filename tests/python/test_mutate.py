@@ -189,6 +189,13 @@ class MutateTest(unittest.TestCase):
         self.assertEqual(len(set(m["id"] for m in muts)), len(muts))
         self.assertEqual(muts[0]["file"], "pkg/a.py")
 
+    def test_boundary_through_plus_minus(self):
+        r = self.repo({"m.py": "def f(xs, i, n):\n    if i < n - 1:\n        return xs[:len(xs) - 2], range(n + 1)\n"
+                                "    return xs[i + 1]\n"})
+        got = [(m["line"], m["col"], m["after"].strip()) for m in r.list("--operators", "boundary_inc")["mutants"]]
+        self.assertEqual(got, [(2, 15, "if i < n - 2:"), (3, 29, "return xs[:len(xs) - 3], range(n + 1)"),
+                               (3, 43, "return xs[:len(xs) - 2], range(n + 2)")])
+
     def test_dedup_same_source(self):
         # `x < 0` -> `x < 1` is both boundary_inc and const_flip: one mutant, the first operator's.
         r = self.repo({"m.py": "def f(x):\n    return x < 0\n"})
@@ -242,6 +249,7 @@ class MutateTest(unittest.TestCase):
             "f_test.py": body,
             "conftest.py": body,
             ".hidden/g.py": body,
+            "pkg/big.py": body + "#" * 1000000 + "\n",
             "venv/pyvenv.cfg": "",
             "venv/lib/h.py": body,
             "pkg/broken.py": "def f(:\n    return 1\n",
@@ -249,8 +257,13 @@ class MutateTest(unittest.TestCase):
         })
         out = r.list()
         self.assertEqual(sorted(set(m["file"] for m in out["mutants"])), ["pkg/a.py"])
-        self.assertEqual([s["file"] for s in out["skipped"]], ["pkg/broken.py"])
-        self.assertIn("does not parse", out["skipped"][0]["reason"])
+        os.symlink("a.py", os.path.join(r.root, "pkg", "link.py"))
+        out = r.list()
+        self.assertEqual(sorted(set(m["file"] for m in out["mutants"])), ["pkg/a.py"])
+        self.assertEqual([s["file"] for s in out["skipped"]], ["pkg/big.py", "pkg/broken.py"])
+        self.assertIn("larger than", out["skipped"][0]["reason"])
+        self.assertIn("does not parse", out["skipped"][1]["reason"])
+        self.assertEqual(r.list("--files", "pkg/link.py")["skipped"], [{"file": "pkg/link.py", "reason": "a symbolic link"}])
         named = r.list("--files", "pkg/a.py,./test_e.py,pkg/tests/b.py,missing.py")
         self.assertEqual(sorted(set(m["file"] for m in named["mutants"])), ["pkg/a.py"])
         self.assertEqual(sorted(s["file"] for s in named["skipped"]), ["missing.py", "pkg/tests/b.py", "test_e.py"])

@@ -20,7 +20,8 @@ Usage (JSON on stdout; exit 1 with {"error": ...} on a bad request):
 Operators (id: what it does):
   cmp_flip       comparison flip: < <-> <=, > <-> >=, == <-> !=, is <-> is not, in <-> not in
   boundary_inc   integer constant n -> n+1 where it bounds something: an operand of a comparison, an argument of
-                 range(...), a slice bound (x[:n], x[-n:])
+                 range(...), a slice bound (x[:n], x[-n:]), also as a term of a + or - there (i < n - 1,
+                 x[:len(x) - 1], range(n + 1))
   boundary_dec   the same, n -> n-1 (n > 0)
   negate_cond    if c: / elif c: / while c:  ->  if not (c):
   remove_stmt    an expression statement or an assignment (=, +=, x: T = v) -> pass, when it is not the only
@@ -44,8 +45,8 @@ default); which ones are kept is a pure function of --seed (a hash, not `random`
 
 Files: every *.py under DIR (sorted), or --files (paths relative to DIR). Never mutated: test files (test_*.py,
 *_test.py, conftest.py, anything under a tests/, test/ or testing/ directory), hidden directories, __pycache__,
-site-packages, virtualenvs (a directory with pyvenv.cfg), files that are not UTF-8 (or ASCII) and files that do not
-parse under the running Python (those are reported in "skipped").
+site-packages, virtualenvs (a directory with pyvenv.cfg), symbolic links, files over 1 MB, files that are not UTF-8
+(or ASCII) and files that do not parse under the running Python (those are reported in "skipped").
 """
 
 from __future__ import print_function
@@ -96,6 +97,7 @@ STMT_KEYWORDS = frozenset(["pass", "break", "continue", "raise", "global", "nonl
                            "assert", "return"])
 SKIP_DIRS = frozenset(["tests", "test", "testing", "__pycache__", "node_modules", "site-packages", "dist-packages"])
 STMT_LISTS = frozenset(["body", "orelse", "finalbody"])
+MAX_BYTES = 1000000  # generated modules (parser tables, vendored bundles) are not worth the time
 CONST_NAMES = frozenset(["Constant", "Num", "Str", "NameConstant", "Bytes"])
 
 
@@ -127,7 +129,7 @@ def walk_files(root):
             keep.append(d)
         dirnames[:] = keep
         for f in sorted(filenames):
-            if f.endswith(".py"):
+            if f.endswith(".py") and not os.path.islink(os.path.join(dirpath, f)):
                 rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
                 if not is_test_path(rel):
                     out.append(rel)
@@ -264,8 +266,9 @@ def check_boundary(o, m, path, cand):
     if not (ok_o and ok_m and is_int(vo) and is_int(vm) and vm == vo + cand["delta"]):
         return False
     k = len(path) - 1
-    if k >= 0 and node_name(path[k][0]) == "UnaryOp" and node_name(path[k][0].op) == "USub":
-        k -= 1
+    while k >= 0 and (node_name(path[k][0]) == "UnaryOp" and node_name(path[k][0].op) == "USub"
+                      or node_name(path[k][0]) == "BinOp" and node_name(path[k][0].op) in ("Add", "Sub")):
+        k -= 1  # -n, len(x) - n, i + n: still the bound
     if k < 0:
         return False
     parent, _m, field, _i = path[k]
@@ -617,8 +620,12 @@ def candidates(src):
 class Analysis(object):
     def __init__(self, root, rel):
         path = os.path.join(root, rel)
+        if os.path.islink(path):
+            raise Failure("a symbolic link")
         if not os.path.isfile(path):
             raise Failure("no such file")
+        if os.path.getsize(path) > MAX_BYTES:
+            raise Failure("larger than %d bytes" % MAX_BYTES)
         raw, text, bom = read_source(path)
         try:
             tree = quiet_parse(text)
