@@ -173,6 +173,15 @@ class MutateTest(unittest.TestCase):
         self.assertEqual(sorted(EXPECTED), sorted(OPERATORS))
         self.assertTrue(all(EXPECTED[op] for op in OPERATORS))
 
+    def test_script_on_stdin(self):
+        r = self.repo({"pkg/ops.py": OPS_PY})
+        with open(SCRIPT, "rb") as f:
+            p = subprocess.Popen([sys.executable, "-", "list", "--root", r.root, "--max-per-file", "5"],
+                                 stdin=f, stdout=subprocess.PIPE)
+            out = p.communicate()[0]
+        self.assertEqual(p.returncode, 0)
+        self.assertEqual(json.loads(out.decode("utf-8")), r.list("--max-per-file", "5"))
+
     def test_before_after_lines(self):
         r = self.repo({"m.py": "def f(a, b):\n    return (a <\n            b)\n"})
         muts = r.list("--operators", "cmp_flip,remove_return")["mutants"]

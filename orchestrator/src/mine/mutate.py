@@ -8,7 +8,8 @@ text must parse, the only difference between the old and new syntax trees must b
 make (so a token that is not what it looks like, such as the `in` of a `for`, is dropped), it must lie in the body
 of a function, and the whole mutated file must `compile()`.
 
-Usage (JSON on stdout; exit 1 with {"error": ...} on a bad request):
+Usage (JSON on stdout; exit 1 with {"error": ...} on a bad request; `python3 - list ...` with this script on stdin
+works the same, which is how it reaches a container):
   mutate.py list  --root DIR [--files a.py,b.py] [--operators id,id] [--max-per-function N] [--max-per-file N]
                   [--seed S]
       -> {"mutants": [{"id", "file", "function", "line", "col", "operator", "before", "after"}, ...],
