@@ -93,7 +93,6 @@ ARITH_NODES = {"+": "Add", "-": "Sub", "*": "Mult", "/": "Div", "//": "FloorDiv"
 INT_RE = re.compile(r"^(0|[1-9][0-9]*)$")
 COMPOUND = frozenset(["if", "elif", "else", "while", "for", "try", "except", "finally", "with", "def", "class",
                       "async"])
-CONTINUATION = frozenset(["else", "elif", "except", "finally"])
 STMT_KEYWORDS = frozenset(["pass", "break", "continue", "raise", "global", "nonlocal", "import", "from", "del",
                            "assert", "return"])
 SKIP_DIRS = frozenset(["tests", "test", "testing", "__pycache__", "node_modules", "site-packages", "dist-packages"])
