@@ -9,6 +9,7 @@ pub mod episode;
 pub mod fsio;
 pub mod grade;
 pub mod harvest;
+pub mod mine;
 pub mod pool;
 pub mod server;
 pub mod task;

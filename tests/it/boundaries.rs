@@ -163,6 +163,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "trajectory",
         ],
     ),
+    ("mine", &["datasets", "task", "trajectory"]),
     (
         "server",
         &[
