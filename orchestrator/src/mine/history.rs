@@ -65,8 +65,14 @@ impl PathRules {
             .expect("split always yields one item");
         dirs.iter()
             .any(|dir| self.test_dirs.iter().any(|test_dir| test_dir == dir))
-            || self.test_file_globs.iter().any(|glob| glob_match(glob, file))
-            || self.extra_test_globs.iter().any(|glob| glob_match(glob, path))
+            || self
+                .test_file_globs
+                .iter()
+                .any(|glob| glob_match(glob, file))
+            || self
+                .extra_test_globs
+                .iter()
+                .any(|glob| glob_match(glob, path))
     }
 }
 
@@ -276,7 +282,11 @@ fn examine(
     if diff.deltas().len() > limits.max_files {
         return Ok(Err((
             RejectReason::TooLarge,
-            format!("{} files changed (max {})", diff.deltas().len(), limits.max_files),
+            format!(
+                "{} files changed (max {})",
+                diff.deltas().len(),
+                limits.max_files
+            ),
         )));
     }
     let split = match split_diff(&diff, rules)? {
@@ -475,7 +485,10 @@ mod tests {
 
     #[test]
     fn pr_numbers() {
-        assert_eq!(pr_number("Merge pull request #12 from a/b\n\nbody"), Some(12));
+        assert_eq!(
+            pr_number("Merge pull request #12 from a/b\n\nbody"),
+            Some(12)
+        );
         assert_eq!(pr_number("Fix the parser (#345)\n\nmore"), Some(345));
         assert_eq!(pr_number("Fix the parser (#34x)"), None);
         assert_eq!(pr_number("Fix the parser"), None);
@@ -553,7 +566,10 @@ mod tests {
             assert!(clean.status.success(), "{clean:?}");
             for patch in patches {
                 let check = self.git(&["apply", "--check", "-"], patch);
-                assert!(check.status.success(), "git apply --check: {check:?}\n{patch}");
+                assert!(
+                    check.status.success(),
+                    "git apply --check: {check:?}\n{patch}"
+                );
             }
             for patch in patches {
                 let apply = self.git(&["apply", "-"], patch);
@@ -570,7 +586,8 @@ mod tests {
 
     const MOD_V1: &str = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n";
     const MOD_V2: &str = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n";
-    const TEST_V1: &str = "from pkg.mod import sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n";
+    const TEST_V1: &str =
+        "from pkg.mod import sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n";
     const TEST_V2: &str = "from pkg.mod import add, sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n\n\ndef test_add():\n    assert add(1, 2) == 3\n";
 
     /// root → fix (source + test) → docs only → tests only → [merge of a branch with source + test] → empty merge.
@@ -695,8 +712,12 @@ mod tests {
         assert_eq!(fix_candidate.pr_number, None);
         // The second commit of the fixture: 1_700_000_000 + 2 × 60.
         assert_eq!(fix_candidate.created_at, "2023-11-14T22:15:20.000Z");
-        assert!(fix_candidate.patch.starts_with("diff --git a/pkg/mod.py b/pkg/mod.py\n"));
-        assert!(fix_candidate.patch.contains("-    return a - b\n+    return a + b\n"));
+        assert!(fix_candidate
+            .patch
+            .starts_with("diff --git a/pkg/mod.py b/pkg/mod.py\n"));
+        assert!(fix_candidate
+            .patch
+            .contains("-    return a - b\n+    return a + b\n"));
         assert!(fix_candidate
             .test_patch
             .starts_with("diff --git a/tests/test_mod.py b/tests/test_mod.py\n"));
@@ -705,7 +726,10 @@ mod tests {
             fixture.assert_applies_at(&candidate.parent, &[&candidate.patch]);
             fixture.assert_applies_at(&candidate.parent, &[&candidate.test_patch]);
             // Both applied make the commit's tree exactly.
-            fixture.assert_applies_at(&candidate.parent, &[&candidate.test_patch, &candidate.patch]);
+            fixture.assert_applies_at(
+                &candidate.parent,
+                &[&candidate.test_patch, &candidate.patch],
+            );
             assert_eq!(fixture.tree_of(&candidate.commit), "");
         }
     }
@@ -715,7 +739,8 @@ mod tests {
         let mut fixture = Fixture::new();
         let oids = history(&mut fixture);
         let (fix, docs, merge, head) = (oids[1], oids[2], oids[5], oids[6]);
-        let walk_of = |range: RevRange| walk(fixture.path(), &range, &PathRules::default()).unwrap();
+        let walk_of =
+            |range: RevRange| walk(fixture.path(), &range, &PathRules::default()).unwrap();
 
         let from_docs = walk_of(RevRange::Revs {
             from: Some(docs.to_string()),
@@ -757,7 +782,11 @@ mod tests {
     #[test]
     fn binary_and_too_large_are_rejected() {
         let mut fixture = Fixture::new();
-        let root = fixture.commit(&[("pkg/a.py", "x = 1\n"), ("tests/test_a.py", "\n")], "root", &[]);
+        let root = fixture.commit(
+            &[("pkg/a.py", "x = 1\n"), ("tests/test_a.py", "\n")],
+            "root",
+            &[],
+        );
         let binary = fixture.commit(
             &[
                 ("pkg/a.py", "x = 2\n"),
@@ -793,7 +822,13 @@ mod tests {
         let got: Vec<(String, &str, &str)> = walk
             .rejected
             .iter()
-            .map(|rejected| (rejected.commit.clone(), rejected.reason.as_str(), rejected.detail.as_str()))
+            .map(|rejected| {
+                (
+                    rejected.commit.clone(),
+                    rejected.reason.as_str(),
+                    rejected.detail.as_str(),
+                )
+            })
             .collect();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0, big.to_string());
