@@ -836,4 +836,71 @@ mod tests {
         assert_eq!(got[1], (binary.to_string(), "binary", "pkg/data.bin"));
         assert!(walk.candidates.is_empty());
     }
+    /// `SWE_ENV_MINE_REPO=/path/to/repo cargo test -p swe-env --lib mine::history -- --ignored --nocapture`: walks
+    /// a real repository's first-parent history, prints the counts and the commits scanned per second, and checks
+    /// that every candidate's `test_patch` then `patch` apply at its parent (`git apply --cached --check` against a
+    /// throw-away index of the parent tree: no work tree touched).
+    #[test]
+    #[ignore = "needs SWE_ENV_MINE_REPO"]
+    fn walk_a_real_repository() {
+        let Ok(repo) = std::env::var("SWE_ENV_MINE_REPO") else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let walk = walk(
+            Path::new(&repo),
+            &RevRange::Revs {
+                from: None,
+                to: "HEAD".into(),
+            },
+            &PathRules::default(),
+        )
+        .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
+        for rejected in &walk.rejected {
+            *reasons.entry(rejected.reason.as_str()).or_default() += 1;
+        }
+        println!(
+            "{repo}: {} commits in {seconds:.3} s ({:.0}/s), {} candidates, rejected {reasons:?}",
+            walk.scanned,
+            walk.scanned as f64 / seconds,
+            walk.candidates.len()
+        );
+        let index = tempfile::NamedTempFile::new().unwrap();
+        for candidate in &walk.candidates {
+            let git = |args: &[&str], stdin: &str| {
+                let mut child = Command::new("git")
+                    .arg("-C")
+                    .arg(&repo)
+                    .args(args)
+                    .env("GIT_INDEX_FILE", index.path())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(stdin.as_bytes())
+                    .unwrap();
+                let output = child.wait_with_output().unwrap();
+                assert!(
+                    output.status.success(),
+                    "{} {args:?}: {}",
+                    candidate.commit,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            };
+            git(&["read-tree", &candidate.parent], "");
+            git(&["apply", "--cached", "-"], &candidate.test_patch);
+            git(&["apply", "--cached", "-"], &candidate.patch);
+        }
+        println!(
+            "all {} candidates apply at their parents",
+            walk.candidates.len()
+        );
+    }
 }
