@@ -577,8 +577,11 @@ mod tests {
             }
         }
 
+        /// The difference between the work tree (new files included) and `commit`'s tree: empty when equal.
         fn tree_of(&self, commit: &str) -> String {
-            let output = self.git(&["diff", "--stat", commit], "");
+            let add = self.git(&["add", "-A"], "");
+            assert!(add.status.success(), "{add:?}");
+            let output = self.git(&["diff", "--cached", "--stat", commit], "");
             assert!(output.status.success(), "{output:?}");
             String::from_utf8(output.stdout).unwrap()
         }
@@ -731,6 +734,8 @@ mod tests {
                 &[&candidate.test_patch, &candidate.patch],
             );
             assert_eq!(fixture.tree_of(&candidate.commit), "");
+            // (and the check can fail: the tree is not the parent's)
+            assert_ne!(fixture.tree_of(&candidate.parent), "");
         }
     }
 
@@ -777,6 +782,58 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, MineError::Rev { .. }), "{error}");
+    }
+
+    #[test]
+    fn added_deleted_and_moved_files_apply() {
+        let mut fixture = Fixture::new();
+        let root = fixture.commit(
+            &[
+                ("pkg/a.py", MOD_V1),
+                ("tests/test_old.py", TEST_V1),
+                ("setup.py", "x = 1\n"),
+            ],
+            "root",
+            &[],
+        );
+        let change = fixture.commit(
+            &[
+                ("pkg/b.py", MOD_V1),
+                ("pkg/new.py", "y = 2\n"),
+                ("tests/test_new.py", TEST_V2),
+                ("setup.py", "x = 1\n"),
+            ],
+            "Move a to b, add new, replace the tests",
+            &[root],
+        );
+        let walk = walk(
+            fixture.path(),
+            &RevRange::Revs {
+                from: None,
+                to: change.to_string(),
+            },
+            &PathRules::default(),
+        )
+        .unwrap();
+        assert_eq!(walk.candidates.len(), 1);
+        let candidate = &walk.candidates[0];
+        assert_eq!(
+            candidate.touched_source_files,
+            ["pkg/a.py", "pkg/b.py", "pkg/new.py"]
+        );
+        assert_eq!(
+            candidate.touched_test_files,
+            ["tests/test_new.py", "tests/test_old.py"]
+        );
+        assert!(candidate.patch.contains("deleted file mode 100644"));
+        assert!(candidate.patch.contains("new file mode 100644"));
+        fixture.assert_applies_at(
+            &candidate.parent,
+            &[&candidate.test_patch, &candidate.patch],
+        );
+        assert_eq!(fixture.tree_of(&candidate.commit), "");
+        // (and the check can fail: the tree is not the parent's)
+        assert_ne!(fixture.tree_of(&candidate.parent), "");
     }
 
     #[test]
