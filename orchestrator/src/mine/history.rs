@@ -955,6 +955,11 @@ mod tests {
             git(&["apply", "--cached", "-"], &candidate.test_patch);
             git(&["apply", "--cached", "-"], &candidate.patch);
         }
+        for rejected in &walk.rejected {
+            if rejected.reason == RejectReason::Binary {
+                println!("binary: {} {}", rejected.commit, rejected.detail);
+            }
+        }
         println!(
             "all {} candidates apply at their parents",
             walk.candidates.len()
