@@ -85,6 +85,10 @@ pub struct ImageInfo {
     pub id: String,
     /// Registry digests, when the image was pulled.
     pub repo_digests: Vec<String>,
+    /// The image's labels (`swe-env mine` reuses a derived image only when they match).
+    pub labels: HashMap<String, String>,
+    /// Total size in bytes (`docker image inspect` Size; 0 when the engine gave none).
+    pub size: u64,
 }
 
 impl DockerEngine {
@@ -172,11 +176,36 @@ impl DockerEngine {
             Ok(inspect) => Ok(Some(ImageInfo {
                 id: inspect.id.unwrap_or_default(),
                 repo_digests: inspect.repo_digests.unwrap_or_default(),
+                labels: inspect
+                    .config
+                    .and_then(|config| config.labels)
+                    .unwrap_or_default(),
+                size: inspect.size.map_or(0, |size| size.max(0) as u64),
             })),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
             Err(e) => Err(SandboxError::docker("inspect image", e)),
+        }
+    }
+
+    /// Removes the image `reference` (`docker rmi`, not forced: an image a container still uses stays). `Ok(false)`
+    /// when no such image exists.
+    pub async fn remove_image(&self, reference: &str) -> Result<bool, SandboxError> {
+        match self
+            .docker
+            .remove_image(
+                reference,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(SandboxError::docker("remove image", e)),
         }
     }
 
@@ -981,6 +1010,57 @@ impl DockerSandbox {
             }
             _ => error,
         }
+    }
+
+    /// Saves the container's filesystem as the image `reference` (`repo:tag`; `docker commit`) and returns the new
+    /// image's id. The image carries `labels`; the episode, owner and expiry labels of this container are blanked
+    /// (a container made from the image gets its own at creation). The container keeps running. Used to make
+    /// derived task images (`swe-env mine`): one small layer over the source image.
+    pub async fn commit_image(
+        &self,
+        reference: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String, SandboxError> {
+        let (repo, tag) = split_image_tag(reference);
+        let mut all: HashMap<String, String> = [LABEL_EPISODE, LABEL_OWNER, LABEL_EXPIRES]
+            .iter()
+            .map(|key| ((*key).to_owned(), String::new()))
+            .collect();
+        all.extend(labels);
+        let options = bollard::query_parameters::CommitContainerOptions {
+            container: Some(self.inner.container_id.clone()),
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+            pause: true,
+            ..Default::default()
+        };
+        // The container runs `sleep infinity` (every sandbox does); the image keeps its source image's own
+        // entrypoint and command, so `docker run IMAGE CMD` behaves as on the source image.
+        let source = self
+            .inner
+            .docker
+            .inspect_image(&self.inner.image)
+            .await
+            .map_err(|e| SandboxError::docker("inspect image", e))?;
+        let source_config = source.config.unwrap_or_default();
+        let config = bollard::models::ContainerConfig {
+            labels: Some(all),
+            entrypoint: Some(source_config.entrypoint.unwrap_or_default()),
+            cmd: Some(
+                source_config
+                    .cmd
+                    .filter(|cmd| !cmd.is_empty())
+                    .unwrap_or_else(|| vec!["bash".to_owned()]),
+            ),
+            ..Default::default()
+        };
+        let response = self
+            .inner
+            .docker
+            .commit_container(options, config)
+            .await
+            .map_err(|e| SandboxError::docker("commit container", e))?;
+        Ok(response.id)
     }
 
     /// Removes the container. Idempotent.

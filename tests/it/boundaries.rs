@@ -163,7 +163,17 @@ const LAYERS: &[(&str, &[&str])] = &[
             "trajectory",
         ],
     ),
-    ("mine", &["datasets", "task", "trajectory"]),
+    (
+        "mine",
+        &[
+            "benchmark",
+            "datasets",
+            "fsio",
+            "grade",
+            "task",
+            "trajectory",
+        ],
+    ),
     (
         "server",
         &[
@@ -190,6 +200,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "episode",
             "grade",
             "harvest",
+            "mine",
             "server",
             "task",
             "trajectory",

@@ -8,6 +8,7 @@ mod export;
 mod gc;
 mod harvest;
 mod images;
+mod mine;
 mod model_args;
 mod run_benchmark;
 mod run_episode;
@@ -83,6 +84,11 @@ enum Command {
     ///
     /// Example: `swe-env harvest --dataset fixtures --model-url http://host:8000/v1 --model NAME --samples 4 --out h1`.
     Harvest(Box<harvest::HarvestArgs>),
+    /// Make new validated tasks: from a repository's history (issue-fix) or by injecting bugs (mutate-fix).
+    ///
+    /// Example: `swe-env mine history --repo ../myrepo --image IMG --out mined`.
+    #[command(subcommand)]
+    Mine(mine::MineCommand),
     /// Measure the system and print figures (step latency, container start-up, …).
     ///
     /// Example: `swe-env bench sandbox --steps 2000`.
@@ -104,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Harvest(args) => harvest::run(*args).await,
+        Command::Mine(command) => mine::run(command).await,
     };
     outcome.map_err(CliError::classify)
 }

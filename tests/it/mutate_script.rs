@@ -1,0 +1,77 @@
+//! `orchestrator/src/mine/mutate.py` (the stdlib-only mutation script piped into task containers) under every
+//! Python task images use, 3.6 to 3.12 (pyenv's interpreters on this machine), plus the system Python: one test per
+//! interpreter, so nextest runs them side by side. The cases are `tests/python/test_mutate.py` (every operator
+//! exact, order, dedup, seed, caps, skips, f-strings, `apply` + `git apply` restoring the bytes, bad ids);
+//! `tests/python/run_mutate_tests.sh` runs the same set by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The interpreter for `minor` (3.`minor`): pyenv's `/root/.pyenv/versions/3.<minor>.*/bin/python3`.
+fn pyenv_python(minor: u32) -> PathBuf {
+    let prefix = format!("3.{minor}.");
+    let versions = Path::new("/root/.pyenv/versions");
+    let found = std::fs::read_dir(versions)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix))
+        })
+        .map(|path| path.join("bin/python3"))
+        .find(|python| python.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Python 3.{minor} under {}: the mutation script must be tested on every Python task images use \
+             (3.6-3.12); install it with pyenv",
+            versions.display()
+        )
+    })
+}
+
+fn run_cases(python: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(python)
+        .arg("tests/python/test_mutate.py")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("\nOK"),
+        "{} failed the mutation script's tests:\n{stderr}\n{}",
+        python.display(),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains("Ran 13 tests"), "{stderr}");
+}
+
+macro_rules! per_python {
+    ($($name:ident => $minor:expr),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_cases(&pyenv_python($minor));
+            }
+        )*
+    };
+}
+
+per_python!(
+    python_3_6 => 6,
+    python_3_7 => 7,
+    python_3_8 => 8,
+    python_3_9 => 9,
+    python_3_10 => 10,
+    python_3_11 => 11,
+    python_3_12 => 12,
+);
+
+#[test]
+fn system_python() {
+    run_cases(Path::new("/usr/bin/python3"));
+}
