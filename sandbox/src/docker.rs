@@ -1013,8 +1013,9 @@ impl DockerSandbox {
     }
 
     /// Saves the container's filesystem as the image `reference` (`repo:tag`; `docker commit`) and returns the new
-    /// image's id. The image carries `labels`; the episode, owner and expiry labels of this container are blanked
-    /// (a container made from the image gets its own at creation). The container keeps running. Used to make
+    /// image's id. The image carries `labels`; the episode, owner and expiry labels of this container and every
+    /// other `swe-env.*` label of the source image that `labels` does not set are blanked (Docker cannot remove an
+    /// inherited label; a container made from the image gets its own at creation). The container keeps running. Used to make
     /// derived task images (`swe-env mine`): one small layer over the source image.
     pub async fn commit_image(
         &self,
@@ -1043,6 +1044,13 @@ impl DockerSandbox {
             .await
             .map_err(|e| SandboxError::docker("inspect image", e))?;
         let source_config = source.config.unwrap_or_default();
+        // Docker merges the source image's labels into the new image's; a derived image must not carry the
+        // source's `swe-env.*` facts (e.g. a base commit it is no longer at): blank every one the caller does not set.
+        for key in source_config.labels.iter().flat_map(|labels| labels.keys()) {
+            if key.starts_with("swe-env.") && !all.contains_key(key) {
+                all.insert(key.clone(), String::new());
+            }
+        }
         let config = bollard::models::ContainerConfig {
             labels: Some(all),
             entrypoint: Some(source_config.entrypoint.unwrap_or_default()),

@@ -570,10 +570,12 @@ async fn mined_history_tasks_are_validated_and_run_at_100_and_0() {
     for (row, base) in [(a, &shas.root), (e, &shas.d)] {
         assert_eq!(&row.base_commit, base, "{}", row.instance_id);
         assert_eq!(row.repo, repo_name);
-        assert_eq!(
-            row.image.as_deref(),
-            Some(format!("swe-env-mined/{slug}:{}", &base[..12]).as_str()),
-            "{}",
+        // `<base sha 12>-<env image id 8>`: one name per (base, env image).
+        let image = row.image.as_deref().unwrap_or_default();
+        let prefix = format!("swe-env-mined/{slug}:{}-", &base[..12]);
+        assert!(
+            image.starts_with(&prefix) && image.len() == prefix.len() + 8,
+            "{}: {image}",
             row.instance_id
         );
         assert_eq!(row.activate.as_deref(), Some(FIXTURE_ACTIVATE));
@@ -1094,4 +1096,80 @@ fn the_readme_demo_repository_walks_to_its_candidates() {
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["no_parent", "no_source", "no_tests"]);
+}
+
+/// SIGINT while `mine history` grades a candidate whose tests sleep: the candidate in flight is dropped at once
+/// (exit 130 within 20 s, not after the test timeout), no container of the process is left, and the output is
+/// written with `"interrupted": true`. Before, the run waited for every grading in flight and wrote nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_history_exits_130_at_once_and_writes_what_finished() {
+    let tag = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let slug = format!("swe-env-test-sleepy-{tag}");
+    let images = ImageCleanup::new(&format!("swe-env-mined/{slug}:"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("sleepy");
+    let mut repo = RepoBuilder::new(&repo_dir);
+    repo.set("calc/__init__.py", "def add(a, b):\n    return a - b\n")
+        .set("conftest.py", "# root importable\n")
+        .set("tests/test_calc.py", "def test_true():\n    assert True\n");
+    repo.commit("Initial");
+    repo.set("calc/__init__.py", "def add(a, b):\n    return a + b\n")
+        .set(
+            "tests/test_calc.py",
+            "from calc import add\n\n\ndef test_true():\n    assert True\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+        );
+    repo.commit("Fix add");
+    let out = dir.path().join("mined");
+    let mut child = Command::new(EXE)
+        .args(["mine", "history", "--repo", p(&repo_dir)])
+        .args(["--repo-name", &format!("swe-env-test/sleepy-{tag}")])
+        .args(["--image", FIXTURE_IMAGE, "--activate", FIXTURE_ACTIVATE])
+        .args(["--test-cmd", "sleep 60; pytest -rA -p no:cacheprovider"])
+        .args(["--network", "none", "--runs", "1", "--out", p(&out)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let engine = engine().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let owned = engine
+            .labelled_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .any(|c| c.owner.is_some_and(|owner| owner.pid == pid));
+        if owned {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mine history ended before starting a container"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container within 120 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Let the grading container reach its sleeping test command.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let signalled = std::time::Instant::now();
+    let nix_pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(nix_pid, rustix::process::Signal::INT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let waited = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        waited < std::time::Duration::from_secs(20),
+        "exit {waited:?} after SIGINT: {stderr}"
+    );
+    let summary = read_json(&out.join("summary.json"));
+    assert_eq!(summary["interrupted"], Value::Bool(true), "{summary}");
+    let made: Vec<String> = images.made();
+    assert_no_container_left(&[pid], &made).await;
+    images.finish(false, &[]);
 }

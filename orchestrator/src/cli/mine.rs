@@ -39,7 +39,7 @@ pub enum MineCommand {
     ///
     /// Example: `swe-env mine history --repo ../retrykit --image swe-env/fixture-retrykit:latest --activate
     /// 'source /opt/venv/bin/activate' --out mined`.
-    History(HistoryArgs),
+    History(Box<HistoryArgs>),
     /// Mutate-fix tasks: bugs injected into the code of tasks whose tests pass (at the gold patch or at base);
     /// a mutant that breaks tests becomes a task whose gold patch reverts it.
     ///
@@ -114,7 +114,7 @@ impl ValidateArgs {
     swe-env mine history --repo ../myrepo --no-validate --out walk   # candidates + swerl.jsonl only, no Docker\n\n\
     Output (DIR): tasks.jsonl (run-benchmark-ready rows), rejected.jsonl, swerl.jsonl, summary.json.\n\
     Exit codes: 0 done (also with 0 tasks kept), 2 bad input (repository, revision, recipe, output directory), \
-    3 infrastructure (Docker), 130 interrupted (Ctrl-C or SIGTERM: no new candidate starts).")]
+    3 infrastructure (Docker), 130 interrupted (Ctrl-C or SIGTERM: candidates in flight dropped, containers removed, finished ones written with interrupted = true in summary.json).")]
 pub struct HistoryArgs {
     /// The repository (a work tree or a `.git` directory) on this machine.
     #[arg(long)]
@@ -143,6 +143,11 @@ pub struct HistoryArgs {
     /// Log parser of the test output in --image [default: pytest].
     #[arg(long, requires = "image")]
     pub log_parser: Option<String>,
+    /// Command re-run in /testbed at each base commit under the activation line (repeatable; e.g. a
+    /// non-editable `pip install .`, an in-place extension build), so build products and installed copies are the
+    /// base's and not the image's later code [default: none].
+    #[arg(long = "install", value_name = "CMD", requires = "image")]
+    pub install: Vec<String>,
     /// Environment recipe YAML (base_image, install, activate, test_cmd, log_parser, network) instead of --image.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -213,7 +218,7 @@ pub struct MutateArgs {
 
 pub async fn run(command: MineCommand) -> anyhow::Result<ExitCode> {
     match command {
-        MineCommand::History(args) => history(args).await,
+        MineCommand::History(args) => history(*args).await,
         MineCommand::Mutate(args) => mutate(args).await,
     }
 }
@@ -275,6 +280,7 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
                 .log_parser
                 .clone()
                 .unwrap_or_else(|| DEFAULT_LOG_PARSER.to_owned()),
+            install: args.install.clone(),
         },
     };
     if let Err(error) = LogParser::parse_lenient(environment.log_parser()) {
@@ -312,7 +318,11 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(connect().await?)
     };
-    prepare_out(&args.out)?;
+    let inputs: Vec<&Path> = [Some(repo.as_path()), args.recipe.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    prepare_out(&args.out, &inputs)?;
     eprintln!(
         "mine history of {} ({repo_name}) into {}{}",
         repo.display(),
@@ -326,7 +336,7 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     super::cancel_on_stop_signal(
         cancel.clone(),
-        "no new candidate starts, those in flight finish",
+        "candidates in flight dropped, containers removed, finished ones written",
     );
     let bar = Bar::new("candidates");
     let outcome = mine_history_cancellable(
@@ -404,6 +414,33 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         },
         image_layer_bytes: layer_bytes,
     };
+    if report.interrupted || cancel.is_cancelled() {
+        // The candidates finished before the signal are written; the summary says the run was cut short.
+        let summary = InterruptedSummary {
+            summary: &summary,
+            interrupted: true,
+        };
+        output::write(
+            &args.out,
+            &report.tasks,
+            &report.rejected,
+            Some(&records),
+            &summary,
+        )
+        .map_err(output_error)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            print_summary(summary.summary, false)?;
+        }
+        eprintln!(
+            "interrupted: the {} finished candidate(s) are written to {} (\"interrupted\": true in summary.json); \
+             rerun to mine the rest",
+            validated,
+            args.out.display()
+        );
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     output::write(
         &args.out,
         &report.tasks,
@@ -413,12 +450,15 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     )
     .map_err(output_error)?;
     print_summary(&summary, args.json)?;
-    if cancel.is_cancelled() {
-        // The signal came after the last candidate had started: every result is in, and written.
-        eprintln!("interrupted: every candidate had already started; all results are written");
-        return Ok(ExitCode::from(EXIT_INTERRUPTED));
-    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `summary.json` of an interrupted `mine history`: the summary plus `"interrupted": true`.
+#[derive(Serialize)]
+struct InterruptedSummary<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    interrupted: bool,
 }
 
 async fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
@@ -440,7 +480,7 @@ async fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         image_template: OFFICIAL_IMAGE_TEMPLATE.to_owned(),
     };
     let engine = connect().await?;
-    prepare_out(&args.out)?;
+    prepare_out(&args.out, &[Path::new(&args.tasks)])?;
     eprintln!(
         "mine mutate: {} source tasks from {} into {}",
         rows.len(),
@@ -795,8 +835,8 @@ struct Throughput {
 }
 
 /// The output directory rule ([`output::prepare`]); a directory that cannot be used is bad input (exit 2).
-fn prepare_out(dir: &Path) -> anyhow::Result<()> {
-    output::prepare(dir).map_err(output_error)
+fn prepare_out(dir: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
+    output::prepare(dir, inputs).map_err(output_error)
 }
 
 fn output_error(error: output::OutputError) -> anyhow::Error {

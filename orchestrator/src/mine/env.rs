@@ -48,6 +48,9 @@ pub enum Environment {
         test_cmd: String,
         /// Log parser name.
         log_parser: String,
+        /// Commands re-run in /testbed at each base commit (under the activation line) so build products and
+        /// installed copies are the base's (CLI `--install`, default none).
+        install: Vec<String>,
     },
     /// Built from a recipe.
     Recipe(Recipe),
@@ -75,6 +78,23 @@ impl Environment {
         match self {
             Self::Image { log_parser, .. } => log_parser,
             Self::Recipe(recipe) => &recipe.log_parser,
+        }
+    }
+
+    /// Install commands, re-run at every base commit by [`base_image`].
+    pub fn install(&self) -> &[String] {
+        match self {
+            Self::Image { install, .. } => install,
+            Self::Recipe(recipe) => &recipe.install,
+        }
+    }
+
+    /// Docker network of the install commands: the recipe's; `bridge` for an image with install commands.
+    fn install_network(&self) -> &str {
+        match self {
+            Self::Image { install, .. } if install.is_empty() => "none",
+            Self::Image { .. } => "bridge",
+            Self::Recipe(recipe) => &recipe.network,
         }
     }
 }
@@ -230,32 +250,8 @@ pub async fn env_image(
         .create_sandbox(&recipe.base_image, &format!("mine-env-{slug}"), config)
         .await?;
     let result = async {
-        install_repo(&sandbox, &pack, &to).await?;
-        let ca = if recipe.network != "none" {
-            std::fs::read(HOST_CA_BUNDLE).ok()
-        } else {
-            None
-        };
-        let exports = match &ca {
-            Some(bytes) => {
-                sandbox.write_bytes(CA_PATH, bytes).await?;
-                format!("export PIP_CERT={CA_PATH} SSL_CERT_FILE={CA_PATH}\n")
-            }
-            None => String::new(),
-        };
-        for (i, command) in recipe.install.iter().enumerate() {
-            let script = format!(
-                "{}\n{exports}cd {REPO_DIR} || exit 1\n{command}",
-                recipe.activate
-            );
-            run_step(
-                &sandbox,
-                &format!("install command {} ({command})", i + 1),
-                &["bash", "-lc", &script],
-                Duration::from_secs(3600),
-            )
-            .await?;
-        }
+        install_repo(&sandbox, &pack, &to, false).await?;
+        run_install(&sandbox, &recipe.install, &recipe.activate, &recipe.network).await?;
         // The env image keeps no history (base images get their own repository); the CA bundle stays out of it.
         run_step(
             &sandbox,
@@ -264,15 +260,6 @@ pub async fn env_image(
             Duration::from_secs(300),
         )
         .await?;
-        if ca.is_some() {
-            run_step(
-                &sandbox,
-                "removing the CA bundle",
-                &["rm", "-f", CA_PATH],
-                Duration::from_secs(60),
-            )
-            .await?;
-        }
         let labels = HashMap::from([
             (LABEL_MINED.to_owned(), "env".to_owned()),
             (LABEL_BASE.to_owned(), to.clone()),
@@ -289,15 +276,42 @@ pub async fn env_image(
 
 /// The derived image of `base_commit`: a container from `env_image` whose /testbed becomes a fresh repository
 /// holding only the objects reachable from the base commit (branch `main` there, `git reset --hard`, `git clean
-/// -fdq`), committed as `swe-env-mined/<slug>:<base sha 12>`. An existing image of that name labelled with the same
-/// base and env image id is reused.
+/// -fdqx`: ignored build products of the env image's commit go too, bytecode purged), then the environment's
+/// install commands re-run at the base (so build output and installed copies are the base's, not a later
+/// commit's), committed as `swe-env-mined/<slug>:<base sha 12>-<env8>` (env8: the env image id's first 8 hex
+/// digits). An existing image of that name labelled with the same base and env image id is reused.
 pub async fn base_image(
     engine: &DockerEngine,
     repo_path: &Path,
     base_commit: &str,
     env_image: &str,
     slug: &str,
+    environment: &Environment,
 ) -> Result<String, EnvError> {
+    base_image_made(engine, repo_path, base_commit, env_image, slug, environment)
+        .await
+        .map(|(image, _)| image)
+}
+
+/// The name [`base_image`] gives the image of `base` (full sha) derived from the env image with id `env_id`.
+pub fn base_image_reference(slug: &str, base: &str, env_id: &str) -> String {
+    let digest = env_id.strip_prefix("sha256:").unwrap_or(env_id);
+    let env8: String = digest.chars().take(8).collect();
+    format!(
+        "swe-env-mined/{slug}:{}-{env8}",
+        &base[..base.len().min(12)]
+    )
+}
+
+/// [`base_image`], and whether this call made the image (false: an existing one was reused).
+pub async fn base_image_made(
+    engine: &DockerEngine,
+    repo_path: &Path,
+    base_commit: &str,
+    env_image: &str,
+    slug: &str,
+    environment: &Environment,
+) -> Result<(String, bool), EnvError> {
     let base = resolve(repo_path, base_commit)?;
     let env_id = engine
         .image_info(env_image)
@@ -306,17 +320,17 @@ pub async fn base_image(
             image: env_image.to_owned(),
         })?
         .id;
-    let reference = format!("swe-env-mined/{slug}:{}", &base[..12]);
+    let reference = base_image_reference(slug, &base, &env_id);
     if let Some(existing) = engine.image_info(&reference).await? {
         if existing.labels.get(LABEL_ENV) == Some(&env_id)
             && existing.labels.get(LABEL_BASE) == Some(&base)
         {
-            return Ok(reference);
+            return Ok((reference, false));
         }
     }
     let pack = pack_reachable(repo_path, &base)?;
     let config = SandboxConfig {
-        network_mode: "none".to_owned(),
+        network_mode: environment.install_network().to_owned(),
         workdir: "/".to_owned(),
         ..SandboxConfig::default()
     };
@@ -324,7 +338,24 @@ pub async fn base_image(
         .create_sandbox(env_image, &format!("mine-base-{}", &base[..12]), config)
         .await?;
     let result = async {
-        install_repo(&sandbox, &pack, &base).await?;
+        install_repo(&sandbox, &pack, &base, true).await?;
+        if !environment.install().is_empty() {
+            // Installed at the base: build output and installed copies are the base's.
+            run_install(
+                &sandbox,
+                environment.install(),
+                environment.activate(),
+                environment.install_network(),
+            )
+            .await?;
+            run_step(
+                &sandbox,
+                "purging bytecode after the install",
+                &["bash", "-c", &format!("cd {REPO_DIR} && {PURGE_BYTECODE}")],
+                Duration::from_secs(300),
+            )
+            .await?;
+        }
         let labels = HashMap::from([
             (LABEL_MINED.to_owned(), "history".to_owned()),
             (LABEL_BASE.to_owned(), base.clone()),
@@ -337,7 +368,52 @@ pub async fn base_image(
     remove(&sandbox).await;
     result?;
     info!(image = %reference, base = %base, "base image built");
-    Ok(reference)
+    Ok((reference, true))
+}
+
+/// Runs `install` in order in /testbed (`bash -lc`, each after the activation line; with network, the host CA
+/// bundle as PIP_CERT / SSL_CERT_FILE, removed afterwards).
+async fn run_install(
+    sandbox: &DockerSandbox,
+    install: &[String],
+    activate: &str,
+    network: &str,
+) -> Result<(), EnvError> {
+    if install.is_empty() {
+        return Ok(());
+    }
+    let ca = if network != "none" {
+        std::fs::read(HOST_CA_BUNDLE).ok()
+    } else {
+        None
+    };
+    let exports = match &ca {
+        Some(bytes) => {
+            sandbox.write_bytes(CA_PATH, bytes).await?;
+            format!("export PIP_CERT={CA_PATH} SSL_CERT_FILE={CA_PATH}\n")
+        }
+        None => String::new(),
+    };
+    for (i, command) in install.iter().enumerate() {
+        let script = format!("{activate}\n{exports}cd {REPO_DIR} || exit 1\n{command}");
+        run_step(
+            sandbox,
+            &format!("install command {} ({command})", i + 1),
+            &["bash", "-lc", &script],
+            Duration::from_secs(3600),
+        )
+        .await?;
+    }
+    if ca.is_some() {
+        run_step(
+            sandbox,
+            "removing the CA bundle",
+            &["rm", "-f", CA_PATH],
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn remove(sandbox: &DockerSandbox) {
@@ -398,17 +474,23 @@ const PACK_CHUNK: usize = 16 << 20;
 
 /// Replaces /testbed/.git with a fresh repository made of `pack` (branch `main` at `commit`) and checks it out.
 /// The pack goes in as numbered chunks, concatenated into `git index-pack --stdin`.
-async fn install_repo(sandbox: &DockerSandbox, pack: &[u8], commit: &str) -> Result<(), EnvError> {
+async fn install_repo(
+    sandbox: &DockerSandbox,
+    pack: &[u8],
+    commit: &str,
+    clean_ignored: bool,
+) -> Result<(), EnvError> {
     for (i, chunk) in pack.chunks(PACK_CHUNK).enumerate() {
         sandbox
             .write_bytes(&format!("{PACK_PATH}.{i:05}"), chunk)
             .await?;
     }
+    let clean = if clean_ignored { "-fdqx" } else { "-fdq" };
     let script = format!(
         "set -e\nmkdir -p {REPO_DIR}\ncd {REPO_DIR}\nrm -rf .git\ngit init -q\n\
 cat {PACK_PATH}.* | git index-pack --stdin >/dev/null\nrm -f {PACK_PATH}.*\n\
 git update-ref refs/heads/main {commit}\ngit symbolic-ref HEAD refs/heads/main\n\
-git reset -q --hard main\ngit clean -fdq\n{PURGE_BYTECODE}"
+git reset -q --hard main\ngit clean {clean}\n{PURGE_BYTECODE}"
     );
     run_step(
         sandbox,
@@ -535,9 +617,16 @@ mod tests {
                 .unwrap();
             assert_eq!(again, built);
             assert_eq!(engine.image_info(&again).await.unwrap().unwrap().id, id);
-            let base = base_image(&engine, dir.path(), &commits[0], &built, &slug)
-                .await
-                .unwrap();
+            let base = base_image(
+                &engine,
+                dir.path(),
+                &commits[0],
+                &built,
+                &slug,
+                &environment,
+            )
+            .await
+            .unwrap();
             made.push(base.clone());
             let sandbox = engine
                 .create_sandbox(
@@ -559,7 +648,73 @@ mod tests {
                 .await;
             sandbox.remove().await.unwrap();
             let out = String::from_utf8(out.unwrap().stdout).unwrap();
-            assert_eq!(out, format!("/opt/venv two\none\n{}\n1\n", commits[0]));
+            // The install commands re-ran at the base commit (D1).
+            assert_eq!(out, format!("/opt/venv one\none\n{}\n1\n", commits[0]));
+        };
+        let result =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;
+        for image in &made {
+            std::process::Command::new("docker")
+                .args(["rmi", "-f", image])
+                .output()
+                .unwrap();
+        }
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// D5: the base images of one base commit made from two different env images have different names (the
+    /// first is not repointed by the second).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn base_images_of_two_env_images_do_not_clash() {
+        let engine = DockerEngine::connect(Duration::from_secs(120))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let who =
+            git2::Signature::new("Dev", "dev@example.com", &git2::Time::new(1_700_000_000, 0))
+                .unwrap();
+        std::fs::write(dir.path().join("file.txt"), "one\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("file.txt")).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let base = repo
+            .commit(Some("HEAD"), &who, &who, "one", &tree, &[])
+            .unwrap()
+            .to_string();
+        let slug = format!("unit-clash{:08x}", rand::random::<u32>());
+        let environment = |image: &str| Environment::Image {
+            image: image.into(),
+            activate: String::new(),
+            test_cmd: DEFAULT_TEST_CMD.into(),
+            log_parser: DEFAULT_LOG_PARSER.into(),
+            install: Vec::new(),
+        };
+        let mut made = Vec::new();
+        let checks = async {
+            let mut ids = Vec::new();
+            for env in [
+                "swe-env/fixture-retrykit:latest",
+                "swe-env/fixture-slugkit:latest",
+            ] {
+                let image = base_image(&engine, dir.path(), &base, env, &slug, &environment(env))
+                    .await
+                    .unwrap();
+                made.push(image.clone());
+                ids.push(engine.image_info(env).await.unwrap().unwrap().id);
+            }
+            assert_ne!(made[0], made[1]);
+            for (image, env_id) in made.iter().zip(&ids) {
+                let info = engine.image_info(image).await.unwrap().unwrap();
+                assert_eq!(info.labels.get(LABEL_ENV), Some(env_id), "{image}");
+                assert_eq!(*image, base_image_reference(&slug, &base, env_id));
+                assert!(
+                    image.starts_with(&format!("swe-env-mined/{slug}:{}-", &base[..12])),
+                    "{image}"
+                );
+            }
         };
         let result =
             futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;

@@ -63,6 +63,8 @@ pub struct HistoryReport {
     pub validate_secs: f64,
     /// Grading containers run.
     pub container_runs: usize,
+    /// Cancelled: candidates in flight were dropped (their containers removed); the report holds the finished ones.
+    pub interrupted: bool,
 }
 
 /// One line of rejected.jsonl.
@@ -192,7 +194,11 @@ pub async fn mine_history_cancellable(
                     let outcome = if cancel.is_cancelled() {
                         Err(MineRunError::Cancelled)
                     } else {
-                        mine_candidate(engine, options, candidate, env_image, slug).await
+                        // A signal drops the candidate in flight (its containers are removed below).
+                        tokio::select! {
+                            outcome = mine_candidate(engine, options, candidate, env_image, slug) => outcome,
+                            () = cancel.cancelled() => Err(MineRunError::Cancelled),
+                        }
                     };
                     if matches!(outcome, Ok(CandidateOutcome::Kept(..))) {
                         kept.fetch_add(1, Ordering::SeqCst);
@@ -210,20 +216,38 @@ pub async fn mine_history_cancellable(
             .await;
     let mut results: Vec<(usize, Result<CandidateOutcome, MineRunError>)> = outcomes;
     results.sort_by_key(|(index, _)| *index);
+    // Base images this run made for rejected candidates only (removed below).
+    let mut unused_images = Vec::new();
     for (index, outcome) in results {
         let candidate = &candidates[index];
-        match outcome? {
+        let outcome = match outcome {
+            Err(MineRunError::Cancelled) => {
+                report.interrupted = true;
+                continue;
+            }
+            other => other?,
+        };
+        match outcome {
             CandidateOutcome::Kept(row, runs) => {
                 report.container_runs += runs;
                 report.tasks.push(*row);
             }
-            CandidateOutcome::Rejected(row, runs) => {
+            CandidateOutcome::Rejected(row, runs, made_image) => {
                 report.container_runs += runs;
                 debug_assert_eq!(row.id, candidate.commit);
                 report.rejected.push(row);
+                unused_images.extend(made_image);
             }
         }
     }
+    if report.interrupted {
+        let removed = swe_env_sandbox::gc::remove_owned_until_quiet(engine).await;
+        warn!(
+            removed,
+            "interrupted: candidates in flight dropped, their containers removed"
+        );
+    }
+    remove_unused_images(engine, &report.tasks, unused_images).await;
     report.candidates = candidates;
     report.validate_secs = validate_started.elapsed().as_secs_f64();
     info!(
@@ -235,10 +259,28 @@ pub async fn mine_history_cancellable(
     Ok(report)
 }
 
-/// One candidate's fate (with the containers it ran).
+/// One candidate's fate (with the containers it ran; a rejected one: the base image this run made for it).
 enum CandidateOutcome {
     Kept(Box<Instance>, usize),
-    Rejected(RejectedRow, usize),
+    Rejected(RejectedRow, usize, Option<String>),
+}
+
+/// Removes the base images made in this run for rejected candidates that no kept row uses (images present before
+/// the run are never in `made`).
+async fn remove_unused_images(engine: &DockerEngine, kept: &[Instance], made: Vec<String>) {
+    let used: std::collections::HashSet<&str> =
+        kept.iter().filter_map(|row| row.image.as_deref()).collect();
+    let mut made = made;
+    made.sort();
+    made.dedup();
+    for image in made.iter().filter(|image| !used.contains(image.as_str())) {
+        match engine.remove_image(image).await {
+            Ok(_) => info!(image = %image, "base image of a rejected candidate removed"),
+            Err(error) => {
+                warn!(image = %image, %error, "removing the base image of a rejected candidate failed")
+            }
+        }
+    }
 }
 
 /// The provisional row of `candidate` (no FAIL_TO_PASS / PASS_TO_PASS yet) running in `image`.
@@ -295,7 +337,7 @@ async fn mine_candidate(
 ) -> Result<CandidateOutcome, MineRunError> {
     let started = Instant::now();
     let instance_id = swerl::instance_id(&options.repo_name, &candidate.commit);
-    let rejected = |reason: &str, detail: String, runs: usize| {
+    let rejected = |reason: &str, detail: String, runs: usize, made: Option<String>| {
         CandidateOutcome::Rejected(
             RejectedRow {
                 id: candidate.commit.clone(),
@@ -304,17 +346,26 @@ async fn mine_candidate(
                 detail,
             },
             runs,
+            made,
         )
     };
-    let image =
-        match env::base_image(engine, &options.repo, &candidate.parent, env_image, slug).await {
-            Ok(image) => image,
-            Err(error) if is_infrastructure(&error) => return Err(error.into()),
-            Err(error) => {
-                warn!(commit = %candidate.commit, %error, "base image could not be made");
-                return Ok(rejected("image", error.to_string(), 0));
-            }
-        };
+    let (image, made) = match env::base_image_made(
+        engine,
+        &options.repo,
+        &candidate.parent,
+        env_image,
+        slug,
+        &options.environment,
+    )
+    .await
+    {
+        Ok(image) => image,
+        Err(error) if is_infrastructure(&error) => return Err(error.into()),
+        Err(error) => {
+            warn!(commit = %candidate.commit, %error, "base image could not be made");
+            return Ok(rejected("image", error.to_string(), 0, None));
+        }
+    };
     let mut row = provisional_row(options, candidate, &image, env_image);
     let prefix = format!(
         "mine-{}",
@@ -341,6 +392,7 @@ async fn mine_candidate(
                 rejection.reason,
                 rejection.detail,
                 rejection.container_runs,
+                made.then(|| image.clone()),
             ))
         }
     }
@@ -485,6 +537,7 @@ mod tests {
                 activate: String::new(),
                 test_cmd: env::DEFAULT_TEST_CMD.into(),
                 log_parser: "pytest".into(),
+                install: Vec::new(),
             },
             validate: validate::ValidateConfig::default(),
             workers: 2,
@@ -593,6 +646,7 @@ mod tests {
                 activate: "source /opt/venv/bin/activate".into(),
                 test_cmd: env::DEFAULT_TEST_CMD.into(),
                 log_parser: "pytest".into(),
+                install: Vec::new(),
             },
             validate: validate::ValidateConfig {
                 grade: GradeConfig {
@@ -610,9 +664,12 @@ mod tests {
         let started = Instant::now();
         let report = mine_history(Some(&engine), &options, &|p| seen.lock().unwrap().push(p)).await;
         let elapsed = started.elapsed();
+        let fixture_id = engine.image_info(FIXTURE_IMAGE).await.unwrap().unwrap().id;
         let images: Vec<String> = [c0, c1, c2]
             .iter()
-            .map(|c| format!("swe-env-mined/local-{tag}:{}", &c.to_string()[..12]))
+            .map(|c| {
+                env::base_image_reference(&format!("local-{tag}"), &c.to_string(), &fixture_id)
+            })
             .collect();
         let checks = async {
             let report = report.unwrap();
@@ -664,6 +721,12 @@ mod tests {
                 .expect("c3 rejected");
             assert_eq!(rejected.reason, "no_fail_to_pass");
             assert_eq!(report.tasks.len(), 2);
+            // D6a: the rejected candidate's base image (made by this run, used by no kept row) is removed.
+            assert!(
+                engine.image_info(&images[2]).await.unwrap().is_none(),
+                "{} left behind",
+                images[2]
+            );
             // The base image of the fix holds its base and nothing later.
             let probe = |c: Oid| format!("cd /testbed && git cat-file -e {c}^{{commit}}");
             assert_eq!(exit_in(&engine, &images[0], &probe(c0)).await, Some(0));
@@ -684,6 +747,7 @@ mod tests {
                 &c0.to_string(),
                 FIXTURE_IMAGE,
                 &format!("local-{tag}"),
+                &options.environment,
             )
             .await
             .unwrap();
@@ -696,6 +760,105 @@ mod tests {
             futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;
         for image in &images {
             docker(&["rmi", "-f", image]);
+        }
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// D1: the base image holds no build product of a later commit. A recipe with a NON-editable install builds
+    /// the env image at `to` (the fix, with a marker string): the base image of the fix's parent must hold the
+    /// marker nowhere under /testbed or /opt/venv (ignored build/ output, site-packages copy, bytecode), and the
+    /// candidate is still kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn base_image_holds_no_build_product_of_the_fix() {
+        let engine = DockerEngine::connect(Duration::from_secs(120))
+            .await
+            .unwrap();
+        const SETUP: &str =
+            "from setuptools import setup\n\nsetup(name=\"calc\", version=\"0\", packages=[\"calc\"])\n";
+        const IGNORE: &str = "build/\n*.egg-info/\n";
+        let marker = format!("FIXMARK{:08x}", rand::random::<u32>());
+        let fixed = format!("{FIXED}\n\n# {marker}\n");
+        let mut fx = Fixture::new();
+        let c0 = fx.commit(
+            &[
+                (".gitignore", IGNORE),
+                ("setup.py", SETUP),
+                ("conftest.py", CONFTEST),
+                ("calc/__init__.py", BUGGY),
+                ("tests/test_calc.py", TEST_MUL),
+            ],
+            "first",
+        );
+        let c1 = fx.commit(
+            &[
+                (".gitignore", IGNORE),
+                ("setup.py", SETUP),
+                ("conftest.py", CONFTEST),
+                ("calc/__init__.py", &fixed),
+                ("tests/test_calc.py", TEST_ADD),
+            ],
+            "Fix add",
+        );
+        let tag = format!("unitleak{:08x}", rand::random::<u32>());
+        let options = HistoryOptions {
+            repo: fx.dir.path().to_owned(),
+            range: history::RevRange::Revs {
+                from: None,
+                to: "HEAD".into(),
+            },
+            rules: history::PathRules::default(),
+            limits: history::Limits::default(),
+            repo_name: format!("local/{tag}"),
+            environment: Environment::Recipe(env::Recipe {
+                base_image: FIXTURE_IMAGE.into(),
+                install: vec!["pip install -q --no-build-isolation --no-deps --no-index .".into()],
+                activate: "source /opt/venv/bin/activate".into(),
+                network: "none".into(),
+                ..env::Recipe::default()
+            }),
+            validate: validate::ValidateConfig {
+                grade: GradeConfig {
+                    network_mode: "none".into(),
+                    test_timeout: Duration::from_secs(120),
+                    ..GradeConfig::default()
+                },
+                runs: 1,
+            },
+            workers: 1,
+            max_candidates: None,
+            validate_tasks: true,
+        };
+        let report = mine_history(Some(&engine), &options, &|_| {}).await;
+        let checks = async {
+            let report = report.unwrap();
+            let row = report
+                .tasks
+                .iter()
+                .find(|t| t.extra["swe_env_mined"]["commit"] == json!(c1.to_string()))
+                .unwrap_or_else(|| panic!("the fix is kept: {:?}", report.rejected));
+            assert_eq!(row.base_commit, c0.to_string());
+            let image = row.image.clone().unwrap();
+            let found = exit_in(
+                &engine,
+                &image,
+                &format!("grep -rl {marker} /testbed /opt/venv; test $? -eq 1"),
+            )
+            .await;
+            assert_eq!(
+                found,
+                Some(0),
+                "the marker of the fix is in the base image {image}"
+            );
+        };
+        let result =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;
+        let out = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        for image in String::from_utf8_lossy(&out.stdout).lines() {
+            if image.contains(&tag) {
+                docker(&["rmi", "-f", image]);
+            }
         }
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);

@@ -33,6 +33,9 @@ pub const MUTATE_PY: &str = include_str!("mutate.py");
 const COMMIT_IDENTITY: &str = "swe-env";
 const COMMIT_EMAIL: &str = "mine@swe-env";
 const COMMIT_DATE: &str = "2000-01-01T00:00:00Z";
+/// The mtime (2000-01-01T00:00:00Z, Unix seconds) every tracked file and directory of a mutant image gets, so the
+/// mutated file does not stand out as the newest one (its ctime follows `git ls-files` order like every other's).
+const FIXED_MTIME: u64 = 946_684_800;
 /// Where the gold patch is written inside a container.
 const GOLD_PATH: &str = "/tmp/swe-env-mine-gold.patch";
 /// Time limit of each script step in a container (gold apply, list, apply, snapshot).
@@ -645,7 +648,10 @@ async fn make_image(
 }
 
 /// Replaces /testbed/.git by a fresh repository with ONE root commit of the paths `git ls-files` listed (fixed
-/// identity and date) and prints its sha. No other object is left in the new repository.
+/// identity and date) and prints its sha. No other object is left in the new repository. Then every tracked file
+/// and every directory outside .git gets the same fixed mtime, touched in one pass in `git ls-files` order (ctimes
+/// follow that order), so the mutated file is not the newest one (the price: every tracked file is copied into the
+/// image's top layer).
 pub fn snapshot_script() -> String {
     format!(
         "set -e\ncd /testbed\nlist=$(mktemp)\ngit ls-files -z > \"$list\"\nrm -rf .git\n\
@@ -654,7 +660,10 @@ xargs -0 -r git add -f -- < \"$list\"\nrm -f \"$list\"\n\
 export GIT_AUTHOR_NAME={COMMIT_IDENTITY} GIT_AUTHOR_EMAIL={COMMIT_EMAIL} GIT_AUTHOR_DATE={COMMIT_DATE}\n\
 export GIT_COMMITTER_NAME={COMMIT_IDENTITY} GIT_COMMITTER_EMAIL={COMMIT_EMAIL} GIT_COMMITTER_DATE={COMMIT_DATE}\n\
 git -c commit.gpgsign=false commit -q --no-verify -m 'swe-env mined task' >&2\n\
-git rev-parse HEAD\n{PURGE_BYTECODE}"
+git rev-parse HEAD\n{PURGE_BYTECODE}\
+git ls-files -z | xargs -0 -r touch -h -d @{FIXED_MTIME} --\n\
+find . -path ./.git -prune -o -type d -print0 | xargs -0 -r touch -h -d @{FIXED_MTIME} --\n\
+git update-index -q --refresh >/dev/null || true\n"
     )
 }
 
@@ -746,8 +755,8 @@ pub fn touched_source_files(patch: &str, state: PassingState) -> Vec<String> {
     files
 }
 
-/// The mutant task's problem statement: the failing tests and an excerpt of the error output. It never names the
-/// mutated file, function or line; excerpt lines naming `mutated_file` with a line number are dropped.
+/// The mutant task's problem statement: the failing tests and an excerpt of the error output (left out when
+/// nothing safe remains). It never names the mutated file, function or line: see [`error_excerpt`].
 pub fn problem_statement(
     fail_to_pass: &[String],
     before_output: &str,
@@ -758,58 +767,44 @@ pub fn problem_statement(
         .map(|test| format!("- {test}"))
         .collect();
     let excerpt = error_excerpt(before_output, mutated_file);
+    let excerpt = if excerpt.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Error output (excerpt):\n```\n{}\n```\n\n",
+            excerpt.join("\n")
+        )
+    };
     format!(
-        "Some tests fail after a recent change.\n\nFailing tests:\n{}\n\nError output (excerpt):\n```\n{}\n```\n\n\
+        "Some tests fail after a recent change.\n\nFailing tests:\n{}\n\n{excerpt}\
 Fix the library code so these tests pass; the tests are correct.",
-        tests.join("\n"),
-        excerpt.join("\n")
+        tests.join("\n")
     )
 }
 
-/// At most 20 `E   ` lines of pytest output, else the last 20 lines of its failure section (or of the output), with
-/// the lines naming `mutated_file` with a line number removed.
+/// At most 20 `E ` lines of pytest output, else at most 20 lines of pytest's short test summary (`FAILED ...`,
+/// `ERROR ...`); never source lines (pytest's `>` line and the code around it) and never a line naming
+/// `mutated_file` in any form (its path, or its base name, which covers `File "/testbed/.../x.py", line N`).
 pub fn error_excerpt(output: &str, mutated_file: &str) -> Vec<String> {
-    let clean = |line: &&str| !names_file_line(line, mutated_file);
-    let errors: Vec<String> = output
-        .lines()
-        .filter(|line| line.starts_with("E   "))
-        .filter(clean)
-        .take(EXCERPT_LINES)
-        .map(|line| line.trim_end().to_owned())
-        .collect();
+    let pick = |keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        output
+            .lines()
+            .filter(|line| keep(line) && !names_file(line, mutated_file))
+            .take(EXCERPT_LINES)
+            .map(|line| line.trim_end().to_owned())
+            .collect()
+    };
+    let errors = pick(&|line| line.starts_with("E "));
     if !errors.is_empty() {
         return errors;
     }
-    let lines: Vec<&str> = output.lines().collect();
-    let section = match lines.iter().position(|line| {
-        line.starts_with('=') && (line.contains(" FAILURES ") || line.contains(" ERRORS "))
-    }) {
-        Some(start) => {
-            let end = lines[start + 1..]
-                .iter()
-                .position(|line| line.starts_with('=') && line.trim_end().ends_with('='))
-                .map_or(lines.len(), |at| start + 1 + at);
-            &lines[start + 1..end]
-        }
-        None => &lines[..],
-    };
-    let kept: Vec<&str> = section.iter().copied().filter(clean).collect();
-    kept[kept.len().saturating_sub(EXCERPT_LINES)..]
-        .iter()
-        .map(|line| line.trim_end().to_owned())
-        .collect()
+    pick(&|line| line.starts_with("FAILED ") || line.starts_with("ERROR "))
 }
 
-/// `line` holds `<file>:<digits>` (a traceback position in the mutated file).
-fn names_file_line(line: &str, file: &str) -> bool {
-    if file.is_empty() {
-        return false;
-    }
-    line.match_indices(file).any(|(at, _)| {
-        let rest = &line[at + file.len()..];
-        rest.strip_prefix(':')
-            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-    })
+/// `line` names `file` (a path relative to /testbed) by its path or by its base name.
+fn names_file(line: &str, file: &str) -> bool {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    (!file.is_empty() && line.contains(file)) || (!base.is_empty() && line.contains(base))
 }
 
 fn shell_quote(value: &str) -> String {
@@ -929,17 +924,114 @@ E   src/geo/shapes.py:12: in area\n\
         assert!(text.contains("E       assert 5 == 4\nE        +  where 5 = area(2)\n```"));
         assert!(!text.contains("shapes.py"), "{text}");
         assert!(text.ends_with("Fix the library code so these tests pass; the tests are correct."));
-        // No `E   ` lines: the end of the failure section, location lines dropped.
+        // No `E   ` lines and no short summary: no source or location line is shown.
         let plain = "collected 1 item\n= FAILURES =\nboom happened\nsrc/geo/shapes.py:7: ValueError\n==== short ====\nafter\n";
-        assert_eq!(
-            error_excerpt(plain, "src/geo/shapes.py"),
-            vec!["boom happened"]
-        );
+        assert!(error_excerpt(plain, "src/geo/shapes.py").is_empty());
         // At most 20 lines.
         let many: String = (0..30).map(|i| format!("E   line {i}\n")).collect();
         let excerpt = error_excerpt(&many, "a.py");
         assert_eq!(excerpt.len(), 20);
         assert_eq!(excerpt[0], "E   line 0");
+    }
+
+    #[test]
+    fn excerpt_never_names_the_mutated_file_nor_shows_source_lines() {
+        // `E` lines: a traceback line naming the file in any form is dropped.
+        let output = "\
+E   Traceback (most recent call last):\n\
+E     File \"/testbed/src/geo/shapes.py\", line 12, in area\n\
+E       return w * h + 1\n\
+E   ValueError: bad area\n\
+E   raised in shapes.py near the top\n\
+E   see src/geo/shapes.py for details\n";
+        let excerpt = error_excerpt(output, "src/geo/shapes.py");
+        assert_eq!(
+            excerpt,
+            vec![
+                "E   Traceback (most recent call last):",
+                "E       return w * h + 1",
+                "E   ValueError: bad area",
+            ]
+        );
+        // No `E` lines: only the short summary's FAILED/ERROR lines, never the source lines of the failure section
+        // (pytest's `>` line and the code around it), and never a line naming the file.
+        let plain = "\
+collected 2 items\n\
+=================================== FAILURES ===================================\n\
+___________________________________ test_a ____________________________________\n\
+    def area(w, h):\n\
+>       return w * h + 1\n\
+boom happened\n\
+src/geo/shapes.py:7: ValueError\n\
+=========================== short test summary info ============================\n\
+FAILED tests/test_x.py::test_a - ValueError: boom\n\
+FAILED tests/test_x.py::test_b - File \"/testbed/src/geo/shapes.py\", line 9\n\
+ERROR tests/test_y.py - ImportError: cannot import name 'x'\n\
+========================= 2 failed, 1 error in 0.10s ==========================\n";
+        let excerpt = error_excerpt(plain, "src/geo/shapes.py");
+        assert_eq!(
+            excerpt,
+            vec![
+                "FAILED tests/test_x.py::test_a - ValueError: boom",
+                "ERROR tests/test_y.py - ImportError: cannot import name 'x'",
+            ]
+        );
+        let text = problem_statement(
+            &["tests/test_x.py::test_a".to_owned()],
+            plain,
+            "src/geo/shapes.py",
+        );
+        assert!(!text.contains("shapes.py"), "{text}");
+        assert!(!text.contains("w * h"), "{text}");
+        // Nothing usable: no excerpt section at all.
+        let text = problem_statement(&["t::a".to_owned()], "    x = w * h\n", "src/geo/shapes.py");
+        assert!(!text.contains("Error output"), "{text}");
+        assert!(!text.contains("w * h"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_images_drop_the_source_image_labels() {
+        let engine = DockerEngine::connect(Duration::from_secs(120))
+            .await
+            .unwrap();
+        let sandbox = engine
+            .create_sandbox(
+                "swe-env/fixture-retrykit:latest",
+                "mine-mutate-label-check",
+                SandboxConfig {
+                    network_mode: "none".into(),
+                    ..SandboxConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+        let reference = format!("swe-env-mined/label-check:{}", std::process::id());
+        let labels = HashMap::from([
+            (LABEL_MINED.to_owned(), "mutate".to_owned()),
+            (LABEL_BASE.to_owned(), "abc123".to_owned()),
+        ]);
+        let committed = sandbox.commit_image(&reference, labels).await;
+        sandbox.remove().await.unwrap();
+        committed.unwrap();
+        let info = engine.image_info(&reference).await.unwrap().unwrap();
+        engine.remove_image(&reference).await.unwrap();
+        assert_eq!(
+            info.labels.get(LABEL_MINED).map(String::as_str),
+            Some("mutate")
+        );
+        assert_eq!(
+            info.labels.get(LABEL_BASE).map(String::as_str),
+            Some("abc123")
+        );
+        for (key, value) in &info.labels {
+            if key.starts_with("swe-env.") && key != LABEL_MINED && key != LABEL_BASE {
+                assert_eq!(
+                    value, "",
+                    "{key} inherited from the source image: {:?}",
+                    info.labels
+                );
+            }
+        }
     }
 
     #[test]
@@ -1098,21 +1190,32 @@ E   src/geo/shapes.py:12: in area\n\
         let image = "swe-env/fixture-retrykit:latest";
         let script = format!(
             "set -e\ncd /testbed\nold=$(git rev-parse HEAD)\necho changed >> README.md\n\
+             cp src/retrykit/policy.py /tmp/p && echo '# mutated' >> /tmp/p && mv /tmp/p src/retrykit/policy.py\n\
              mkdir -p src/__pycache__ && echo old > src/__pycache__/m.cpython-311.pyc && echo old > src/legacy.pyc\n\
              ({}) >/tmp/sha\n\
              cat /tmp/sha\ngit rev-list --count --all\ngit cat-file --batch-all-objects --batch-check | grep -c commit\n\
              git cat-file -e $old 2>/dev/null && echo leaked || echo clean\ngit status --porcelain | wc -l\n\
-             find . -name '*.pyc' | wc -l\n",
+             find . -name '*.pyc' | wc -l\n\
+             git ls-files -z | xargs -0 stat -c %Y | sort -u | wc -l\n\
+             find . -path ./.git -prune -o -type d -printf '%T@\\n' | sort -u | wc -l\n\
+             git ls-files -z | xargs -0 stat -c %.9Z | sort -c -n && echo ctime-in-ls-files-order\n",
             snapshot_script()
         );
         let (code, first) = exec_in(&engine, image, &script).await;
         assert_eq!(code, Some(0), "{first}");
         let (_, second) = exec_in(&engine, image, &script).await;
         let lines: Vec<&str> = first.lines().collect();
-        assert_eq!(lines.len(), 6, "{first}");
+        assert_eq!(lines.len(), 9, "{first}");
         assert_eq!(lines[0].len(), 40);
         // One commit, the old HEAD gone, a clean tree, and no bytecode of the unmutated code left behind.
-        assert_eq!(&lines[1..], ["1", "1", "clean", "0", "0"]);
+        assert_eq!(&lines[1..6], ["1", "1", "clean", "0", "0"]);
+        // The changed files do not stand out: every tracked file and directory has one mtime, and ctimes follow
+        // `git ls-files` order (one touch pass), so the changed file is not the newest beyond that order.
+        assert_eq!(
+            &lines[6..],
+            ["1", "1", "ctime-in-ls-files-order"],
+            "{first}"
+        );
         assert_eq!(first, second, "same tree, same sha");
     }
 

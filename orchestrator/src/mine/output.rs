@@ -1,9 +1,13 @@
 //! The output directory of `swe-env mine`: `tasks.jsonl` (kept rows, run-benchmark-ready), `rejected.jsonl`,
 //! `swerl.jsonl` (history only) and `summary.json`, each replaced whole (`crate::fsio`).
 //!
-//! The rule ([`prepare`]): a directory that does not exist is created; one that holds only a previous mine output (or
-//! a temporary file of one, left by a crash) is accepted and that output removed, so that a failed run never leaves
-//! stale results looking current; anything else is refused.
+//! The rule ([`prepare`]): a directory that does not exist is created; one that holds (or is) an input of the run
+//! (`--tasks`, `--repo`, `--recipe`, compared as canonical paths) is refused; an empty one is accepted; one that
+//! holds only the known file names (and temp files of them, left by a crash) is accepted only when its
+//! `summary.json` says `"kind": "history"` or `"mutate"` — a previous mine output; anything else is refused.
+//! `prepare` removes nothing: [`write`] serialises every file, replaces each whole, writes `summary.json` last and
+//! only then removes the known files this run did not produce (`swerl.jsonl` after a mutate run) and stray temp
+//! files. An interrupted run leaves the directory as it was.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,18 @@ pub enum OutputError {
         OUTPUT_FILES.join(", ")
     )]
     Foreign { path: PathBuf, names: Vec<String> },
+    /// The directory holds (or is) one of the run's inputs (bad input).
+    #[error("{} holds the input {}: give an output directory that does not contain the run's inputs", path.display(), input.display())]
+    HoldsInput { path: PathBuf, input: PathBuf },
+    /// The directory holds files named like a mine output without the `summary.json` (`kind` history or mutate)
+    /// that marks one (bad input: they may be a user's files).
+    #[error(
+        "{} holds {} but no {SUMMARY} of a `swe-env mine` run (with \"kind\": \"history\" or \"mutate\"), so they \
+         are not replaced: give a new or empty directory, or move those files away",
+        path.display(),
+        shown(names)
+    )]
+    NotAnOutput { path: PathBuf, names: Vec<String> },
     /// Reading, creating or writing failed (infrastructure: permissions, a full disk).
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -58,7 +74,13 @@ pub enum OutputError {
 impl OutputError {
     /// Whether the error is the caller's input (the directory given), not the machine.
     pub fn is_input(&self) -> bool {
-        matches!(self, Self::NotADirectory { .. } | Self::Foreign { .. })
+        matches!(
+            self,
+            Self::NotADirectory { .. }
+                | Self::Foreign { .. }
+                | Self::HoldsInput { .. }
+                | Self::NotAnOutput { .. }
+        )
     }
 }
 
@@ -79,8 +101,9 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Outpu
     }
 }
 
-/// Applies the output directory rule (module docs) to `dir`.
-pub fn prepare(dir: &Path) -> Result<(), OutputError> {
+/// Applies the output directory rule (module docs) to `dir`; `inputs` are the run's input paths (`--tasks`,
+/// `--repo`, `--recipe`; one that does not exist, such as a dataset alias, is skipped). Removes nothing.
+pub fn prepare(dir: &Path, inputs: &[&Path]) -> Result<(), OutputError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -93,18 +116,30 @@ pub fn prepare(dir: &Path) -> Result<(), OutputError> {
         }
         Err(error) => return Err(io("reading", dir)(error)),
     };
-    let mut ours = Vec::new();
+    let canonical = std::fs::canonicalize(dir).map_err(io("resolving", dir))?;
+    for input in inputs {
+        if let Ok(input_path) = std::fs::canonicalize(input) {
+            if input_path.starts_with(&canonical) {
+                return Err(OutputError::HoldsInput {
+                    path: dir.to_path_buf(),
+                    input: input.to_path_buf(),
+                });
+            }
+        }
+    }
+    let mut outputs = Vec::new();
     let mut foreign = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io("reading", dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
-        let is_output = OUTPUT_FILES
-            .iter()
-            .any(|output| name == *output || crate::fsio::is_temp_of(&name, output));
-        if is_file && is_output {
-            ours.push(entry.path());
-        } else {
+        if is_file && OUTPUT_FILES.contains(&name.as_str()) {
+            outputs.push(name);
+        } else if !(is_file
+            && OUTPUT_FILES
+                .iter()
+                .any(|output| crate::fsio::is_temp_of(&name, output)))
+        {
             foreign.push(name);
         }
     }
@@ -115,10 +150,23 @@ pub fn prepare(dir: &Path) -> Result<(), OutputError> {
             names: foreign,
         });
     }
-    for path in ours {
-        std::fs::remove_file(&path).map_err(io("removing the previous output", &path))?;
+    if outputs.is_empty() {
+        // Empty, or only temp files a crashed run left (fsio names: never a user's file).
+        return Ok(());
     }
-    Ok(())
+    outputs.sort();
+    let summary = dir.join(SUMMARY);
+    let kind = std::fs::read(&summary)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|value| value.get("kind").and_then(Value::as_str).map(str::to_owned));
+    match kind.as_deref() {
+        Some("history" | "mutate") => Ok(()),
+        _ => Err(OutputError::NotAnOutput {
+            path: dir.to_path_buf(),
+            names: outputs,
+        }),
+    }
 }
 
 /// One `tasks.jsonl` line: the row with `FAIL_TO_PASS` / `PASS_TO_PASS` as JSON-encoded string lists, as the
@@ -172,21 +220,55 @@ pub fn write(
             tracing::warn!(instance_id = %task.instance_id, ?missing, "a mined row lacks environment fields");
         }
     }
-    let put = |name: &'static str, bytes: Vec<u8>| -> Result<(), OutputError> {
-        let path = dir.join(name);
-        crate::fsio::write_atomically(&path, &bytes).map_err(io("writing", &path))
-    };
-    put(TASKS, jsonl(TASKS, tasks, task_line)?)?;
-    put(REJECTED, jsonl(REJECTED, rejected, serde_json::to_string)?)?;
+    // Every file is serialised before the first one is written: a row that cannot be serialised leaves the
+    // previous output as it was.
+    let mut files: Vec<(&'static str, Vec<u8>)> = vec![
+        (TASKS, jsonl(TASKS, tasks, task_line)?),
+        (REJECTED, jsonl(REJECTED, rejected, serde_json::to_string)?),
+    ];
     if let Some(records) = records {
-        put(SWERL, jsonl(SWERL, records, serde_json::to_string)?)?;
+        files.push((SWERL, jsonl(SWERL, records, serde_json::to_string)?));
     }
     let mut text = serde_json::to_string_pretty(summary).map_err(|source| OutputError::Json {
         file: SUMMARY,
         source,
     })?;
     text.push('\n');
-    put(SUMMARY, text.into_bytes())
+    // summary.json last: it is what marks the directory as a mine output.
+    files.push((SUMMARY, text.into_bytes()));
+    for (name, bytes) in &files {
+        let path = dir.join(name);
+        crate::fsio::write_atomically(&path, bytes).map_err(io("writing", &path))?;
+    }
+    remove_stale(
+        dir,
+        &files.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+    )
+}
+
+/// Removes the known output files of an earlier run that this run did not write (`swerl.jsonl` after a mutate
+/// run) and temp files crashed runs left; called once every new file is in place.
+fn remove_stale(dir: &Path, written: &[&str]) -> Result<(), OutputError> {
+    let entries = std::fs::read_dir(dir).map_err(io("reading", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io("reading", dir))?;
+        if !entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = OUTPUT_FILES.iter().any(|output| {
+            (name == *output && !written.contains(output)) || crate::fsio::is_temp_of(&name, output)
+        });
+        if stale {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io("removing the previous output", &path)(error)),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,25 +280,22 @@ mod tests {
     fn the_output_directory_rule() {
         let root = tempfile::tempdir().unwrap();
         let fresh = root.path().join("a/b");
-        prepare(&fresh).unwrap();
+        prepare(&fresh, &[]).unwrap();
         assert!(fresh.is_dir());
-        prepare(&fresh).unwrap();
+        prepare(&fresh, &[]).unwrap();
 
-        for name in OUTPUT_FILES {
-            std::fs::write(fresh.join(name), "old").unwrap();
-        }
+        previous_output(&fresh, "history");
         let temp = crate::fsio::temp_path(&fresh.join(TASKS));
         std::fs::write(&temp, "").unwrap();
-        prepare(&fresh).unwrap();
+        prepare(&fresh, &[]).unwrap();
         assert_eq!(
             std::fs::read_dir(&fresh).unwrap().count(),
-            0,
-            "previous outputs removed"
+            5,
+            "a previous output is accepted and kept until the new one is written"
         );
 
-        std::fs::write(fresh.join(TASKS), "old").unwrap();
         std::fs::write(fresh.join("notes.txt"), "mine").unwrap();
-        let error = prepare(&fresh).unwrap_err();
+        let error = prepare(&fresh, &[]).unwrap_err();
         assert!(error.is_input(), "{error}");
         let message = error.to_string();
         assert!(
@@ -230,19 +309,176 @@ mod tests {
 
         // A directory, even one named like an output, is not an output.
         std::fs::remove_file(fresh.join("notes.txt")).unwrap();
+        std::fs::remove_file(fresh.join(SUMMARY)).unwrap();
         std::fs::create_dir(fresh.join(SUMMARY)).unwrap();
         assert!(matches!(
-            prepare(&fresh),
+            prepare(&fresh, &[]),
             Err(OutputError::Foreign { names, .. }) if names == [SUMMARY]
         ));
 
         let file = root.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let error = prepare(&file).unwrap_err();
+        let error = prepare(&file, &[]).unwrap_err();
         assert!(
             matches!(error, OutputError::NotADirectory { .. }) && error.is_input(),
             "{error}"
         );
+    }
+
+    fn previous_output(dir: &Path, kind: &str) {
+        std::fs::write(dir.join(TASKS), "old tasks\n").unwrap();
+        std::fs::write(dir.join(REJECTED), "old rejected\n").unwrap();
+        std::fs::write(dir.join(SWERL), "old swerl\n").unwrap();
+        std::fs::write(
+            dir.join(SUMMARY),
+            serde_json::json!({ "kind": kind, "kept": 3 }).to_string(),
+        )
+        .unwrap();
+    }
+
+    fn listing(dir: &Path) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(entry.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// D3 (1): `--tasks out/tasks.jsonl --out out` over a previous mutate output: refused before anything is
+    /// touched, naming the input, also when the input is given through another path to the same file.
+    #[test]
+    fn an_out_holding_an_input_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        previous_output(&out, "mutate");
+        let before = listing(&out);
+        let input = out.join("../out/./tasks.jsonl");
+        let error = prepare(&out, &[input.as_path()]).unwrap_err();
+        assert!(error.is_input(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("tasks.jsonl") && message.contains("input"),
+            "{message}"
+        );
+        assert_eq!(listing(&out), before, "nothing removed");
+
+        // An input directory (--repo) inside --out, or --out itself: refused too.
+        let repo = out.join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        for input in [repo.as_path(), out.as_path()] {
+            let error = prepare(&out, &[input]).unwrap_err();
+            assert!(matches!(error, OutputError::HoldsInput { .. }), "{error}");
+        }
+        std::fs::remove_dir(&repo).unwrap();
+        // An input elsewhere (or one that does not exist: an alias such as `fixtures`) is no objection.
+        let elsewhere = root.path().join("rows.jsonl");
+        std::fs::write(&elsewhere, "").unwrap();
+        prepare(&out, &[elsewhere.as_path(), Path::new("fixtures")]).unwrap();
+        assert_eq!(listing(&out), before);
+    }
+
+    /// D3 (2): known file names alone do not make a previous output; its `summary.json` must say `kind`
+    /// history or mutate.
+    #[test]
+    fn only_a_summary_with_a_mine_kind_marks_a_previous_output() {
+        let root = tempfile::tempdir().unwrap();
+        let summaries = [
+            None,
+            Some("not json".to_string()),
+            Some(r#"{"kept": 1}"#.to_string()),
+            Some(r#"{"kind": "evaluate"}"#.to_string()),
+            Some(r#"["history"]"#.to_string()),
+        ];
+        for (n, summary) in summaries.iter().enumerate() {
+            let dir = root.path().join(format!("refused{n}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(TASKS), "user rows\n").unwrap();
+            if let Some(summary) = summary {
+                std::fs::write(dir.join(SUMMARY), summary).unwrap();
+            }
+            let before = listing(&dir);
+            let error = prepare(&dir, &[]).unwrap_err();
+            assert!(error.is_input(), "{summary:?}: {error}");
+            assert!(error.to_string().contains(SUMMARY), "{error}");
+            assert_eq!(listing(&dir), before, "{summary:?}: nothing removed");
+        }
+        for kind in ["history", "mutate"] {
+            let dir = root.path().join(kind);
+            std::fs::create_dir(&dir).unwrap();
+            previous_output(&dir, kind);
+            prepare(&dir, &[]).unwrap();
+        }
+    }
+
+    /// D3 (3): `prepare` deletes nothing; `write` replaces the files it writes and only then removes the known
+    /// files this run did not produce (swerl.jsonl after a mutate run, temp files of a crashed run).
+    #[test]
+    fn prepare_deletes_nothing_and_write_removes_stale_outputs_last() {
+        let dir = tempfile::tempdir().unwrap();
+        previous_output(dir.path(), "history");
+        let temp = crate::fsio::temp_path(&dir.path().join(TASKS));
+        let stale_temp = temp.with_file_name(format!(".{TASKS}.tmp.1"));
+        std::fs::write(&stale_temp, "half").unwrap();
+        let before = listing(dir.path());
+        prepare(dir.path(), &[]).unwrap();
+        assert_eq!(listing(dir.path()), before, "prepare removes nothing");
+
+        write(
+            dir.path(),
+            &[row("local__demo-1")],
+            &[],
+            None,
+            &serde_json::json!({"kind": "mutate"}),
+        )
+        .unwrap();
+        let names: Vec<String> = listing(dir.path())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            names,
+            [REJECTED, SUMMARY, TASKS],
+            "swerl.jsonl and the temp file removed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(REJECTED)).unwrap(),
+            ""
+        );
+        prepare(dir.path(), &[]).unwrap();
+    }
+
+    /// D3 (3): a run that fails while writing leaves the previous output as it was (every file is serialised
+    /// before the first one is written).
+    #[test]
+    fn a_failed_write_leaves_the_previous_output() {
+        struct Unserialisable;
+        impl Serialize for Unserialisable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        previous_output(dir.path(), "history");
+        let before = listing(dir.path());
+        let error = write(
+            dir.path(),
+            &[row("local__demo-1")],
+            &[],
+            None,
+            &Unserialisable,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, OutputError::Json { file: SUMMARY, .. }),
+            "{error}"
+        );
+        assert_eq!(listing(dir.path()), before);
     }
 
     fn row(id: &str) -> Instance {
@@ -299,7 +535,7 @@ mod tests {
             &[row("local__demo-1")],
             &rejected,
             Some(&[]),
-            &serde_json::json!({"kept": 1}),
+            &serde_json::json!({"kind": "history", "kept": 1}),
         )
         .unwrap();
         let tasks = std::fs::read_to_string(dir.path().join(TASKS)).unwrap();
@@ -321,7 +557,6 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(SUMMARY)).unwrap())
                 .unwrap();
         assert_eq!(summary["kept"], 1);
-        prepare(dir.path()).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        prepare(dir.path(), &[]).unwrap();
     }
 }

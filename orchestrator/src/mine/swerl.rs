@@ -132,26 +132,35 @@ pub fn instance_id(repo_name: &str, commit: &str) -> String {
     format!("{repo}-{}", clean(&sha))
 }
 
-/// The image-name slug of a repository: lowercased, `/` → `-`, other characters outside `[a-z0-9._-]` → `-`;
-/// leading and trailing `.`/`_`/`-` are dropped (Docker refuses a name component starting or ending with one),
-/// and an empty result is `repo`.
+/// The longest [`slug`] (Docker refuses a repository name over 255 characters; the image names add a registry-less
+/// namespace and a suffix).
+pub const SLUG_MAX: usize = 100;
+
+/// The image-name slug of a repository: lowercased; every run of characters outside `[a-z0-9]` (`/`, `.`, `_`, `-`,
+/// spaces, anything else) becomes one `-`, none at either end (Docker's path-component grammar refuses `..`, `___`,
+/// `_-` and a separator at an end); at most [`SLUG_MAX`] characters; an empty result is `repo`.
 pub fn slug(repo_name: &str) -> String {
-    let slug: String = repo_name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
+    let mut slug = String::new();
+    let mut separator = false;
+    for c in repo_name.to_lowercase().chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            let dash = separator && !slug.is_empty();
+            if slug.len() + usize::from(dash) + 1 > SLUG_MAX {
+                break;
             }
-        })
-        .collect();
-    let trimmed = slug.trim_matches(|c| matches!(c, '.' | '_' | '-'));
-    if trimmed.is_empty() {
+            if dash {
+                slug.push('-');
+            }
+            separator = false;
+            slug.push(c);
+        } else {
+            separator = true;
+        }
+    }
+    if slug.is_empty() {
         "repo".to_string()
     } else {
-        trimmed.to_string()
+        slug
     }
 }
 
@@ -391,8 +400,49 @@ mod tests {
         assert_eq!(instance_id("single", sha), "single-0123456789ab");
         assert_eq!(slug("psf/Requests"), "psf-requests");
         assert_eq!(slug("Org/My Repo+2"), "org-my-repo-2");
-        assert_eq!(slug("local/_x_"), "local-_x");
+        assert_eq!(slug("local/_x_"), "local-x");
         assert_eq!(slug("/.git"), "git");
         assert_eq!(slug("ü"), "repo");
+    }
+
+    /// Every slug is a valid Docker path component (runs of separators collapse to one `-`, none at the ends, at
+    /// most [`SLUG_MAX`] characters), also with the `-env` / `-mut` suffixes the image names add.
+    #[test]
+    fn slugs_are_valid_docker_path_components() {
+        let component = regex::Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$").unwrap();
+        let long = format!("owner/{}", "ab.".repeat(200));
+        let at_the_cap = format!("{}/yz", "x".repeat(SLUG_MAX - 1));
+        let cases = [
+            ("a/x..y", "a-x-y"),
+            ("___", "repo"),
+            ("a_-b", "a-b"),
+            ("a__b", "a-b"),
+            ("a___b", "a-b"),
+            ("x/-_.-y", "x-y"),
+            ("local/_x_", "local-x"),
+            ("psf/Requests", "psf-requests"),
+            ("Org/My Repo+2", "org-my-repo-2"),
+            ("a.b_c", "a-b-c"),
+            ("/.git", "git"),
+            ("ü", "repo"),
+            ("", "repo"),
+            (long.as_str(), ""),
+            (at_the_cap.as_str(), &at_the_cap[..SLUG_MAX - 1]),
+        ];
+        for (name, expected) in cases {
+            let got = slug(name);
+            if !expected.is_empty() {
+                assert_eq!(got, expected, "{name:?}");
+            }
+            assert!(got.len() <= SLUG_MAX, "{name:?} → {} chars", got.len());
+            for suffix in ["", "-env", "-mut"] {
+                let component_text = format!("{got}{suffix}");
+                assert!(
+                    component.is_match(&component_text),
+                    "{name:?} → {component_text:?}"
+                );
+            }
+        }
+        assert!(slug(&long).starts_with("owner-ab-ab-"));
     }
 }
