@@ -414,54 +414,17 @@ fn is_infrastructure(error: &EnvError) -> bool {
 mod tests {
     use super::*;
 
-    use std::path::Path;
     use std::process::Command;
     use std::time::Duration;
 
-    use git2::{Oid, Repository, Signature, Time};
+    use git2::Oid;
     use swe_env_sandbox::SandboxConfig;
 
     use crate::grade::GradeConfig;
 
     const FIXTURE_IMAGE: &str = "swe-env/fixture-retrykit:latest";
 
-    /// A repository built commit by commit on `main` (each commit's tree is exactly the files given).
-    struct Fixture {
-        dir: tempfile::TempDir,
-        repo: Repository,
-        clock: i64,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let repo = Repository::init(dir.path()).unwrap();
-            Self {
-                dir,
-                repo,
-                clock: 1_700_000_000,
-            }
-        }
-
-        fn commit(&mut self, files: &[(&str, &str)], message: &str) -> Oid {
-            let mut index = self.repo.index().unwrap();
-            index.clear().unwrap();
-            for (path, text) in files {
-                let full = self.dir.path().join(path);
-                std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-                std::fs::write(&full, text).unwrap();
-                index.add_path(Path::new(path)).unwrap();
-            }
-            let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
-            self.clock += 60;
-            let who = Signature::new("Dev", "dev@example.com", &Time::new(self.clock, 0)).unwrap();
-            let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-            let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-            self.repo
-                .commit(Some("HEAD"), &who, &who, message, &tree, &parents)
-                .unwrap()
-        }
-    }
+    use crate::mine::test_repo::TestRepo as Fixture;
 
     const CONFTEST: &str = "# the repository root on sys.path\n";
     const BUGGY: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
@@ -502,21 +465,21 @@ mod tests {
     #[tokio::test]
     async fn without_validation_only_the_walk_runs() {
         let mut fx = Fixture::new();
-        fx.commit(
+        fx.commit_head(
             &[
                 ("calc/__init__.py", BUGGY),
                 ("tests/test_calc.py", TEST_MUL),
             ],
             "first",
         );
-        let c1 = fx.commit(
+        let c1 = fx.commit_head(
             &[
                 ("calc/__init__.py", FIXED),
                 ("tests/test_calc.py", TEST_ADD),
             ],
             "Fix add",
         );
-        fx.commit(
+        fx.commit_head(
             &[
                 ("calc/__init__.py", WITH_SUB),
                 ("tests/test_calc.py", TEST_ADD),
@@ -524,7 +487,7 @@ mod tests {
             "no tests touched",
         );
         let mut options = HistoryOptions {
-            repo: fx.dir.path().to_owned(),
+            repo: fx.path().to_owned(),
             range: history::RevRange::Revs {
                 from: None,
                 to: "HEAD".into(),
@@ -593,7 +556,7 @@ mod tests {
             .await
             .unwrap();
         let mut fx = Fixture::new();
-        let c0 = fx.commit(
+        let c0 = fx.commit_head(
             &[
                 ("conftest.py", CONFTEST),
                 ("calc/__init__.py", BUGGY),
@@ -601,7 +564,7 @@ mod tests {
             ],
             "calc: first version",
         );
-        let c1 = fx.commit(
+        let c1 = fx.commit_head(
             &[
                 ("conftest.py", CONFTEST),
                 ("calc/__init__.py", FIXED),
@@ -609,7 +572,7 @@ mod tests {
             ],
             "Fix add (#7)\n\nadd subtracted.",
         );
-        let c2 = fx.commit(
+        let c2 = fx.commit_head(
             &[
                 ("conftest.py", CONFTEST),
                 ("calc/__init__.py", WITH_SUB),
@@ -618,7 +581,7 @@ mod tests {
             ],
             "Add sub",
         );
-        let c3 = fx.commit(
+        let c3 = fx.commit_head(
             &[
                 ("conftest.py", CONFTEST),
                 (
@@ -633,7 +596,7 @@ mod tests {
         );
         let tag = format!("unit{:08x}", rand::random::<u32>());
         let options = HistoryOptions {
-            repo: fx.dir.path().to_owned(),
+            repo: fx.path().to_owned(),
             range: history::RevRange::Revs {
                 from: None,
                 to: "HEAD".into(),
@@ -743,7 +706,7 @@ mod tests {
             assert_eq!(before.labels.get(env::LABEL_ENV), Some(&env_id));
             let again = env::base_image(
                 &engine,
-                fx.dir.path(),
+                fx.path(),
                 &c0.to_string(),
                 FIXTURE_IMAGE,
                 &format!("local-{tag}"),
@@ -781,7 +744,7 @@ mod tests {
         let marker = format!("FIXMARK{:08x}", rand::random::<u32>());
         let fixed = format!("{FIXED}\n\n# {marker}\n");
         let mut fx = Fixture::new();
-        let c0 = fx.commit(
+        let c0 = fx.commit_head(
             &[
                 (".gitignore", IGNORE),
                 ("setup.py", SETUP),
@@ -791,7 +754,7 @@ mod tests {
             ],
             "first",
         );
-        let c1 = fx.commit(
+        let c1 = fx.commit_head(
             &[
                 (".gitignore", IGNORE),
                 ("setup.py", SETUP),
@@ -803,7 +766,7 @@ mod tests {
         );
         let tag = format!("unitleak{:08x}", rand::random::<u32>());
         let options = HistoryOptions {
-            repo: fx.dir.path().to_owned(),
+            repo: fx.path().to_owned(),
             range: history::RevRange::Revs {
                 from: None,
                 to: "HEAD".into(),

@@ -17,4 +17,6 @@ pub mod issue_fix;
 pub mod mutate;
 pub mod output;
 pub mod swerl;
+#[cfg(test)]
+pub(crate) mod test_repo;
 pub mod validate;
