@@ -992,6 +992,33 @@ async fn bad_input_is_refused_with_exit_2() {
     }
 }
 
+/// Waits (at most 120 s) until the `swe-env` process `child` owns a container; fails if it ends first.
+async fn wait_for_an_owned_container(child: &mut std::process::Child, what: &str) {
+    let pid = child.id();
+    let engine = engine().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let owned = engine
+            .labelled_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .any(|c| c.owner.is_some_and(|owner| owner.pid == pid));
+        if owned {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what} ended before starting a container"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container within 120 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// SIGINT in the middle of `mine mutate` (containers of this process running): exit 130, nothing written, no
 /// container of the process left. Before the mutate path handled signals, the default action killed it on the spot and
 /// its containers stayed behind.
@@ -1016,28 +1043,7 @@ async fn an_interrupted_mutate_exits_130_and_leaves_no_container() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let engine = engine().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let owned = engine
-            .labelled_containers()
-            .await
-            .unwrap()
-            .into_iter()
-            .any(|c| c.owner.is_some_and(|owner| owner.pid == pid));
-        if owned {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "mine mutate ended before starting a container"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no container within 120 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_an_owned_container(&mut child, "mine mutate").await;
     let nix_pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(nix_pid, rustix::process::Signal::INT).unwrap();
     let output = child.wait_with_output().unwrap();
@@ -1132,28 +1138,7 @@ async fn an_interrupted_history_exits_130_at_once_and_writes_what_finished() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let engine = engine().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let owned = engine
-            .labelled_containers()
-            .await
-            .unwrap()
-            .into_iter()
-            .any(|c| c.owner.is_some_and(|owner| owner.pid == pid));
-        if owned {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "mine history ended before starting a container"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no container within 120 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_an_owned_container(&mut child, "mine history").await;
     // Let the grading container reach its sleeping test command.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let signalled = std::time::Instant::now();

@@ -570,29 +570,12 @@ mod tests {
         let engine = DockerEngine::connect(Duration::from_secs(120))
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let repo = git2::Repository::init(dir.path()).unwrap();
-        let who =
-            git2::Signature::new("Dev", "dev@example.com", &git2::Time::new(1_700_000_000, 0))
-                .unwrap();
-        let mut parent: Option<git2::Oid> = None;
-        let mut commits = Vec::new();
-        for text in ["one\n", "two\n"] {
-            std::fs::write(dir.path().join("file.txt"), text).unwrap();
-            let mut index = repo.index().unwrap();
-            index.add_path(Path::new("file.txt")).unwrap();
-            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-            let parents: Vec<git2::Commit<'_>> = parent
-                .iter()
-                .map(|p| repo.find_commit(*p).unwrap())
-                .collect();
-            let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
-            let oid = repo
-                .commit(Some("HEAD"), &who, &who, text, &tree, &parents)
-                .unwrap();
-            parent = Some(oid);
-            commits.push(oid.to_string());
-        }
+        let mut fx = crate::mine::test_repo::TestRepo::new();
+        let commits: Vec<String> = ["one\n", "two\n"]
+            .iter()
+            .map(|text| fx.commit_head(&[("file.txt", text)], text).to_string())
+            .collect();
+        let dir = fx.path().to_owned();
         let slug = format!("unit-env{:08x}", rand::random::<u32>());
         let recipe = Recipe {
             base_image: "swe-env/fixture-retrykit:latest".into(),
@@ -602,7 +585,7 @@ mod tests {
             ..Recipe::default()
         };
         let environment = Environment::Recipe(recipe);
-        let built = env_image(&engine, dir.path(), "HEAD", &environment, &slug).await;
+        let built = env_image(&engine, dir.as_path(), "HEAD", &environment, &slug).await;
         let mut made = Vec::new();
         let checks = async {
             let built = built.unwrap();
@@ -612,14 +595,14 @@ mod tests {
                 "{built}"
             );
             let id = engine.image_info(&built).await.unwrap().unwrap().id;
-            let again = env_image(&engine, dir.path(), &commits[1], &environment, &slug)
+            let again = env_image(&engine, dir.as_path(), &commits[1], &environment, &slug)
                 .await
                 .unwrap();
             assert_eq!(again, built);
             assert_eq!(engine.image_info(&again).await.unwrap().unwrap().id, id);
             let base = base_image(
                 &engine,
-                dir.path(),
+                dir.as_path(),
                 &commits[0],
                 &built,
                 &slug,
@@ -671,19 +654,9 @@ mod tests {
         let engine = DockerEngine::connect(Duration::from_secs(120))
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let repo = git2::Repository::init(dir.path()).unwrap();
-        let who =
-            git2::Signature::new("Dev", "dev@example.com", &git2::Time::new(1_700_000_000, 0))
-                .unwrap();
-        std::fs::write(dir.path().join("file.txt"), "one\n").unwrap();
-        let mut index = repo.index().unwrap();
-        index.add_path(Path::new("file.txt")).unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let base = repo
-            .commit(Some("HEAD"), &who, &who, "one", &tree, &[])
-            .unwrap()
-            .to_string();
+        let mut fx = crate::mine::test_repo::TestRepo::new();
+        let base = fx.commit_head(&[("file.txt", "one\n")], "one").to_string();
+        let dir = fx.path().to_owned();
         let slug = format!("unit-clash{:08x}", rand::random::<u32>());
         let environment = |image: &str| Environment::Image {
             image: image.into(),
@@ -699,9 +672,10 @@ mod tests {
                 "swe-env/fixture-retrykit:latest",
                 "swe-env/fixture-slugkit:latest",
             ] {
-                let image = base_image(&engine, dir.path(), &base, env, &slug, &environment(env))
-                    .await
-                    .unwrap();
+                let image =
+                    base_image(&engine, dir.as_path(), &base, env, &slug, &environment(env))
+                        .await
+                        .unwrap();
                 made.push(image.clone());
                 ids.push(engine.image_info(env).await.unwrap().unwrap().id);
             }

@@ -489,9 +489,6 @@ mod tests {
         assert_eq!(pr_number("Fix the parser"), None);
     }
 
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-
     use crate::mine::test_repo::TestRepo as Fixture;
 
     const MOD_V1: &str = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n";
@@ -834,23 +831,12 @@ mod tests {
         let index = tempfile::NamedTempFile::new().unwrap();
         for candidate in &walk.candidates {
             let git = |args: &[&str], stdin: &str| {
-                let mut child = Command::new("git")
-                    .arg("-C")
-                    .arg(&repo)
-                    .args(args)
-                    .env("GIT_INDEX_FILE", index.path())
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(stdin.as_bytes())
-                    .unwrap();
-                let output = child.wait_with_output().unwrap();
+                let output = crate::mine::test_repo::git_in(
+                    Path::new(&repo),
+                    args,
+                    stdin,
+                    &[("GIT_INDEX_FILE", index.path())],
+                );
                 assert!(
                     output.status.success(),
                     "{} {args:?}: {}",

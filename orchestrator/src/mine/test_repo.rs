@@ -53,22 +53,7 @@ impl TestRepo {
     }
 
     pub(crate) fn git(&self, args: &[&str], stdin: &str) -> std::process::Output {
-        let mut child = Command::new("git")
-            .arg("-C")
-            .arg(self.path())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        git_in(self.path(), args, stdin, &[])
     }
 
     /// `git apply --check` of each text in turn, then of all applied one after the other, at `commit`.
@@ -124,4 +109,30 @@ impl TestRepo {
         }
         oid
     }
+}
+
+/// `git -C dir ARGS` with `stdin` fed and `envs` set; its output.
+pub(crate) fn git_in(
+    dir: &Path,
+    args: &[&str],
+    stdin: &str,
+    envs: &[(&str, &Path)],
+) -> std::process::Output {
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
