@@ -424,12 +424,9 @@ async fn remove(sandbox: &DockerSandbox) {
 
 /// First 12 hex digits of SHA-256.
 fn hash12(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hex = crate::trajectory::digest::sha256_hex(bytes);
+    hex.truncate(12);
+    hex
 }
 
 /// Full sha of `rev` in the repository at `repo_path`.
@@ -513,14 +510,10 @@ async fn run_step(
     }
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
-    let start = output.len().saturating_sub(2000);
-    let start = (start..=output.len())
-        .find(|i| output.is_char_boundary(*i))
-        .unwrap_or(output.len());
     Err(EnvError::Step {
         step: step.to_owned(),
         exit_code: out.exit_code,
-        output: output[start..].trim().to_owned(),
+        output: crate::mine::tail(&output, 2000),
     })
 }
 

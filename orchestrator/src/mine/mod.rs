@@ -20,3 +20,12 @@ pub mod swerl;
 #[cfg(test)]
 pub(crate) mod test_repo;
 pub mod validate;
+
+/// The last `max` bytes of `text` (from a char boundary), trimmed: the part of a long command output an error shows.
+pub(crate) fn tail(text: &str, max: usize) -> String {
+    let start = text.len().saturating_sub(max);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].trim().to_owned()
+}

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::mine::env::{LABEL_BASE, LABEL_MINED, PURGE_BYTECODE};
 use crate::mine::issue_fix::{MineProgress, RejectedRow};
 use crate::mine::swerl;
+use crate::mine::tail;
 use crate::mine::validate::{self, ValidateConfig, ValidateError};
 use crate::task;
 
@@ -728,12 +729,9 @@ pub fn mutant_instance_id(source_instance_id: &str, hash: &str) -> String {
 
 /// The first `digits` hex digits of SHA-256 of `bytes`.
 fn hash_hex(bytes: &[u8], digits: usize) -> String {
-    let hex: String = ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    hex[..digits.min(hex.len())].to_owned()
+    let mut hex = crate::trajectory::digest::sha256_hex(bytes);
+    hex.truncate(digits);
+    hex
 }
 
 /// The Python files `patch` touches that exist in `state` (for `Base`: before the patch; for `Gold`: after it).
@@ -815,15 +813,6 @@ fn output_text(stdout: &[u8], stderr: &[u8]) -> String {
     let mut text = String::from_utf8_lossy(stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(stderr));
     text
-}
-
-/// The last `max` bytes of `text` (on a char boundary), trimmed.
-fn tail(text: &str, max: usize) -> String {
-    let start = text.len().saturating_sub(max);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].trim().to_owned()
 }
 
 async fn remove_container(sandbox: &DockerSandbox) {

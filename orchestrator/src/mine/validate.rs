@@ -15,6 +15,7 @@ use swe_env_sandbox::{DockerEngine, SandboxError};
 use tracing::{debug, info};
 
 use crate::grade::{grade_patch, test_spec, GradeConfig, GradeError};
+use crate::mine::tail;
 
 /// How a row is validated.
 #[derive(Debug, Clone)]
@@ -247,14 +248,6 @@ pub fn classify(
     }
     out.all_flaky = out.fail_to_pass.is_empty() && flaky_f2p;
     out
-}
-
-fn tail(text: &str, max: usize) -> String {
-    let start = text.len().saturating_sub(max);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].trim().to_owned()
 }
 
 /// The rejection a run earns before classification, if any.
