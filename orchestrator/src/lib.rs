@@ -13,6 +13,7 @@ pub mod mine;
 pub mod pool;
 pub mod server;
 pub mod task;
+pub mod trace;
 pub mod trajectory;
 
 /// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`), for reporting a caught

@@ -175,6 +175,17 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "trace",
+        &[
+            "benchmark",
+            "datasets",
+            "fsio",
+            "grade",
+            "task",
+            "trajectory",
+        ],
+    ),
+    (
         "server",
         &[
             "agent",
@@ -203,6 +214,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "mine",
             "server",
             "task",
+            "trace",
             "trajectory",
         ],
     ),

@@ -181,3 +181,30 @@ pub fn python_venv(name: &str, packages: &[&str], import_check: &str) -> std::pa
     }
     python
 }
+
+/// pyenv's interpreter for Python 3.`minor` (`/root/.pyenv/versions/3.<minor>.*/bin/python3`); panics naming
+/// `what` (the stdlib-only script that must run on every Python task images use, 3.6-3.12) when it is missing.
+pub fn pyenv_python(minor: u32, what: &str) -> std::path::PathBuf {
+    let prefix = format!("3.{minor}.");
+    let versions = Path::new("/root/.pyenv/versions");
+    let found = std::fs::read_dir(versions)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix))
+        })
+        .map(|path| path.join("bin/python3"))
+        .find(|python| python.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Python 3.{minor} under {}: {what} must be tested on every Python task images use (3.6-3.12); \
+             install it with pyenv",
+            versions.display()
+        )
+    })
+}

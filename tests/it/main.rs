@@ -40,3 +40,7 @@ mod shell_hijack;
 mod step_survival;
 mod submission;
 mod task_sources;
+mod trace;
+mod trace_cli;
+mod trace_harvest;
+mod tracer_script;

@@ -14,6 +14,8 @@ mod run_benchmark;
 mod run_episode;
 mod serve;
 mod shell;
+mod trace;
+mod trace_harvest;
 
 use std::process::ExitCode;
 
@@ -89,6 +91,10 @@ enum Command {
     /// Example: `swe-env mine history --repo ../myrepo --image IMG --out mined`.
     #[command(subcommand)]
     Mine(mine::MineCommand),
+    /// Record Python execution traces of repo code in the CWM format: one test, an entry point, or a dataset.
+    ///
+    /// Example: `swe-env trace --task swe-env-fixtures__spans-1 --test tests/test_ops.py::test_merge_unsorted`.
+    Trace(Box<trace::TraceArgs>),
     /// Measure the system and print figures (step latency, container start-up, …).
     ///
     /// Example: `swe-env bench sandbox --steps 2000`.
@@ -111,6 +117,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(command) => bench::run(command).await,
         Command::Harvest(args) => harvest::run(*args).await,
         Command::Mine(command) => mine::run(command).await,
+        Command::Trace(args) => trace::run(*args).await,
     };
     outcome.map_err(CliError::classify)
 }
