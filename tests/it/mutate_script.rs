@@ -4,34 +4,10 @@
 //! exact, order, dedup, seed, caps, skips, f-strings, `apply` + `git apply` restoring the bytes, bad ids);
 //! `tests/python/run_mutate_tests.sh` runs the same set by hand.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// The interpreter for `minor` (3.`minor`): pyenv's `/root/.pyenv/versions/3.<minor>.*/bin/python3`.
-fn pyenv_python(minor: u32) -> PathBuf {
-    let prefix = format!("3.{minor}.");
-    let versions = Path::new("/root/.pyenv/versions");
-    let found = std::fs::read_dir(versions)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&prefix))
-        })
-        .map(|path| path.join("bin/python3"))
-        .find(|python| python.exists());
-    found.unwrap_or_else(|| {
-        panic!(
-            "no Python 3.{minor} under {}: the mutation script must be tested on every Python task images use \
-             (3.6-3.12); install it with pyenv",
-            versions.display()
-        )
-    })
-}
+use crate::common::pyenv_python;
 
 fn run_cases(python: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,7 +31,7 @@ macro_rules! per_python {
         $(
             #[test]
             fn $name() {
-                run_cases(&pyenv_python($minor));
+                run_cases(&pyenv_python($minor, "the mutation script"));
             }
         )*
     };

@@ -288,6 +288,17 @@ pub struct DatasetDigest {
     pub sha256: String,
 }
 
+/// One dataset of a harvest directory's header (`swe-env harvest`, `swe-env trace harvest`): what a resume compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetEntry {
+    /// The source as given (`fixtures`, alias, path).
+    pub source: String,
+    /// sha256 of the dataset bytes ([`dataset_digest`]).
+    pub sha256: String,
+    /// Rows in it.
+    pub rows: u64,
+}
+
 /// Hashes the content behind a dataset source (`fixtures`, an alias, a path), as `load_source` resolves it.
 pub fn dataset_digest(source: &str) -> std::io::Result<DatasetDigest> {
     let Some(path) = crate::datasets::source_file(source) else {

@@ -193,16 +193,7 @@ pub struct RolloutFailure {
     pub at: String,
 }
 
-/// One dataset of the harvest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetEntry {
-    /// The source as given (`fixtures`, alias, path).
-    pub source: String,
-    /// sha256 of the dataset bytes (`benchmark::manifest::dataset_digest`).
-    pub sha256: String,
-    /// Rows in it.
-    pub rows: u64,
-}
+pub use crate::benchmark::manifest::DatasetEntry;
 
 /// What an invocation brings to `harvest.json`: compared with the stored header on resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

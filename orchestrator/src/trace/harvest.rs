@@ -18,7 +18,7 @@ use swe_env_sandbox::DockerEngine;
 use tracing::{info, warn};
 
 use crate::fsio;
-use crate::trace::format::{render, LocalsStyle};
+use crate::trace::format::LocalsStyle;
 use crate::trace::run::{trace_tests, TraceError, TraceOptions, TraceRun};
 use crate::trace::store::{
     config_hash, frame_bucket, now_rfc3339, read_failures, read_manifest, Failure, ManifestRow,
@@ -311,25 +311,21 @@ fn build_commit(
     repo: String,
     dataset_sha256: String,
 ) -> Result<TaskCommit, String> {
-    let mut traces_jsonl = String::new();
+    // One layout for every traces file: `TraceRun::traces_jsonl` (the trace's fields in order, then "cwm").
+    let traces_jsonl = String::from_utf8(
+        run.traces_jsonl(locals)
+            .map_err(|error| error.to_string())?,
+    )
+    .map_err(|error| error.to_string())?;
+    let items_jsonl = String::from_utf8(run.items_jsonl().map_err(|error| error.to_string())?)
+        .map_err(|error| error.to_string())?;
     let mut frames = 0u64;
     let mut frame_buckets: BTreeMap<String, u64> = BTreeMap::new();
     for trace in &run.traces {
-        let mut value = serde_json::to_value(trace).map_err(|error| error.to_string())?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("cwm".to_owned(), Value::String(render(trace, locals)));
-        }
-        traces_jsonl.push_str(&value.to_string());
-        traces_jsonl.push('\n');
         frames += trace.frames.len() as u64;
         *frame_buckets
             .entry(frame_bucket(trace.frames.len()).to_owned())
             .or_default() += 1;
-    }
-    let mut items_jsonl = String::new();
-    for item in &run.items {
-        items_jsonl.push_str(&serde_json::to_string(item).map_err(|error| error.to_string())?);
-        items_jsonl.push('\n');
     }
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for test in &run.tests {

@@ -33,16 +33,7 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 256 << 20;
 /// zstd level of the frames.
 const ZSTD_LEVEL: i32 = 9;
 
-/// One dataset of the harvest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetEntry {
-    /// The source as given (`fixtures`, alias, path).
-    pub source: String,
-    /// sha256 of its content (`benchmark::manifest::dataset_digest`).
-    pub sha256: String,
-    /// Rows in it.
-    pub rows: u64,
-}
+pub use crate::benchmark::manifest::DatasetEntry;
 
 /// `trace-harvest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
