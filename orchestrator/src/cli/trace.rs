@@ -343,7 +343,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             std::fs::write(path, &jsonl).with_context(|| format!("writing {}", path.display()))?
         }
-        None => write_stdout(&run.traces, &jsonl, args.format, args.caps.locals)?,
+        None => write_stdout(&run.split.traces, &jsonl, args.format, args.caps.locals)?,
     }
     if let Some(path) = &args.items {
         let bytes = run.items_jsonl()?;
@@ -356,16 +356,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         mode,
         task,
         image,
-        python: run.python.clone(),
-        tests: run.tests.clone(),
-        traces: run.traces.len() as u64,
+        python: run.split.python.clone(),
+        tests: run.split.tests.clone(),
+        traces: run.split.traces.len() as u64,
         frames,
-        duplicates: run.stats.total.duplicates,
-        too_long: run.stats.total.too_long,
-        incomplete: run.stats.total.incomplete,
-        missing_source: run.stats.total.missing_source,
+        duplicates: run.split.stats.total.duplicates,
+        too_long: run.split.stats.total.too_long,
+        incomplete: run.split.stats.total.incomplete,
+        missing_source: run.split.stats.total.missing_source,
         items: run.items.len(),
         caps: run
+            .split
             .caps
             .iter()
             .map(|cap| match &cap.nodeid {
@@ -373,14 +374,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 None => cap.reason.clone(),
             })
             .collect(),
-        tracer_errors: run.errors.clone(),
-        tracer_finished: run.ended,
+        tracer_errors: run.split.errors.clone(),
+        tracer_finished: run.split.ended,
         exit_code: run.pytest_exit,
         timed_out: run.timed_out,
         events_bytes: run.events_bytes,
         jsonl_bytes: jsonl.len() as u64,
         elapsed_secs: secs,
-        traces_per_sec: per_sec(run.traces.len() as u64),
+        traces_per_sec: per_sec(run.split.traces.len() as u64),
         frames_per_sec: per_sec(frames),
         bytes_per_frame: if frames > 0 {
             jsonl.len() as f64 / frames as f64
@@ -397,7 +398,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("{}", render_summary(&summary));
     }
-    if run.traces.is_empty() {
+    if run.split.traces.is_empty() {
         eprintln!(
             "warning: no trace: no repo function was called from the traced code (or every call was cut by a cap); \
              check --root / --include (traced: /testbed by default)"
@@ -411,11 +412,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             run.output_tail.trim_end()
         );
     }
-    if !run.errors.is_empty() {
+    if !run.split.errors.is_empty() {
         eprintln!(
             "warning: the tracer reported {} error(s); tracing was switched off after each: {}",
-            run.errors.len(),
-            run.errors.join("; ")
+            run.split.errors.len(),
+            run.split.errors.join("; ")
         );
     }
     Ok(ExitCode::from(EXIT_OK))

@@ -271,7 +271,7 @@ async fn trace_task(
             return Err(fail(failure_reason(&error), error.to_string()));
         }
     };
-    if run.traces.is_empty() {
+    if run.split.traces.is_empty() {
         let tail: String = {
             let skip = run
                 .output_tail
@@ -284,7 +284,7 @@ async fn trace_task(
             "no_traces",
             format!(
                 "{} tests ran (pytest exit {:?}) but no trace completed; output ends: {tail}",
-                run.tests.len(),
+                run.split.tests.len(),
                 run.pytest_exit
             ),
         ));
@@ -321,23 +321,23 @@ fn build_commit(
         .map_err(|error| error.to_string())?;
     let mut frames = 0u64;
     let mut frame_buckets: BTreeMap<String, u64> = BTreeMap::new();
-    for trace in &run.traces {
+    for trace in &run.split.traces {
         frames += trace.frames.len() as u64;
         *frame_buckets
             .entry(frame_bucket(trace.frames.len()).to_owned())
             .or_default() += 1;
     }
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    for test in &run.tests {
+    for test in &run.split.tests {
         *outcomes.entry(test.outcome.clone()).or_default() += 1;
     }
     let mut caps: BTreeMap<String, u64> = BTreeMap::new();
-    for cap in &run.caps {
+    for cap in &run.split.caps {
         *caps.entry(cap.reason.clone()).or_default() += 1;
     }
     for (name, count) in [
-        ("too_long", run.stats.total.too_long),
-        ("incomplete", run.stats.total.incomplete),
+        ("too_long", run.split.stats.total.too_long),
+        ("incomplete", run.split.stats.total.incomplete),
     ] {
         if count > 0 {
             caps.insert(name.to_owned(), count);
@@ -357,10 +357,10 @@ fn build_commit(
             instance_id,
             repo,
             dataset_sha256,
-            python: run.python.clone(),
-            tests: run.tests.len() as u64,
+            python: run.split.python.clone(),
+            tests: run.split.tests.len() as u64,
             outcomes,
-            traces: run.traces.len() as u64,
+            traces: run.split.traces.len() as u64,
             frames,
             frame_buckets,
             items: run.items.len() as u64,

@@ -18,7 +18,7 @@ use crate::task;
 use crate::trace::event::EventError;
 use crate::trace::format::{render, LocalsStyle, Trace};
 use crate::trace::items::{self, PredictionItem};
-use crate::trace::split::{split_str, Cap, SplitOptions, SplitStats, TestOutcome};
+use crate::trace::split::{split_str, SplitOptions, SplitOutput};
 use crate::trace::TRACER_PY;
 use crate::trajectory::digest::sha256_hex;
 
@@ -444,22 +444,11 @@ fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
 /// The traces of one run and what the run measured.
 #[derive(Debug, Clone)]
 pub struct TraceRun {
-    /// Complete, deduplicated traces in the order they completed.
-    pub traces: Vec<Trace>,
-    /// Output-prediction items derived from `traces` (those that qualify).
+    /// What the split gave: the complete, deduplicated traces (in the order they completed), the counts, each
+    /// traced test and its outcome, the caps hit, the tracer's own errors, the Python version, whether it ended.
+    pub split: SplitOutput,
+    /// Output-prediction items derived from the traces (those that qualify).
     pub items: Vec<PredictionItem>,
-    /// The splitter's counts (events, frames, duplicates, too long, incomplete, …).
-    pub stats: SplitStats,
-    /// Each traced test and its outcome, in run order.
-    pub tests: Vec<TestOutcome>,
-    /// Caps the tracer hit.
-    pub caps: Vec<Cap>,
-    /// Errors the tracer reported (tracing was switched off after each; the program ran on).
-    pub errors: Vec<String>,
-    /// The container's Python version, as the tracer reported it.
-    pub python: String,
-    /// The tracer finished normally (its `end` record is there).
-    pub ended: bool,
     /// Exit code of the traced process (pytest's, or 1 when the entry expression raised); `None` on a timeout.
     pub pytest_exit: Option<i64>,
     /// The traced process ran past `--timeout` (the events up to then are used).
@@ -485,7 +474,7 @@ impl TraceRun {
     /// in their declaration order, then `"cwm"` = the trace rendered with `locals`.
     pub fn traces_jsonl(&self, locals: LocalsStyle) -> Result<Vec<u8>, serde_json::Error> {
         let mut bytes = Vec::new();
-        for trace in &self.traces {
+        for trace in &self.split.traces {
             let cwm = render(trace, locals);
             serde_json::to_writer(&mut bytes, &TraceLine { trace, cwm })?;
             bytes.push(b'\n');
@@ -505,7 +494,8 @@ impl TraceRun {
 
     /// Frames of all traces.
     pub fn frames(&self) -> u64 {
-        self.traces
+        self.split
+            .traces
             .iter()
             .map(|trace| trace.frames.len() as u64)
             .sum()
@@ -603,14 +593,8 @@ async fn finish_run(
     .map_err(|error| TraceError::Split(error.to_string()))??;
     let items = output.traces.iter().filter_map(items::items).collect();
     Ok(TraceRun {
-        traces: output.traces,
+        split: output,
         items,
-        stats: output.stats,
-        tests: output.tests,
-        caps: output.caps,
-        errors: output.errors,
-        python: output.python,
-        ended: output.ended,
         pytest_exit: exit_code,
         timed_out,
         events_bytes,
