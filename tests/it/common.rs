@@ -208,3 +208,27 @@ pub fn pyenv_python(minor: u32, what: &str) -> std::path::PathBuf {
         )
     })
 }
+
+/// One `#[test]` per pyenv interpreter task images use (`python_3_6` … `python_3_12`) plus `system_python`
+/// (/usr/bin/python3), each calling `$run(&interpreter)`: for the stdlib-only scripts piped into task containers
+/// (`$what` names the script in the message when an interpreter is missing).
+macro_rules! per_python {
+    ($what:expr, $run:path) => {
+        $crate::common::per_python!(@each $what, $run,
+            python_3_6 => 6, python_3_7 => 7, python_3_8 => 8, python_3_9 => 9,
+            python_3_10 => 10, python_3_11 => 11, python_3_12 => 12);
+        #[test]
+        fn system_python() {
+            $run(std::path::Path::new("/usr/bin/python3"));
+        }
+    };
+    (@each $what:expr, $run:path, $($name:ident => $minor:expr),*) => {
+        $(
+            #[test]
+            fn $name() {
+                $run(&$crate::common::pyenv_python($minor, $what));
+            }
+        )*
+    };
+}
+pub(crate) use per_python;

@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::pyenv_python;
-
 fn run_cases(python: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let output = Command::new(python)
@@ -26,28 +24,4 @@ fn run_cases(python: &Path) {
     assert!(stderr.contains("Ran 13 tests"), "{stderr}");
 }
 
-macro_rules! per_python {
-    ($($name:ident => $minor:expr),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run_cases(&pyenv_python($minor, "the mutation script"));
-            }
-        )*
-    };
-}
-
-per_python!(
-    python_3_6 => 6,
-    python_3_7 => 7,
-    python_3_8 => 8,
-    python_3_9 => 9,
-    python_3_10 => 10,
-    python_3_11 => 11,
-    python_3_12 => 12,
-);
-
-#[test]
-fn system_python() {
-    run_cases(Path::new("/usr/bin/python3"));
-}
+crate::common::per_python!("the mutation script", run_cases);

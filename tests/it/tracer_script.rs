@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{pyenv_python, python_venv};
+use crate::common::python_venv;
 
 /// Test methods in tests/python/test_tracer.py.
 const CASES: usize = 27;
@@ -38,31 +38,7 @@ fn all_cases(python: &Path) {
     assert!(report.contains(&format!("Ran {CASES} tests")), "{report}");
 }
 
-macro_rules! per_python {
-    ($($name:ident => $minor:expr),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                all_cases(&pyenv_python($minor, "the tracer"));
-            }
-        )*
-    };
-}
-
-per_python!(
-    python_3_6 => 6,
-    python_3_7 => 7,
-    python_3_8 => 8,
-    python_3_9 => 9,
-    python_3_10 => 10,
-    python_3_11 => 11,
-    python_3_12 => 12,
-);
-
-#[test]
-fn system_python() {
-    all_cases(Path::new("/usr/bin/python3"));
-}
+crate::common::per_python!("the tracer", all_cases);
 
 /// The pytest mode on a tiny project (a passing, a failing and a skipped test): outcomes recorded, exit code equal
 /// to plain `python -m pytest`. Must not be skipped here.
