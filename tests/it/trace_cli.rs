@@ -349,4 +349,87 @@ mod run_cli {
             "nothing is written when interrupted"
         );
     }
+
+    /// The hostile review's cases (each failed before its fix): a program that outlives `--timeout` (exit 3, not
+    /// 0, and a message naming the flag), an events cap reached by a program that never ends (the cap record is
+    /// flushed, so it is there after the kill), a `--file` named like a test file (traced: the test-file rule is
+    /// for a task's tests, not the file the user names), an `--entry` that is not an expression (exit 2), and a
+    /// deep recursion (one trace per level, each holding every frame under it) bounded by `--max-test-frames`.
+    #[test]
+    fn timeouts_caps_test_named_files_bad_entries_and_deep_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("test_prog.py");
+        std::fs::write(
+            &prog,
+            "def forever():\n    n = 0\n    while True:\n        n += 1\n\n\n\
+             def deep(n):\n    if n == 0:\n        return 0\n    return deep(n - 1) + 1\n",
+        )
+        .unwrap();
+        let prog = prog.to_str().unwrap();
+        let image = "swe-env/base:bookworm";
+        let base = ["trace", "--image", image, "--file", prog];
+
+        let out = dir.path().join("forever.jsonl");
+        let (output, pid) = swe_env(
+            &[
+                &base[..],
+                &[
+                    "--entry",
+                    "forever()",
+                    "--max-events",
+                    "1000",
+                    "--timeout",
+                    "4",
+                ],
+                &["--json", "--out", out.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--timeout 4 s"), "{}", describe(&output));
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["timed_out"], true, "{summary}");
+        let caps = summary["caps"].to_string();
+        assert!(
+            caps.contains("events"),
+            "the cap record was lost: {summary}"
+        );
+        assert!(containers_of(pid).is_empty());
+
+        let (output, _) =
+            swe_env(&[&base[..], &["--entry", "deep(3)", "--format", "json"]].concat());
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        let traces = String::from_utf8_lossy(&output.stdout).lines().count();
+        assert_eq!(
+            traces,
+            4,
+            "a file named test_*.py must be traced: {}",
+            describe(&output)
+        );
+
+        let (output, _) = swe_env(&[&base[..], &["--entry", "deep(3"]].concat());
+        assert_usage(&output, &["not a valid Python expression"]);
+
+        let out = dir.path().join("deep.jsonl");
+        let (output, _) = swe_env(
+            &[
+                &base[..],
+                &[
+                    "--entry",
+                    "deep(200)",
+                    "--max-test-frames",
+                    "5000",
+                    "--json",
+                ],
+                &["--out", out.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(summary["over_budget"].as_u64().unwrap() > 0, "{summary}");
+        let frames = summary["frames"].as_u64().unwrap();
+        assert!(frames > 0 && frames <= 5000, "{summary}");
+    }
 }

@@ -17,7 +17,7 @@ use super::trace_harvest;
 use super::{EXIT_INTERRUPTED, EXIT_OK};
 use crate::task::{image_for, OFFICIAL_IMAGE_TEMPLATE};
 use crate::trace::format::{render, LocalsStyle, Trace};
-use crate::trace::run::{TraceOptions, TraceState};
+use crate::trace::run::{TraceOptions, TraceRun, TraceState};
 
 /// The tracer's caps and filters, the splitter's and the container's settings: shared by `swe-env trace` and
 /// `swe-env trace harvest` (flattened).
@@ -54,6 +54,10 @@ pub struct CapsArgs {
     /// Frames of one trace; longer traces are dropped and counted `too_long`.
     #[arg(long, default_value_t = 2_000, value_name = "N")]
     pub max_frames: usize,
+    /// Frames of all the traces one test keeps (a deep recursion makes one trace per level, each holding every
+    /// frame under it); later new traces of that test are dropped and counted `over_budget`.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_test_frames: u64,
     /// Seconds the whole traced run may take in its container.
     #[arg(long = "timeout", default_value_t = 1_800, value_name = "SECONDS")]
     pub timeout_secs: u64,
@@ -78,6 +82,7 @@ impl CapsArgs {
             time_cap_secs: self.time_cap_secs,
             max_bytes: self.max_bytes,
             max_frames: self.max_frames,
+            max_test_frames: self.max_test_frames,
             entry_exclude: (!self.entry_exclude.is_empty()).then(|| self.entry_exclude.clone()),
             timeout_secs: self.timeout_secs,
             state: self.state,
@@ -166,6 +171,7 @@ struct Summary {
     frames: u64,
     duplicates: u64,
     too_long: u64,
+    over_budget: u64,
     incomplete: u64,
     missing_source: u64,
     items: usize,
@@ -338,6 +344,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             run.output_tail.trim_end()
         )));
     }
+    // The tracer refused its arguments before running anything (e.g. --entry is not a Python expression).
+    if mode == "entry" && run.pytest_exit == Some(2) && run.split.tests.is_empty() {
+        return Err(usage(format!(
+            "the tracer refused the entry point: {}",
+            run.output_tail.trim_end()
+        )));
+    }
     let jsonl = run.traces_jsonl(args.caps.locals)?;
     match &args.out {
         Some(path) => {
@@ -362,6 +375,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         frames,
         duplicates: run.split.stats.total.duplicates,
         too_long: run.split.stats.total.too_long,
+        over_budget: run.split.stats.total.over_budget,
         incomplete: run.split.stats.total.incomplete,
         missing_source: run.split.stats.total.missing_source,
         items: run.items.len(),
@@ -399,10 +413,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", render_summary(&summary));
     }
     if run.split.traces.is_empty() {
-        eprintln!(
-            "warning: no trace: no repo function was called from the traced code (or every call was cut by a cap); \
-             check --root / --include (traced: /testbed by default)"
-        );
+        eprintln!("warning: no trace: {}", no_trace_reason(&run));
     }
     if mode == "entry" && run.pytest_exit != Some(0) {
         eprintln!(
@@ -419,7 +430,55 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             run.split.errors.join("; ")
         );
     }
+    if run.timed_out {
+        anyhow::bail!(
+            "the traced run was killed by --timeout {} s; the {} complete trace(s) before that were written. Give \
+             --time-cap below --timeout (tracing then stops and the program runs on), or a larger --timeout",
+            args.caps.timeout_secs,
+            run.split.traces.len()
+        );
+    }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Why a run gave no trace, from what it recorded (most specific first).
+fn no_trace_reason(run: &TraceRun) -> String {
+    let total = &run.split.stats.total;
+    if run.timed_out {
+        return "the run was killed by --timeout before any traced call returned".to_owned();
+    }
+    if total.too_long > 0 {
+        return format!(
+            "{} call(s) were longer than --max-frames and were dropped; raise --max-frames",
+            total.too_long
+        );
+    }
+    if !run.split.caps.is_empty() {
+        let reasons: Vec<&str> = run
+            .split
+            .caps
+            .iter()
+            .map(|cap| cap.reason.as_str())
+            .collect();
+        return format!(
+            "the tracer hit a cap ({}) before any traced call returned; raise --max-events / --time-cap / --max-bytes",
+            reasons.join(", ")
+        );
+    }
+    if total.incomplete > 0 {
+        return format!(
+            "{} traced call(s) never returned before the test or the process ended",
+            total.incomplete
+        );
+    }
+    if total.events == 0 {
+        return "no repo function was called from the traced code: check --root / --include (traced: /testbed by \
+                default, and the directory of --file)"
+            .to_owned();
+    }
+    "every call was in a file excluded as an entry (--entry-exclude; by default test files); pass \
+     --entry-exclude with another glob to change that"
+        .to_owned()
 }
 
 /// Writes the traces to stdout as `format` says.
@@ -452,6 +511,7 @@ fn render_summary(summary: &Summary) -> String {
     row("frames", summary.frames.to_string());
     row("duplicates", summary.duplicates.to_string());
     row("too_long", summary.too_long.to_string());
+    row("over_budget", summary.over_budget.to_string());
     row("incomplete", summary.incomplete.to_string());
     if summary.missing_source > 0 {
         row("missing_source", summary.missing_source.to_string());

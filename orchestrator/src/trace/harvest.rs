@@ -337,6 +337,7 @@ fn build_commit(
     }
     for (name, count) in [
         ("too_long", run.split.stats.total.too_long),
+        ("over_budget", run.split.stats.total.over_budget),
         ("incomplete", run.split.stats.total.incomplete),
     ] {
         if count > 0 {

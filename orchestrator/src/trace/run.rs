@@ -18,7 +18,7 @@ use crate::task;
 use crate::trace::event::EventError;
 use crate::trace::format::{render, LocalsStyle, Trace};
 use crate::trace::items::{self, PredictionItem};
-use crate::trace::split::{split_str, SplitOptions, SplitOutput};
+use crate::trace::split::{split_str, SplitOptions, SplitOutput, DEFAULT_MAX_TEST_FRAMES};
 use crate::trace::TRACER_PY;
 use crate::trajectory::digest::sha256_hex;
 
@@ -34,6 +34,8 @@ pub const MAX_TIME_CAP_SECS: u64 = 3_600;
 pub const MAX_MAX_BYTES: u64 = 60 << 20;
 /// Operator maximum of `--max-frames` (frames of one trace).
 pub const MAX_MAX_FRAMES: usize = 100_000;
+/// Operator maximum of `--max-test-frames`.
+pub const MAX_MAX_TEST_FRAMES: u64 = 10_000_000;
 /// Operator maximum of `--timeout` (seconds of the whole traced run in the container).
 pub const MAX_TIMEOUT_SECS: u64 = 24 * 3_600;
 
@@ -89,6 +91,9 @@ pub struct TraceOptions {
     pub max_bytes: u64,
     /// `--max-frames`: frames of one trace; longer candidates are dropped (`too_long`).
     pub max_frames: usize,
+    /// `--max-test-frames`: frames of all the traces one test keeps; later new traces are dropped (`over_budget`).
+    #[serde(default = "default_max_test_frames")]
+    pub max_test_frames: u64,
     /// `--entry-exclude`: globs of files whose functions open no trace (None = the SWE-bench test-file rule).
     pub entry_exclude: Option<Vec<String>>,
     /// `--timeout`: seconds of the whole traced run in the container.
@@ -109,6 +114,7 @@ impl Default for TraceOptions {
             time_cap_secs: 30,
             max_bytes: 48 << 20,
             max_frames: 2_000,
+            max_test_frames: DEFAULT_MAX_TEST_FRAMES,
             entry_exclude: None,
             timeout_secs: 1_800,
             state: TraceState::Gold,
@@ -267,6 +273,12 @@ impl TraceOptions {
             2,
             MAX_MAX_FRAMES as u64,
         )?;
+        check_range(
+            "max-test-frames",
+            self.max_test_frames,
+            1,
+            MAX_MAX_TEST_FRAMES,
+        )?;
         check_range("timeout", self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
         check_texts("root", &self.roots)?;
         for root in &self.roots {
@@ -291,6 +303,7 @@ impl TraceOptions {
     pub fn split_options(&self) -> SplitOptions {
         let mut options = SplitOptions {
             max_frames: self.max_frames,
+            max_test_frames: self.max_test_frames,
             ..SplitOptions::default()
         };
         if let Some(globs) = &self.entry_exclude {
@@ -305,10 +318,18 @@ impl TraceOptions {
     }
 }
 
+fn default_max_test_frames() -> u64 {
+    DEFAULT_MAX_TEST_FRAMES
+}
+
 /// Where the tracer's files live inside a container.
 pub const TRACE_DIR: &str = "/tmp/swe-env-trace";
-/// The tracer's events file inside a container.
-pub const EVENTS_PATH: &str = "/tmp/swe-env-trace/events.jsonl";
+/// A fresh name for the tracer's events file inside a container (`events-<64 random bits>.jsonl`): a traced program
+/// that writes to a fixed path cannot clobber it by accident. (It runs as the same user, so one that looks for it can
+/// still find it: traces of hostile code are not evidence.)
+fn events_path() -> String {
+    format!("{TRACE_DIR}/events-{:016x}.jsonl", rand::random::<u64>())
+}
 /// Time limit of each set-up step in a container (patch apply, file write, reading the events back).
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Characters of the traced process's output kept for errors and the summary.
@@ -416,9 +437,9 @@ pub fn pytest_command(instance_id: &str, test_cmd: &str) -> Result<PytestCommand
 }
 
 /// The tracer's option flags for `opts` (shell-quoted, each with a leading space).
-fn tracer_flags(opts: &TraceOptions) -> String {
+fn tracer_flags(opts: &TraceOptions, events: &str) -> String {
     let mut flags = format!(
-        " --out {EVENTS_PATH} --max-repr {} --max-locals {} --max-events {} --time-cap {} --max-bytes {}",
+        " --out {events} --max-repr {} --max-locals {} --max-events {} --time-cap {} --max-bytes {}",
         opts.max_repr, opts.max_locals, opts.max_events, opts.time_cap_secs, opts.max_bytes
     );
     for (flag, values) in [
@@ -528,6 +549,7 @@ async fn remove_container(sandbox: &DockerSandbox) {
 async fn run_tracer(
     sandbox: &DockerSandbox,
     script: &str,
+    events: &str,
     opts: &TraceOptions,
 ) -> Result<RawRun, TraceError> {
     let out = sandbox
@@ -538,9 +560,7 @@ async fn run_tracer(
         )
         .await?;
     let tail = output_tail(&out.stdout, &out.stderr);
-    let read = sandbox
-        .exec(&["cat", EVENTS_PATH], None, STEP_TIMEOUT)
-        .await?;
+    let read = sandbox.exec(&["cat", events], None, STEP_TIMEOUT).await?;
     if read.exit_code != Some(0) && out.exit_code == Some(127) {
         return Err(TraceError::Input(format!(
             "the interpreter (or a command before it) was not found in the image (exit 127): {}",
@@ -640,15 +660,16 @@ pub async fn trace_tests(
             .map(|word| format!(" {}", shell_quote(word)))
             .collect::<String>()
     };
+    let events = events_path();
     let script = format!(
-        "{}\ncd {SWE_BENCH_REPO_DIR} && mkdir -p {TRACE_DIR} && rm -f {EVENTS_PATH} && {}python - pytest{} --{}{}",
+        "{}\ncd {SWE_BENCH_REPO_DIR} && mkdir -p {TRACE_DIR} && {}python - pytest{} --{}{}",
         task::activation_for(row),
         command
             .env
             .iter()
             .map(|assignment| format!("{} ", shell_quote_assignment(assignment)))
             .collect::<String>(),
-        tracer_flags(opts),
+        tracer_flags(opts, &events),
         quote_all(&command.args),
         quote_all(nodeids),
     );
@@ -665,7 +686,7 @@ pub async fn trace_tests(
             apply_patch(&sandbox, row, "gold", &row.patch).await?;
         }
         apply_patch(&sandbox, row, "test", &row.test_patch).await?;
-        run_tracer(&sandbox, &script, opts).await
+        run_tracer(&sandbox, &script, &events, opts).await
     }
     .await;
     remove_container(&sandbox).await;
@@ -721,6 +742,11 @@ pub async fn trace_entry(
 ) -> Result<TraceRun, TraceError> {
     let started = Instant::now();
     opts.validate()?;
+    // The file the user names is the code under study: the test-file rule (`test_*.py`, …) that keeps a task's
+    // test functions from opening traces does not apply to it unless --entry-exclude says so.
+    let mut entry_opts = opts.clone();
+    entry_opts.entry_exclude.get_or_insert_with(Vec::new);
+    let opts = &entry_opts;
     if entry.trim().is_empty() {
         return Err(TraceError::Input(
             "--entry is empty; give a Python expression such as `main()`".to_owned(),
@@ -735,7 +761,7 @@ pub async fn trace_entry(
     let name = host_file
         .file_name()
         .and_then(|name| name.to_str())
-        .filter(|name| *name != "events.jsonl")
+        .filter(|name| !name.starts_with("events-"))
         .ok_or_else(|| {
             TraceError::Input(format!(
                 "{}: not a file name swe-env can copy into the container; rename it (e.g. main.py)",
@@ -747,10 +773,11 @@ pub async fn trace_entry(
         TraceError::Input(format!("cannot read {}: {error}", host_file.display()))
     })?;
     let container_file = format!("{TRACE_DIR}/{name}");
+    let events = events_path();
     let script = format!(
-        "cd {TRACE_DIR} && rm -f {EVENTS_PATH} && {} - entry{} --file {} --entry {}",
+        "cd {TRACE_DIR} && {} - entry{} --file {} --entry {}",
         shell_quote(python),
-        tracer_flags(opts),
+        tracer_flags(opts, &events),
         shell_quote(&container_file),
         shell_quote(entry),
     );
@@ -776,7 +803,7 @@ pub async fn trace_entry(
             });
         }
         sandbox.write_bytes(&container_file, &source).await?;
-        run_tracer(&sandbox, &script, opts).await
+        run_tracer(&sandbox, &script, &events, opts).await
     }
     .await;
     remove_container(&sandbox).await;
@@ -801,6 +828,7 @@ mod tests {
             time_cap_secs: MAX_TIME_CAP_SECS,
             max_bytes: MAX_MAX_BYTES,
             max_frames: MAX_MAX_FRAMES,
+            max_test_frames: MAX_MAX_TEST_FRAMES,
             timeout_secs: MAX_TIMEOUT_SECS,
             roots: words(&["/testbed", "/opt/lib"]),
             include: words(&["*/src/*"]),
@@ -814,7 +842,7 @@ mod tests {
     #[test]
     fn options_above_the_maximum_name_the_flag_and_the_maximum() {
         type Set = fn(&mut TraceOptions);
-        let cases: [(&str, Set, u64); 7] = [
+        let cases: [(&str, Set, u64); 8] = [
             (
                 "max-repr",
                 |o| o.max_repr = MAX_MAX_REPR + 1,
@@ -844,6 +872,11 @@ mod tests {
                 "max-frames",
                 |o| o.max_frames = MAX_MAX_FRAMES + 1,
                 MAX_MAX_FRAMES as u64,
+            ),
+            (
+                "max-test-frames",
+                |o| o.max_test_frames = MAX_MAX_TEST_FRAMES + 1,
+                MAX_MAX_TEST_FRAMES,
             ),
             (
                 "timeout",
@@ -1006,13 +1039,14 @@ mod tests {
             include: words(&["*/it's/*"]),
             ..TraceOptions::default()
         };
-        let flags = tracer_flags(&options);
+        let events = events_path();
+        let flags = tracer_flags(&options, &events);
         assert!(flags.contains(" --root '/testbed'"), "{flags}");
         assert!(flags.contains(r#" --include '*/it'\''s/*'"#), "{flags}");
         assert!(flags.contains(" --max-bytes 50331648"), "{flags}");
-        assert!(
-            flags.starts_with(" --out /tmp/swe-env-trace/events.jsonl"),
-            "{flags}"
-        );
+        assert!(flags.starts_with(&format!(" --out {events} ")), "{flags}");
+        // A fresh name each run, in the tracer's directory.
+        assert!(events.starts_with("/tmp/swe-env-trace/events-") && events.ends_with(".jsonl"));
+        assert_ne!(events, events_path());
     }
 }

@@ -33,6 +33,8 @@ use crate::trajectory::digest::sha256_hex;
 
 /// Default of [`SplitOptions::max_frames`].
 pub const DEFAULT_MAX_FRAMES: usize = 2000;
+/// Default of [`SplitOptions::max_test_frames`].
+pub const DEFAULT_MAX_TEST_FRAMES: u64 = 100_000;
 
 /// Default of [`SplitOptions::entry_exclude`]: test files by the SWE-bench rule (a `test`/`tests`/`testing` path
 /// component, `test_*.py`, `*_test.py`, `conftest.py`).
@@ -53,6 +55,10 @@ pub const DEFAULT_ENTRY_EXCLUDE: [&str; 9] = [
 pub struct SplitOptions {
     /// A candidate with more frames is dropped (`too_long`).
     pub max_frames: usize,
+    /// Frames of all the traces one test (or entry) keeps: every nested call of a deep recursion is a trace holding
+    /// every frame under it (output quadratic in the depth), so once a test's kept traces reach this many frames its
+    /// later new traces are dropped (`over_budget`).
+    pub max_test_frames: u64,
     /// Globs of files whose functions open no trace (they are still traced inside other traces). A glob without
     /// `/` is matched against the file name, one with `/` against the whole path; `*` matches any characters
     /// (`/` included), `?` one character.
@@ -63,6 +69,7 @@ impl Default for SplitOptions {
     fn default() -> Self {
         Self {
             max_frames: DEFAULT_MAX_FRAMES,
+            max_test_frames: DEFAULT_MAX_TEST_FRAMES,
             entry_exclude: DEFAULT_ENTRY_EXCLUDE
                 .iter()
                 .map(|glob| glob.to_string())
@@ -111,6 +118,9 @@ pub struct SplitCounts {
     pub missing_source: u64,
     /// `return`/`exit` records of a frame that is not open.
     pub unmatched: u64,
+    /// New complete traces dropped because their test's kept traces already held `max_test_frames` frames.
+    #[serde(default)]
+    pub over_budget: u64,
 }
 
 /// The counts of one test.
@@ -192,6 +202,8 @@ pub struct Splitter {
     test: String,
     /// Between a `test` record and its `test_end`: counts also go to the test's.
     in_test: bool,
+    /// Frames of the traces kept for the current test (see [`SplitOptions::max_test_frames`]).
+    test_frames: u64,
     seen: HashMap<String, usize>,
     out: SplitOutput,
 }
@@ -206,6 +218,7 @@ impl Splitter {
             log: VecDeque::new(),
             log_start: 0,
             test: String::new(),
+            test_frames: 0,
             in_test: false,
             seen: HashMap::new(),
             out: SplitOutput::default(),
@@ -297,6 +310,7 @@ impl Splitter {
                 });
                 self.test = nodeid;
                 self.in_test = true;
+                self.test_frames = 0;
                 // The record itself counts for its test.
                 self.count(|c| c.events += 1);
             }
@@ -453,6 +467,12 @@ impl Splitter {
                 self.count(|c| c.duplicates += 1);
             }
             None => {
+                let frames = trace.frames.len() as u64;
+                if self.test_frames + frames > self.options.max_test_frames {
+                    self.count(|c| c.over_budget += 1);
+                    return;
+                }
+                self.test_frames += frames;
                 self.seen.insert(trace.id.clone(), self.out.traces.len());
                 self.out.traces.push(trace);
             }
@@ -1056,6 +1076,22 @@ mod tests {
         assert_eq!(out.stats.total.missing_source, 1);
         let twice = by_function(&out, "twice")[0];
         assert_eq!(shape(twice)[1], (FrameKind::Line, 50, ""));
+    }
+
+    #[test]
+    fn a_test_keeps_at_most_max_test_frames_of_traces() {
+        let text = format!("{M_CODES}{}", test_run("t", TWICE_3, "passed"));
+        assert_eq!(split(&text).traces.len(), 2);
+        // `add` (3 frames) completes first and fits; `twice` (7 frames, `add`'s included) would make 10.
+        let budget = SplitOptions {
+            max_test_frames: 5,
+            ..SplitOptions::default()
+        };
+        let kept = split_str(&text, budget).unwrap();
+        assert_eq!(kept.traces.len(), 1);
+        assert_eq!(kept.traces[0].entry.function, "add");
+        assert_eq!(kept.stats.total.over_budget, 1);
+        assert_eq!(kept.stats.per_test[0].counts.over_budget, 1);
     }
 
     #[test]

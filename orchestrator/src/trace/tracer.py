@@ -61,11 +61,15 @@ class Options(object):
         self.rest = []
 
 
+# Exit code of bad usage (options, an --entry that is not an expression): the host reports it as bad input.
+USAGE_EXIT = 2
+
+
 def usage(message):
     sys.stderr.write("swe-env tracer: %s\n" % message)
     sys.stderr.write("usage: python - pytest --out FILE [options] -- PYTEST_ARGS...\n"
                      "       python - entry --out FILE --file PATH --entry EXPR [options]\n")
-    sys.exit(2)
+    sys.exit(USAGE_EXIT)
 
 
 def parse_args(argv):
@@ -123,6 +127,10 @@ def parse_args(argv):
     return opts
 
 
+# Records after which the file is flushed: what a later kill of the process must not lose.
+FLUSHED = frozenset(("cap", "error", "test", "test_end"))
+
+
 class Writer(object):
     """JSON lines into the output file, never more than max_bytes in total."""
 
@@ -144,8 +152,13 @@ class Writer(object):
         if self.written + len(data) + self.reserve > self.max_bytes:
             self.full = True
             self.raw(self.encode({"k": "cap", "reason": "bytes"}))
+            self.handle.flush()
             return False
         self.raw(data)
+        if record.get("k") in FLUSHED:
+            # A program that runs on after a cap (or forever) must not keep the cap and the events before it in
+            # this process's buffer until --timeout kills it.
+            self.handle.flush()
         return True
 
     def raw(self, data):
@@ -706,6 +719,11 @@ def run_entry(opts, tracer):
     path = os.path.abspath(opts.file)
     sys.path[0] = os.path.dirname(path)
     sys.argv = [path]
+    try:
+        expr = compile(opts.entry, "<entry>", "eval")
+    except SyntaxError as error:
+        sys.stderr.write("swe-env tracer: --entry is not a valid Python expression: %s\n" % (error,))
+        return USAGE_EXIT
     module = types.ModuleType(ENTRY_MODULE)
     module.__file__ = path
     sys.modules[ENTRY_MODULE] = module
@@ -713,7 +731,6 @@ def run_entry(opts, tracer):
         with open(path, "rb") as handle:
             source = handle.read()
         exec(compile(source, path, "exec"), module.__dict__)
-        expr = compile(opts.entry, "<entry>", "eval")
     except SystemExit as stop:
         return exit_code(stop)
     except KeyboardInterrupt:
