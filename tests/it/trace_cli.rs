@@ -43,6 +43,16 @@ mod run_cli {
             .collect()
     }
 
+    /// The spans fixture's row of images/fixtures/tasks.jsonl, to be altered into a bad task.
+    fn spans_row() -> Value {
+        let fixtures = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../images/fixtures/tasks.jsonl"
+        ))
+        .unwrap();
+        serde_json::from_str(fixtures.lines().find(|line| line.contains(SPANS)).unwrap()).unwrap()
+    }
+
     fn assert_usage(output: &Output, needles: &[&str]) {
         assert_eq!(output.status.code(), Some(2), "{}", describe(output));
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -64,14 +74,7 @@ mod run_cli {
         let missing = dir.path().join("missing.py");
         let missing = missing.to_str().unwrap();
         // A task whose runner is not pytest.
-        let fixtures = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../images/fixtures/tasks.jsonl"
-        ))
-        .unwrap();
-        let mut row: Value =
-            serde_json::from_str(fixtures.lines().find(|line| line.contains(SPANS)).unwrap())
-                .unwrap();
+        let mut row = spans_row();
         row["test_cmd"] = Value::from("./tests/runtests.py --verbosity 2");
         let tasks = dir.path().join("tasks.jsonl");
         std::fs::write(&tasks, format!("{row}\n")).unwrap();
@@ -144,14 +147,7 @@ mod run_cli {
         std::fs::write(&prog, "def f():\n    return 1\n").unwrap();
         let prog = prog.to_str().unwrap();
         // A task whose gold patch does not apply to its image.
-        let fixtures = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../images/fixtures/tasks.jsonl"
-        ))
-        .unwrap();
-        let mut row: Value =
-            serde_json::from_str(fixtures.lines().find(|line| line.contains(SPANS)).unwrap())
-                .unwrap();
+        let mut row = spans_row();
         row["patch"] = Value::from(
             "diff --git a/src/spans/ops.py b/src/spans/ops.py\n--- a/src/spans/ops.py\n+++ b/src/spans/ops.py\n\
              @@ -1,1 +1,1 @@\n-no such line here\n+x\n",
