@@ -12,7 +12,7 @@ use std::process::Command;
 use crate::common::python_venv;
 
 /// Test methods in tests/python/test_tracer.py.
-const CASES: usize = 27;
+const CASES: usize = 28;
 
 /// Runs `tests/python/test_tracer.py [args]` under `python`; returns unittest's report (stderr).
 fn run_cases(python: &Path, args: &[&str]) -> String {

@@ -321,6 +321,20 @@ class Sequences(unittest.TestCase):
         self.assertEqual(lamb["enclosing"], [{"line": 84, "text": "def lam():\n"}])
         self.assertTrue(all(r["file"] == "prog.py" for r in by_name.values()))
 
+    def test_multiline_headers_and_generator_flags(self):
+        src = "class Multi(\n    object,\n):\n    def get(self):\n        return 1\n\n\n" \
+              "def gen(n):\n    yield n\n\n\ndef use():\n    return Multi().get() + list(gen(2))[0]\n"
+        records, proc = self.trace("use()", source=src)
+        self.assertEqual(proc.returncode, 0, proc.stderr_text)
+        by_name = codes(records)
+        # The whole header of the enclosing class, not just its first line.
+        self.assertEqual(by_name["Multi.get"]["enclosing"],
+                         [{"line": 1, "text": "class Multi(\n    object,\n):\n"}])
+        # Generators (and coroutines) are flagged: a call of them gives an object, not their frames' return.
+        self.assertTrue(by_name["gen"]["gen"])
+        self.assertNotIn("gen", by_name["use"])
+        self.assertNotIn("gen", by_name["Multi.get"])
+
     def test_comprehensions_are_folded(self):
         records, _ = self.trace("comp([1, 2])")
         self.assertEqual(compact(records), [

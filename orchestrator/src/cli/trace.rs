@@ -471,7 +471,7 @@ fn no_trace_reason(run: &TraceRun) -> String {
             total.incomplete
         );
     }
-    if total.events == 0 {
+    if total.frames == 0 {
         return "no repo function was called from the traced code: check --root / --include (traced: /testbed by \
                 default, and the directory of --file)"
             .to_owned();

@@ -19,7 +19,7 @@ pub const START_OF_TRACE: &str = "  # << START_OF_TRACE";
 pub fn build_context(codes: &[&CodeRecord], entry: CodeId) -> String {
     let entry_code = codes.iter().find(|code| code.id == entry);
     let entry_file = entry_code.map(|code| code.file.as_str());
-    let mark = entry_code.map(|code| (code.file.as_str(), code.def_line));
+    let mark = entry_code.map(|code| (code.file.as_str(), marker_line(code)));
 
     let mut files: Vec<&str> = codes.iter().map(|code| code.file.as_str()).collect();
     files.sort_by_key(|file| (Some(*file) != entry_file, *file));
@@ -63,6 +63,27 @@ pub fn build_context(codes: &[&CodeRecord], entry: CodeId) -> String {
     out
 }
 
+/// The line that gets the marker: the `def` line, unless a comment cannot end it (a backslash continuation, or a
+/// triple-quoted string left open, as in `def h(s="""x`): then the first later line of the block ending with `:`,
+/// the signature's last line.
+fn marker_line(code: &CodeRecord) -> u32 {
+    let comment_safe = |text: &str| {
+        let text = text.trim_end();
+        !text.ends_with('\\')
+            && text.matches("\"\"\"").count().is_multiple_of(2)
+            && text.matches("'''").count().is_multiple_of(2)
+    };
+    if code.source(code.def_line).is_none_or(comment_safe) {
+        return code.def_line;
+    }
+    (code.def_line + 1..=code.last_line())
+        .find(|line| {
+            code.source(*line)
+                .is_some_and(|text| text.trim_end().ends_with(':'))
+        })
+        .unwrap_or(code.def_line)
+}
+
 /// Appends `text` as one line (its `"\n"` ensured), with the marker before the newline when `marked`.
 fn push_line(out: &mut String, text: &str, marked: bool) {
     let body = text.strip_suffix('\n').unwrap_or(text);
@@ -81,6 +102,34 @@ fn push_line(out: &mut String, text: &str, marked: bool) {
 pub(crate) mod tests {
     use super::*;
     use crate::trace::event::Enclosing;
+
+    #[test]
+    fn the_marker_goes_where_a_comment_is_legal() {
+        let continued = code(
+            1,
+            "m.py",
+            "f",
+            1,
+            &["def f(a, \\\n", "      b):\n", "    return a + b\n"],
+            &[],
+        );
+        assert_eq!(
+            build_context(&[&continued], 1),
+            "# file: m.py\ndef f(a, \\\n      b):  # << START_OF_TRACE\n    return a + b\n"
+        );
+        let open_string = code(
+            2,
+            "m.py",
+            "h",
+            1,
+            &["def h(s=\"\"\"x\n", "y\"\"\"):\n", "    return s\n"],
+            &[],
+        );
+        assert_eq!(
+            build_context(&[&open_string], 2),
+            "# file: m.py\ndef h(s=\"\"\"x\ny\"\"\"):  # << START_OF_TRACE\n    return s\n"
+        );
+    }
 
     /// A code record of `file` whose block starts at `first_line` (the `def` line is the first line not starting,
     /// after indentation, with `@`).
@@ -110,6 +159,7 @@ pub(crate) mod tests {
                     text: text.to_string(),
                 })
                 .collect(),
+            generator: false,
         }
     }
 

@@ -105,6 +105,10 @@ pub struct CodeRecord {
     /// The header lines of the blocks enclosing this one, outermost first.
     #[serde(default)]
     pub enclosing: Vec<Enclosing>,
+    /// A generator, coroutine or async generator (`"gen": true`): calling it gives an object, not what its frames
+    /// return, so its traces give no output-prediction item.
+    #[serde(default, rename = "gen", skip_serializing_if = "std::ops::Not::not")]
+    pub generator: bool,
 }
 
 impl CodeRecord {
@@ -228,6 +232,7 @@ mod tests {
                     line: 1,
                     text: "class A:\n".into()
                 }],
+                generator: false,
             })
         );
         assert!(matches!(

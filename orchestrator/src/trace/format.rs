@@ -92,6 +92,10 @@ pub struct Entry {
     /// Every argument is a Python literal that round-trips through `ast.literal_eval`.
     pub literal_args: bool,
     pub outcome: EntryOutcome,
+    /// The entry is a generator, coroutine or async generator (its trace is one run or resume of it, and a call of
+    /// it gives an object: no output-prediction item).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generator: bool,
 }
 
 /// How the entry scope was left.
@@ -280,6 +284,7 @@ pub(crate) mod tests {
                     value: "3".into(),
                     literal: true,
                 },
+                generator: false,
             },
             context: context.into(),
             frames,

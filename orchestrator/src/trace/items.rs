@@ -46,6 +46,7 @@ pub fn items(trace: &Trace) -> Option<PredictionItem> {
         return None;
     };
     if !entry.literal_args
+        || entry.generator
         || entry.function.contains('<')
         || signature(&trace.context)?.contains('*')
     {
@@ -87,6 +88,11 @@ pub fn items(trace: &Trace) -> Option<PredictionItem> {
 fn signature(context: &str) -> Option<String> {
     let start = context.find(START_OF_TRACE)?;
     let line_start = context[..start].rfind('\n').map_or(0, |at| at + 1);
+    // The marker is on the `def` line unless a comment cannot end it (then the signature is not read: no item).
+    let marked = context[line_start..].trim_start();
+    if !(marked.starts_with("def ") || marked.starts_with("async def ")) {
+        return None;
+    }
     let mut depth = 0i32;
     let mut signature = String::new();
     for line in context[line_start..].lines() {
@@ -127,6 +133,7 @@ mod tests {
                 args: args.iter().map(|(name, _)| name.to_string()).collect(),
                 literal_args,
                 outcome,
+                generator: false,
             },
             context: context.into(),
             frames: vec![Frame {
@@ -207,6 +214,11 @@ mod tests {
     fn traces_that_do_not_qualify_give_no_item() {
         let args = [("a", "2"), ("b", "'ab'")];
         let no_item = |trace: Trace| assert_eq!(items(&trace), None, "{:?}", trace.entry);
+        // A generator's (or coroutine's) run or resume: a call of it gives an object, not this return value.
+        let mut generator = trace(CONTEXT, "f", &args, true, returned("'abab'", true));
+        assert!(items(&generator).is_some());
+        generator.entry.generator = true;
+        no_item(generator);
         // Not returned, or a value or argument that is no literal.
         no_item(trace(
             CONTEXT,

@@ -611,7 +611,14 @@ async fn finish_run(
     })
     .await
     .map_err(|error| TraceError::Split(error.to_string()))??;
-    let items = output.traces.iter().filter_map(items::items).collect();
+    // One item per distinct (code, call, output): two traces of the same call often give the same item.
+    let mut seen = std::collections::HashSet::new();
+    let items = output
+        .traces
+        .iter()
+        .filter_map(items::items)
+        .filter(|item| seen.insert(item.id.clone()))
+        .collect();
     Ok(TraceRun {
         split: output,
         items,

@@ -452,6 +452,7 @@ impl Splitter {
                 args: candidate.args,
                 literal_args: candidate.literal_args,
                 outcome,
+                generator: entry_code.is_some_and(|code| code.generator),
             },
             context: build_context(&codes, candidate.code),
             frames,

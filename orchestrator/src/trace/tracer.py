@@ -30,6 +30,8 @@ CO_OPTIMIZED = 0x0001
 CO_NEWLOCALS = 0x0002
 CO_VARARGS = 0x0004
 CO_VARKEYWORDS = 0x0008
+# CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR.
+SUSPENDABLE = 0x0020 | 0x0080 | 0x0100 | 0x0200
 MAX_BYTES_CEILING = 60 * 1024 * 1024
 ADDRESS = re.compile(r"( at |id=)0x[0-9a-fA-F]+")
 OP = dis.opmap
@@ -377,7 +379,14 @@ class SourceIndex(object):
                 if isinstance(child, ast.Lambda):
                     self.visit(child, stack + [("def", name, None)])
                 else:
-                    self.visit(child, stack + [(kind, name, header)])
+                    # The whole header (`class Multi(\n    Base,\n):`): up to the line before the first statement.
+                    if child.body:
+                        first_stmt = child.body[0]
+                        starts = [d.lineno for d in getattr(first_stmt, "decorator_list", [])]
+                        end = max(header, min(starts + [first_stmt.lineno]) - 1)
+                    else:
+                        end = header
+                    self.visit(child, stack + [(kind, name, (header, end))])
             else:
                 self.visit(child, stack)
 
@@ -506,8 +515,12 @@ class Tracer(object):
             last = first + len(block) - 1
         last = max(last, def_line)
         block = [l if l.endswith("\n") else l + "\n" for l in lines[first - 1:last]]
-        headers = [{"line": n, "text": lines[n - 1] if lines[n - 1].endswith("\n") else lines[n - 1] + "\n"}
-                   for n in enclosing if n and n - 1 < len(lines)]
+        headers = []
+        for span in enclosing:
+            if not span or span[0] - 1 >= len(lines):
+                continue
+            text = "".join(lines[span[0] - 1:span[1]])
+            headers.append({"line": span[0], "text": text if text.endswith("\n") else text + "\n"})
         nargs = code.co_argcount
         names = list(code.co_varnames[:nargs])
         extra = nargs + getattr(code, "co_kwonlyargcount", 0)
@@ -520,6 +533,9 @@ class Tracer(object):
         self.next_cid += 1
         record = {"k": "code", "id": cid, "file": rel, "name": qualname, "def_line": def_line,
                   "first_line": first, "lines": block, "enclosing": headers}
+        if code.co_flags & SUSPENDABLE:
+            # A generator, coroutine or async generator: a call gives an object, not what its frames return.
+            record["gen"] = True
         order = []
         for name in code.co_varnames + code.co_cellvars + code.co_freevars:
             if name not in order and name.isidentifier():
