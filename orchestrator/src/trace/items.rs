@@ -49,6 +49,7 @@ pub fn items(trace: &Trace) -> Option<PredictionItem> {
         || entry.generator
         || entry.function.contains('<')
         || signature(&trace.context)?.contains('*')
+        || defines_twice(&trace.context, &entry.function)
     {
         return None;
     }
@@ -82,6 +83,23 @@ pub fn items(trace: &Trace) -> Option<PredictionItem> {
         test: trace.test.clone(),
         python: trace.python.clone(),
     })
+}
+
+/// `context` (several files' functions) defines the entry's own name more than once (`converter.convert` and
+/// `temperature.convert`): run as one program, the last definition would win, so the item would be ambiguous.
+fn defines_twice(context: &str, qualname: &str) -> bool {
+    let name = qualname.rsplit('.').next().unwrap_or(qualname);
+    let def = format!("def {name}(");
+    context
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| {
+            line.strip_prefix("async ")
+                .unwrap_or(line)
+                .starts_with(def.as_str())
+        })
+        .count()
+        > 1
 }
 
 /// The entry's signature in `context`: from the marked `def` line to the line where its parentheses close.
@@ -219,6 +237,9 @@ mod tests {
         assert!(items(&generator).is_some());
         generator.entry.generator = true;
         no_item(generator);
+        // Two functions of that name in the context (two files): which one `f(2, 'ab')` calls is ambiguous.
+        let twice = format!("{CONTEXT}\n# file: n.py\ndef f(a, b):\n    return a\n");
+        no_item(trace(&twice, "f", &args, true, returned("'abab'", true)));
         // Not returned, or a value or argument that is no literal.
         no_item(trace(
             CONTEXT,
