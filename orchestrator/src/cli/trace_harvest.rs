@@ -238,11 +238,7 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
     let engine = DockerEngine::connect(Duration::from_secs(120))
         .await
         .context("connecting to Docker: check that the engine runs (docker info)")?;
-    if let Err(error) =
-        swe_env_sandbox::collect_garbage(&engine, swe_env_sandbox::GcScope::Orphans).await
-    {
-        eprintln!("warning: removing containers of dead swe-env processes failed: {error}");
-    }
+    sweep_orphans(&engine).await;
     if !args.json {
         eprintln!(
             "trace harvest into {}: {} tasks selected ({} already committed), {} workers, config {}",
@@ -276,6 +272,9 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     };
+    // Again at the end: a container whose creation a killed earlier run had in flight can appear in the engine
+    // after the first sweep (dockerd finishes a create request its client no longer waits for).
+    sweep_orphans(&engine).await;
     let (report, code) = match result {
         Ok(report) => {
             let code = if report.failed > 0 {
@@ -362,4 +361,13 @@ async fn interrupted() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Removes the containers of dead swe-env processes (a killed earlier run's), warning when that fails.
+async fn sweep_orphans(engine: &DockerEngine) {
+    if let Err(error) =
+        swe_env_sandbox::collect_garbage(engine, swe_env_sandbox::GcScope::Orphans).await
+    {
+        eprintln!("warning: removing containers of dead swe-env processes failed: {error}");
+    }
 }
