@@ -137,6 +137,21 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
+/// Waits (at most 120 s) until the running harvest `child` has committed a task; fails if it ends first.
+async fn wait_for_a_commit(out: &Path, child: &mut tokio::process::Child) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while committed_lines(out) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing committed in 120 s"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the harvest ended ({status}) before a task was committed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn assert_no_containers_of(pids: &[u32]) {
     for container in engine().await.labelled_containers().await.unwrap() {
         if let Some(owner) = &container.owner {
@@ -214,17 +229,7 @@ async fn trace_harvest_killed_with_sigkill_resumes_with_no_task_twice() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while committed_lines(&out) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing committed in 120 s"
-        );
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the harvest ended ({status}) before a task was committed");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_commit(&out, &mut child).await;
     child.kill().await.unwrap();
     let at_kill = committed_lines(&out);
     assert!(at_kill < all.len(), "the harvest finished before the kill");
@@ -283,20 +288,13 @@ async fn trace_harvest_sigterm_exits_130_removes_its_containers_and_keeps_commit
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("traces");
     let all = [SPANS, SLUGKIT, RETRYKIT, UNITCONV];
-    let child = command(&out, &all, &["--workers", "2"])
+    let mut child = command(&out, &all, &["--workers", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while committed_lines(&out) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing committed in 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_commit(&out, &mut child).await;
     let term = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
