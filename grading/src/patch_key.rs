@@ -7,9 +7,10 @@
 //! that appears in several sections keeps their lines in patch order):
 //! - only added (`+`) and removed (`-`) lines, in patch order; hunk headers, line offsets and context are ignored;
 //! - each line's leading indentation kept, as a number of spaces (a tab advances to the next multiple of 8
-//!   columns, as Python reads it), and every other whitespace character removed: Python indentation is semantic
-//!   (`return y` inside an `if` is another change than at function level), while `a=b` vs `a = b` and trailing
-//!   whitespace are formatting. Indentation counts in every file, not only Python ones (YAML and Makefiles care
+//!   columns, as Python reads it), and the whitespace between tokens removed — except one space between two word
+//!   characters (`not found` ≠ `notfound`) and everything inside a one-line `'…'` / `"…"` literal (`"a b"` ≠
+//!   `"ab"`): Python indentation is semantic (`return y` inside an `if` is another change than at function
+//!   level), while `a=b` vs `a = b`, `f(x, y)` vs `f(x,y)` and trailing whitespace are formatting. Indentation counts in every file, not only Python ones (YAML and Makefiles care
 //!   too; a re-indented C line is then a different change, the safe side for dedup);
 //! - in Python files (`.py`, `.pyi`, `.pyx`), a trailing `#` comment cut (a `#` outside a one-line string literal);
 //! - lines left blank dropped, and files left without a line dropped (a whitespace- or comment-only change to a
@@ -86,9 +87,9 @@ fn changed_lines(file: &FileDiff, python: bool) -> Vec<String> {
 }
 
 /// The key of one added or removed line: its indentation as that many spaces (a tab advances to the next
-/// multiple of 8 columns, as Python reads it; a form feed resets to column 0), then the rest with every
-/// whitespace character removed. `None` for a blank line. Python indentation is semantic, so it counts;
-/// whitespace inside the line (`a=b` vs `a = b`) and at its end does not.
+/// multiple of 8 columns, as Python reads it; a form feed resets to column 0), then the rest [`squeeze`]d.
+/// `None` for a blank line. Python indentation is semantic, so it counts; whitespace between tokens (`a=b` vs
+/// `a = b`) and at the line's end does not, whitespace inside a string literal or between two words does.
 fn line_key(text: &str) -> Option<String> {
     let mut column = 0usize;
     let mut rest = "";
@@ -103,11 +104,49 @@ fn line_key(text: &str) -> Option<String> {
             }
         }
     }
-    let squeezed: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
+    let squeezed = squeeze(rest);
     if squeezed.is_empty() {
         return None;
     }
     Some(format!("{}{squeezed}", " ".repeat(column)))
+}
+
+/// `text` with the whitespace between tokens taken out: a run of whitespace outside a `'…'` / `"…"` literal
+/// disappears, except that one space stays between two word characters (letters, digits, `_`), so `a = b(x, y)`
+/// equals `a=b(x,y)` while `not found` and `notfound` stay different; inside a literal (backslash escapes honoured,
+/// one line) every character is kept, so `"a b"` and `"ab"` differ.
+fn squeeze(text: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut pending_space = false;
+    for c in text.chars() {
+        if let Some(open) = quote {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == open {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            pending_space = true;
+            continue;
+        }
+        if pending_space && out.chars().last().is_some_and(is_word) && is_word(c) {
+            out.push(' ');
+        }
+        pending_space = false;
+        if c == '\'' || c == '"' {
+            quote = Some(c);
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `line` up to a `#` that starts a Python comment: one outside a `'…'` / `"…"` literal on this line (backslash
@@ -132,7 +171,7 @@ fn strip_comment(line: &str) -> &str {
 fn not_a_diff(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+        let squeezed = squeeze(line);
         if !squeezed.is_empty() {
             out.push_str(&squeezed);
             out.push('\n');
@@ -194,7 +233,7 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         assert_eq!(normalize(BASE), normalize(SAME));
         assert_eq!(
             normalize(BASE),
-            "file docs/notes.txt\n+#aheading,notacomment\nfile pkg/mod.py\n-    returnx+1\n+    returnx+2\n"
+            "file docs/notes.txt\n+#a heading,not a comment\nfile pkg/mod.py\n-    return x+1\n+    return x+2\n"
         );
     }
 
@@ -225,9 +264,37 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         let blank_only = "--- a/x.py\n+++ b/x.py\n@@ -1 +1,2 @@\n a = 1\n+   \n";
         assert_eq!(normalize(blank_only), "");
         assert_ne!(normalize("not a patch"), normalize("another text"));
-        assert_eq!(normalize("not  a patch\n\n"), normalize("notapatch"));
+        assert_eq!(normalize("not  a patch\n\n"), normalize("not a\tpatch"));
+        assert_ne!(normalize("not  a patch\n\n"), normalize("notapatch"));
         assert_eq!(normalize(""), "");
         assert_eq!(normalize(" \n\t\n"), "");
+    }
+
+    /// Whitespace between two words and inside string literals is part of the change: a regex with a space, a
+    /// message with one, `not found` vs `notfound` (a hostile review found these voted together).
+    #[test]
+    fn whitespace_that_changes_meaning_counts() {
+        let at = |line: &str| format!("--- a/m.py\n+++ b/m.py\n@@ -1 +1,2 @@\n x = 1\n+{line}\n");
+        assert_ne!(
+            normalize(&at(r#"    pattern = re.compile(r"[^a-z 0-9]+")"#)),
+            normalize(&at(r#"    pattern = re.compile(r"[^a-z0-9]+")"#))
+        );
+        assert_ne!(
+            normalize(&at("    return not found")),
+            normalize(&at("    return notfound"))
+        );
+        assert_ne!(
+            normalize(&at("    s = 'a \\' b'")),
+            normalize(&at("    s = 'a \\'b'"))
+        );
+        assert_eq!(
+            normalize(&at("    s = 'a b'  +  name")),
+            normalize(&at("    s = 'a b'+name"))
+        );
+        assert_eq!(
+            normalize(&at("    s = 'a b'  +  name")),
+            "file m.py\n+    s='a b'+name\n"
+        );
     }
 
     /// Python indentation is semantic: the same statement inside an `if` and at function level is another
@@ -240,7 +307,7 @@ diff --git a/pkg/mod.py b/pkg/mod.py
             normalize(&at("        return y")),
             normalize(&at("    return y"))
         );
-        assert_eq!(normalize(&at("    return y")), "file m.py\n+    returny\n");
+        assert_eq!(normalize(&at("    return y")), "file m.py\n+    return y\n");
         assert_eq!(
             normalize(&at("\treturn y")),
             normalize(&at("        return y"))
@@ -258,6 +325,10 @@ diff --git a/pkg/mod.py b/pkg/mod.py
             normalize(&at("    return y"))
         );
         assert_eq!(normalize(&at("    a=b")), normalize(&at("    a = b")));
+        assert_eq!(
+            normalize(&at("    f(x, y) [ 1 ]")),
+            normalize(&at("    f(x,y)[1]"))
+        );
         assert_ne!(normalize(&at("    a=b")), normalize(&at("a = b")));
     }
 

@@ -11,6 +11,7 @@ pub mod grade;
 pub mod harvest;
 pub mod mine;
 pub mod pool;
+pub mod scaling;
 pub mod server;
 pub mod task;
 pub mod trace;

@@ -175,6 +175,19 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "scaling",
+        &[
+            "agent",
+            "benchmark",
+            "datasets",
+            "episode",
+            "fsio",
+            "grade",
+            "task",
+            "trajectory",
+        ],
+    ),
+    (
         "trace",
         &[
             "benchmark",
@@ -212,6 +225,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "grade",
             "harvest",
             "mine",
+            "scaling",
             "server",
             "task",
             "trace",

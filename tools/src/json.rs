@@ -4,13 +4,24 @@
 use serde_json::{json, Map, Value};
 
 use crate::call::{CallError, ToolCall, ToolName};
+use crate::tool::SubmitKind;
 
 /// The `tools` array for an OpenAI-compatible chat completion request (`[{"type": "function", "function": …}]`).
 pub fn openai_tools() -> Value {
-    Value::Array(ToolName::ALL.into_iter().map(function_tool).collect())
+    openai_tools_for(SubmitKind::Patch)
 }
 
-fn function_tool(tool: ToolName) -> Value {
+/// [`openai_tools`] for a submit tool of `submit` kind (a generated test's episode submits a file, not a patch).
+pub fn openai_tools_for(submit: SubmitKind) -> Value {
+    Value::Array(
+        ToolName::ALL
+            .into_iter()
+            .map(|tool| function_tool(tool, submit))
+            .collect(),
+    )
+}
+
+fn function_tool(tool: ToolName, submit: SubmitKind) -> Value {
     let (description, properties, required): (&str, Value, Vec<&str>) = match tool {
         ToolName::Bash => (
             "Run non-interactive bash command(s) in the persistent shell session (working directory and \
@@ -38,6 +49,12 @@ fn function_tool(tool: ToolName) -> Value {
                 "content": {"type": "string", "description": "The exact content of the new file."}
             }),
             vec!["path", "content"],
+        ),
+        ToolName::Submit if submit == SubmitKind::File => (
+            "Submit your result: the file at `path`, its content as is. You may submit again to replace an \
+             earlier submission.",
+            json!({"path": {"type": "string", "description": "Path to the file to submit."}}),
+            vec!["path"],
         ),
         ToolName::Submit => (
             "Submit your solution. With `path`, the file (a patch in git diff format) is your submission; without \

@@ -22,14 +22,14 @@ pub mod testing;
 pub mod tool;
 
 pub use call::{CallError, ToolCall, ToolName};
-pub use json::{openai_tools, parse_json_call, parse_json_call_value};
+pub use json::{openai_tools, openai_tools_for, parse_json_call, parse_json_call_value};
 pub use parse::{parse_text_args, parse_text_call};
 pub use quote::shell_quote;
 pub use render::{render_call_error, render_observation, tool_specs_text, truncate_right, Budget};
 pub use submit::{compute_submission, looks_like_diff, SubmissionError};
 pub use tool::{
-    run_tool, SubmissionRepo, ToolConfig, ToolErrorKind, ToolResult, DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_SUBMISSION_BYTES,
+    run_tool, SubmissionRepo, SubmitKind, ToolConfig, ToolErrorKind, ToolResult,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_SUBMISSION_BYTES,
 };
 
 #[cfg(test)]

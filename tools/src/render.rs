@@ -3,7 +3,7 @@
 //! prompt.
 
 use crate::call::CallError;
-use crate::tool::{ToolConfig, ToolResult};
+use crate::tool::{SubmitKind, ToolConfig, ToolResult};
 
 /// Rough bytes per token used to turn token caps into byte caps: 3 is conservative for code and logs with common
 /// BPE tokenizers (real text usually averages 3.5-4.5), so a byte cap rarely lets through more tokens than meant.
@@ -87,6 +87,16 @@ pub fn render_call_error(error: &CallError, budget: &Budget) -> String {
 /// The tool descriptions and call syntax for a system prompt (text call format).
 pub fn tool_specs_text(config: &ToolConfig) -> String {
     let timeout = config.cmd_timeout.as_secs();
+    let submit = match config.submit_kind {
+        SubmitKind::Patch => {
+            "Submits the patch file [path] (in `git diff` format) as your solution. You may submit again later; the \
+             latest submission counts."
+        }
+        SubmitKind::File => {
+            "Submits the file [path] (its content, as is) as your result. You may submit again later; the latest \
+             submission counts."
+        }
+    };
     format!(
         "You act by calling tools. Each reply contains exactly one tool call, written as an opening tag with the \
          tool name on its own line, the arguments, and a closing tag on its own line:\n\
@@ -121,8 +131,7 @@ pub fn tool_specs_text(config: &ToolConfig) -> String {
          <tool: submit>\n\
          [path]\n\
          </tool>\n\
-         Submits the patch file [path] (in `git diff` format) as your solution. You may submit again later; the \
-         latest submission counts.\n\
+         {submit}\n\
          \n\
          Rules: never more than one tool call per reply; if you think first, close your thinking with </think> \
          before the call."

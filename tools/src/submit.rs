@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::call::ToolName;
-use crate::tool::{resolve_path, ToolConfig, ToolErrorKind, ToolResult};
+use crate::tool::{resolve_path, SubmitKind, ToolConfig, ToolErrorKind, ToolResult};
 use swe_env_sandbox::{BoundedRead, PathKind, Sandbox, SandboxError};
 
 /// Time allowed for `git add -A && git diff` in [`compute_submission`].
@@ -380,6 +380,13 @@ pub(crate) async fn run_submit(
                 }
             }
         }
+        None if config.submit_kind == SubmitKind::File => {
+            return failed(
+                ToolErrorKind::NoPatchPath,
+                "Failed to submit: give the path of the file to submit, for example /testbed/test_issue.py."
+                    .to_owned(),
+            );
+        }
         None => {
             let Some(repo) = &config.submission_repo else {
                 return failed(
@@ -417,6 +424,23 @@ pub(crate) async fn run_submit(
             }
         }
     };
+    if config.submit_kind == SubmitKind::File {
+        if String::from_utf8_lossy(&patch).trim().is_empty() {
+            return failed(
+                ToolErrorKind::EmptyPatch,
+                format!("Failed to submit {source}: the file is empty."),
+            );
+        }
+        let text = format!(
+            "Your submission is now the file {source} ({} bytes). You may change it and submit again; the latest \
+             submission counts.",
+            patch.len()
+        );
+        return Ok(ToolResult {
+            submission: Some(patch),
+            ..ToolResult::ok(ToolName::Submit, text)
+        });
+    }
     if String::from_utf8_lossy(&patch).trim().is_empty() {
         return failed(
             ToolErrorKind::EmptyPatch,
@@ -545,6 +569,49 @@ mod tests {
             no_path.text,
             "Failed to submit: give the path of a patch file, for example after `git diff > /tmp/fix.patch`."
         );
+    }
+
+    /// A generated test's episode submits a file as is: no diff check, a path required, an empty file refused.
+    #[tokio::test]
+    async fn a_file_submission_takes_any_content_and_needs_a_path() {
+        let sandbox = UnisolatedHostSandbox::start_in_temp_dir().await.unwrap();
+        let root = sandbox.root().to_str().unwrap().to_owned();
+        let script = "print('Issue reproduced')\n";
+        sandbox
+            .write_file(&format!("{root}/test_issue.py"), script.as_bytes())
+            .await
+            .unwrap();
+        sandbox
+            .write_file(&format!("{root}/blank.py"), b"\n")
+            .await
+            .unwrap();
+        let config = ToolConfig {
+            submit_kind: crate::SubmitKind::File,
+            ..ToolConfig::default()
+        };
+        let ok = submit(&sandbox, Some("test_issue.py"), &config).await;
+        assert_eq!(ok.error, None, "{}", ok.text);
+        assert_eq!(ok.submission.as_deref(), Some(script.as_bytes()));
+        assert!(ok
+            .text
+            .starts_with("Your submission is now the file test_issue.py (26 bytes)."));
+        let blank = submit(&sandbox, Some("blank.py"), &config).await;
+        assert_eq!(blank.error, Some(ToolErrorKind::EmptyPatch));
+        let no_path = submit(&sandbox, None, &config).await;
+        assert_eq!(no_path.error, Some(ToolErrorKind::NoPatchPath));
+        assert!(
+            no_path.text.contains("/testbed/test_issue.py"),
+            "{}",
+            no_path.text
+        );
+        // The same file is refused as a patch.
+        let patch = submit(&sandbox, Some("test_issue.py"), &ToolConfig::default()).await;
+        assert_eq!(patch.error, Some(ToolErrorKind::NotADiff));
+        assert!(crate::tool_specs_text(&config)
+            .contains("Submits the file [path] (its content, as is)"));
+        assert!(!crate::tool_specs_text(&config).contains("git diff` format) as your solution"));
+        let tools = crate::openai_tools_for(crate::SubmitKind::File).to_string();
+        assert!(tools.contains("its content as is"), "{tools}");
     }
 
     #[tokio::test]

@@ -18,6 +18,16 @@ pub const DEFAULT_MAX_SUBMISSION_BYTES: usize = 4 << 20;
 /// Default largest file edit reads and edit/create write: 8 MiB (edit holds the whole file in memory a few times).
 pub const DEFAULT_MAX_FILE_BYTES: usize = 8 << 20;
 
+/// What the submit tool submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubmitKind {
+    /// A patch (default): a file in `git diff` format, or without a path the repository's changes.
+    #[default]
+    Patch,
+    /// Any file, its content as is (a generated test script); a path is required.
+    File,
+}
+
 /// Knobs of the tools for one episode. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolConfig {
@@ -35,6 +45,8 @@ pub struct ToolConfig {
     /// Largest file edit reads and edit/create write, in bytes (default [`DEFAULT_MAX_FILE_BYTES`], 8 MiB). A
     /// larger one is a [`ToolErrorKind::TooLarge`] tool error; nothing beyond the limit is held in memory.
     pub max_file_bytes: usize,
+    /// What `submit` takes (default [`SubmitKind::Patch`]).
+    pub submit_kind: SubmitKind,
 }
 
 impl Default for ToolConfig {
@@ -46,6 +58,7 @@ impl Default for ToolConfig {
             submission_repo: None,
             max_submission_bytes: DEFAULT_MAX_SUBMISSION_BYTES,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            submit_kind: SubmitKind::Patch,
         }
     }
 }

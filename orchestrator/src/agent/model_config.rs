@@ -185,7 +185,12 @@ impl ModelAgentConfig {
 
 /// The native tools offered in chat-tools mode, from the tools crate's OpenAI schemas.
 pub fn native_tool_specs() -> Vec<ToolSpec> {
-    let tools = swe_env_tools::openai_tools();
+    native_tool_specs_for(swe_env_tools::SubmitKind::Patch)
+}
+
+/// [`native_tool_specs`] with a submit tool of `submit` kind.
+pub fn native_tool_specs_for(submit: swe_env_tools::SubmitKind) -> Vec<ToolSpec> {
+    let tools = swe_env_tools::openai_tools_for(submit);
     tools
         .as_array()
         .map(|items| {
@@ -218,7 +223,7 @@ fn tool_specs_for(mode: ApiMode, episode_config: &EpisodeConfig) -> String {
             let mut text = String::from(
                 "You act by calling these functions through the function-calling interface, one call per reply:\n",
             );
-            for spec in native_tool_specs() {
+            for spec in native_tool_specs_for(episode_config.tools.submit_kind) {
                 text.push_str(&format!("\n- {}: {}", spec.name, spec.description));
             }
             text

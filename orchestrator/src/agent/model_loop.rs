@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::model_config::{
-    native_tool_specs, opening_prompt, AfterSubmit, ApiMode, ModelAgentConfig,
+    native_tool_specs_for, opening_prompt, AfterSubmit, ApiMode, ModelAgentConfig,
 };
 use super::AgentOutcome;
 use crate::episode::{Action, EndInfo, Episode, EpisodeError, StepMeta, StepOutcome};
@@ -441,7 +441,7 @@ pub async fn run_model_agent(
         let mut conversation = Conversation {
             mode: config.mode,
             messages: vec![ChatMessage::system(system), ChatMessage::user(user)],
-            tools: native_tool_specs(),
+            tools: native_tool_specs_for(episode.config().tools.submit_kind),
             layout: config.prompts.cwm_layout.clone(),
         };
         let mut consecutive_format_errors = 0u32;

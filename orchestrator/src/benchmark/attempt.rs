@@ -36,6 +36,7 @@ pub(super) async fn attempt_instance(shared: &Shared, instance: &Instance) -> In
         grading_id: format!("{}-{}-grade", shared.config.run_id, instance.instance_id),
         agent: shared.config.agent.clone(),
         logs_dir: Some(shared.config.logs_dir.clone()),
+        kind: AttemptKind::Solve,
     };
     attempt_with(shared, instance, &spec).await.result
 }
@@ -51,6 +52,20 @@ pub struct AttemptSpec {
     pub agent: super::AgentSpec,
     /// Where the reference grading logs go (`None`: not written).
     pub logs_dir: Option<PathBuf>,
+    /// What the episode produces.
+    pub kind: AttemptKind,
+}
+
+/// What an attempt's episode produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttemptKind {
+    /// A fix: the submission is a patch, graded against the task's tests (phase 3).
+    #[default]
+    Solve,
+    /// A generated test: submit takes a file (`SubmitKind::File`), whose content is the submission; not graded
+    /// (the trajectory ends without rewards, the result has no report and status `unresolved`, which then only
+    /// means "not graded"). The caller checks the script.
+    Testgen,
 }
 
 /// What an attempt produced: the result and where its time went.
@@ -98,6 +113,9 @@ async fn attempt(
         return Err(AttemptError::Image { error, submission });
     }
     let mut agent = run_agent(shared, instance, spec, timing).await?;
+    if spec.kind == AttemptKind::Testgen {
+        return Ok(finish_ungraded(instance, agent).await);
+    }
     let grading = Instant::now();
     let graded = grade(shared, instance, spec, &mut agent).await;
     timing.grade_ms = grading.elapsed().as_millis() as u64;
@@ -307,7 +325,7 @@ async fn run_agent(
         .join(format!("{episode_id}.jsonl"));
     // A rerun after an interrupt starts its trajectory afresh.
     let _ = tokio::fs::remove_file(&trajectory).await;
-    let (episode_config, info) = start_info(shared, agent, instance)?;
+    let (episode_config, info) = start_info(shared, agent, instance, spec.kind)?;
     let starting = Instant::now();
     let started = Episode::start(
         &shared.engine,
@@ -385,8 +403,13 @@ fn start_info(
     shared: &Shared,
     agent: &AgentSpec,
     instance: &Instance,
+    kind: AttemptKind,
 ) -> Result<(EpisodeConfig, StartInfo), TemplateError> {
     let mut episode_config = shared.episode_config.clone();
+    if kind == AttemptKind::Testgen {
+        // The system prompt's tool specs are rendered from this config: they describe a file submission.
+        episode_config.tools.submit_kind = swe_env_tools::SubmitKind::File;
+    }
     let info = match agent {
         AgentSpec::Model(model) => {
             episode_config.tool_format = model.config.mode.tool_format();
@@ -478,6 +501,31 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
         report: Some(graded.report),
         rewards: Some(graded.rewards),
     }
+}
+
+/// Phase 4 without grading: ends the trajectory as the episode ended, and makes a result with no report.
+async fn finish_ungraded(instance: &Instance, agent: AgentRun) -> InstanceResult {
+    let mut result =
+        InstanceResult::error(&instance.instance_id, &instance.repo, "", String::new());
+    result.status = InstanceStatus::Unresolved;
+    result.error_kind = None;
+    result.error = None;
+    if let Some(mut run) = agent.episode {
+        let mut end = run.end_info();
+        end.final_answer = run.final_answer;
+        end.final_answer_tokens = run.final_answer_tokens;
+        end.final_answer_reasoning = run.final_answer_reasoning;
+        end.detail = run.detail;
+        if let Err(error) = run.episode.finish(end).await {
+            warn!(instance_id = %instance.instance_id, %error, "cannot finish the trajectory");
+        }
+        result.n_steps = run.outcome.n_steps;
+        result.episode_status = Some(run.outcome.status.as_str().to_owned());
+        result.tokens = run.usage.tokens;
+        result.model_ms = run.usage.model_ms;
+    }
+    result.submission = agent.submission;
+    result
 }
 
 fn error_kind_of_sandbox(error: &SandboxError) -> &'static str {

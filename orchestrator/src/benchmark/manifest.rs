@@ -236,6 +236,9 @@ struct Settings<'a> {
     dataset_sha256: &'a str,
     episode: EpisodeSettings<'a>,
     grading: GradingSettings<'a>,
+    /// A scaled run's samples, selectors and test-generation settings (absent for a plain run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaling: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -390,6 +393,7 @@ impl RunManifest {
                 eval_script: grade.effective_eval_script(),
                 rewards: &grade.rewards,
             },
+            scaling: config.extra_settings.as_ref(),
         };
         let (model_endpoints, api_key_env) = match &config.agent {
             AgentSpec::Model(model) => (

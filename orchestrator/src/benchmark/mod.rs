@@ -10,7 +10,8 @@ pub mod summary;
 mod workers;
 
 pub use attempt::{
-    is_outage_kind, AgentError, AttemptError, AttemptOutput, AttemptSpec, PhaseTimes, Usage,
+    is_outage_kind, AgentError, AttemptError, AttemptKind, AttemptOutput, AttemptSpec, PhaseTimes,
+    Usage,
 };
 pub use image::ImageError;
 pub use workers::{run_workers, Job};
@@ -156,6 +157,10 @@ pub struct RunConfig {
     pub ungraded_ids: Vec<String>,
     /// Prediction ids that are not in the dataset; counted in the summary.
     pub unknown_prediction_ids: Vec<String>,
+    /// Result-changing settings of a runner built on this one (test-time scaling: samples, selectors, the
+    /// test-generation prompt), recorded in manifest.json's `settings.scaling` and compared on resume; `None`
+    /// for a plain run (its manifest has no such key).
+    pub extra_settings: Option<serde_json::Value>,
 }
 
 /// The directory name of a model in the reference log layout (`/` → `__`, as the harness does).
@@ -180,6 +185,12 @@ pub trait Progress: Send + Sync {
     fn finished(&self, result: &InstanceResult, resolved_so_far: usize, done: usize, total: usize);
     /// A status line (pulls, skips).
     fn note(&self, message: &str);
+    /// A unit of work other than a whole instance finished (a sample, a generated test of a scaled run):
+    /// `line` says which and how; `done` of `total` units are finished.
+    fn advanced(&self, line: &str, done: usize, total: usize) {
+        let _ = (done, total);
+        self.note(line);
+    }
 }
 
 /// Runs `instances`; resumes from `<dir>/results.jsonl`; stops cleanly when `cancel` is cancelled.
@@ -332,4 +343,16 @@ pub fn default_run_id() -> String {
     let digits: String = now.chars().take(19).filter(char::is_ascii_digit).collect();
     let (date, time) = digits.split_at(8.min(digits.len()));
     format!("{date}-{time}-{:04x}", rand::random::<u16>())
+}
+
+/// The seed of a rollout: the first 8 bytes (big-endian) of sha256(`{base_seed}\n{instance_id}\n{sample_idx}`),
+/// masked to 2^53 − 1 so it survives JSON readers that use doubles.
+pub fn rollout_seed(base_seed: u64, instance_id: &str, sample_idx: u32) -> u64 {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{base_seed}\n{instance_id}\n{sample_idx}").as_bytes(),
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first) & ((1u64 << 53) - 1)
 }

@@ -113,7 +113,12 @@ impl ResultsFile {
 
     /// Appends one result durably.
     pub async fn append(&mut self, result: &InstanceResult) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(result).map_err(std::io::Error::other)?;
+        self.append_json(result).await
+    }
+
+    /// Appends one JSON line durably (written, flushed, fdatasynced before it returns).
+    pub async fn append_json<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line).await?;
         self.file.flush().await?;
@@ -128,16 +133,25 @@ impl ResultsFile {
 
 /// Reads the results of earlier attempts (last record per instance wins; a torn last line is ignored).
 pub async fn read_results(path: &Path) -> std::io::Result<BTreeMap<String, InstanceResult>> {
-    let text = match tokio::fs::read_to_string(path).await {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(error) => return Err(error),
-    };
     let mut results = BTreeMap::new();
-    for line in text.lines() {
-        if let Ok(result) = serde_json::from_str::<InstanceResult>(line) {
-            results.insert(result.instance_id.clone(), result);
-        }
+    for result in read_json_lines::<InstanceResult>(path).await? {
+        results.insert(result.instance_id.clone(), result);
     }
     Ok(results)
+}
+
+/// The records of an append-only JSON-lines file written by [`ResultsFile`], in order; a missing file is empty,
+/// and a line that does not parse (a torn last line after a crash) is skipped.
+pub async fn read_json_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> std::io::Result<Vec<T>> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<T>(line).ok())
+        .collect())
 }

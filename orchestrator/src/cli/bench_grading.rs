@@ -76,6 +76,7 @@ pub async fn run(args: GradingBenchArgs) -> anyhow::Result<ExitCode> {
             retry_errors: false,
             ungraded_ids: Vec::new(),
             unknown_prediction_ids: Vec::new(),
+            extra_settings: None,
         };
         let cancel = tokio_util::sync::CancellationToken::new();
         let outcome =

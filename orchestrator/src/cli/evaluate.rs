@@ -199,6 +199,7 @@ pub async fn run(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         EpisodeConfig::default(),
         &run,
         LogsLayout::Reference,
+        None,
     )
     .await?;
     // The reference harness also leaves the run summary as `<model with / → __>.<run_id>.json`.

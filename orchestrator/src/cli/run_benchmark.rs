@@ -20,6 +20,9 @@ use crate::benchmark::{
 use crate::datasets::load_source;
 use crate::episode::EpisodeConfig;
 use crate::grade::GradeConfig;
+use crate::scaling::report::render_scaling_table;
+use crate::scaling::select::Selector;
+use crate::scaling::{run_scaled, testgen, ScaledOutcome, ScalingConfig, MAX_SAMPLES};
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
 use swe_env_sandbox::DockerEngine;
 
@@ -76,7 +79,10 @@ pub struct RunArgs {
 #[command(
     after_help = "Examples:\n  swe-env run-benchmark fixtures --agent gold\n  \
     swe-env run-benchmark verified --agent empty --instance-ids django__django-11099 --pull never\n  \
-    swe-env run-benchmark tasks.jsonl --agent gold --workers 4 --run-id try1   # run again to resume"
+    swe-env run-benchmark tasks.jsonl --agent gold --workers 4 --run-id try1   # run again to resume\n  \
+    swe-env run-benchmark fixtures --agent gold --samples 3                    # K samples, majority vote\n  \
+    swe-env run-benchmark verified --model-url http://127.0.0.1:8000/v1 --model NAME --samples 8 \\\n    \
+    --testgen-samples 4 --select tests,majority,oracle                          # test-time scaling"
 )]
 pub struct RunBenchmarkArgs {
     /// `verified`, `lite`, `full` (SWE-bench on the HF hub, cached), `fixtures` (built-in), or a JSONL/JSON/parquet path.
@@ -93,8 +99,101 @@ pub struct RunBenchmarkArgs {
     /// A model agent instead of a built-in one (`--model-url URL --model NAME`; `--agent` is then ignored).
     #[command(flatten)]
     pub model: super::model_args::ModelArgs,
+    /// Test-time scaling: K rollouts, generated tests, selection.
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// Test-time scaling options of `run-benchmark`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScalingArgs {
+    /// Solving rollouts per instance (K), each its own episode, seed and trajectory, all graded; above 1 the run
+    /// reports pass@1, pass@K and selected@K (scaling.json) and report.json holds the selected patches.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SAMPLES)))]
+    pub samples: u32,
+    /// Test-generation episodes per instance (M): the agent writes a standalone script printing `Issue reproduced`
+    /// / `Issue resolved` / `Other issues`; valid scripts rank the candidates for `--select tests` (needs a model).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SAMPLES)))]
+    pub testgen_samples: u32,
+    /// Selectors, comma-separated: `tests` (generated tests, ties by majority), `majority` (vote over normalised
+    /// patches), `oracle` (the real tests: pass@K, never report.json). The first non-oracle one is report.json's.
+    /// Default: `tests,majority` with --testgen-samples, else `majority`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub select: Vec<Selector>,
+    /// Time limit of one run of a generated test, seconds [default: 60] (needs --testgen-samples).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=testgen::MAX_TIMEOUT_SECS))]
+    pub testgen_timeout: Option<u64>,
+    /// The test-generation episode's user prompt (a template with `{{issue}}` and `{{repo_root}}`) instead of the
+    /// built-in one (needs --testgen-samples).
+    #[arg(long, value_name = "FILE")]
+    pub testgen_prompt: Option<PathBuf>,
+    /// Base seed: rollout k of an instance samples with seed sha256(`{seed}\n{instance}\n{k}`) (generated tests
+    /// with `{instance}#testgen`) [default: 0] (needs --samples > 1 or --testgen-samples).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl ScalingArgs {
+    /// Whether the run is scaled (K > 1 or generated tests); a plain run keeps today's outputs exactly.
+    pub fn is_scaled(&self) -> bool {
+        self.samples > 1 || self.testgen_samples > 0 || !self.select.is_empty()
+    }
+
+    /// The scaling configuration, the prompt file read.
+    pub fn config(&self) -> anyhow::Result<ScalingConfig> {
+        if self.testgen_samples == 0 {
+            for (given, flag) in [
+                (self.testgen_timeout.is_some(), "--testgen-timeout"),
+                (self.testgen_prompt.is_some(), "--testgen-prompt"),
+            ] {
+                if given {
+                    return Err(super::error::usage(format!(
+                        "{flag} applies to generated tests only: add --testgen-samples M, or leave {flag} out"
+                    )));
+                }
+            }
+        }
+        let testgen_template = match &self.testgen_prompt {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| {
+                super::error::usage(format!(
+                    "cannot read --testgen-prompt {}: {error}",
+                    path.display()
+                ))
+            })?,
+            None => testgen::DEFAULT_TESTGEN_TEMPLATE.to_owned(),
+        };
+        let selectors = if self.select.is_empty() {
+            if self.testgen_samples > 0 {
+                vec![Selector::Tests, Selector::Majority]
+            } else {
+                vec![Selector::Majority]
+            }
+        } else {
+            let mut seen = Vec::new();
+            for selector in &self.select {
+                if !seen.contains(selector) {
+                    seen.push(*selector);
+                }
+            }
+            seen
+        };
+        Ok(ScalingConfig {
+            samples: self.samples,
+            testgen_samples: self.testgen_samples,
+            selectors,
+            seed: self.seed.unwrap_or(0),
+            testgen_template,
+            limits: testgen::TestgenLimits {
+                timeout: Duration::from_secs(
+                    self.testgen_timeout
+                        .unwrap_or(testgen::DEFAULT_TIMEOUT_SECS),
+                ),
+                ..testgen::TestgenLimits::default()
+            },
+        })
+    }
 }
 
 pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
@@ -123,7 +222,38 @@ pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
         image_template: args.run.image_template.clone(),
         ..EpisodeConfig::default()
     };
-    execute(&args.dataset, agent, episode, &args.run, LogsLayout::InRun).await
+    if !args.scaling.is_scaled() && args.scaling.seed.is_some() {
+        return Err(super::error::usage(
+            "--seed applies to scaled runs only: add --samples K (K > 1) or --testgen-samples M, or leave --seed out",
+        ));
+    }
+    let scaling = if args.scaling.is_scaled() {
+        let scaling = args.scaling.config()?;
+        scaling
+            .validate(&agent)
+            .map_err(|error| super::error::usage(error.to_string()))?;
+        Some(scaling)
+    } else {
+        None
+    };
+    let instances = select(
+        load_tasks(&args.dataset).await?,
+        &args.run.instance_ids,
+        &args.dataset,
+    )?;
+    execute_instances(
+        instances,
+        RunScope {
+            dataset: args.dataset.clone(),
+            ..RunScope::default()
+        },
+        agent,
+        episode,
+        &args.run,
+        LogsLayout::InRun,
+        scaling,
+    )
+    .await
 }
 
 /// Where per-instance grading logs go.
@@ -156,29 +286,6 @@ pub struct RunScope {
     pub unknown_prediction_ids: Vec<String>,
 }
 
-/// Loads the dataset, runs it, prints the summary.
-pub async fn execute(
-    dataset: &str,
-    agent: AgentSpec,
-    episode: EpisodeConfig,
-    args: &RunArgs,
-    layout: LogsLayout,
-) -> anyhow::Result<ExitCode> {
-    let instances = select(load_tasks(dataset).await?, &args.instance_ids, dataset)?;
-    execute_instances(
-        instances,
-        RunScope {
-            dataset: dataset.to_owned(),
-            ..RunScope::default()
-        },
-        agent,
-        episode,
-        args,
-        layout,
-    )
-    .await
-}
-
 /// Runs `instances`, prints the summary; shared with `evaluate`.
 pub async fn execute_instances(
     instances: Vec<Instance>,
@@ -187,6 +294,7 @@ pub async fn execute_instances(
     episode: EpisodeConfig,
     args: &RunArgs,
     layout: LogsLayout,
+    scaling: Option<ScalingConfig>,
 ) -> anyhow::Result<ExitCode> {
     let engine = DockerEngine::connect(Duration::from_secs(120))
         .await
@@ -231,6 +339,7 @@ pub async fn execute_instances(
         retry_errors: args.retry_errors,
         ungraded_ids: scope.ungraded_ids,
         unknown_prediction_ids: scope.unknown_prediction_ids,
+        extra_settings: scaling.as_ref().map(ScalingConfig::settings),
     };
     // Held until the run ends: a second process on this run directory fails fast.
     let instance_ids = instances.iter().map(|i| i.instance_id.clone()).collect();
@@ -253,19 +362,73 @@ pub async fn execute_instances(
         cancel.clone(),
         "in-flight instances are cancelled and their containers removed",
     );
-    let progress = Arc::new(BarProgress::new(instances.len() as u64));
+    let units = match &scaling {
+        Some(scaling) => instances.len() * (scaling.samples + scaling.testgen_samples) as usize,
+        None => instances.len(),
+    };
+    let progress = Arc::new(BarProgress::new(units as u64));
     eprintln!(
         "run {run_id}: {} instances, {} workers, output {}",
         instances.len(),
         args.workers,
         dir.display()
     );
+    if let Some(scaling) = scaling {
+        let outcome = run_scaled(
+            &engine,
+            instances,
+            config,
+            scaling,
+            progress.clone(),
+            cancel,
+        )
+        .await
+        .with_context(|| format!("writing run outputs under {}", dir.display()))?;
+        progress.bar.finish_and_clear();
+        print_scaled(&outcome, args.json, &dir)?;
+        if outcome.failures > 0 && !outcome.interrupted {
+            return Ok(ExitCode::from(super::EXIT_FAILED));
+        }
+        return Ok(exit_code(&outcome.results, outcome.interrupted));
+    }
     let outcome = run_benchmark(&engine, instances, config, progress.clone(), cancel)
         .await
         .with_context(|| format!("writing run outputs under {}", dir.display()))?;
     progress.bar.finish_and_clear();
     print_outcome(&outcome, args.json, &dir, &logs_dir)?;
-    Ok(exit_code(&outcome))
+    Ok(exit_code(&outcome.results, outcome.interrupted))
+}
+
+/// The scaled run's report: the table (or scaling.json's content with `--json`), then where the outputs are.
+fn print_scaled(outcome: &ScaledOutcome, json: bool, dir: &std::path::Path) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+        return Ok(());
+    }
+    println!("{}", render_scaling_table(&outcome.report));
+    if outcome.interrupted {
+        println!(
+            "interrupted: the samples and generated tests finished so far are kept in {} (samples.jsonl, \
+             testgen.jsonl, pairs.jsonl); no selection or report was written — run the same command again to \
+             resume",
+            dir.display()
+        );
+        return Ok(());
+    }
+    if outcome.failures > 0 {
+        println!(
+            "{} samples, generated tests or candidate x test runs failed on infrastructure: see error_kind / error \
+             in samples.jsonl and testgen.jsonl; --retry-errors runs them again (failed test runs are retried anyway)",
+            outcome.failures
+        );
+    }
+    println!(
+        "outputs: {} (scaling.json, selection.jsonl, samples.jsonl, testgen.jsonl, pairs.jsonl, report.json of the \
+         `{}` selection, predictions.jsonl, trajectories/)",
+        dir.display(),
+        outcome.report.primary.as_str()
+    );
+    Ok(())
 }
 
 /// The instances named by `--instance-ids` (all when none); an unknown id or an empty selection is a usage error.
@@ -347,14 +510,10 @@ fn print_outcome(
     Ok(())
 }
 
-fn exit_code(outcome: &RunOutcome) -> ExitCode {
-    if outcome.interrupted {
+fn exit_code(results: &[InstanceResult], interrupted: bool) -> ExitCode {
+    if interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
-    } else if outcome
-        .results
-        .iter()
-        .any(|r| r.status == InstanceStatus::Error)
-    {
+    } else if results.iter().any(|r| r.status == InstanceStatus::Error) {
         ExitCode::from(super::EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
@@ -416,6 +575,14 @@ impl Progress for BarProgress {
 
     fn note(&self, message: &str) {
         self.say(message);
+    }
+
+    fn advanced(&self, line: &str, done: usize, total: usize) {
+        if self.bar.length() != Some(total as u64) {
+            self.bar.set_length(total as u64);
+        }
+        self.bar.set_position(done as u64);
+        self.say(line);
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod apply;
 mod logs;
+pub mod testgen;
 
 pub use apply::{applied_method, apply_chain_script, ApplyChain, ApplyMethod, APPLY_METHODS};
 pub use logs::write_instance_logs;

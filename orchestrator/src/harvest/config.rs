@@ -595,17 +595,7 @@ pub fn parse_schedule(text: &str) -> Result<(f64, f64), String> {
     Ok((from, to))
 }
 
-/// The seed of a rollout: the first 8 bytes (big-endian) of sha256(`{base_seed}\n{instance_id}\n{sample_idx}`),
-/// masked to 2^53 − 1 so it survives JSON readers that use doubles.
-pub fn rollout_seed(base_seed: u64, instance_id: &str, sample_idx: u32) -> u64 {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{base_seed}\n{instance_id}\n{sample_idx}").as_bytes(),
-    );
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_be_bytes(first) & ((1u64 << 53) - 1)
-}
+pub use crate::benchmark::rollout_seed;
 
 /// JSON with object keys sorted at every level and no whitespace.
 pub fn canonical_json(value: &Value) -> String {

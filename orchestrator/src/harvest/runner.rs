@@ -742,6 +742,7 @@ pub async fn run_harvest(
         retry_errors: true,
         ungraded_ids: Vec::new(),
         unknown_prediction_ids: Vec::new(),
+        extra_settings: None,
     };
     let budgets = Arc::new(Mutex::new(budget_state));
     let context = Arc::new(Context {
@@ -969,6 +970,7 @@ async fn run_rollout(context: &Context, rollout: Rollout) -> RolloutOutput {
             config: agent_config,
         })),
         logs_dir: None,
+        kind: crate::benchmark::AttemptKind::Solve,
     };
     let output = context.attempts.run(&rollout.instance, &spec).await;
     let work_file = context.work_dir.join(format!("{episode_id}.jsonl"));

@@ -9,7 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use swe_env_model::yaml::{self, YamlError};
 
+use super::error::ServiceError;
 use crate::episode::{AntiLeak, EpisodeConfig};
+use crate::grade::testgen::{
+    TestgenLimits, DEFAULT_TIMEOUT_SECS, MAX_SCRIPT_BYTES, MAX_TIMEOUT_SECS,
+};
 use crate::grade::{GradeConfig, RuleSet};
 use crate::pool::PoolConfig;
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
@@ -279,6 +283,8 @@ pub struct Maxima {
     pub model_max_tokens: u32,
     /// `count` of Prewarm: containers kept ready for one task. Default 64 (at most `pool.max_containers`).
     pub prewarm: u32,
+    /// `timeout_secs` of CheckTest: one run of a generated test, seconds. Default 3600, the most it may be.
+    pub testgen_timeout_secs: u64,
 }
 
 /// The host's CPU count (1 when unknown).
@@ -306,6 +312,7 @@ impl Default for Maxima {
             page_size: 1000,
             model_max_tokens: 65536,
             prewarm: 64,
+            testgen_timeout_secs: MAX_TIMEOUT_SECS,
         }
     }
 }
@@ -325,6 +332,8 @@ pub struct GradingSettings {
     /// (reference + swe-env's anti-spoofing). A Grade call may ask for other rules; grade-on-submit and
     /// RunEpisode use these.
     pub rules: RuleSet,
+    /// Time limit of one run of a generated test (CheckTest without `timeout_secs`), seconds. Default 60.
+    pub testgen_timeout_secs: u64,
 }
 
 impl Default for GradingSettings {
@@ -335,6 +344,7 @@ impl Default for GradingSettings {
             network_mode: grade.network_mode,
             test_timeout_secs: grade.test_timeout.as_secs(),
             in_place: grade.in_place,
+            testgen_timeout_secs: DEFAULT_TIMEOUT_SECS,
         }
     }
 }
@@ -496,6 +506,26 @@ impl ServerConfig {
                 });
             }
         }
+        if m.testgen_timeout_secs == 0 || m.testgen_timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(ConfigError::Invalid {
+                field: "maxima.testgen_timeout_secs",
+                reason: format!(
+                    "{} is not between 1 and {MAX_TIMEOUT_SECS} seconds",
+                    m.testgen_timeout_secs
+                ),
+            });
+        }
+        let testgen_default = self.grading.testgen_timeout_secs;
+        if testgen_default == 0 || testgen_default > m.testgen_timeout_secs {
+            return Err(ConfigError::Invalid {
+                field: "grading.testgen_timeout_secs",
+                reason: format!(
+                    "{testgen_default} is not between 1 and `maxima.testgen_timeout_secs` ({}); raise the maximum \
+                     or lower the default",
+                    m.testgen_timeout_secs
+                ),
+            });
+        }
         if m.page_size == 0 {
             return Err(ConfigError::Invalid {
                 field: "maxima.page_size",
@@ -540,6 +570,28 @@ impl ServerConfig {
     /// Period of the background reconcile (at least 1 s).
     pub fn reconcile_interval(&self) -> Duration {
         Duration::from_secs(self.reconcile_interval_secs.max(1))
+    }
+
+    /// The limits of a CheckTest run of `timeout_secs` (0: the configured default), refused above the maximum.
+    pub fn testgen_limits(&self, timeout_secs: u32) -> Result<TestgenLimits, ServiceError> {
+        let maximum = self.maxima.testgen_timeout_secs;
+        let secs = match u64::from(timeout_secs) {
+            0 => self.grading.testgen_timeout_secs,
+            secs if secs > maximum => {
+                return Err(ServiceError::invalid(
+                    "timeout_secs",
+                    format!(
+                        "{secs} s is above the server maximum {maximum} s (server config \
+                         `maxima.testgen_timeout_secs`)"
+                    ),
+                ))
+            }
+            secs => secs,
+        };
+        Ok(TestgenLimits {
+            timeout: Duration::from_secs(secs),
+            max_script_bytes: MAX_SCRIPT_BYTES,
+        })
     }
 
     /// The grading configuration derived from these settings.
@@ -699,6 +751,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("size"), "{error}");
+    }
+
+    #[test]
+    fn testgen_timeouts_default_parse_and_are_bounded() {
+        let config = ServerConfig::default();
+        assert_eq!(config.grading.testgen_timeout_secs, 60);
+        assert_eq!(config.maxima.testgen_timeout_secs, 3600);
+        assert_eq!(
+            config.testgen_limits(0).unwrap().timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            config.testgen_limits(3600).unwrap().timeout,
+            Duration::from_secs(3600)
+        );
+        let error = config.testgen_limits(3601).unwrap_err().to_string();
+        assert!(
+            error.contains("`timeout_secs`") && error.contains("3600"),
+            "{error}"
+        );
+
+        let config = ServerConfig::from_yaml_str(
+            "grading:\n  testgen_timeout_secs: 5\nmaxima:\n  testgen_timeout_secs: 10\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.testgen_limits(0).unwrap().timeout,
+            Duration::from_secs(5)
+        );
+        assert!(config.testgen_limits(11).is_err());
+        for (yaml, field) in [
+            (
+                "grading:\n  testgen_timeout_secs: 0\n",
+                "grading.testgen_timeout_secs",
+            ),
+            (
+                "grading:\n  testgen_timeout_secs: 20\nmaxima:\n  testgen_timeout_secs: 10\n",
+                "grading.testgen_timeout_secs",
+            ),
+            (
+                "maxima:\n  testgen_timeout_secs: 3601\n",
+                "maxima.testgen_timeout_secs",
+            ),
+        ] {
+            let error = ServerConfig::from_yaml_str(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(field), "{yaml}: {error}");
+        }
+        let error = ServerConfig::from_yaml_str("grading:\n  testgen_timeout: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("testgen_timeout"), "{error}");
     }
 
     #[test]

@@ -520,6 +520,78 @@ pub fn grade_response(outcome: &crate::grade::GradeOutcome) -> proto::GradeRespo
     }
 }
 
+/// The wire form of what CheckTest found.
+pub fn check_test_response(checked: &super::state::CheckedTest) -> proto::CheckTestResponse {
+    use super::state::CheckedTest;
+    let (mut reply, run) = match checked {
+        CheckedTest::Validity(validation) => (
+            proto::CheckTestResponse {
+                valid: validation.valid,
+                reason: validation
+                    .reason
+                    .map(|reason| reason.as_str().to_owned())
+                    .unwrap_or_default(),
+                detail: validation.detail.clone(),
+                container_ms: validation.container_ms,
+                ..Default::default()
+            },
+            validation.run.as_ref(),
+        ),
+        CheckedTest::OnPatch(pair) => {
+            let detail = match &pair.run {
+                None => "the patch did not apply (every method of the grading's apply chain failed); the script \
+                         did not run"
+                    .to_owned(),
+                Some(run) => pair_detail(pair.passed, run),
+            };
+            (
+                proto::CheckTestResponse {
+                    passed: pair.passed,
+                    patch_applied: pair.patch_applied,
+                    detail,
+                    container_ms: pair.container_ms,
+                    ..Default::default()
+                },
+                pair.run.as_ref(),
+            )
+        }
+    };
+    if let Some(run) = run {
+        reply.reproduced = run.reproduced;
+        reply.resolved = run.resolved;
+        reply.other_issues = run.other_issues;
+        reply.timed_out = run.timed_out;
+        reply.exit_code = run.exit_code;
+        reply.output_tail = run.output_tail.clone();
+    }
+    reply
+}
+
+/// A script's run on a candidate patch, in words.
+fn pair_detail(passed: bool, run: &crate::grade::testgen::ScriptRun) -> String {
+    use crate::grade::testgen::{OTHER_ISSUES, REPRODUCED, RESOLVED};
+    let printed: Vec<_> = [
+        (run.reproduced, REPRODUCED),
+        (run.resolved, RESOLVED),
+        (run.other_issues, OTHER_ISSUES),
+    ]
+    .into_iter()
+    .filter(|(seen, _)| *seen)
+    .map(|(_, line)| format!("`{line}`"))
+    .collect();
+    let printed = if printed.is_empty() {
+        "no verdict line".to_owned()
+    } else {
+        printed.join(" and ")
+    };
+    let verdict = if passed { "passed" } else { "did not pass" };
+    if run.timed_out {
+        format!("the patch applied; the script was killed at the time limit (it printed {printed}): {verdict}")
+    } else {
+        format!("the patch applied; the script printed {printed}: {verdict}")
+    }
+}
+
 /// A numeric page token (empty = start).
 pub fn page_token(token: &str) -> Result<Option<u64>, ServiceError> {
     if token.is_empty() {

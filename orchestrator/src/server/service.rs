@@ -105,6 +105,14 @@ impl EnvService for EnvServiceImpl {
         Ok(Response::new(convert::grade_response(&outcome)))
     }
 
+    async fn check_test(
+        &self,
+        request: Request<proto::CheckTestRequest>,
+    ) -> Result<Response<proto::CheckTestResponse>, Status> {
+        let checked = self.state.check_test(request.into_inner()).await?;
+        Ok(Response::new(convert::check_test_response(&checked)))
+    }
+
     async fn close_episode(
         &self,
         request: Request<proto::CloseEpisodeRequest>,

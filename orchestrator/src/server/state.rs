@@ -28,6 +28,7 @@ use super::tasks::TaskCatalog;
 use crate::episode::{
     Action, EndInfo, Episode, EpisodeConfig, EpisodeError, StartInfo, StepMeta, ToolFormat,
 };
+use crate::grade::testgen::{self, TestgenError};
 use crate::grade::{grade_patch, grade_submission, GradeConfig, GradeOutcome, RuleSet};
 use crate::pool::{FillLimits, Pool, PoolError};
 use crate::task::image_for;
@@ -131,8 +132,8 @@ impl ServerState {
         Ok(guard)
     }
 
-    /// Registers a call that starts new work (CreateEpisode, RunEpisode, Grade) in flight; refused as soon as the
-    /// server drains (UNAVAILABLE with a retry hint: another server, or this one after its restart).
+    /// Registers a call that starts new work (CreateEpisode, RunEpisode, Grade, CheckTest) in flight; refused as
+    /// soon as the server drains (UNAVAILABLE with a retry hint: another server, or this one after its restart).
     pub fn admit_new(&self) -> Result<InflightGuard, ServiceError> {
         let guard = self.enter()?;
         // The call counts as in flight before it looks at the token, and the drain cancels the token before it
@@ -911,6 +912,101 @@ impl ServerState {
         }
     }
 
+    /// Checks a generated test in a fresh container (CheckTest): its validity at the base commit, or, with a
+    /// patch, its run on that candidate patch. Admitted like [`Self::grade`].
+    pub async fn check_test(
+        &self,
+        request: proto::CheckTestRequest,
+    ) -> Result<CheckedTest, ServiceError> {
+        let _inflight = self.admit_new()?;
+        use proto::check_test_request::Task;
+        let (task_id, task_json) = match &request.task {
+            Some(Task::TaskId(id)) => (Some(id.as_str()), None),
+            Some(Task::TaskJson(json)) => (None, Some(json.as_str())),
+            None => (None, None),
+        };
+        let instance = self.resolve_task(task_id, task_json, &request.image)?;
+        let maximum = self.config.memory.max_submission_bytes;
+        for (field, value) in [("script", &request.script), ("patch", &request.patch)] {
+            if value.len() > maximum {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "{} bytes is above the server maximum {maximum} bytes (server config \
+                         `memory.max_submission_bytes`)",
+                        value.len()
+                    ),
+                ));
+            }
+        }
+        let limits = self.config.testgen_limits(request.timeout_secs)?;
+        if !request.patch.is_empty() {
+            if request.script.trim().is_empty() {
+                return Err(ServiceError::invalid(
+                    "script",
+                    "required with a `patch` (send the test that passed the validity check)",
+                ));
+            }
+            if request.script.len() > limits.max_script_bytes {
+                return Err(ServiceError::invalid(
+                    "script",
+                    format!(
+                        "{} bytes, more than the {} bytes a valid test may have (the validity check rejects a \
+                         larger one `too_large`)",
+                        request.script.len(),
+                        limits.max_script_bytes
+                    ),
+                ));
+            }
+        }
+        let image = image_for(&instance, &self.config.episode.image_template);
+        let _permit = self.admission.episode()?;
+        let name = format!("checktest-{:032x}", rand::random::<u128>());
+        info!(
+            instance_id = %instance.instance_id,
+            check = %name,
+            mode = if request.patch.is_empty() { "validity" } else { "patch" },
+            timeout_secs = limits.timeout.as_secs(),
+            script_bytes = request.script.len(),
+            "checking a generated test"
+        );
+        let check = async {
+            if request.patch.is_empty() {
+                testgen::validate_test(
+                    &self.engine,
+                    &instance,
+                    &image,
+                    Some(request.script.as_str()),
+                    &limits,
+                    &name,
+                )
+                .await
+                .map(CheckedTest::Validity)
+            } else {
+                testgen::run_test_on_patch(
+                    &self.engine,
+                    &instance,
+                    &image,
+                    &request.patch,
+                    &request.script,
+                    &limits,
+                    &name,
+                )
+                .await
+                .map(CheckedTest::OnPatch)
+            }
+        };
+        let checked = tokio::select! {
+            result = check => result,
+            _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
+        };
+        checked.map_err(|error| match error {
+            TestgenError::Sandbox(error) => {
+                ServiceError::from_sandbox("checking a generated test", error)
+            }
+        })
+    }
+
     /// Ends live episodes idle for longer than the TTL; returns how many.
     pub async fn reap_idle(&self) -> usize {
         let ttl = self.config.idle_ttl();
@@ -1065,6 +1161,15 @@ pub struct EpisodePlan {
     pub info: StartInfo,
     /// Grade each successful submission during its Step.
     pub grade_on_submit: bool,
+}
+
+/// What CheckTest found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckedTest {
+    /// The validity check at the base commit (no patch).
+    Validity(testgen::Validation),
+    /// The run on a candidate patch.
+    OnPatch(testgen::PairRun),
 }
 
 /// The end of an episode cancelled for `detail`.

@@ -681,6 +681,93 @@ pub struct GradeResponse {
     #[prost(map = "string, double", tag = "5")]
     pub rewards: ::std::collections::HashMap<::prost::alloc::string::String, f64>,
 }
+/// Request of CheckTest.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckTestRequest {
+    /// The generated test: a standalone Python script (the content of the file a test-writing episode submitted), run
+    /// as `python <script>` in the repository directory under the task's activation. At most the server's
+    /// `memory.max_submission_bytes` (4 MiB by default; above it is INVALID_ARGUMENT). In the validity check, an empty
+    /// script is rejected `no_submission` and one larger than 256 KiB `too_large`; with a `patch` it is required and
+    /// at most 256 KiB (INVALID_ARGUMENT otherwise).
+    #[prost(string, tag = "3")]
+    pub script: ::prost::alloc::string::String,
+    /// Empty: the validity check of the script at the base commit. Set: a candidate patch (unified diff, at most the
+    /// server's `memory.max_submission_bytes`), applied at the base commit as grading applies patches, then the
+    /// script run once (no compile check: send scripts that passed the validity check).
+    #[prost(string, tag = "4")]
+    pub patch: ::prost::alloc::string::String,
+    /// Image override (must exist on the server), empty for the task's.
+    #[prost(string, tag = "5")]
+    pub image: ::prost::alloc::string::String,
+    /// Time limit of the script's run (and of its compile check), seconds; 0 for the server's default
+    /// (`grading.testgen_timeout_secs`, 60); at most the server's `maxima.testgen_timeout_secs` (3600 by default).
+    #[prost(uint32, tag = "6")]
+    pub timeout_secs: u32,
+    /// The task the test is for.
+    #[prost(oneof = "check_test_request::Task", tags = "1, 2")]
+    pub task: ::core::option::Option<check_test_request::Task>,
+}
+/// Nested message and enum types in `CheckTestRequest`.
+pub mod check_test_request {
+    /// The task the test is for.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Task {
+        /// Id of a task the server loaded.
+        #[prost(string, tag = "1")]
+        TaskId(::prost::alloc::string::String),
+        /// An inline task row, JSON.
+        #[prost(string, tag = "2")]
+        TaskJson(::prost::alloc::string::String),
+    }
+}
+/// Response of CheckTest. The run fields (`reproduced` … `output_tail`) describe the script's one run; they are all
+/// unset when it did not run (rejected `no_submission`, `too_large`, `syntax_error`, or `timeout` while compiling;
+/// a patch that did not apply).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckTestResponse {
+    /// Validity check (no `patch`): the script is a valid reproduction test (the test-writing reward). Always false
+    /// with a `patch`.
+    #[prost(bool, tag = "1")]
+    pub valid: bool,
+    /// Validity check: why the script is not valid, empty when valid: `no_submission`, `too_large`, `syntax_error`,
+    /// `timeout`, `prints_resolved_at_base`, `prints_other_issues` or `not_reproduced`. Always empty with a `patch`.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// What happened, in words (the compile error, the verdict lines seen, the patch that did not apply, …).
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+    /// With a `patch`: the patch applied and the script then printed `Issue resolved` and neither other line within
+    /// the time limit. Always false without a `patch`.
+    #[prost(bool, tag = "4")]
+    pub passed: bool,
+    /// With a `patch`: the patch applied (when it did not, the script did not run and `passed` is false). Always false
+    /// without a `patch`.
+    #[prost(bool, tag = "5")]
+    pub patch_applied: bool,
+    /// The script printed a line `Issue reproduced` (stdout; each verdict line matched whole, surrounding whitespace
+    /// ignored).
+    #[prost(bool, tag = "6")]
+    pub reproduced: bool,
+    /// The script printed a line `Issue resolved`.
+    #[prost(bool, tag = "7")]
+    pub resolved: bool,
+    /// The script printed a line `Other issues`.
+    #[prost(bool, tag = "8")]
+    pub other_issues: bool,
+    /// The script was killed at the time limit.
+    #[prost(bool, tag = "9")]
+    pub timed_out: bool,
+    /// The script's exit code; unset when it was killed or did not run.
+    #[prost(int32, optional, tag = "10")]
+    pub exit_code: ::core::option::Option<i32>,
+    /// The end of the script's output (stdout then stderr, at most a few KiB).
+    #[prost(string, tag = "11")]
+    pub output_tail: ::prost::alloc::string::String,
+    /// Wall time of the container (create to removed), ms; 0 when no container was needed (`no_submission`,
+    /// `too_large`).
+    #[prost(uint64, tag = "12")]
+    pub container_ms: u64,
+}
 /// A model endpoint for RunEpisode: one the server's operator configured (`endpoint`), or — only when the server
 /// allows it — a client URL.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1035,6 +1122,38 @@ pub mod env_service_client {
                 .insert(GrpcMethod::new("swe_env.v1.EnvService", "Grade"));
             self.inner.unary(req, path, codec).await
         }
+        /// Checks a generated reproduction test for a task in a fresh container (network none; no agent acts in it): a
+        /// standalone Python script that prints `Issue reproduced` while the issue is present and `Issue resolved` once it
+        /// is fixed (`Other issues` when something else fails). With no `patch`: the validity check at the base commit,
+        /// the reward of a test-writing episode (valid = it compiles, finishes within the time limit, prints
+        /// `Issue reproduced` and neither other line). With a `patch`: the script run on the repository with that candidate
+        /// patch applied, the building block of test-based selection (passed = prints `Issue resolved` and neither other
+        /// line). Verdicts are data in the response, never errors. Admitted like Grade (it holds one of the server's
+        /// `max_episodes` slots while it runs; RESOURCE_EXHAUSTED when none is free).
+        pub async fn check_test(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CheckTestRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CheckTestResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/swe_env.v1.EnvService/CheckTest",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("swe_env.v1.EnvService", "CheckTest"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Ends an episode: removes its container and writes the trajectory's `episode_end`. Closing an episode that
         /// already ended is not an error; it returns the episode as it ended.
         pub async fn close_episode(
@@ -1227,6 +1346,21 @@ pub mod env_service_server {
             &self,
             request: tonic::Request<super::GradeRequest>,
         ) -> std::result::Result<tonic::Response<super::GradeResponse>, tonic::Status>;
+        /// Checks a generated reproduction test for a task in a fresh container (network none; no agent acts in it): a
+        /// standalone Python script that prints `Issue reproduced` while the issue is present and `Issue resolved` once it
+        /// is fixed (`Other issues` when something else fails). With no `patch`: the validity check at the base commit,
+        /// the reward of a test-writing episode (valid = it compiles, finishes within the time limit, prints
+        /// `Issue reproduced` and neither other line). With a `patch`: the script run on the repository with that candidate
+        /// patch applied, the building block of test-based selection (passed = prints `Issue resolved` and neither other
+        /// line). Verdicts are data in the response, never errors. Admitted like Grade (it holds one of the server's
+        /// `max_episodes` slots while it runs; RESOURCE_EXHAUSTED when none is free).
+        async fn check_test(
+            &self,
+            request: tonic::Request<super::CheckTestRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CheckTestResponse>,
+            tonic::Status,
+        >;
         /// Ends an episode: removes its container and writes the trajectory's `episode_end`. Closing an episode that
         /// already ended is not an error; it returns the episode as it ended.
         async fn close_episode(
@@ -1561,6 +1695,51 @@ pub mod env_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GradeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/swe_env.v1.EnvService/CheckTest" => {
+                    #[allow(non_camel_case_types)]
+                    struct CheckTestSvc<T: EnvService>(pub Arc<T>);
+                    impl<
+                        T: EnvService,
+                    > tonic::server::UnaryService<super::CheckTestRequest>
+                    for CheckTestSvc<T> {
+                        type Response = super::CheckTestResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CheckTestRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EnvService>::check_test(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CheckTestSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
