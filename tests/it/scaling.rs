@@ -920,6 +920,30 @@ async fn bad_scaling_options_are_usage_errors_naming_the_flag() {
         ),
         (vec!["--agent", "gold", "--samples", "0"], "--samples"),
         (vec!["--agent", "gold", "--samples", "65"], "--samples"),
+        // Options that would be silently ignored are refused.
+        (vec!["--agent", "gold", "--seed", "3"], "--seed"),
+        (
+            vec![
+                "--agent",
+                "gold",
+                "--samples",
+                "2",
+                "--testgen-timeout",
+                "5",
+            ],
+            "--testgen-timeout",
+        ),
+        (
+            vec![
+                "--agent",
+                "gold",
+                "--samples",
+                "2",
+                "--testgen-prompt",
+                "/nonexistent",
+            ],
+            "--testgen-prompt",
+        ),
     ];
     for (index, (flags, needle)) in cases.into_iter().enumerate() {
         let run_id = format!("bad{index}");
@@ -1025,4 +1049,66 @@ async fn gold_samples_all_resolve_and_a_plain_run_writes_no_scaling_outputs() {
     let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(stats["resolved"], 1, "{stats}");
     assert!(stats.get("pass_at_1").is_none(), "{stats}");
+}
+
+/// A sample whose model endpoint fails is recorded as an error: the run exits 1, and so does a resume that reruns
+/// nothing while the error is still recorded (a hostile review saw the resume exit 0); `--retry-errors` reruns it.
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_failures_keep_the_exit_code_until_retried() {
+    let run_id = "fails";
+    let failing = format!("{run_id}-{SPANS}.s1");
+    let script = Script::default()
+        .with_episode_turns(format!("{run_id}-{SPANS}.s0"), spans_right())
+        .with_episode_turns(failing.clone(), vec![ScriptedReply::status(500); 4]);
+    let server = ScriptedServer::start(script).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "fixtures",
+        "--instance-ids",
+        SPANS,
+        "--model-url",
+        &server.base_url(),
+        "--model",
+        "scripted",
+        "--mode",
+        "chat-text",
+        "--max-attempts",
+        "1",
+        "--samples",
+        "2",
+        "--grading-network",
+        "none",
+        "--run-id",
+        run_id,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let (first, pid) = run_benchmark(args.clone(), out.path()).await;
+    assert_eq!(first.status.code(), Some(1), "{}", describe(&first));
+    assert_no_container_left(pid).await;
+    let dir = out.path().join(run_id);
+    let samples = sample_rows(&dir);
+    assert_eq!(str_of(&samples[&(SPANS.to_owned(), 1)], "status"), "error");
+    assert_eq!(
+        str_of(&samples[&(SPANS.to_owned(), 0)], "status"),
+        "resolved"
+    );
+    let requests = server.request_count();
+    let (resumed, pid) = run_benchmark(args.clone(), out.path()).await;
+    assert_eq!(resumed.status.code(), Some(1), "{}", describe(&resumed));
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).contains("failed on infrastructure"),
+        "{}",
+        describe(&resumed)
+    );
+    assert_eq!(server.request_count(), requests, "the resume reran nothing");
+    assert_no_container_left(pid).await;
+    // Retried: the endpoint still fails for s1, so the run still exits 1, and s1 was asked again.
+    let mut retry = args;
+    retry.push("--retry-errors".to_owned());
+    let (retried, pid) = run_benchmark(retry, out.path()).await;
+    assert_eq!(retried.status.code(), Some(1), "{}", describe(&retried));
+    assert!(server.request_count() > requests, "--retry-errors reran s1");
+    assert_no_container_left(pid).await;
 }
