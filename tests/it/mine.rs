@@ -16,7 +16,7 @@ use git2::{Oid, Repository, Signature, Time};
 use serde_json::Value;
 use swe_env_grading::dataset::Instance;
 
-use crate::common::{assert_success, describe, engine};
+use crate::common::{assert_success, describe, engine, read_json, read_jsonl};
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
 const FIXTURE_IMAGE: &str = "swe-env/fixture-retrykit:latest";
@@ -51,21 +51,6 @@ fn swe_env(args: &[&str]) -> Run {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
-fn read_json(path: &Path) -> Value {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// tasks.jsonl read as the rows every consumer reads.

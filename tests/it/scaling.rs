@@ -14,7 +14,7 @@ use swe_env::trajectory::digest::sha256_hex;
 use swe_env_model::scripted::{Script, ScriptedCompletion, ScriptedReply, ScriptedServer};
 use swe_env_model::Usage;
 
-use crate::common::{describe, engine};
+use crate::common::{describe, engine, read_json, read_jsonl};
 
 const EXE: &str = env!("CARGO_BIN_EXE_swe-env");
 const SPANS: &str = "swe-env-fixtures__spans-1";
@@ -96,22 +96,6 @@ fn scenario_args(server: &ScriptedServer, run_id: &str) -> Vec<String> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
-}
-
-/// The lines of a JSONL file of the run directory.
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 /// The last line per key of a JSONL file ("last line wins").
