@@ -37,6 +37,7 @@ mod server_grade;
 mod server_limits;
 mod server_load;
 mod server_python;
+mod server_run_testgen;
 mod server_testgen;
 mod shell_hijack;
 mod step_survival;

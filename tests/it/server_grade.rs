@@ -125,6 +125,7 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
                 ..Default::default()
             }),
             grade: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -146,6 +147,7 @@ async fn run_episode_streams_steps_of_a_model_driven_episode_then_the_graded_res
                 ..Default::default()
             }),
             grade: true,
+            ..Default::default()
         },
     )
     .await;

@@ -288,6 +288,7 @@ async fn requests_above_the_operator_maxima_are_invalid_argument_naming_field_an
                 ..Default::default()
             }),
             grade: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -389,6 +390,7 @@ async fn run_to_end(client: &mut Client, model: proto::ModelEndpoint) -> Vec<Eve
             episode: Some(create_request(SPANS)),
             model: Some(model),
             grade: false,
+            ..Default::default()
         },
     )
     .await;
@@ -462,6 +464,7 @@ async fn run_episode_sends_an_endpoint_key_only_to_that_endpoint_and_refuses_oth
                 episode: Some(create_request(SPANS)),
                 model: Some(model.clone()),
                 grade: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -3,11 +3,17 @@
 //! key), streams each recorded step, grades when asked, and ends the episode. The
 //! episode lives in the registry like any other (listed, cancelled by a drain); its slot stays locked while the
 //! loop runs, so client Steps on it wait and then find it ended.
+//!
+//! A test-generation episode (kind `EPISODE_KIND_TESTGEN`) is the same loop with the built-in test-generation
+//! prompt ([`DEFAULT_TESTGEN_TEMPLATE`]) and a submit tool that takes a file as is; "grade" is then the validity
+//! check of the submitted script in a fresh container ([`ServerState::validate_script`]), never a run of the
+//! task's tests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use swe_env_model::{ClientConfig, ModelClient};
+use swe_env_tools::SubmitKind;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::warn;
@@ -18,11 +24,12 @@ use super::error::ServiceError;
 use super::proto;
 use super::proto::run_episode_event::Event;
 use super::registry::EpisodeSlot;
-use super::state::{cancelled_end, InflightGuard, ServerState};
+use super::state::{cancelled_end, CheckedTest, InflightGuard, ServerState};
 use crate::agent::{
     add_client_info, run_model_agent, start_info_for, ApiMode, ModelAgentConfig, StepEvent,
 };
 use crate::episode::EndInfo;
+use crate::grade::testgen::DEFAULT_TESTGEN_TEMPLATE;
 use crate::trajectory::EpisodeStatus;
 
 /// Events buffered towards a slow client before the loop waits for it.
@@ -80,11 +87,26 @@ pub async fn run_episode(
     let endpoint = request
         .model
         .ok_or_else(|| ServiceError::invalid("model", "required"))?;
-    let agent = agent_config(&endpoint, &state.config.maxima)?;
+    let kind = episode_kind(request.kind)?;
+    if kind == proto::EpisodeKind::Testgen && create.grade_on_submit {
+        // A submitted script must never be graded against the task's tests.
+        return Err(ServiceError::invalid(
+            "episode.grade_on_submit",
+            "not allowed with kind EPISODE_KIND_TESTGEN (the submission is a test script, not a patch); \
+             set `grade` instead to get the script's validity check at the end",
+        ));
+    }
+    let mut agent = agent_config(&endpoint, &state.config.maxima)?;
     let client = model_client(&state, &endpoint)?;
     let client_config = client.config().clone();
     let mut plan = state.plan_episode(&create)?;
     plan.config.tool_format = agent.mode.tool_format();
+    if kind == proto::EpisodeKind::Testgen {
+        // Before the prompt is rendered: the system prompt's tool specs come from this config and describe a
+        // file submission; the episode's submit tool then takes the script file as is.
+        agent.prompts.user_template = DEFAULT_TESTGEN_TEMPLATE.to_owned();
+        plan.config.tools.submit_kind = SubmitKind::File;
+    }
     plan.info = start_info_for(&plan.instance, &agent, &plan.config).map_err(|e| {
         ServiceError::invalid("model.mode", format!("cannot render the prompt: {e}"))
     })?;
@@ -97,7 +119,10 @@ pub async fn run_episode(
         slot,
         client,
         agent,
-        request.grade,
+        Finish {
+            kind,
+            grade: request.grade,
+        },
         events,
         inflight,
     ));
@@ -243,6 +268,26 @@ fn agent_config(
     Ok(agent)
 }
 
+/// The episode kind of a request; an unknown value is INVALID_ARGUMENT.
+fn episode_kind(value: i32) -> Result<proto::EpisodeKind, ServiceError> {
+    proto::EpisodeKind::try_from(value).map_err(|_| {
+        ServiceError::invalid(
+            "kind",
+            format!(
+                "unknown value {value}; one of 0 (EPISODE_KIND_SOLVE) or 1 (EPISODE_KIND_TESTGEN)"
+            ),
+        )
+    })
+}
+
+/// What happens at the end of the loop.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    kind: proto::EpisodeKind,
+    /// Grade (solve) or check the script's validity (testgen) when there is a submission.
+    grade: bool,
+}
+
 fn event(event: Event) -> proto::RunEpisodeEvent {
     proto::RunEpisodeEvent { event: Some(event) }
 }
@@ -253,7 +298,7 @@ async fn drive(
     slot: Arc<EpisodeSlot>,
     client: Arc<ModelClient>,
     agent: ModelAgentConfig,
-    grade: bool,
+    finish: Finish,
     events: mpsc::Sender<Result<proto::RunEpisodeEvent, Status>>,
     _inflight: InflightGuard,
 ) {
@@ -299,7 +344,40 @@ async fn drive(
         None => (cancelled_end("server shutdown"), false),
     };
     let mut grade_reply = None;
-    if grade && gradable && live.episode.submission().is_some() {
+    let mut check_reply = None;
+    let checkable = finish.grade && gradable && live.episode.submission().is_some();
+    // A test-generation episode that submitted nothing is checked too: its verdict is `no_submission` (no
+    // container), so the trainer always gets a reward.
+    if finish.grade && gradable && finish.kind == proto::EpisodeKind::Testgen {
+        // The script is checked in a fresh container at the base commit; the episode's own container (where the
+        // agent acted) is not used. The RunEpisode's admission covers it.
+        let check_id = format!("{}-check", slot.id);
+        let checked = match state.config.testgen_limits(0) {
+            Ok(limits) => {
+                state
+                    .validate_script(
+                        live.episode.instance(),
+                        live.episode.submission(),
+                        &limits,
+                        &check_id,
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok(validation) => {
+                check_reply = Some(convert::check_test_response(&CheckedTest::Validity(
+                    validation,
+                )));
+            }
+            Err(error) => warn!(
+                episode_id = %slot.id,
+                %error,
+                "checking the generated test of the server-driven episode failed"
+            ),
+        }
+    } else if checkable {
         {
             // The loop is over and nothing else steps this episode (its slot is locked until it ends), so
             // in-place grading may seal its container.
@@ -321,6 +399,27 @@ async fn drive(
     let result = proto::RunEpisodeResult {
         episode: Some(slot.info()),
         grade: grade_reply,
+        check: check_reply,
     };
     let _ = events.send(Ok(event(Event::Result(result)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn episode_kinds_parse_and_an_unknown_one_names_the_field() {
+        assert_eq!(episode_kind(0).unwrap(), proto::EpisodeKind::Solve);
+        assert_eq!(episode_kind(1).unwrap(), proto::EpisodeKind::Testgen);
+        let error = episode_kind(7).unwrap_err();
+        let status = Status::from(error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("kind"), "{}", status.message());
+        assert!(
+            status.message().contains("EPISODE_KIND_TESTGEN"),
+            "{}",
+            status.message()
+        );
+    }
 }

@@ -970,32 +970,52 @@ impl ServerState {
             script_bytes = request.script.len(),
             "checking a generated test"
         );
-        let check = async {
-            if request.patch.is_empty() {
-                testgen::validate_test(
-                    &self.engine,
-                    &instance,
-                    &image,
-                    Some(request.script.as_str()),
-                    &limits,
-                    &name,
-                )
+        if request.patch.is_empty() {
+            self.validate_script(&instance, Some(request.script.as_str()), &limits, &name)
                 .await
                 .map(CheckedTest::Validity)
-            } else {
-                testgen::run_test_on_patch(
-                    &self.engine,
-                    &instance,
-                    &image,
-                    &request.patch,
-                    &request.script,
-                    &limits,
-                    &name,
-                )
-                .await
-                .map(CheckedTest::OnPatch)
-            }
-        };
+        } else {
+            self.checking(testgen::run_test_on_patch(
+                &self.engine,
+                &instance,
+                &image,
+                &request.patch,
+                &request.script,
+                &limits,
+                &name,
+            ))
+            .await
+            .map(CheckedTest::OnPatch)
+        }
+    }
+
+    /// The validity check of a generated test `script` for `instance` (at the base commit of the task's image, in
+    /// a fresh container named after `name`, removed on every path): CheckTest without a patch, and the end of a
+    /// test-generation RunEpisode. The caller holds the admission; a drain's end cancels it (UNAVAILABLE).
+    pub async fn validate_script(
+        &self,
+        instance: &Instance,
+        script: Option<&str>,
+        limits: &testgen::TestgenLimits,
+        name: &str,
+    ) -> Result<testgen::Validation, ServiceError> {
+        let image = image_for(instance, &self.config.episode.image_template);
+        self.checking(testgen::validate_test(
+            &self.engine,
+            instance,
+            &image,
+            script,
+            limits,
+            name,
+        ))
+        .await
+    }
+
+    /// Runs a generated-test check until it ends or the drain's grace period is over.
+    async fn checking<T>(
+        &self,
+        check: impl std::future::Future<Output = Result<T, TestgenError>>,
+    ) -> Result<T, ServiceError> {
         let checked = tokio::select! {
             result = check => result,
             _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),

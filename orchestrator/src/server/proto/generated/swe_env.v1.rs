@@ -805,9 +805,14 @@ pub struct RunEpisodeRequest {
     /// The model to drive it.
     #[prost(message, optional, tag = "2")]
     pub model: ::core::option::Option<ModelEndpoint>,
-    /// Grade the submission at the end (in a fresh container); the result carries the grading.
+    /// Grade the submission at the end (in a fresh container); the result carries the grading. With kind
+    /// `EPISODE_KIND_TESTGEN`: check the submitted script's validity instead (`RunEpisodeResult.check`).
     #[prost(bool, tag = "3")]
     pub grade: bool,
+    /// What the episode asks of the agent; unset (`EPISODE_KIND_SOLVE`) for solving. An unknown value is
+    /// INVALID_ARGUMENT.
+    #[prost(enumeration = "EpisodeKind", tag = "4")]
+    pub kind: i32,
 }
 /// The result of a server-driven episode.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -815,9 +820,13 @@ pub struct RunEpisodeResult {
     /// The episode as it ended.
     #[prost(message, optional, tag = "1")]
     pub episode: ::core::option::Option<EpisodeInfo>,
-    /// The grading, when requested and a submission exists.
+    /// The grading, when requested and a submission exists (kind `EPISODE_KIND_SOLVE`).
     #[prost(message, optional, tag = "2")]
     pub grade: ::core::option::Option<GradeResponse>,
+    /// The validity check of the submitted script (as CheckTest without a `patch`), when requested (kind
+    /// `EPISODE_KIND_TESTGEN`; `grade` stays unset then). No submission: `valid` false, `reason` `no_submission`.
+    #[prost(message, optional, tag = "3")]
+    pub check: ::core::option::Option<CheckTestResponse>,
 }
 /// One event of RunEpisode.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -904,6 +913,41 @@ impl RecordEncoding {
             "RECORD_ENCODING_UNSPECIFIED" => Some(Self::Unspecified),
             "RECORD_ENCODING_JSON" => Some(Self::Json),
             "RECORD_ENCODING_TYPED" => Some(Self::Typed),
+            _ => None,
+        }
+    }
+}
+/// What a server-driven episode asks of the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EpisodeKind {
+    /// Solve the task: the user prompt is the solving prompt, the submit tool takes the repository's diff, and
+    /// `grade` grades the submitted patch against the task's tests.
+    Solve = 0,
+    /// Write a reproduction test for the task's issue: the user prompt is the server's built-in test-generation
+    /// prompt (a standalone Python script that prints `Issue reproduced` while the issue is present, `Issue resolved`
+    /// once it is fixed, `Other issues` otherwise), the submit tool takes a file's path and submits that file as is
+    /// (the script), and `grade` runs the validity check of CheckTest on the submitted script (fresh container at the
+    /// base commit, the server's `grading.testgen_timeout_secs`) instead of grading: the result is in
+    /// `RunEpisodeResult.check`. The task's tests are never run; `episode.grade_on_submit` is INVALID_ARGUMENT.
+    Testgen = 1,
+}
+impl EpisodeKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Solve => "EPISODE_KIND_SOLVE",
+            Self::Testgen => "EPISODE_KIND_TESTGEN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EPISODE_KIND_SOLVE" => Some(Self::Solve),
+            "EPISODE_KIND_TESTGEN" => Some(Self::Testgen),
             _ => None,
         }
     }
@@ -1232,7 +1276,8 @@ pub mod env_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Server-driven episode: the server runs the model agent loop against an OpenAI-compatible model endpoint and
-        /// streams the start, every step as it is recorded, then the result (with the grading when asked).
+        /// streams the start, every step as it is recorded, then the result (with the grading when asked). Kind
+        /// `EPISODE_KIND_TESTGEN` runs a test-writing episode instead (its result: the validity check of the script).
         pub async fn run_episode(
             &mut self,
             request: impl tonic::IntoRequest<super::RunEpisodeRequest>,
@@ -1394,7 +1439,8 @@ pub mod env_service_server {
             + std::marker::Send
             + 'static;
         /// Server-driven episode: the server runs the model agent loop against an OpenAI-compatible model endpoint and
-        /// streams the start, every step as it is recorded, then the result (with the grading when asked).
+        /// streams the start, every step as it is recorded, then the result (with the grading when asked). Kind
+        /// `EPISODE_KIND_TESTGEN` runs a test-writing episode instead (its result: the validity check of the script).
         async fn run_episode(
             &self,
             request: tonic::Request<super::RunEpisodeRequest>,
