@@ -6,17 +6,18 @@
 //! the lenient [`Dialect::GitApply`] when unidiff refuses it) and keeps, per file (files sorted by path; a path
 //! that appears in several sections keeps their lines in patch order):
 //! - only added (`+`) and removed (`-`) lines, in patch order; hunk headers, line offsets and context are ignored;
-//! - each line's leading indentation kept, as a number of spaces (a tab advances to the next multiple of 8
-//!   columns, as Python reads it), and the whitespace between tokens removed — except one space between two word
-//!   characters (`not found` ≠ `notfound`) and everything inside a one-line `'…'` / `"…"` literal (`"a b"` ≠
-//!   `"ab"`): Python indentation is semantic (`return y` inside an `if` is another change than at function
-//!   level), while `a=b` vs `a = b`, `f(x, y)` vs `f(x,y)` and trailing whitespace are formatting. Indentation counts in every file, not only Python ones (YAML and Makefiles care
-//!   too; a re-indented C line is then a different change, the safe side for dedup);
-//! - in Python files (`.py`, `.pyi`, `.pyx`), a trailing `#` comment cut (a `#` outside a one-line string literal);
+//! - each line's leading indentation kept exactly as written (Python indentation is semantic, and a tab is not
+//!   eight spaces: Python 3 refuses inconsistent mixes with `TabError`); in Python files the whitespace between
+//!   tokens removed — except one space between two word characters (`not found` ≠ `notfound`) and everything
+//!   inside a one-line `'…'` / `"…"` literal (`"a b"` ≠ `"ab"`) —, so `a=b` vs `a = b` and `f(x, y)` vs `f(x,y)`
+//!   are formatting; in other files each whitespace run kept as one space (YAML's `- a: b` and a shell's `rm -rf /
+//!   tmp` are not formatting); trailing whitespace never counts;
+//! - in Python files (`.py`, `.pyi`, `.pyx`), a trailing `#` comment cut (a `#` outside a one-line string literal; a string opened on an earlier
+//!   line is not tracked, so a `#` inside a triple-quoted string cuts the line there too);
 //! - lines left blank dropped, and files left without a line dropped (a whitespace- or comment-only change to a
 //!   file does not count), except binary files, which keep a `binary` marker.
 //!
-//! Text that is not a diff at all (no file section) normalises to `not a diff` and its own whitespace-free,
+//! Text that is not a diff at all (no file section) normalises to `not a diff` and its own squeezed,
 //! non-blank lines, so two different non-diffs still differ; empty or blank text normalises to the empty string. The output is plain text (`file <path>\n` then `+line\n` / `-line\n`); callers
 //! hash it (SHA-256 hex in the harvest manifest).
 
@@ -78,7 +79,7 @@ fn changed_lines(file: &FileDiff, python: bool) -> Vec<String> {
             };
             let text = line.content();
             let text = if python { strip_comment(text) } else { text };
-            if let Some(key) = line_key(text) {
+            if let Some(key) = line_key(text, python) {
                 out.push(format!("{sign}{key}"));
             }
         }
@@ -86,29 +87,26 @@ fn changed_lines(file: &FileDiff, python: bool) -> Vec<String> {
     out
 }
 
-/// The key of one added or removed line: its indentation as that many spaces (a tab advances to the next
-/// multiple of 8 columns, as Python reads it; a form feed resets to column 0), then the rest [`squeeze`]d.
-/// `None` for a blank line. Python indentation is semantic, so it counts; whitespace between tokens (`a=b` vs
-/// `a = b`) and at the line's end does not, whitespace inside a string literal or between two words does.
-fn line_key(text: &str) -> Option<String> {
-    let mut column = 0usize;
-    let mut rest = "";
-    for (index, c) in text.char_indices() {
-        match c {
-            '\t' => column = (column / 8 + 1) * 8,
-            '\x0c' => column = 0,
-            c if c.is_whitespace() => column += 1,
-            _ => {
-                rest = &text[index..];
-                break;
-            }
-        }
-    }
-    let squeezed = squeeze(rest);
+/// The key of one added or removed line: its indentation exactly as written (a tab is not eight spaces: Python 3
+/// refuses inconsistent mixes with `TabError`, so a re-indented line is another change), then the rest — in a
+/// Python file [`squeeze`]d (whitespace between tokens does not count, whitespace inside a string literal or
+/// between two words does), in any other file with each whitespace run as one space (YAML's `- a: b` and a shell's
+/// `rm -rf / tmp` are not formatting). `None` for a blank line; trailing whitespace never counts.
+fn line_key(text: &str, python: bool) -> Option<String> {
+    let start = text
+        .char_indices()
+        .find(|(_, c)| !c.is_whitespace())
+        .map_or(text.len(), |(index, _)| index);
+    let (indent, rest) = text.split_at(start);
+    let squeezed = if python {
+        squeeze(rest)
+    } else {
+        rest.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
     if squeezed.is_empty() {
         return None;
     }
-    Some(format!("{}{squeezed}", " ".repeat(column)))
+    Some(format!("{indent}{squeezed}"))
 }
 
 /// `text` with the whitespace between tokens taken out: a run of whitespace outside a `'…'` / `"…"` literal
@@ -233,7 +231,7 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         assert_eq!(normalize(BASE), normalize(SAME));
         assert_eq!(
             normalize(BASE),
-            "file docs/notes.txt\n+#a heading,not a comment\nfile pkg/mod.py\n-    return x+1\n+    return x+2\n"
+            "file docs/notes.txt\n+# a heading, not a comment\nfile pkg/mod.py\n-    return x+1\n+    return x+2\n"
         );
     }
 
@@ -297,29 +295,44 @@ diff --git a/pkg/mod.py b/pkg/mod.py
         );
     }
 
+    /// Outside Python, whitespace inside a line is not formatting: it is kept, each run as one space.
+    #[test]
+    fn other_files_keep_their_inner_whitespace_as_single_spaces() {
+        let yaml =
+            |line: &str| format!("--- a/ci.yml\n+++ b/ci.yml\n@@ -1 +1,2 @@\n x: 1\n+{line}\n");
+        assert_ne!(
+            normalize(&yaml("- run: make")),
+            normalize(&yaml("-run:make"))
+        );
+        assert_eq!(
+            normalize(&yaml("- run:   make  ")),
+            normalize(&yaml("- run: make"))
+        );
+        let sh = |line: &str| format!("--- a/b.sh\n+++ b/b.sh\n@@ -1 +1,2 @@\n x=1\n+{line}\n");
+        assert_ne!(
+            normalize(&sh("rm -rf /tmp/build")),
+            normalize(&sh("rm -rf / tmp/build"))
+        );
+    }
+
     /// Python indentation is semantic: the same statement inside an `if` and at function level is another
     /// change. A tab is the spaces up to the next multiple of 8 (as Python reads it); trailing whitespace and
     /// whitespace after the indentation do not count.
     #[test]
-    fn indentation_counts_and_tabs_expand_to_multiples_of_8() {
+    fn indentation_counts_exactly_as_written() {
         let at = |line: &str| format!("--- a/m.py\n+++ b/m.py\n@@ -1 +1,2 @@\n x = 1\n+{line}\n");
         assert_ne!(
             normalize(&at("        return y")),
             normalize(&at("    return y"))
         );
         assert_eq!(normalize(&at("    return y")), "file m.py\n+    return y\n");
-        assert_eq!(
+        // A tab is not eight spaces: a tab-indented line among space-indented ones is a TabError in Python 3 (a
+        // second hostile review saw such a patch vote with the correct one).
+        assert_ne!(
             normalize(&at("\treturn y")),
             normalize(&at("        return y"))
         );
-        assert_eq!(
-            normalize(&at("  \treturn y")),
-            normalize(&at("        return y"))
-        );
-        assert_eq!(
-            normalize(&at("    \t  return y")),
-            normalize(&at("          return y"))
-        );
+        assert_eq!(normalize(&at("\treturn y")), "file m.py\n+\treturn y\n");
         assert_eq!(
             normalize(&at("    return  y  \t")),
             normalize(&at("    return y"))

@@ -889,6 +889,13 @@ async fn bad_scaling_options_are_usage_errors_naming_the_flag() {
         "--mode",
         "chat-text",
     ];
+    let no_issue_path = out.path().join("no_issue.txt");
+    std::fs::write(
+        &no_issue_path,
+        "Write a test for the bug in {{repo_root}}.\n",
+    )
+    .unwrap();
+    let no_issue = no_issue_path.to_str().unwrap().to_owned();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--agent", "gold", "--samples", "2", "--select", "oracle"],
@@ -904,6 +911,15 @@ async fn bad_scaling_options_are_usage_errors_naming_the_flag() {
         ),
         (vec!["--agent", "gold", "--samples", "0"], "--samples"),
         (vec!["--agent", "gold", "--samples", "65"], "--samples"),
+        // A test-generation prompt that never shows the issue.
+        (
+            [
+                &model[..],
+                &["--testgen-samples", "1", "--testgen-prompt", &no_issue],
+            ]
+            .concat(),
+            "{{issue}}",
+        ),
         // Options that would be silently ignored are refused.
         (vec!["--agent", "gold", "--seed", "3"], "--seed"),
         (

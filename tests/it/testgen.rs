@@ -655,3 +655,41 @@ async fn the_in_container_scan_reads_lines_as_verdict_lines_does() {
 
     assert_no_containers(&engine, &prefix).await;
 }
+
+/// A script has the container to itself: one that removes its own output files (or the tools that read them back)
+/// is rejected — it printed no verdict line that can be read — never an infrastructure error that a retry would
+/// repeat; one that exits 124 by itself, well within the limit, did not time out (a second hostile review).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_that_sabotages_its_own_output_is_rejected_and_exit_124_is_no_timeout() {
+    let engine = engine().await;
+    let prefix = unique_id("testgen-sabotage");
+    let limits = limits(20);
+    let removes_its_output =
+        "import shutil\nprint('Issue reproduced')\nshutil.rmtree('/tmp/swe-env-testgen-run')\n";
+    let validation = validate(
+        &engine,
+        Some(removes_its_output),
+        &limits,
+        &format!("{prefix}.r"),
+    )
+    .await;
+    assert_rejected(&validation, Rejection::NotReproduced, "output removed");
+    let run = validation.run.as_ref().unwrap();
+    assert!(
+        run.output_tail.contains("could not be read back"),
+        "{run:?}"
+    );
+    let removes_tail = "import os\nprint('Issue reproduced')\nos.remove('/usr/bin/tail')\n";
+    let validation = validate(&engine, Some(removes_tail), &limits, &format!("{prefix}.t")).await;
+    // The verdict scan still read stdout; only the tails are missing.
+    assert!(validation.valid, "{validation:?}");
+    let exits_124 = "import sys\nprint('Issue reproduced')\nsys.exit(124)\n";
+    let started = std::time::Instant::now();
+    let validation = validate(&engine, Some(exits_124), &limits, &format!("{prefix}.e")).await;
+    assert!(validation.valid, "{validation:?}");
+    let run = validation.run.as_ref().unwrap();
+    assert!(!run.timed_out, "{run:?}");
+    assert_eq!(run.exit_code, Some(124), "{run:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_no_containers(&engine, &prefix).await;
+}

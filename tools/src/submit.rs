@@ -431,6 +431,17 @@ pub(crate) async fn run_submit(
                 format!("Failed to submit {source}: the file is empty."),
             );
         }
+        // The submission is text from here on (records, prompts, the script written back): refuse rather than
+        // change bytes.
+        if std::str::from_utf8(&patch).is_err() {
+            return failed(
+                ToolErrorKind::NotUtf8,
+                format!(
+                    "Failed to submit {source}: it is not UTF-8 text. Save it as UTF-8 (non-ASCII characters as \
+                     UTF-8, or as escapes such as \\xe9 in string literals) and submit again."
+                ),
+            );
+        }
         let text = format!(
             "Your submission is now the file {source} ({} bytes). You may change it and submit again; the latest \
              submission counts.",
@@ -595,6 +606,21 @@ mod tests {
         assert!(ok
             .text
             .starts_with("Your submission is now the file test_issue.py (26 bytes)."));
+        sandbox
+            .write_file(
+                &format!("{root}/latin1.py"),
+                b"# -*- coding: latin-1 -*-\nprint('\xe9')\n",
+            )
+            .await
+            .unwrap();
+        let latin1 = submit(&sandbox, Some("latin1.py"), &config).await;
+        assert_eq!(
+            latin1.error,
+            Some(ToolErrorKind::NotUtf8),
+            "{}",
+            latin1.text
+        );
+        assert_eq!(latin1.submission, None);
         let blank = submit(&sandbox, Some("blank.py"), &config).await;
         assert_eq!(blank.error, Some(ToolErrorKind::EmptyPatch));
         let no_path = submit(&sandbox, None, &config).await;

@@ -107,7 +107,7 @@ pub enum ToolErrorKind {
     PathIsDirectory,
     /// edit/submit: the path is neither a regular file nor a directory.
     NotARegularFile,
-    /// edit: the file is not valid UTF-8.
+    /// edit: the file is not valid UTF-8; submit of a file (`SubmitKind::File`): the file is not UTF-8 text.
     NotUtf8,
     /// edit/submit: the file exists but could not be read.
     Unreadable,

@@ -404,6 +404,10 @@ const KILL_GRACE_SECS: u64 = 5;
 /// How long past the in-container limit the exec itself may take before it is abandoned (a backstop: the
 /// container is removed right after, which kills whatever still runs).
 const EXEC_BACKSTOP: Duration = Duration::from_secs(30);
+/// Time allowed to read a run's output back (the verdict scan, the tails): honest output is bounded by what a
+/// script can write within its time limit; a file the script made unreadable in time (a FIFO, a huge sparse
+/// file) counts as printing no verdict line.
+const READ_BACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of output kept in [`ScriptRun::output_tail`].
 const OUTPUT_TAIL_BYTES: usize = 4 * 1024;
 /// Lines of the compiler's message kept in a `syntax_error` detail.
@@ -624,10 +628,10 @@ async fn run_bounded(
     let out = sandbox
         .exec(&["bash", "-c", &script], None, limit + EXEC_BACKSTOP)
         .await?;
-    // 124: the limit fired; 137 once the limit has passed: the KILL that follows a TERM it ignored.
-    let timed_out = out.timed_out
-        || out.exit_code == Some(124)
-        || (out.exit_code == Some(137) && started.elapsed() >= limit);
+    // 124: the limit fired (TERM); 137: the KILL that follows a TERM it ignored. A script may exit 124 or 137 by
+    // itself, so either counts only once the limit has passed.
+    let timed_out =
+        out.timed_out || (matches!(out.exit_code, Some(124 | 137)) && started.elapsed() >= limit);
     Ok((out, timed_out))
 }
 
@@ -696,31 +700,47 @@ async fn run_script(
     // Unbuffered: what a script printed before it was killed at the limit is still in the record.
     let command = format!("python -u {name} >{STDOUT_PATH} 2>{STDERR_PATH}");
     let (out, timed_out) = run_bounded(sandbox, instance, &command, limits.timeout).await?;
+    // The script had the container to itself (as root): it may have removed or replaced its output files or the
+    // tools that read them. Output that cannot be read back is the script's doing — it counts as no verdict line
+    // (a rejection, or a candidate not passed), never as an infrastructure error; only the engine failing is one.
+    let mut unreadable = Vec::new();
     let scan = sandbox
         .exec(
             &["bash", "-c", VERDICT_SCAN, "bash", STDOUT_PATH],
             None,
-            STEP_TIMEOUT,
+            READ_BACK_TIMEOUT,
         )
         .await?;
-    if !matches!(scan.exit_code, Some(0 | 1)) || scan.timed_out {
-        return Err(step_failed(sandbox, "scanning the script's output", &scan));
-    }
-    let (reproduced, resolved, other_issues) = verdict_lines(&scan.stdout);
+    let (reproduced, resolved, other_issues) = if !matches!(scan.exit_code, Some(0 | 1))
+        || scan.timed_out
+    {
+        unreadable.push(step_failed(sandbox, "scanning the script's output", &scan).to_string());
+        (false, false, false)
+    } else {
+        verdict_lines(&scan.stdout)
+    };
     let tail_bytes = OUTPUT_TAIL_BYTES.to_string();
     let mut tails = Vec::with_capacity(2);
     for path in [STDOUT_PATH, STDERR_PATH] {
         let read = sandbox
-            .exec(&["tail", "-c", &tail_bytes, path], None, STEP_TIMEOUT)
+            .exec(&["tail", "-c", &tail_bytes, path], None, READ_BACK_TIMEOUT)
             .await?;
-        if read.exit_code != Some(0) {
-            return Err(step_failed(
-                sandbox,
-                "reading the end of the script's output",
-                &read,
-            ));
+        if read.exit_code != Some(0) || read.timed_out {
+            unreadable.push(
+                step_failed(sandbox, "reading the end of the script's output", &read).to_string(),
+            );
+            tails.push(Vec::new());
+            continue;
         }
         tails.push(read.stdout);
+    }
+    if !unreadable.is_empty() {
+        warn!(container = sandbox.id(), problems = ?unreadable, "a generated test's output could not be read back; it counts as printing no verdict line");
+        let note = format!(
+            "\n[swe-env: the script's output could not be read back, so it counts as printing no verdict line: {}]",
+            unreadable.join("; ")
+        );
+        tails[1].extend_from_slice(note.as_bytes());
     }
     // What the shell itself said (e.g. `timeout` or a redirection failing) comes after the script's own output.
     let mut stderr = std::mem::take(&mut tails[1]);

@@ -77,6 +77,13 @@ impl ScalingConfig {
             )));
         }
         match agent {
+            AgentSpec::Model(model) if self.testgen_samples > 0
+                && !self.testgen_template.split_whitespace().collect::<String>().contains("{{issue}}") =>
+            {
+                return invalid(
+                    "the test-generation prompt (--testgen-prompt) never shows the issue: put {{issue}} in it",
+                )
+            }
             AgentSpec::Model(model) => {
                 let mut config = model.config.clone();
                 config.prompts.user_template = self.testgen_template.clone();
