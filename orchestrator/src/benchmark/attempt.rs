@@ -114,7 +114,7 @@ async fn attempt(
     }
     let mut agent = run_agent(shared, instance, spec, timing).await?;
     if spec.kind == AttemptKind::Testgen {
-        return Ok(finish_ungraded(instance, agent).await);
+        return Ok(finish(instance, agent, None).await);
     }
     let grading = Instant::now();
     let graded = grade(shared, instance, spec, &mut agent).await;
@@ -126,7 +126,7 @@ async fn attempt(
             return Err(AttemptError::Grade { error, submission });
         }
     };
-    Ok(finish(instance, agent, graded).await)
+    Ok(finish(instance, agent, Some(graded)).await)
 }
 
 /// `error_kind` of a model endpoint that is down, timing out or overloaded.
@@ -462,8 +462,13 @@ async fn grade(
     Ok(outcome)
 }
 
-/// Phase 4: ends the trajectory with the rewards and grading report, and makes the instance's result.
-async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> InstanceResult {
+/// Phase 4: ends the trajectory (with the rewards and grading report when graded) and makes the instance's
+/// result. Not graded (`AttemptKind::Testgen`): no report, status `unresolved`, which then only means "not graded".
+async fn finish(
+    instance: &Instance,
+    agent: AgentRun,
+    graded: Option<GradeOutcome>,
+) -> InstanceResult {
     let (n_steps, episode_status, usage) = match agent.episode {
         Some(mut run) => {
             let mut end = run.end_info();
@@ -471,8 +476,10 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
             end.final_answer_tokens = run.final_answer_tokens;
             end.final_answer_reasoning = run.final_answer_reasoning;
             end.detail = run.detail;
-            end.rewards = serde_json::to_value(&graded.rewards).ok();
-            end.grading = serde_json::to_value(&graded.report).ok();
+            if let Some(graded) = &graded {
+                end.rewards = serde_json::to_value(&graded.rewards).ok();
+                end.grading = serde_json::to_value(&graded.report).ok();
+            }
             if let Err(error) = run.episode.finish(end).await {
                 warn!(instance_id = %instance.instance_id, %error, "cannot finish the trajectory");
             }
@@ -481,10 +488,19 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
         }
         None => (0, None, Usage::default()),
     };
+    let (resolved, test_ms, report, rewards) = match graded {
+        Some(graded) => (
+            graded.resolved,
+            graded.test_ms,
+            Some(graded.report),
+            Some(graded.rewards),
+        ),
+        None => (false, 0, None, None),
+    };
     InstanceResult {
         instance_id: instance.instance_id.clone(),
         repo: instance.repo.clone(),
-        status: if graded.resolved {
+        status: if resolved {
             InstanceStatus::Resolved
         } else {
             InstanceStatus::Unresolved
@@ -496,36 +512,11 @@ async fn finish(instance: &Instance, agent: AgentRun, graded: GradeOutcome) -> I
         n_steps,
         tokens: usage.tokens,
         model_ms: usage.model_ms,
-        test_ms: graded.test_ms,
+        test_ms,
         total_ms: 0,
-        report: Some(graded.report),
-        rewards: Some(graded.rewards),
+        report,
+        rewards,
     }
-}
-
-/// Phase 4 without grading: ends the trajectory as the episode ended, and makes a result with no report.
-async fn finish_ungraded(instance: &Instance, agent: AgentRun) -> InstanceResult {
-    let mut result =
-        InstanceResult::error(&instance.instance_id, &instance.repo, "", String::new());
-    result.status = InstanceStatus::Unresolved;
-    result.error_kind = None;
-    result.error = None;
-    if let Some(mut run) = agent.episode {
-        let mut end = run.end_info();
-        end.final_answer = run.final_answer;
-        end.final_answer_tokens = run.final_answer_tokens;
-        end.final_answer_reasoning = run.final_answer_reasoning;
-        end.detail = run.detail;
-        if let Err(error) = run.episode.finish(end).await {
-            warn!(instance_id = %instance.instance_id, %error, "cannot finish the trajectory");
-        }
-        result.n_steps = run.outcome.n_steps;
-        result.episode_status = Some(run.outcome.status.as_str().to_owned());
-        result.tokens = run.usage.tokens;
-        result.model_ms = run.usage.model_ms;
-    }
-    result.submission = agent.submission;
-    result
 }
 
 fn error_kind_of_sandbox(error: &SandboxError) -> &'static str {

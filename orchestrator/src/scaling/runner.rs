@@ -260,7 +260,18 @@ pub async fn run_scaled(
                 work.len()
             ));
             let total = work.len();
-            let before: HashSet<_> = store.pairs.keys().cloned().collect();
+            // The pairs this phase runs: each one recorded afterwards counts as run now.
+            let planned: Vec<_> = work
+                .iter()
+                .filter_map(|work| match work {
+                    Work::Pair(pair) => Some((
+                        pair.instance.instance_id.clone(),
+                        pair.patch_sha256.clone(),
+                        pair.test_sha256.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect();
             let interrupted = run_phase(
                 &context,
                 work,
@@ -277,8 +288,8 @@ pub async fn run_scaled(
                     &config, &scaling, &instances, &store, started,
                 ));
             }
-            for (key, record) in &store.pairs {
-                if !before.contains(key) {
+            for key in &planned {
+                if let Some(record) = store.pairs.get(key) {
                     let entry = pair_stats.entry(key.0.clone()).or_default();
                     entry.0 += 1;
                     entry.2 += record.container_ms;

@@ -3,7 +3,7 @@
 //! append-only and fdatasynced per line, so a killed run resumes where it stopped and never runs a pair twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +107,6 @@ pub struct PairRecord {
 
 /// The open files of a scaled run and what they already hold.
 pub struct Store {
-    dir: PathBuf,
     samples_file: ResultsFile,
     testgen_file: ResultsFile,
     pairs_file: ResultsFile,
@@ -135,7 +134,6 @@ impl Store {
             pairs.insert(pair_key(&record), record);
         }
         Ok(Self {
-            dir: dir.to_owned(),
             samples_file: ResultsFile::open(&dir.join(SAMPLES_FILE)).await?,
             testgen_file: ResultsFile::open(&dir.join(TESTGEN_FILE)).await?,
             pairs_file: ResultsFile::open(&dir.join(PAIRS_FILE)).await?,
@@ -143,11 +141,6 @@ impl Store {
             testgen,
             pairs,
         })
-    }
-
-    /// The run directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Whether sample `sample` of `instance_id` is done (an error counts as done unless `retry_errors`).

@@ -959,7 +959,6 @@ impl ServerState {
                 ));
             }
         }
-        let image = image_for(&instance, &self.config.episode.image_template);
         let _permit = self.admission.episode()?;
         let name = format!("checktest-{:032x}", rand::random::<u128>());
         info!(
@@ -975,6 +974,7 @@ impl ServerState {
                 .await
                 .map(CheckedTest::Validity)
         } else {
+            let image = image_for(&instance, &self.config.episode.image_template);
             self.checking(testgen::run_test_on_patch(
                 &self.engine,
                 &instance,
