@@ -13,6 +13,7 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v patch >/dev/null 2>&1 || need_pkgs+=(patch) # tests/it/apply_reference.rs runs the apply chain on the host
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl) # tests/it/remote_engine.rs makes the TLS certificates of a second dockerd
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium) # tests/it/view.rs loads the HTML report in a headless browser
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 python3 -m venv --help >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -1,7 +1,8 @@
 //! The OpenAI-compatible client: one `call` for all three request modes, with retries,
 //! round-robin over endpoints and a per-endpoint concurrency limit.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,6 +73,31 @@ pub struct ModelClient {
     config: ClientConfig,
     pool: EndpointPool,
     api_key: Option<String>,
+    in_flight: Mutex<BTreeMap<u64, (String, Instant)>>,
+    next_call: AtomicU64,
+}
+
+/// A [`ModelClient::call`] that has not returned yet, for "waiting for the model" displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInFlight {
+    /// The endpoint of the current attempt (redacted; before the first attempt, the first endpoint).
+    pub endpoint: String,
+    /// Time since the call started: waiting for a concurrency slot, retries and backoff included.
+    pub elapsed: Duration,
+}
+
+/// Removes a call from [`ModelClient::calls_in_flight`] when it returns or is dropped.
+struct InFlightGuard<'a> {
+    client: &'a ModelClient,
+    id: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.client.in_flight.lock() {
+            calls.remove(&self.id);
+        }
+    }
 }
 
 /// Why one attempt failed, before the retry policy decides what to do.
@@ -266,12 +292,102 @@ impl ModelClient {
             config,
             pool,
             api_key,
+            in_flight: Mutex::new(BTreeMap::new()),
+            next_call: AtomicU64::new(0),
         })
+    }
+
+    /// The calls of this client that have not returned yet, oldest first.
+    pub fn calls_in_flight(&self) -> Vec<CallInFlight> {
+        let Ok(calls) = self.in_flight.lock() else {
+            return Vec::new();
+        };
+        calls
+            .values()
+            .map(|(endpoint, started)| CallInFlight {
+                endpoint: endpoint.clone(),
+                elapsed: started.elapsed(),
+            })
+            .collect()
+    }
+
+    fn enter_call(&self) -> InFlightGuard<'_> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let endpoint = self
+            .config
+            .endpoints
+            .first()
+            .map(|url| redact_url(url))
+            .unwrap_or_default();
+        if let Ok(mut calls) = self.in_flight.lock() {
+            calls.insert(id, (endpoint, Instant::now()));
+        }
+        InFlightGuard { client: self, id }
+    }
+
+    fn note_attempt_endpoint(&self, call: u64, endpoint: &str) {
+        if let Ok(mut calls) = self.in_flight.lock() {
+            if let Some(entry) = calls.get_mut(&call) {
+                entry.0 = endpoint.to_owned();
+            }
+        }
     }
 
     /// The config this client was built with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The context window the server reports for the configured model: `GET {first endpoint}/models` (API key
+    /// and request timeout as for calls, no retries), the entry whose `id` is [`ClientConfig::model`], its
+    /// `max_model_len` (vLLM), else `context_length` or `context_window`. `None` when the server lists no such
+    /// model or gives no length.
+    pub async fn served_context_window(&self) -> Result<Option<u64>, ModelError> {
+        let Some(base) = self.config.endpoints.first() else {
+            return Err(ModelError::InvalidConfig("no endpoints given".into()));
+        };
+        let endpoint = redact_url(base);
+        let split = base.find(['?', '#']).unwrap_or(base.len());
+        let url = format!(
+            "{}/models{}",
+            base[..split].trim_end_matches('/'),
+            &base[split..]
+        );
+        let mut builder = self.http.get(url).timeout(self.config.request_timeout);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let failed = |failure: AttemptFailure| {
+            self.final_error(
+                AttemptError {
+                    endpoint: endpoint.clone(),
+                    failure,
+                },
+                1,
+            )
+        };
+        let response = builder
+            .send()
+            .await
+            .map_err(|error| failed(transport_failure(error)))?;
+        let status = response.status().as_u16();
+        let body = read_body_at_most(response, self.config.max_response_bytes)
+            .await
+            .map_err(failed)?;
+        if !(200..300).contains(&status) {
+            return Err(failed(AttemptFailure::Status {
+                status,
+                body,
+                retry_after: None,
+            }));
+        }
+        let listing: serde_json::Value = serde_json::from_slice(&body).map_err(|error| {
+            failed(AttemptFailure::Malformed {
+                detail: format!("the model list is not JSON: {error}"),
+                body: body.clone(),
+            })
+        })?;
+        Ok(context_window_of(&listing, &self.config.model))
     }
 
     /// Sends one request (chat with native tools, chat with text-format calls, or a raw completion),
@@ -292,6 +408,8 @@ impl ModelClient {
             }
         }
         let kind = ApiKind::of(&request.input);
+        let guard = self.enter_call();
+        let call_id = guard.id;
         let started = Instant::now();
         let attempts = AtomicU32::new(0);
         let last_failed: Mutex<Option<usize>> = Mutex::new(None);
@@ -300,7 +418,9 @@ impl ModelClient {
         let outcome = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
             let avoid = last_failed.lock().ok().and_then(|guard| *guard);
-            let result = self.attempt(kind, request, avoid, &last_failed).await;
+            let result = self
+                .attempt(kind, request, avoid, &last_failed, call_id)
+                .await;
             result
         })
         .retry(retry.backoff())
@@ -383,6 +503,7 @@ impl ModelClient {
         request: &ModelRequest,
         avoid: Option<usize>,
         last_failed: &Mutex<Option<usize>>,
+        call_id: u64,
     ) -> Result<AttemptOk, AttemptError> {
         let Some(lease) = self.pool.lease(avoid).await else {
             return Err(AttemptError {
@@ -392,6 +513,7 @@ impl ModelClient {
         };
         // Reported (completion, errors, logs) without credentials; the request goes to the real URL.
         let endpoint = redact_url(&lease.endpoint.base_url);
+        self.note_attempt_endpoint(call_id, &endpoint);
         let url = lease.endpoint.url(kind.path());
         // Fields this attempt re-sends without after a 400 named them; the endpoint is marked only once a re-send
         // without them succeeded.
@@ -493,6 +615,18 @@ impl ModelClient {
     }
 }
 
+/// The context length of `model` in an OpenAI-style model list (`{"data": [{"id": …, "max_model_len": …}]}`).
+fn context_window_of(listing: &serde_json::Value, model: &str) -> Option<u64> {
+    let entry = listing
+        .get("data")?
+        .as_array()?
+        .iter()
+        .find(|entry| entry.get("id").and_then(serde_json::Value::as_str) == Some(model))?;
+    ["max_model_len", "context_length", "context_window"]
+        .iter()
+        .find_map(|key| entry.get(*key).and_then(serde_json::Value::as_u64))
+}
+
 /// Reads a response body chunk by chunk, failing as soon as it passes `limit` bytes: at most `limit` bytes are ever
 /// held, whatever the server sends (with or without a Content-Length).
 async fn read_body_at_most(
@@ -528,6 +662,21 @@ fn transport_failure(error: reqwest::Error) -> AttemptFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_window_is_read_from_the_model_list() {
+        let listing = serde_json::json!({"object": "list", "data": [
+            {"id": "other", "max_model_len": 4096},
+            {"id": "served", "max_model_len": 8192, "context_length": 1},
+            {"id": "router", "context_length": 32768},
+            {"id": "bare"}
+        ]});
+        assert_eq!(context_window_of(&listing, "served"), Some(8192));
+        assert_eq!(context_window_of(&listing, "router"), Some(32768));
+        assert_eq!(context_window_of(&listing, "bare"), None);
+        assert_eq!(context_window_of(&listing, "missing"), None);
+        assert_eq!(context_window_of(&serde_json::json!({}), "served"), None);
+    }
 
     #[test]
     fn config_errors_are_named() {
@@ -608,5 +757,67 @@ mod tests {
         let text = format!("{error} {error:?}");
         assert!(text.contains("127.0.0.1:9/v1"), "{text}");
         assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
+    }
+
+    /// `served_context_window` asks the real (scripted) server's `/v1/models` with the API key and picks the
+    /// configured model's entry; no entry or no length is `None`; a server without the route is an error.
+    #[tokio::test]
+    async fn served_context_window_reads_the_servers_model_list() {
+        use crate::scripted::{Script, ScriptedServer};
+        let server = ScriptedServer::start(Script::default()).await.unwrap();
+        let key_var = "SWE_ENV_MODEL_TEST_CONTEXT_WINDOW_KEY";
+        std::env::set_var(key_var, "k-123");
+        let mut config = ClientConfig::new(server.base_url(), "served");
+        config.api_key_env = Some(key_var.into());
+        let client = ModelClient::new(config).unwrap();
+        assert_eq!(client.served_context_window().await.unwrap(), None);
+        server.serve_model("other", Some(4096));
+        server.serve_model("served", Some(8192));
+        assert_eq!(client.served_context_window().await.unwrap(), Some(8192));
+        assert_eq!(
+            server.model_list_requests(),
+            [
+                Some("Bearer k-123".to_owned()),
+                Some("Bearer k-123".to_owned())
+            ]
+        );
+        assert_eq!(
+            server.request_count(),
+            0,
+            "a model list is not a completion"
+        );
+
+        let missing = ModelClient::new(one_attempt("http://127.0.0.1:9/v1".into())).unwrap();
+        let error = missing.served_context_window().await.unwrap_err();
+        assert!(matches!(error, ModelError::Unreachable { .. }), "{error}");
+    }
+
+    /// A call shows in `calls_in_flight` with its endpoint while the server is still answering, and not after.
+    #[tokio::test]
+    async fn a_slow_call_is_listed_in_flight_until_it_returns() {
+        use crate::scripted::{Script, ScriptedReply, ScriptedServer};
+        let server = ScriptedServer::start(Script::new(vec![ScriptedReply::Delayed {
+            delay: Duration::from_millis(800),
+            reply: Box::new(ScriptedReply::text("ok")),
+        }]))
+        .await
+        .unwrap();
+        let client = ModelClient::new(one_attempt(server.base_url())).unwrap();
+        assert!(client.calls_in_flight().is_empty());
+        let request = crate::ModelRequest::prompt("x");
+        let call = client.call(&request);
+        let watch = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            client.calls_in_flight()
+        };
+        let (completion, during) = tokio::join!(call, watch);
+        assert_eq!(completion.unwrap().text, "ok");
+        assert_eq!(during.len(), 1, "{during:?}");
+        assert_eq!(during[0].endpoint, server.base_url());
+        assert!(
+            during[0].elapsed >= Duration::from_millis(300),
+            "{during:?}"
+        );
+        assert!(client.calls_in_flight().is_empty());
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cwm::CwmLayout;
 use crate::prompt::{
-    DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+    known_variables, DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, HIDDEN_FIELDS,
 };
 use crate::template::{check_template, TemplateError};
 use crate::yaml::{self, YamlError, INLINE};
@@ -18,9 +18,13 @@ const KIND: &str = "prompt config";
 /// after an action — `<output>`/`<budget>`, `FormatError:` — is rendered by the tools crate; unknown keys such
 /// as an observation template are refused rather than silently ignored.)
 ///
+/// Templates are Jinja; both see every variable listed in [`crate::prompt`] (run settings, the task row's
+/// columns, `instance`).
+///
 /// ```yaml
 /// user_template: |
-///   Fix this: {{issue}} (repo at {{repo_root}})
+///   Fix this in {{ repo }} ({{ version }}): {{ issue }} (repo at {{ repo_root }})
+///   {% if hints_text %}Hints: {{ hints_text }}{% endif %}
 /// cwm_layout:
 ///   begin_of_text: ""
 ///   assistant_prefix: "<think>\n"
@@ -28,9 +32,9 @@ const KIND: &str = "prompt config";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentPromptConfig {
-    /// System prompt; placeholders `tool_specs`, `max_turns`, `context_tokens`, `command_timeout_secs`.
+    /// System prompt (Jinja); usually uses `tool_specs`, `max_turns`, `context_tokens`, `command_timeout_secs`.
     pub system_template: String,
-    /// First user message; placeholders `issue`, `repo_root`.
+    /// First user message (Jinja); usually uses `issue`, `repo_root`.
     pub user_template: String,
     /// Special tokens of the raw-completions transcript.
     pub cwm_layout: CwmLayout,
@@ -52,7 +56,7 @@ pub enum PromptConfigError {
     /// The file could not be read, the YAML is invalid or has unknown keys (file, line and column named).
     #[error(transparent)]
     Yaml(#[from] YamlError),
-    /// A template uses a placeholder that does not exist or is unclosed.
+    /// A template is not valid Jinja or names a variable that does not exist.
     #[error("invalid prompt config {origin}: {source}")]
     Template {
         /// The file, or `(inline)`.
@@ -63,12 +67,12 @@ pub enum PromptConfigError {
 }
 
 impl AgentPromptConfig {
-    /// Parses YAML text and checks every template's placeholders.
+    /// Parses YAML text and checks every template.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, PromptConfigError> {
         Self::checked(yaml::parse_str(yaml, KIND, INLINE)?, INLINE)
     }
 
-    /// Reads and parses a YAML file, checking every template's placeholders.
+    /// Reads and parses a YAML file, checking every template.
     pub fn from_yaml_file(path: &Path) -> Result<Self, PromptConfigError> {
         Self::checked(yaml::load_file(path, KIND)?, &path.display().to_string())
     }
@@ -83,14 +87,16 @@ impl AgentPromptConfig {
         Ok(config)
     }
 
-    /// Checks that every template only uses its own placeholders.
+    /// Checks that every template is valid Jinja and only names known variables (not the hidden fields).
     pub fn validate(&self) -> Result<(), TemplateError> {
+        let known = known_variables();
         check_template(
             "system_template",
             &self.system_template,
-            SYSTEM_PLACEHOLDERS,
+            &known,
+            HIDDEN_FIELDS,
         )?;
-        check_template("user_template", &self.user_template, USER_PLACEHOLDERS)?;
+        check_template("user_template", &self.user_template, &known, HIDDEN_FIELDS)?;
         Ok(())
     }
 }
@@ -115,12 +121,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_placeholder_and_unknown_key_are_named() {
-        let error = AgentPromptConfig::from_yaml_str("user_template: \"{{issue}} {{patch}}\"\n")
-            .unwrap_err();
+    fn unknown_variable_broken_syntax_and_unknown_key_are_named() {
+        let error =
+            AgentPromptConfig::from_yaml_str("user_template: \"{{issue}} {{ hint_text }}\"\n")
+                .unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("user_template"), "{text}");
-        assert!(text.contains("{{patch}}"), "{text}");
+        assert!(
+            text.contains("(inline): template user_template uses unknown variable `hint_text`"),
+            "{text}"
+        );
+        let error = AgentPromptConfig::from_yaml_str("system_template: \"{% if issue %}x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("template system_template has a syntax error"),
+            "{error}"
+        );
+        let error = AgentPromptConfig::from_yaml_str("user_template: \"{{ patch }}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("hidden field"), "{error}");
         let error = AgentPromptConfig::from_yaml_str("usr_template: x\n").unwrap_err();
         assert!(matches!(error, PromptConfigError::Yaml { .. }), "{error}");
     }

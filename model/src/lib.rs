@@ -24,16 +24,16 @@ mod url;
 mod wire;
 pub mod yaml;
 
-pub use client::{ClientConfig, ModelClient, DEFAULT_MAX_RESPONSE_BYTES};
+pub use client::{CallInFlight, ClientConfig, ModelClient, DEFAULT_MAX_RESPONSE_BYTES};
 pub use config::{AgentPromptConfig, PromptConfigError};
 pub use cwm::{CwmLayout, CwmRenderError};
 pub use error::ModelError;
 pub use prompt::{
-    SystemPromptInputs, UserPromptInputs, DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE,
-    SYSTEM_PLACEHOLDERS, USER_PLACEHOLDERS,
+    known_variables, PromptVariables, SystemPromptInputs, UserPromptInputs, DATASET_VARIABLES,
+    DEFAULT_SYSTEM_TEMPLATE, DEFAULT_USER_TEMPLATE, HIDDEN_FIELDS, RUN_VARIABLES,
 };
 pub use retry::RetryConfig;
-pub use template::{check_template, render_template, TemplateError};
+pub use template::{check_template, render_template, TemplateError, TEMPLATE_FUEL};
 pub use types::{
     ChatMessage, ChatRole, Completion, LogprobsSetting, ModelInput, ModelRequest, SamplingParams,
     TokenIdsSetting, TokenLogprob, ToolCall, ToolSpec, TopLogprob, Usage,

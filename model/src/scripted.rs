@@ -1,6 +1,7 @@
 //! A real HTTP server on loopback that replays scripted model replies, for tests and benches.
 //!
-//! It serves `POST …/chat/completions` and `POST …/completions` in the OpenAI-compatible format,
+//! It serves `POST …/chat/completions` and `POST …/completions` in the OpenAI-compatible format (and
+//! `GET …/models`, listing what [`ScriptedServer::serve_model`] registered),
 //! answers each request with the next scripted reply (per episode when the request names one in
 //! its `user` field or an `x-episode-id` header), records every request it received, and counts
 //! how many were in flight at once. It stops when dropped.
@@ -277,6 +278,11 @@ struct State {
     answered: Mutex<HashMap<String, usize>>,
     requests: Mutex<Vec<RecordedRequest>>,
     counters: Mutex<Counters>,
+    /// The `GET …/models` listing: model id and the `max_model_len` reported for it.
+    models: Mutex<Vec<(String, Option<u64>)>>,
+    /// The `Authorization` header of each `GET …/models` request answered (kept apart from
+    /// [`ScriptedServer::requests`], which are completions).
+    model_list_requests: Mutex<Vec<Option<String>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -328,6 +334,8 @@ impl ScriptedServer {
             answered: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
+            models: Mutex::new(Vec::new()),
+            model_list_requests: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
         Ok(ScriptedServer { addr, state, task })
@@ -356,6 +364,18 @@ impl ScriptedServer {
     /// The most requests that were being handled at the same moment.
     pub fn max_in_flight(&self) -> usize {
         lock(&self.state.counters).max_in_flight
+    }
+
+    /// Lists model `id` in `GET …/v1/models` (as vLLM does, with `max_model_len` when given). By default the list is
+    /// empty, so no context window is reported.
+    pub fn serve_model(&self, id: impl Into<String>, max_model_len: Option<u64>) {
+        lock(&self.state.models).push((id.into(), max_model_len));
+    }
+
+    /// The `Authorization` header of each `GET …/models` request that arrived, in order (these requests are not
+    /// in [`ScriptedServer::requests`]).
+    pub fn model_list_requests(&self) -> Vec<Option<String>> {
+        lock(&self.state.model_list_requests).clone()
     }
 
     /// Scripted replies not yet served (shared and per-episode queues).
@@ -413,6 +433,14 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _in_flight = InFlight::enter(&state);
     let path = request.uri().path().to_string();
+    if request.method() == hyper::Method::GET && path.ends_with("/models") {
+        let authorization = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        lock(&state.model_list_requests).push(authorization);
+        return Ok(respond(200, None, model_list(&state).to_string()));
+    }
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
@@ -504,6 +532,21 @@ async fn handle(
             ScriptedReply::Json(body) => return Ok(respond(200, None, body.to_string())),
         }
     }
+}
+
+/// The OpenAI-style model list, shaped like vLLM's.
+fn model_list(state: &State) -> Value {
+    let data: Vec<Value> = lock(&state.models)
+        .iter()
+        .map(|(id, max_model_len)| {
+            let mut entry = json!({"id": id, "object": "model", "owned_by": "scripted"});
+            if let Some(length) = max_model_len {
+                entry["max_model_len"] = json!(length);
+            }
+            entry
+        })
+        .collect();
+    json!({"object": "list", "data": data})
 }
 
 fn usage_json(usage: Option<Usage>) -> Value {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod benchmark;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod datasets;
 pub mod episode;
 pub mod fsio;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod task;
 pub mod trace;
 pub mod trajectory;
+pub mod view;
 
 /// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`), for reporting a caught
 /// panic: a benchmark instance's, a server step's, the binary's panic hook.

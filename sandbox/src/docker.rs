@@ -78,6 +78,19 @@ pub struct LabelledContainer {
     pub expires_unix: u64,
 }
 
+/// Facts about the engine itself (`swe-env doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// The engine's version (`docker version --format {{.Server.Version}}`), empty when it gave none.
+    pub server_version: String,
+    /// The API version it speaks, empty when it gave none.
+    pub api_version: String,
+    /// Where the engine keeps images and containers (`docker info` DockerRootDir), on the engine's host.
+    pub docker_root_dir: String,
+    /// Whether the engine is on this host (a unix socket), so its data root can be measured here.
+    pub local: bool,
+}
+
 /// Facts about an image, recorded in trajectories so a run can be reproduced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
@@ -168,6 +181,26 @@ impl DockerEngine {
     /// The identity stamped on containers this engine handle creates.
     pub fn owner(&self) -> &Owner {
         &self.owner
+    }
+
+    /// The engine's version and data root (`docker version` / `docker info`), for `swe-env doctor`.
+    pub async fn engine_facts(&self) -> Result<EngineFacts, SandboxError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| SandboxError::docker("version", e))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| SandboxError::docker("info", e))?;
+        Ok(EngineFacts {
+            server_version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            docker_root_dir: info.docker_root_dir.unwrap_or_default(),
+            local: self.local,
+        })
     }
 
     /// Inspects an image; `Ok(None)` when it is not present locally.
@@ -354,6 +387,7 @@ impl DockerEngine {
                 cwd: std::sync::Mutex::new(String::new()),
                 removed: AtomicBool::new(false),
                 sealed: AtomicBool::new(false),
+                interrupt: tokio::sync::Notify::new(),
             }),
         };
         // From here on, dropping `sandbox` on an error path removes the container.
@@ -818,6 +852,8 @@ struct Inner {
     /// Set by [`DockerSandbox::seal_for_grading`]: every agent-facing operation (the shell and the tools'
     /// file access) is refused from then on; only the grader's own execs run.
     sealed: AtomicBool,
+    /// Wakes the command running in the shell to interrupt it ([`DockerSandbox::interrupt_command`]).
+    interrupt: tokio::sync::Notify,
 }
 
 /// The script behind [`DockerSandbox::write_bytes`] (`$1` = byte count, `$2` = path). `head -c N` reads exactly N
@@ -920,9 +956,24 @@ impl DockerSandbox {
         timeout: Duration,
     ) -> Result<CommandOutput, SandboxError> {
         self.ensure_unsealed()?;
+        // Made before the command starts, so an [`DockerSandbox::interrupt_command`] from now on reaches it.
+        let interrupted = self.inner.interrupt.notified();
         self.inner
-            .run_in_shell(command, timeout, self.inner.config.max_output_bytes)
+            .run_in_shell(
+                command,
+                timeout,
+                self.inner.config.max_output_bytes,
+                interrupted,
+            )
             .await
+    }
+
+    /// Interrupts the command running in the shell now, if one is (no effect otherwise): it is stopped as its
+    /// timeout would stop it (the same escalation: SIGINT to the shell and its children, the sentinel rewritten,
+    /// then SIGKILL to the children) and the shell stays for the next command. Its output then reads as timed out,
+    /// with no exit code. `swe-env shell` calls this on Ctrl-C.
+    pub fn interrupt_command(&self) {
+        self.inner.interrupt.notify_waiters();
     }
 
     /// Runs `argv` as a separate process (not in the shell), optionally feeding `stdin`, with a timeout.
@@ -1288,8 +1339,10 @@ impl Inner {
         command: &str,
         timeout: Duration,
         cap_bytes: usize,
+        interrupt: tokio::sync::futures::Notified<'_>,
     ) -> Result<CommandOutput, SandboxError> {
         let started = Instant::now();
+        tokio::pin!(interrupt);
         let mut guard = self.session.lock().await;
         let mut restarted = false;
         if guard.is_none() {
@@ -1341,7 +1394,13 @@ impl Inner {
                     break;
                 }
             }
-            end = match read_until(&mut session.output, &mut scanner, &mut out, deadline).await {
+            let read = read_until(&mut session.output, &mut scanner, &mut out, deadline);
+            // An interrupt ends the wait as the deadline does (reading is cancel-safe: the deadline cancels it too).
+            let read_end = tokio::select! {
+                end = read => end,
+                () = &mut interrupt => ReadEnd::Deadline,
+            };
+            end = match read_end {
                 ReadEnd::Deadline => {
                     timed_out = true;
                     self.interrupt(session, &marker, &mut scanner, &mut out)

@@ -37,7 +37,7 @@ pub use host::{HostSandboxConfig, UnisolatedHostSandbox};
 #[cfg(feature = "docker")]
 pub use config::{DataPath, SandboxConfig};
 #[cfg(feature = "docker")]
-pub use docker::{DockerEngine, DockerSandbox, ExecOutput, ImageInfo};
+pub use docker::{DockerEngine, DockerSandbox, EngineFacts, ExecOutput, ImageInfo};
 #[cfg(feature = "docker")]
 pub use endpoint::EngineEndpoint;
 #[cfg(feature = "docker")]

@@ -199,6 +199,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "view",
+        &["benchmark", "datasets", "fsio", "task", "trajectory"],
+    ),
+    (
         "server",
         &[
             "agent",
@@ -211,6 +215,19 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "config",
+        &[
+            "agent",
+            "benchmark",
+            "datasets",
+            "episode",
+            "grade",
+            "harvest",
+            "server",
+            "task",
+        ],
+    ),
+    (
         "client",
         &["datasets", "episode", "server", "task", "trajectory"],
     ),
@@ -220,6 +237,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "agent",
             "benchmark",
             "client",
+            "config",
             "datasets",
             "episode",
             "grade",
@@ -230,6 +248,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "task",
             "trace",
             "trajectory",
+            "view",
         ],
     ),
 ];

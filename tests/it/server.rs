@@ -25,6 +25,8 @@ pub struct ServerProc {
     pub addr: String,
     pub owner: String,
     pub unix_socket: Option<PathBuf>,
+    /// The metrics URL (`http://ADDR/metrics`) when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     pub dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -58,6 +60,7 @@ impl ServerProc {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (mut addr, mut owner, mut unix_socket) = (None, None, None);
+        let mut metrics_url = None;
         while owner.is_none() {
             let mut line = String::new();
             if stdout.read_line(&mut line).unwrap() == 0 {
@@ -71,6 +74,8 @@ impl ServerProc {
                 unix_socket = Some(PathBuf::from(rest));
             } else if let Some(rest) = line.strip_prefix("owner ") {
                 owner = Some(rest.to_owned());
+            } else if let Some(rest) = line.strip_prefix("metrics ") {
+                metrics_url = Some(rest.to_owned());
             }
         }
         Self {
@@ -78,6 +83,7 @@ impl ServerProc {
             addr: addr.expect("tcp address line"),
             owner: owner.unwrap(),
             unix_socket,
+            metrics_url,
             dir: dir.to_owned(),
             stderr_path,
         }

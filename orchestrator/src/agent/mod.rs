@@ -1,9 +1,11 @@
 //! Agents that drive episodes: the gold and empty baselines (and, with a model, the agent loop).
 
+pub mod cost;
 pub mod gold;
 pub mod model_config;
 pub mod model_loop;
 
+pub use cost::{Limits, ModelPrice, PriceTable};
 pub use model_config::{
     add_client_info, start_info_for, AfterSubmit, ApiMode, ModelAgentConfig, ModelAgentConfigError,
 };

@@ -9,10 +9,11 @@ use swe_env_grading::dataset::Instance;
 use swe_env_grading::specs::SWE_BENCH_REPO_DIR;
 use swe_env_model::yaml::{self, YamlError};
 use swe_env_model::{
-    AgentPromptConfig, ClientConfig, SamplingParams, SystemPromptInputs, TemplateError, ToolSpec,
-    UserPromptInputs,
+    AgentPromptConfig, ClientConfig, PromptVariables, SamplingParams, SystemPromptInputs,
+    TemplateError, ToolSpec, UserPromptInputs,
 };
 
+use super::cost::{Limits, PriceTable};
 use crate::episode::{EpisodeConfig, StartInfo, ToolFormat};
 use crate::trajectory::PromptMessage;
 
@@ -86,6 +87,10 @@ pub enum AfterSubmit {
 /// max_consecutive_format_errors: 3
 /// prompts:
 ///   cwm_layout: {begin_of_text: ""}
+///   user_template: "{{ issue }}{% if hints_text %}\n\nHints: {{ hints_text }}{% endif %}"
+/// limits: {tokens: 500000, cost_usd: 2.0}
+/// prices:
+///   my-served-model: {input_per_mtok: 0.5, output_per_mtok: 1.5}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +109,14 @@ pub struct ModelAgentConfig {
     pub max_consecutive_format_errors: u32,
     /// What happens after a successful submit (default [`AfterSubmit::KeepWorking`]).
     pub after_submit: AfterSubmit,
+    /// Per-episode token and cost limits (default: none); reaching one ends the episode with `token_limit` /
+    /// `cost_limit`.
+    #[serde(skip_serializing_if = "Limits::is_unlimited")]
+    pub limits: Limits,
+    /// USD per million tokens by served model name (default: empty, so cost is not recorded). A cost limit needs
+    /// the served model's price.
+    #[serde(skip_serializing_if = "PriceTable::is_empty")]
+    pub prices: PriceTable,
 }
 
 impl Default for ModelAgentConfig {
@@ -114,6 +127,8 @@ impl Default for ModelAgentConfig {
             prompts: AgentPromptConfig::default(),
             max_consecutive_format_errors: DEFAULT_MAX_CONSECUTIVE_FORMAT_ERRORS,
             after_submit: AfterSubmit::default(),
+            limits: Limits::default(),
+            prices: PriceTable::new(),
         }
     }
 }
@@ -158,7 +173,8 @@ impl ModelAgentConfig {
         Ok(config)
     }
 
-    /// Checks the ranges and every template's placeholders; the message names the field.
+    /// Checks the ranges, the limits and prices, and every template (Jinja syntax, known variables only); the
+    /// message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_consecutive_format_errors == 0 {
             return Err(
@@ -168,7 +184,22 @@ impl ModelAgentConfig {
         if self.sampling.max_tokens == Some(0) {
             return Err("sampling.max_tokens is 0, so the model could never answer".into());
         }
+        self.limits.validate()?;
+        for (model, price) in &self.prices {
+            let fine = |usd: f64| usd.is_finite() && usd >= 0.0;
+            if !(fine(price.input_per_mtok) && fine(price.output_per_mtok)) {
+                return Err(format!(
+                    "prices.{model}: input_per_mtok and output_per_mtok must be USD per million tokens, 0 or more"
+                ));
+            }
+        }
         self.prompts.validate().map_err(|error| error.to_string())
+    }
+
+    /// Checks that a cost limit can be applied to `model` (the served model name): it needs a price. The message
+    /// names the model and how to add the price.
+    pub fn check_price_for(&self, model: &str) -> Result<(), String> {
+        self.limits.price_for(&self.prices, model).map(|_| ())
     }
 
     /// What the `episode_start` record says about the model side (client settings are added by
@@ -179,6 +210,8 @@ impl ModelAgentConfig {
             "sampling": self.sampling,
             "max_consecutive_format_errors": self.max_consecutive_format_errors,
             "after_submit": self.after_submit,
+            "limits": self.limits,
+            "prices": self.prices,
         })
     }
 }
@@ -213,7 +246,7 @@ pub fn native_tool_specs_for(submit: swe_env_tools::SubmitKind) -> Vec<ToolSpec>
         .unwrap_or_default()
 }
 
-/// The `{{tool_specs}}` text of the system prompt: the CWM text-call specs, or a list of the native tools.
+/// The `{{ tool_specs }}` text of the system prompt: the CWM text-call specs, or a list of the native tools.
 fn tool_specs_for(mode: ApiMode, episode_config: &EpisodeConfig) -> String {
     match mode {
         ApiMode::ChatText | ApiMode::Completions => {
@@ -231,23 +264,30 @@ fn tool_specs_for(mode: ApiMode, episode_config: &EpisodeConfig) -> String {
     }
 }
 
-/// The system and user messages that open an episode of `instance` under `config`.
+/// The system and user messages that open an episode of `instance` under `config`: both templates see the run
+/// settings, the issue and the task row's visible columns (see `swe_env_model::PromptVariables`).
 pub fn opening_prompt(
     instance: &Instance,
     config: &ModelAgentConfig,
     episode_config: &EpisodeConfig,
 ) -> Result<(String, String), TemplateError> {
-    let system = config.prompts.render_system(&SystemPromptInputs {
-        tool_specs: tool_specs_for(config.mode, episode_config),
-        max_turns: u64::from(episode_config.max_turns),
-        context_tokens: episode_config.context_tokens,
-        command_timeout_secs: episode_config.tools.cmd_timeout.as_secs(),
-    })?;
-    let user = config.prompts.render_user(&UserPromptInputs {
-        issue: instance.problem_statement.clone(),
-        repo_root: SWE_BENCH_REPO_DIR.to_owned(),
-    })?;
-    Ok((system, user))
+    let dataset_row = match serde_json::to_value(instance) {
+        Ok(Value::Object(row)) => row,
+        _ => serde_json::Map::new(),
+    };
+    config.prompts.render_prompts(&PromptVariables {
+        system: SystemPromptInputs {
+            tool_specs: tool_specs_for(config.mode, episode_config),
+            max_turns: u64::from(episode_config.max_turns),
+            context_tokens: episode_config.context_tokens,
+            command_timeout_secs: episode_config.tools.cmd_timeout.as_secs(),
+        },
+        user: UserPromptInputs {
+            issue: instance.problem_statement.clone(),
+            repo_root: SWE_BENCH_REPO_DIR.to_owned(),
+        },
+        dataset_row,
+    })
 }
 
 /// The [`StartInfo`] of a model-driven episode: the rendered system and user prompts and the model settings.
@@ -360,6 +400,80 @@ mod tests {
         assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
     }
 
+    /// The test-generation prompt renders through the same Jinja renderer, byte for byte as the old
+    /// `{{placeholder}}` renderer did (the golden file is its output for these inputs), and its issue reaches the
+    /// model from a real task row.
+    #[test]
+    fn testgen_template_renders_as_before() {
+        let config = ModelAgentConfig {
+            prompts: AgentPromptConfig {
+                user_template: crate::grade::testgen::DEFAULT_TESTGEN_TEMPLATE.to_owned(),
+                ..AgentPromptConfig::default()
+            },
+            ..ModelAgentConfig::default()
+        };
+        config.validate().unwrap();
+        let user = config
+            .prompts
+            .render_user(&UserPromptInputs {
+                issue: "Crash on {{ empty }} input {% if x %}\nsecond line\n".into(),
+                repo_root: "/testbed".into(),
+            })
+            .unwrap();
+        assert_eq!(user, include_str!("golden/testgen.golden"));
+    }
+
+    #[test]
+    fn dataset_row_reaches_the_templates_but_hidden_fields_do_not() {
+        let instance: Instance = serde_json::from_value(json!({
+            "repo": "o/r", "instance_id": "o__r-1", "base_commit": "abc", "patch": "GOLD PATCH",
+            "test_patch": "diff --git a/tests/t.py b/tests/t.py\n", "hints_text": "see merge()",
+            "problem_statement": "It breaks.", "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]", "difficulty": "hard"
+        }))
+        .unwrap();
+        let mut config = ModelAgentConfig::default();
+        config.prompts.user_template =
+            "{{ instance_id }} {{ repo }} {{ instance.difficulty }} {% if hints_text %}[{{ hints_text }}]{% endif %}"
+                .into();
+        config.validate().unwrap();
+        let (_, user) = opening_prompt(&instance, &config, &EpisodeConfig::default()).unwrap();
+        assert_eq!(user, "o__r-1 o/r hard [see merge()]");
+        // Every column an Instance writes is either a template variable or hidden.
+        let row = serde_json::to_value(&instance).unwrap();
+        for key in row.as_object().unwrap().keys() {
+            let known = swe_env_model::known_variables().contains(&key.as_str())
+                || swe_env_model::HIDDEN_FIELDS.contains(&key.as_str())
+                || key == "difficulty";
+            assert!(known, "column {key} is neither a variable nor hidden");
+        }
+        config.prompts.user_template = "{{ patch }}".into();
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("hidden field"), "{error}");
+    }
+
+    #[test]
+    fn limits_and_prices_parse_and_a_cost_limit_needs_a_price() {
+        let config = ModelAgentConfig::from_yaml_str(
+            "limits: {tokens: 1000, cost_usd: 0.5}\nprices:\n  m: {input_per_mtok: 0.5, output_per_mtok: 1.5}\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.tokens, Some(1000));
+        assert_eq!(config.limits.cost_usd, Some(0.5));
+        assert_eq!(config.prices["m"].output_per_mtok, 1.5);
+        assert!(config.check_price_for("m").is_ok());
+        let error = config.check_price_for("other").unwrap_err();
+        assert!(error.contains("\"other\""), "{error}");
+        assert_eq!(config.describe()["limits"]["tokens"], 1000);
+        let error = ModelAgentConfig::from_yaml_str("limits: {cost_usd: -1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("limits.cost_usd"), "{error}");
+        let error = ModelAgentConfig::from_yaml_str("prices:\n  m: {input_per_mtok: 1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("output_per_mtok"), "{error}");
+    }
+
     #[test]
     fn bad_configs_are_named() {
         let error = ModelAgentConfig::from_yaml_str("mode: telepathy\n").unwrap_err();
@@ -374,7 +488,7 @@ mod tests {
         let error = ModelAgentConfig::from_yaml_str("prompts:\n  user_template: \"{{nope}}\"\n")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("{{nope}}"), "{error}");
+        assert!(error.contains("unknown variable `nope`"), "{error}");
     }
 
     #[test]

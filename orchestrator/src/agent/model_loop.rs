@@ -28,6 +28,7 @@ use swe_env_tools::{parse_text_call, CallError};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::cost::Spend;
 use super::model_config::{
     native_tool_specs_for, opening_prompt, AfterSubmit, ApiMode, ModelAgentConfig,
 };
@@ -105,6 +106,8 @@ pub struct ModelAgentOutcome {
     pub completion_tokens: u64,
     /// Time spent waiting for the model, retries included.
     pub model_time: Duration,
+    /// USD spent over all calls, when the served model has a price in the agent config.
+    pub cost_usd: Option<f64>,
     /// Steps whose reply could not be parsed into a tool call.
     pub n_format_errors: u32,
     /// The loop ended with `model_error` because the endpoint refused this episode's own request (an HTTP 4xx other
@@ -353,6 +356,8 @@ pub fn step_tokens(completion: &Completion) -> StepTokens {
         finish_reason: completion.finish_reason.clone(),
         sampling: Some(completion.sampling.clone()).filter(|sampling| !sampling.is_null()),
         endpoint: Some(completion.endpoint.clone()),
+        cost_usd: None,
+        episode_cost_usd: None,
     }
 }
 
@@ -390,6 +395,7 @@ async fn emit(events: &Option<mpsc::Sender<StepEvent>>, event: StepEvent) -> boo
 
 /// The running totals of one loop.
 struct Tally {
+    spend: Spend,
     n_model_calls: u32,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -404,7 +410,9 @@ struct Tally {
 /// Endings: `submitted` (final answer after a submission, or a tool call after it in final-answer-only mode),
 /// `max_turns` / `context_exhausted` / `wall_clock` (budgets; a 400 saying the prompt exceeds the model's
 /// context also counts as `context_exhausted`), `format_errors` (that many unparsable replies in a row),
-/// `model_error` (the endpoint failed after the client's retries, or the prompt could not be rendered), and
+/// `token_limit` / `cost_limit` (the agent config's per-episode `limits`, checked before each call and after
+/// each step), `model_error` (the endpoint failed after the client's retries, the prompt could not be rendered, or
+/// a cost limit is set without a price for the served model), and
 /// `cancelled` when the `events` receiver is dropped (the live view went away).
 ///
 /// Set the episode's `tool_format` to `config.mode.tool_format()` so its trajectory exports right.
@@ -416,6 +424,7 @@ pub async fn run_model_agent(
     events: Option<mpsc::Sender<StepEvent>>,
 ) -> Result<ModelAgentOutcome, EpisodeError> {
     let mut tally = Tally {
+        spend: Spend::default(),
         n_model_calls: 0,
         prompt_tokens: 0,
         completion_tokens: 0,
@@ -428,6 +437,16 @@ pub async fn run_model_agent(
     let mut final_answer_reasoning = None;
     let mut model_rejected = false;
     let (status, detail) = 'run: {
+        let price = match config
+            .limits
+            .price_for(&config.prices, &client.config().model)
+        {
+            Ok(price) => price.copied(),
+            Err(error) => {
+                model_rejected = true;
+                break 'run (EpisodeStatus::ModelError, Some(error));
+            }
+        };
         let (system, user) = match opening_prompt(episode.instance(), config, episode.config()) {
             Ok(prompt) => prompt,
             Err(error) => {
@@ -449,6 +468,9 @@ pub async fn run_model_agent(
         loop {
             if let Some(status) = episode.exhausted_budget() {
                 break 'run (status, Some(budget_detail(status, episode)));
+            }
+            if let Some(status) = config.limits.reached(&tally.spend) {
+                break 'run (status, Some(config.limits.detail(status, &tally.spend)));
             }
             let request = match conversation.request(config, episode) {
                 Ok(request) => request,
@@ -492,9 +514,15 @@ pub async fn run_model_agent(
             let call_idx = tally.n_model_calls;
             tally.n_model_calls += 1;
             tally.model_time += completion.total_duration;
-            let tokens = step_tokens(&completion);
+            let mut tokens = step_tokens(&completion);
             tally.prompt_tokens += tokens.prompt.unwrap_or(0);
             tally.completion_tokens += tokens.completion.unwrap_or(0);
+            tokens.cost_usd = tally.spend.add_call(
+                price.as_ref(),
+                tokens.prompt.unwrap_or(0),
+                tokens.completion.unwrap_or(0),
+            );
+            tokens.episode_cost_usd = tokens.cost_usd.and(tally.spend.cost_usd);
             if let (Some(prompt), Some(generated)) = (tokens.prompt, tokens.completion) {
                 episode.set_context_tokens_used(prompt + generated);
             }
@@ -596,6 +624,9 @@ pub async fn run_model_agent(
             if let Some(status) = outcome.end_status {
                 break 'run (status, Some(budget_detail(status, episode)));
             }
+            if let Some(status) = config.limits.reached(&tally.spend) {
+                break 'run (status, Some(config.limits.detail(status, &tally.spend)));
+            }
         }
     };
     let submission = episode.submission().map(str::to_owned);
@@ -621,6 +652,7 @@ pub async fn run_model_agent(
         prompt_tokens: tally.prompt_tokens,
         completion_tokens: tally.completion_tokens,
         model_time: tally.model_time,
+        cost_usd: tally.spend.cost_usd,
         n_format_errors: tally.n_format_errors,
         model_rejected,
     };

@@ -54,6 +54,20 @@ pub struct RunManifest {
     /// Every resume of this run, in order.
     #[serde(default)]
     pub resumes: Vec<ResumeRecord>,
+    /// The effective configuration the run started with (`run-benchmark --print-config`'s output: never an API
+    /// key, only its variable's name); not compared on resume (`settings` is). A resume with a different one
+    /// records its own in `resumes[].config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+}
+
+/// What a run manifest records of the invocation beyond the run's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Invocation {
+    /// The effective configuration (see [`RunManifest::config`]).
+    pub config: Option<Value>,
+    /// Where the context window came from: `flag`, `config`, `endpoint` or `default`.
+    pub context_tokens_source: Option<String>,
 }
 
 /// What a manifest records without comparing it on resume.
@@ -76,6 +90,10 @@ pub struct Recorded {
     pub pull: String,
     /// Instances run at once.
     pub workers: usize,
+    /// Where the context window (`settings.episode.context_tokens`) came from: `flag`, `config`, `endpoint` (the
+    /// window the model endpoint serves) or `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_tokens_source: Option<String>,
 }
 
 /// One resume of a run.
@@ -97,6 +115,9 @@ pub struct ResumeRecord {
     /// Anything else worth knowing (e.g. the run had no manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// This invocation's effective configuration, when it differs from the run's `config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
 }
 
 /// One differing settings field: its dotted path and both values (`None`: the field was not recorded).
@@ -426,8 +447,10 @@ impl RunManifest {
                     .map(|v| v.get_name().to_owned())
                     .unwrap_or_default(),
                 workers: config.workers,
+                context_tokens_source: None,
             },
             resumes: Vec::new(),
+            config: None,
         }
     }
 }
@@ -500,6 +523,7 @@ pub fn reconcile(
                 "resumed a run that had results but no manifest: its earlier settings are unknown"
                     .to_owned(),
             ),
+            config: None,
         });
         return Ok(manifest);
     };
@@ -520,6 +544,14 @@ pub fn reconcile(
         .collect();
     let union: BTreeSet<String> = known.into_iter().chain(added.iter().cloned()).collect();
     manifest.instances = union.into_iter().collect();
+    let config = match (&manifest.config, new.config) {
+        (None, new_config) => {
+            manifest.config = new_config;
+            None
+        }
+        (Some(old), Some(new_config)) if *old != new_config => Some(new_config),
+        (Some(_), _) => None,
+    };
     manifest.resumes.push(ResumeRecord {
         at: now_rfc3339(),
         forced: !differences.is_empty(),
@@ -527,6 +559,7 @@ pub fn reconcile(
         added_instances: added,
         swe_env_version: env!("CARGO_PKG_VERSION").to_owned(),
         note: None,
+        config,
     });
     Ok(manifest)
 }
@@ -552,12 +585,13 @@ pub async fn begin_run(
     dataset_source: &str,
     instance_ids: Vec<String>,
     force_resume: bool,
+    invocation: Invocation,
 ) -> Result<RunGuard, RunStartError> {
     let config = config.clone();
     let source = dataset_source.to_owned();
     let dir = config.dir.clone();
     tokio::task::spawn_blocking(move || {
-        begin_run_blocking(&config, &source, &instance_ids, force_resume)
+        begin_run_blocking(&config, &source, &instance_ids, force_resume, invocation)
     })
     .await
     .map_err(|error| RunStartError::Io {
@@ -572,6 +606,7 @@ fn begin_run_blocking(
     dataset_source: &str,
     instance_ids: &[String],
     force_resume: bool,
+    invocation: Invocation,
 ) -> Result<RunGuard, RunStartError> {
     let dir = &config.dir;
     std::fs::create_dir_all(dir).map_err(RunStartError::io("create the run directory", dir))?;
@@ -580,7 +615,9 @@ fn begin_run_blocking(
         "hash the dataset",
         Path::new(dataset_source),
     ))?;
-    let new = RunManifest::new(config, &dataset, instance_ids);
+    let mut new = RunManifest::new(config, &dataset, instance_ids);
+    new.config = invocation.config;
+    new.recorded.context_tokens_source = invocation.context_tokens_source;
     let manifest_path = dir.join(MANIFEST_FILE);
     let stored = match std::fs::read(&manifest_path) {
         Ok(bytes) => Some(
@@ -674,7 +711,39 @@ mod tests {
             instances: instances.iter().map(|s| (*s).to_owned()).collect(),
             recorded: Recorded::default(),
             resumes: Vec::new(),
+            config: None,
         }
+    }
+
+    #[test]
+    fn the_config_is_kept_and_a_different_one_is_recorded_by_the_resume() {
+        let dir = Path::new("/runs/r");
+        let settings = json!({"agent": {"kind": "gold"}});
+        let mut old = manifest(settings.clone(), &["a"]);
+        old.config = Some(json!({"benchmark": {"workers": 1}}));
+        let mut same = manifest(settings.clone(), &["a"]);
+        same.config = old.config.clone();
+        let resumed = reconcile(Some(old.clone()), true, same, false, dir).unwrap();
+        assert_eq!(resumed.config, old.config);
+        assert_eq!(resumed.resumes[0].config, None, "same config: not repeated");
+
+        let mut other = manifest(settings.clone(), &["a"]);
+        other.config = Some(json!({"benchmark": {"workers": 4}}));
+        let resumed = reconcile(Some(old.clone()), true, other.clone(), false, dir).unwrap();
+        assert_eq!(resumed.config, old.config, "the run's config stays");
+        assert_eq!(resumed.resumes[0].config, other.config);
+
+        // A run started before configs were stored gets this invocation's.
+        let resumed = reconcile(
+            Some(manifest(settings, &["a"])),
+            true,
+            other.clone(),
+            false,
+            dir,
+        )
+        .unwrap();
+        assert_eq!(resumed.config, other.config);
+        assert_eq!(resumed.resumes[0].config, None);
     }
 
     #[test]

@@ -16,11 +16,14 @@ pub(super) use crate::client::stats::{stats, Stats};
 /// What to measure.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Step latency (bare shell round trip, full `Episode::step`, `docker exec` via API and CLI) and cold starts
+    /// Step latency (bare shell round trip, a full episode step, `docker exec` via API and CLI) and cold starts
     /// (sandbox ready, episode ready) against the Docker floor (`docker run` + first exec), interleaved, with host
     /// CPU per step.
     Sandbox(SandboxBenchArgs),
-    /// Step round trip over gRPC vs in-process `Episode::step`, and episodes/s through the service.
+    /// Step round trip over gRPC vs an in-process episode step, and episodes/s through the service.
+    #[command(
+        after_help = "Examples:\n  swe-env bench grpc\n  swe-env bench grpc --steps 5000 --concurrency 16 --json"
+    )]
     Grpc(crate::client::grpc_bench::GrpcBenchArgs),
     /// N episodes through one real `swe-env serve`: created/s, ready and step latency under load, RSS of the
     /// server / dockerd / shims, leaks after close; `--burst` and the engine's start `--ceiling`.
@@ -44,10 +47,10 @@ pub struct SandboxBenchArgs {
     /// Task source of `--task`: `fixtures`, an alias, or a dataset file.
     #[arg(long, default_value = "fixtures")]
     tasks: String,
-    /// Task whose image every row uses (and whose episode the `Episode::step` row runs).
+    /// Task whose image every row uses (and whose episode the episode-step row runs).
     #[arg(long, default_value = "swe-env-fixtures__retrykit-1")]
     task: String,
-    /// Samples per step row (shell round trip, `Episode::step`, `docker exec` via API and CLI), interleaved.
+    /// Samples per step row (shell round trip, episode step, `docker exec` via API and CLI), interleaved.
     #[arg(long, default_value_t = 200)]
     samples: usize,
     /// Samples per start row (sandbox ready, episode ready, Docker floor via CLI and API), interleaved.
@@ -63,6 +66,10 @@ pub struct SandboxBenchArgs {
 
 /// Arguments of `swe-env bench grading`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Needs the fixture task images (`bash images/build.sh`).\n\nExamples:\n  \
+    swe-env bench grading\n  swe-env bench grading --rounds 10 --json"
+)]
 pub struct GradingBenchArgs {
     /// Rounds over the fixture tasks.
     #[arg(long, default_value_t = 3)]

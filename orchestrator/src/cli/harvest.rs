@@ -53,7 +53,9 @@ pub struct HarvestArgs {
     /// Output directory (created, or resumed when it holds a harvest of the same configuration).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Harvest config YAML (every flag's key, `endpoints: [{url, max_in_flight}]`, `agent:` inline).
+    /// Config file (YAML): the unified file (shared sections `model`, `agent`, `budgets`, `grading`, and the
+    /// `harvest` section: every flag's key, `endpoints: [{url, max_in_flight}]`, `agent:` inline), or a file holding
+    /// only the harvest section. Flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Rollouts in flight [default: 4].
@@ -81,8 +83,8 @@ pub struct HarvestArgs {
     #[arg(long)]
     pub api_key_env: Option<String>,
     /// Time allowed for one model request, seconds [default: 600].
-    #[arg(long)]
-    pub request_timeout_secs: Option<u64>,
+    #[arg(long, alias = "request-timeout-secs")]
+    pub request_timeout: Option<u64>,
     /// Most attempts per model call (1 = no retry) [default: 5].
     #[arg(long)]
     pub max_attempts: Option<u32>,
@@ -92,12 +94,12 @@ pub struct HarvestArgs {
     /// Most output tokens per model call.
     #[arg(long)]
     pub max_tokens: Option<u32>,
-    /// Context-token budget of one rollout [default: 131072].
-    #[arg(long)]
-    pub rollout_token_budget: Option<u64>,
-    /// Wall-clock limit of one rollout, seconds [default: 3600].
-    #[arg(long)]
-    pub rollout_time_budget_secs: Option<u64>,
+    /// Context window of one rollout, tokens [default: the window the first endpoint serves, else 131072].
+    #[arg(long, alias = "rollout-token-budget")]
+    pub context_tokens: Option<u64>,
+    /// Wall-clock limit of one rollout (episode), seconds [default: 3600].
+    #[arg(long, alias = "rollout-time-budget-secs")]
+    pub episode_timeout: Option<u64>,
     /// Tokens per task over all its rollouts (then its remaining rollouts are not started).
     #[arg(long)]
     pub task_token_budget: Option<u64>,
@@ -150,7 +152,8 @@ pub struct HarvestArgs {
     /// Print one JSON object with the outcome on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Print the effective configuration (JSON, which is also YAML: usable as --config) and exit.
+    /// Print the effective configuration (JSON, which is also YAML: usable as --config, under `harvest:`) and
+    /// exit without touching Docker or the model.
     #[arg(long)]
     pub print_config: bool,
 }
@@ -158,11 +161,12 @@ pub struct HarvestArgs {
 impl HarvestArgs {
     /// The configuration: the YAML file (if any) with every given flag applied.
     fn config(&self) -> anyhow::Result<HarvestConfig> {
-        let mut config = match &self.config {
-            Some(path) => HarvestConfig::from_yaml_file(path)
-                .map_err(|e| super::error::usage(e.to_string()))?,
-            None => HarvestConfig::default(),
-        };
+        let mut config = crate::config::Loaded::load_with_section(
+            self.config.as_deref(),
+            &crate::config::HARVEST_OWN_KEYS,
+        )
+        .and_then(|loaded| loaded.harvest())
+        .map_err(|e| super::error::usage(e.to_string()))?;
         if !self.datasets.is_empty() {
             config.datasets = self.datasets.clone();
         }
@@ -224,10 +228,10 @@ impl HarvestArgs {
             samples,
             workers,
             seed,
-            request_timeout_secs,
+            request_timeout,
             max_attempts,
             max_turns,
-            rollout_time_budget_secs,
+            episode_timeout,
             grading_network,
             rules,
             test_timeout,
@@ -242,7 +246,7 @@ impl HarvestArgs {
             mode,
             api_key_env,
             max_tokens,
-            rollout_token_budget,
+            context_tokens,
             task_token_budget,
             task_turn_budget,
             task_time_budget_secs,
@@ -255,7 +259,18 @@ impl HarvestArgs {
 }
 
 pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    if config.context_tokens.is_none() && !args.print_config {
+        if let Some(endpoint) = config.endpoints.first() {
+            let mut client =
+                swe_env_model::ClientConfig::new(endpoint.url.clone(), config.model.clone());
+            client.api_key_env = config.api_key_env.clone();
+            if let Some(served) = super::model_args::served_context_window(&client).await {
+                eprintln!("context window: {served} tokens, as the model endpoint serves");
+                config.context_tokens = Some(served);
+            }
+        }
+    }
     let resolved = config
         .resolve()
         .map_err(|e| super::error::usage(e.to_string()))?;
@@ -263,7 +278,8 @@ pub async fn run(args: HarvestArgs) -> anyhow::Result<ExitCode> {
         let mut effective = resolved.config.clone();
         effective.agent = Some(resolved.agent.clone());
         effective.agent_config = None;
-        println!("{}", serde_json::to_string_pretty(&effective)?);
+        let printed = serde_json::json!({ "harvest": effective });
+        println!("{}", serde_json::to_string_pretty(&printed)?);
         eprintln!("config_hash: {}", resolved.config_hash);
         return Ok(ExitCode::SUCCESS);
     }

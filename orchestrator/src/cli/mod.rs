@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_grading;
+mod doctor;
 mod error;
 mod evaluate;
 mod export;
@@ -14,8 +15,10 @@ mod run_benchmark;
 mod run_episode;
 mod serve;
 mod shell;
+mod show;
 mod trace;
 mod trace_harvest;
+mod view;
 
 use std::process::ExitCode;
 
@@ -40,7 +43,8 @@ pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 #[derive(Debug, Parser)]
 #[command(name = "swe-env", version, about, long_about = None)]
 pub struct Cli {
-    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    /// More logging (-v info, -vv debug); RUST_LOG overrides. `run-episode -v` also prints each model reply in
+    /// full.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -100,6 +104,19 @@ enum Command {
     /// Example: `swe-env bench sandbox --steps 2000`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write a static HTML report of a run or of trajectory files: a run index and one page per episode.
+    ///
+    /// Example: `swe-env view runs/RUN -o report/`, `swe-env view runs/RUN --serve 127.0.0.1:8080`.
+    View(view::ViewArgs),
+    /// Print a run's index as a terminal table, or one episode's steps.
+    ///
+    /// Example: `swe-env show runs/RUN`, `swe-env show runs/RUN swe-env-fixtures__spans-1`.
+    Show(show::ShowArgs),
+    /// Check the machine: Docker reachable and its version, images present, cache and disk space, with the fix
+    /// for each problem.
+    ///
+    /// Example: `swe-env doctor`, `swe-env doctor --json`.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs the parsed command and returns the process exit code; a failure is typed by its exit code.
@@ -111,13 +128,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Images(command) => images::run(command).await,
         Command::RunBenchmark(args) => run_benchmark::run(args).await,
         Command::Evaluate(args) => evaluate::run(args).await,
-        Command::RunEpisode(args) => run_episode::run(args).await,
+        Command::RunEpisode(args) => run_episode::run(args, cli.verbose).await,
         Command::Shell(args) => shell::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Harvest(args) => harvest::run(*args).await,
         Command::Mine(command) => mine::run(command).await,
         Command::Trace(args) => trace::run(*args).await,
+        Command::View(args) => view::run(args).await,
+        Command::Show(args) => show::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     };
     outcome.map_err(CliError::classify)
 }

@@ -17,6 +17,7 @@ use crate::benchmark::{
     default_run_id, run_benchmark, AgentSpec, ModelAgent, Progress, PullPolicy, RunConfig,
     RunOutcome,
 };
+use crate::config::ConfigFile;
 use crate::datasets::load_source;
 use crate::episode::EpisodeConfig;
 use crate::grade::GradeConfig;
@@ -74,10 +75,59 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// What to run and where results go (`run-benchmark`): [`RunArgs`] with every value optional, so that a flag that
+/// is not given leaves the config file's value (or the built-in default) in place.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchmarkRunArgs {
+    /// Only these instance ids (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub instance_ids: Vec<String>,
+    /// Instances run at once [default: 2].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub workers: Option<usize>,
+    /// Run id (output sub-directory); rerunning the same id resumes it if its settings match (manifest.json).
+    /// Default: the current time and a random suffix (`20261130-051500-3f9a`).
+    #[arg(long, value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+    /// Where runs are written [default: runs].
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Image name template for rows without an `image` field (`{id}` = id with `__` → `_1776_`) [default: the
+    /// official SWE-bench one].
+    #[arg(long)]
+    pub image_template: Option<String>,
+    /// When to pull images [default: missing].
+    #[arg(long, value_enum)]
+    pub pull: Option<PullPolicy>,
+    /// Network of grading containers [default: bridge].
+    #[arg(long, value_enum)]
+    pub grading_network: Option<GradingNetwork>,
+    /// Time limit of the tests at grading, seconds [default: 1800].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub test_timeout: Option<u64>,
+    /// Grading rules: `swebench-4.1` (the reference harness exactly), `swebench-5`, or `hardened` (reference +
+    /// anti-spoofing: conftest.py restored, clean tree between apply attempts, exit-code cross-check)
+    /// [default: swebench-4.1].
+    #[arg(long, value_enum)]
+    pub rules: Option<crate::grade::RuleSet>,
+    /// Re-run instances whose earlier result in this run was an error.
+    #[arg(long)]
+    pub retry_errors: bool,
+    /// Resume this run even though result-changing settings differ from those it started with (agent, model
+    /// config, dataset content, budgets, grading options); the differences are recorded in its manifest.json.
+    #[arg(long)]
+    pub force_resume: bool,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `swe-env run-benchmark`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  swe-env run-benchmark fixtures --agent gold\n  \
+    swe-env run-benchmark fixtures --config swe-env.yaml --workers 4          # flags override the file\n  \
+    swe-env run-benchmark fixtures --config swe-env.yaml --print-config       # the effective config, then exit\n  \
     swe-env run-benchmark verified --agent empty --instance-ids django__django-11099 --pull never\n  \
     swe-env run-benchmark tasks.jsonl --agent gold --workers 4 --run-id try1   # run again to resume\n  \
     swe-env run-benchmark fixtures --agent gold --samples 3                    # K samples, majority vote\n  \
@@ -87,15 +137,27 @@ pub struct RunArgs {
 pub struct RunBenchmarkArgs {
     /// `verified`, `lite`, `full` (SWE-bench on the HF hub, cached), `fixtures` (built-in), or a JSONL/JSON/parquet path.
     pub dataset: String,
-    /// Built-in agent.
-    #[arg(long, value_enum, default_value_t = BuiltinAgent::Gold, conflicts_with = "model_urls")]
-    pub agent: BuiltinAgent,
-    /// Maximum agent turns per episode.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_turns: u32,
-    /// Wall-clock budget per episode, seconds.
-    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
+    /// Config file (YAML: sections `model`, `agent`, `budgets`, `sandbox`, `grading`, `benchmark`; other
+    /// commands' sections are ignored); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (JSON, which is YAML: usable as --config) and exit without touching
+    /// Docker or the model.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Built-in agent [default: gold, unless a model is configured].
+    #[arg(long, value_enum, conflicts_with = "model_urls")]
+    pub agent: Option<BuiltinAgent>,
+    /// Maximum agent turns per episode [default: 128].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: Option<u32>,
+    /// Context window, tokens: the prompt tells the model this number and the episode stops at it [default: the
+    /// window the model endpoint serves, else 131072].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub context_tokens: Option<u64>,
+    /// Wall-clock limit of one episode, seconds [default: 3600].
+    #[arg(long, alias = "timeout", value_parser = clap::value_parser!(u64).range(1..))]
+    pub episode_timeout: Option<u64>,
     /// A model agent instead of a built-in one (`--model-url URL --model NAME`; `--agent` is then ignored).
     #[command(flatten)]
     pub model: super::model_args::ModelArgs,
@@ -103,7 +165,7 @@ pub struct RunBenchmarkArgs {
     #[command(flatten)]
     pub scaling: ScalingArgs,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: BenchmarkRunArgs,
 }
 
 /// Test-time scaling options of `run-benchmark`.
@@ -196,8 +258,26 @@ impl ScalingArgs {
     }
 }
 
-pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
-    let agent = if args.model.is_set() {
+/// The run's settings: defaults, then the config file, then the flags.
+struct Resolved {
+    agent: AgentSpec,
+    episode: EpisodeConfig,
+    run: RunArgs,
+    /// The effective configuration as printed and stored (context window still unset when it is to be asked).
+    effective: ConfigFile,
+    /// Whether a model agent runs (then the context window may come from the endpoint).
+    model: Option<swe_env_model::ClientConfig>,
+    context_flag: Option<u64>,
+    context_config: Option<u64>,
+}
+
+fn resolve(mut args: RunBenchmarkArgs) -> anyhow::Result<Resolved> {
+    let loaded = crate::config::Loaded::load(args.config.as_deref())
+        .map_err(|error| super::error::usage(error.to_string()))?;
+    let file = loaded.file;
+    args.model.apply_file(&file);
+    let use_model = args.agent.is_none() && args.model.is_set();
+    let (agent, client) = if use_model {
         let config = args
             .model
             .agent_config()
@@ -205,30 +285,170 @@ pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
         let client_config = args.model.client_config();
         let client = swe_env_model::ModelClient::new(client_config.clone())
             .map_err(|e| super::error::usage(format!("model client: {e}")))?;
-        AgentSpec::Model(Arc::new(ModelAgent {
-            client: Arc::new(client),
-            client_config,
-            config,
-        }))
+        (
+            AgentSpec::Model(Arc::new(ModelAgent {
+                client: Arc::new(client),
+                client_config: client_config.clone(),
+                config,
+            })),
+            Some(client_config),
+        )
     } else {
-        match args.agent {
+        let agent = match args.agent.unwrap_or(BuiltinAgent::Gold) {
             BuiltinAgent::Gold => AgentSpec::Gold,
             BuiltinAgent::Empty => AgentSpec::Empty,
-        }
+        };
+        (agent, None)
     };
-    let episode = EpisodeConfig {
-        max_turns: args.max_turns,
-        wall_clock: Duration::from_secs(args.timeout),
-        image_template: args.run.image_template.clone(),
+    let bench = &file.benchmark;
+    let flags = args.run;
+    let defaults = EpisodeConfig::default();
+    let grade_defaults = GradeConfig::default();
+    let run = RunArgs {
+        instance_ids: if flags.instance_ids.is_empty() {
+            bench.instance_ids.clone()
+        } else {
+            flags.instance_ids
+        },
+        workers: flags.workers.or(bench.workers).unwrap_or(2),
+        run_id: flags.run_id,
+        output_dir: flags
+            .output_dir
+            .or_else(|| bench.output_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("runs")),
+        image_template: flags
+            .image_template
+            .or_else(|| bench.image_template.clone())
+            .unwrap_or_else(|| OFFICIAL_IMAGE_TEMPLATE.to_owned()),
+        pull: flags.pull.or(bench.pull).unwrap_or_default(),
+        grading_network: flags
+            .grading_network
+            .or(file.grading.network)
+            .unwrap_or_default(),
+        test_timeout: flags
+            .test_timeout
+            .or(file.grading.test_timeout)
+            .unwrap_or(grade_defaults.test_timeout.as_secs()),
+        rules: flags.rules.or(file.grading.rules).unwrap_or_default(),
+        retry_errors: flags.retry_errors,
+        force_resume: flags.force_resume,
+        json: flags.json,
+    };
+    if !(1..=4096).contains(&run.workers) {
+        return Err(super::error::usage(format!(
+            "benchmark.workers is {}: give 1 to 4096",
+            run.workers
+        )));
+    }
+    if run.test_timeout == 0 {
+        return Err(super::error::usage(
+            "grading.test_timeout is 0: give at least 1 second",
+        ));
+    }
+    let mut episode = EpisodeConfig {
+        max_turns: args
+            .max_turns
+            .or(file.budgets.max_turns)
+            .unwrap_or(defaults.max_turns),
+        wall_clock: Duration::from_secs(
+            args.episode_timeout
+                .or(file.budgets.episode_timeout)
+                .unwrap_or(defaults.wall_clock.as_secs()),
+        ),
+        image_template: run.image_template.clone(),
         ..EpisodeConfig::default()
     };
-    if !args.scaling.is_scaled() && args.scaling.seed.is_some() {
+    if episode.max_turns == 0 || episode.wall_clock.is_zero() {
+        return Err(super::error::usage(
+            "budgets.max_turns and budgets.episode_timeout must be at least 1",
+        ));
+    }
+    file.sandbox.apply(&mut episode);
+    let context_flag = args.context_tokens;
+    let context_config = file.budgets.context_tokens;
+    if context_config == Some(0) {
+        return Err(super::error::usage(
+            "budgets.context_tokens is 0: give at least 1 (or leave it out)",
+        ));
+    }
+    let effective = ConfigFile {
+        model: if use_model {
+            args.model.model_section()
+        } else {
+            crate::config::ModelSection::default()
+        },
+        agent: match &agent {
+            AgentSpec::Model(model) => Some(model.config.clone()),
+            _ => None,
+        },
+        budgets: crate::config::BudgetsSection {
+            max_turns: Some(episode.max_turns),
+            context_tokens: context_flag.or(context_config),
+            episode_timeout: Some(episode.wall_clock.as_secs()),
+        },
+        sandbox: crate::config::SandboxSection::of(&episode),
+        grading: crate::config::GradingSection {
+            rules: Some(run.rules),
+            network: Some(run.grading_network),
+            test_timeout: Some(run.test_timeout),
+        },
+        benchmark: crate::config::BenchmarkSection {
+            workers: Some(run.workers),
+            output_dir: Some(run.output_dir.clone()),
+            image_template: Some(run.image_template.clone()),
+            pull: Some(run.pull),
+            instance_ids: run.instance_ids.clone(),
+        },
+        harvest: None,
+        serve: None,
+    };
+    Ok(Resolved {
+        agent,
+        episode,
+        run,
+        effective,
+        model: client,
+        context_flag,
+        context_config,
+    })
+}
+
+pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
+    let print_config = args.print_config;
+    let dataset = args.dataset.clone();
+    let scaling_args = args.scaling.clone();
+    let resolved = resolve(args)?;
+    if print_config {
+        println!("{}", serde_json::to_string_pretty(&resolved.effective)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Resolved {
+        agent,
+        mut episode,
+        run,
+        mut effective,
+        model,
+        context_flag,
+        context_config,
+    } = resolved;
+    let served = match (&model, context_flag.or(context_config)) {
+        (Some(client), _) => super::model_args::served_context_window(client).await,
+        (None, _) => None,
+    };
+    let (tokens, source, warning) =
+        crate::config::context_window(context_flag, context_config, served);
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    episode.context_tokens = tokens;
+    effective.budgets.context_tokens = Some(tokens);
+    if !scaling_args.is_scaled() && scaling_args.seed.is_some() {
         return Err(super::error::usage(
             "--seed applies to scaled runs only: add --samples K (K > 1) or --testgen-samples M, or leave --seed out",
         ));
     }
-    let scaling = if args.scaling.is_scaled() {
-        let scaling = args.scaling.config()?;
+    let scaling = if scaling_args.is_scaled() {
+        let scaling = scaling_args.config()?;
         scaling
             .validate(&agent)
             .map_err(|error| super::error::usage(error.to_string()))?;
@@ -236,22 +456,22 @@ pub async fn run(args: RunBenchmarkArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let instances = select(
-        load_tasks(&args.dataset).await?,
-        &args.run.instance_ids,
-        &args.dataset,
-    )?;
-    execute_instances(
+    let instances = select(load_tasks(&dataset).await?, &run.instance_ids, &dataset)?;
+    execute_instances_recorded(
         instances,
         RunScope {
-            dataset: args.dataset.clone(),
+            dataset: dataset.clone(),
             ..RunScope::default()
         },
         agent,
         episode,
-        &args.run,
+        &run,
         LogsLayout::InRun,
         scaling,
+        crate::benchmark::manifest::Invocation {
+            config: serde_json::to_value(&effective).ok(),
+            context_tokens_source: Some(source.as_str().to_owned()),
+        },
     )
     .await
 }
@@ -296,6 +516,31 @@ pub async fn execute_instances(
     layout: LogsLayout,
     scaling: Option<ScalingConfig>,
 ) -> anyhow::Result<ExitCode> {
+    execute_instances_recorded(
+        instances,
+        scope,
+        agent,
+        episode,
+        args,
+        layout,
+        scaling,
+        crate::benchmark::manifest::Invocation::default(),
+    )
+    .await
+}
+
+/// [`execute_instances`] with what the manifest records of this invocation (its effective configuration).
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_instances_recorded(
+    instances: Vec<Instance>,
+    scope: RunScope,
+    agent: AgentSpec,
+    episode: EpisodeConfig,
+    args: &RunArgs,
+    layout: LogsLayout,
+    scaling: Option<ScalingConfig>,
+    invocation: crate::benchmark::manifest::Invocation,
+) -> anyhow::Result<ExitCode> {
     let engine = DockerEngine::connect(Duration::from_secs(120))
         .await
         .context("connecting to Docker")?;
@@ -319,6 +564,11 @@ pub async fn execute_instances(
             .join("logs/run_evaluation")
             .join(&run_id)
             .join(crate::benchmark::log_dir_name(agent.name())),
+    };
+    // The progress bar shows the workers waiting on the model.
+    let model_client = match &agent {
+        AgentSpec::Model(model) => Some(model.client.clone()),
+        _ => None,
     };
     let config = RunConfig {
         run_id: run_id.clone(),
@@ -348,6 +598,7 @@ pub async fn execute_instances(
         &scope.dataset,
         instance_ids,
         args.force_resume,
+        invocation,
     )
     .await
     .map_err(|error| {
@@ -367,6 +618,9 @@ pub async fn execute_instances(
         None => instances.len(),
     };
     let progress = Arc::new(BarProgress::new(units as u64));
+    if let Some(client) = model_client {
+        tokio::spawn(show_model_waits(progress.clone(), client));
+    }
     eprintln!(
         "run {run_id}: {} instances, {} workers, output {}",
         instances.len(),
@@ -520,9 +774,13 @@ fn exit_code(results: &[InstanceResult], interrupted: bool) -> ExitCode {
     }
 }
 
-/// A progress bar with the resolved-so-far count.
+/// A progress bar with the resolved-so-far count and the workers waiting on the model.
 struct BarProgress {
     bar: ProgressBar,
+    /// `resolved X/Y`, as last set.
+    resolved: std::sync::Mutex<String>,
+    /// `N waiting on model (longest S s)`, or empty.
+    waiting: std::sync::Mutex<String>,
 }
 
 impl BarProgress {
@@ -534,7 +792,43 @@ impl BarProgress {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.enable_steady_tick(Duration::from_millis(250));
-        Self { bar }
+        Self {
+            bar,
+            resolved: std::sync::Mutex::new(String::new()),
+            waiting: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    /// Sets one part of the message and redraws it.
+    fn set_part(&self, part: &std::sync::Mutex<String>, text: String) {
+        if let Ok(mut current) = part.lock() {
+            *current = text;
+        }
+        let read =
+            |part: &std::sync::Mutex<String>| part.lock().map(|t| t.clone()).unwrap_or_default();
+        let parts: Vec<String> = [read(&self.resolved), read(&self.waiting)]
+            .into_iter()
+            .filter(|text| !text.is_empty())
+            .collect();
+        self.bar.set_message(parts.join(", "));
+    }
+}
+
+/// Every second until the bar is finished: how many calls of `client` are in flight and the longest wait, in the
+/// bar's message.
+async fn show_model_waits(progress: Arc<BarProgress>, client: Arc<swe_env_model::ModelClient>) {
+    while !progress.bar.is_finished() {
+        let calls = client.calls_in_flight();
+        let text = match calls.iter().map(|call| call.elapsed).max() {
+            Some(longest) => format!(
+                "{} waiting on model (longest {} s)",
+                calls.len(),
+                longest.as_secs()
+            ),
+            None => String::new(),
+        };
+        progress.set_part(&progress.waiting, text);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -558,8 +852,7 @@ impl Progress for BarProgress {
         _total: usize,
     ) {
         self.bar.set_position(done as u64);
-        self.bar
-            .set_message(format!("resolved {resolved_so_far}/{done}"));
+        self.set_part(&self.resolved, format!("resolved {resolved_so_far}/{done}"));
         let verdict = match result.status {
             InstanceStatus::Resolved => "resolved",
             InstanceStatus::Unresolved => "unresolved",

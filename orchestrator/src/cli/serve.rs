@@ -13,15 +13,26 @@ use crate::server::{self, ServerConfig};
 #[command(
     after_help = "Examples:\n  swe-env serve --tasks images/fixtures/tasks.jsonl --token-file token.txt\n  \
     swe-env serve --config serve.yaml --listen 0.0.0.0:50051\n  \
+    swe-env serve --config swe-env.yaml --print-config   # the effective config, then exit\n  \
     grpcurl -plaintext -H 'authorization: Bearer TOKEN' 127.0.0.1:50051 list"
 )]
 pub struct ServeArgs {
-    /// YAML config file (every field optional; see `server::config`); flags below override it.
+    /// Config file (YAML): the unified file (the `serve` section, with `budgets`, `sandbox` and `grading` as the
+    /// episode and grading defaults; other sections ignored), or a file holding only the serve section (every key
+    /// optional; the keys are listed in the README's serve section). Flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the configuration (JSON, which is YAML: usable as --config) and exit without listening or touching
+    /// Docker: the keys the file and the flags set, under `serve:` (every other key has its documented default).
+    #[arg(long)]
+    print_config: bool,
     /// TCP address to listen on (`host:port`; port 0 picks a free port). Default 127.0.0.1:50051.
     #[arg(long)]
     listen: Option<String>,
+    /// Serve Prometheus metrics over HTTP at `host:port` (GET /metrics; no auth: use loopback or a private
+    /// network; port 0 picks a free port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Serve on a unix socket only (no TCP unless --listen is also given).
     #[arg(long)]
     unix_socket: Option<PathBuf>,
@@ -54,8 +65,15 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The config file (or defaults) with the flags applied.
     fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let loaded = crate::config::Loaded::load_with_section(
+            self.config.as_deref(),
+            &crate::config::SERVE_OWN_KEYS,
+        )?;
         let mut config = match &self.config {
-            Some(path) => ServerConfig::from_yaml_file(path)?,
+            Some(path) if !loaded.unified => ServerConfig::from_yaml_file(path)?,
+            Some(path) => {
+                crate::config::server_config(loaded.serve_value()?, &path.display().to_string())?
+            }
             None => ServerConfig::default(),
         };
         match (self.listen, &self.unix_socket) {
@@ -65,6 +83,9 @@ impl ServeArgs {
         }
         if self.unix_socket.is_some() {
             config.unix_socket = self.unix_socket;
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
         }
         if !self.tasks.is_empty() {
             config.tasks = self.tasks;
@@ -94,8 +115,77 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The configuration the file and the flags set, as printed by `--print-config` (`{"serve": {…}}`).
+    fn printed(&self) -> anyhow::Result<serde_json::Value> {
+        let loaded = crate::config::Loaded::load_with_section(
+            self.config.as_deref(),
+            &crate::config::SERVE_OWN_KEYS,
+        )?;
+        let mut value = loaded.serve_value()?;
+        let mut flags = serde_json::Map::new();
+        let mut put = |key: &str, given: Option<serde_json::Value>| {
+            if let Some(given) = given {
+                flags.insert(key.to_owned(), given);
+            }
+        };
+        use serde_json::json;
+        match (&self.listen, &self.unix_socket) {
+            (Some(listen), _) => put("listen", Some(json!(listen))),
+            (None, Some(_)) => put("listen", Some(serde_json::Value::Null)),
+            (None, None) => {}
+        }
+        put("unix_socket", self.unix_socket.as_ref().map(|p| json!(p)));
+        put(
+            "metrics_listen",
+            self.metrics_listen.as_ref().map(|v| json!(v)),
+        );
+        put("tasks", (!self.tasks.is_empty()).then(|| json!(self.tasks)));
+        put("token_file", self.token_file.as_ref().map(|p| json!(p)));
+        put("max_episodes", self.max_episodes.map(|v| json!(v)));
+        put(
+            "max_concurrent_starts",
+            self.max_concurrent_starts.map(|v| json!(v)),
+        );
+        put("idle_ttl_secs", self.idle_ttl_secs.map(|v| json!(v)));
+        put(
+            "trajectory_dir",
+            self.trajectory_dir.as_ref().map(|p| json!(p)),
+        );
+        put(
+            "shutdown_grace_secs",
+            self.shutdown_grace_secs.map(|v| json!(v)),
+        );
+        put(
+            "reconcile_interval_secs",
+            self.reconcile_interval_secs.map(|v| json!(v)),
+        );
+        crate::config::merge(&mut value, serde_json::Value::Object(flags));
+        Ok(json!({ "serve": value }))
+    }
+}
+
 /// Runs the server until a stop signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.print_config {
+        return match args.printed().and_then(|value| {
+            let text = serde_json::to_string_pretty(&value)?;
+            // Checked like a start would: the printed config is one `serve --config` accepts.
+            args.resolve()?;
+            Ok(text)
+        }) {
+            Ok(text) => {
+                println!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                Ok(ExitCode::from(super::EXIT_USAGE))
+            }
+        };
+    }
+    // What the file and the flags set (the rest is default), logged once the config is known to be valid.
+    let printed = args.printed().ok();
     let config = match args.resolve() {
         Ok(config) => config,
         Err(error) => {
@@ -103,6 +193,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(super::EXIT_USAGE));
         }
     };
+    if let Some(printed) = printed {
+        tracing::info!(config = %printed, "serve configuration (keys not shown have their defaults)");
+    }
     // Handlers first: a SIGTERM sent as soon as the `listening` line appears must drain, not kill.
     let signals = server::shutdown::StopSignals::install();
     let running = match server::start(config).await {
@@ -118,6 +211,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = running.unix_path() {
         println!("listening unix {}", path.display());
+    }
+    if let Some(addr) = running.metrics_addr() {
+        println!("metrics http://{addr}/metrics");
     }
     println!("owner {}", running.owner_label());
     use std::io::Write;

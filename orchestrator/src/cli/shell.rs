@@ -4,25 +4,33 @@
 //! tool calls in the CWM text format; a call is sent when its closing `</tool>` line is typed (or a lone `.` line
 //! sends whatever was typed, to see format errors). Observations print exactly as the model receives them, and
 //! the session's trajectory is recorded like any episode's.
+//!
+//! Manners of a terminal: with `--task` the problem statement prints before the container starts; the prompt shows
+//! the shell's working directory; Ctrl-C while a command runs interrupts that command only (the sandbox's timeout
+//! escalation, reused) and the next command runs in the same shell; Ctrl-C at the prompt prints how to leave;
+//! `exit`, Ctrl-D (end of input) or SIGTERM leave, and the container is removed on every way out.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::agent::builtin_prompt;
 use crate::episode::{Action, EndInfo, Episode, EpisodeConfig, StartInfo, StepMeta};
+use crate::server::shutdown::{StopSignal, StopSignals};
 use crate::trajectory::EpisodeStatus;
-use swe_env_sandbox::{DockerEngine, SandboxConfig};
+use swe_env_sandbox::{CommandOutput, DockerEngine, Sandbox, SandboxConfig};
 
 /// Arguments of `swe-env shell`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  swe-env shell --image swe-env/base:bookworm\n  \
-    swe-env shell --task swe-env-fixtures__spans-1 --tasks images/fixtures/tasks.jsonl"
+    swe-env shell --task swe-env-fixtures__spans-1 --tasks images/fixtures/tasks.jsonl\n\n\
+    Ctrl-C interrupts the running command (the shell stays; its status shows as 130); at the prompt it only \
+    reminds you how to leave. `exit` or Ctrl-D leaves; the container is removed on the way out (also on SIGTERM, \
+    exit code 130)."
 )]
 pub struct ShellArgs {
     /// Image to open in raw mode (each input line is one bash command).
@@ -45,64 +53,240 @@ pub struct ShellArgs {
     timeout_secs: u64,
 }
 
-pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
-    let engine = DockerEngine::connect(Duration::from_secs(60))
-        .await
-        .context("connecting to Docker")?;
-    match (&args.task, &args.tasks) {
-        (Some(task), Some(tasks)) => tool_mode(&engine, &args, task, tasks).await,
-        _ => raw_mode(&engine, &args).await,
+/// What the person asked for at the prompt.
+enum Input {
+    /// A line of input.
+    Line(String),
+    /// End of input (Ctrl-D, or the pipe closed).
+    End,
+    /// Ctrl-C at the prompt.
+    Interrupt,
+    /// SIGTERM: leave now.
+    Terminate,
+}
+
+/// The line of text telling a person at the prompt how to leave.
+const LEAVE_HINT: &str = "(the shell is still open: type `exit` or press Ctrl-D to leave)";
+
+/// Standard input, line by line, read on a thread of its own: a read blocked on a terminal cannot be cancelled, and
+/// one on the runtime's blocking pool would keep the process from exiting (after SIGTERM at the prompt) until the
+/// person pressed Enter. The thread ends with the input, or with the process.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                if sender.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the stdin reader; the session ends at once");
+    }
+    receiver
+}
+
+/// Reads the next input line, or the next stop signal, whichever comes first (both are cancel-safe).
+async fn next_input(
+    lines: &mut tokio::sync::mpsc::Receiver<std::io::Result<String>>,
+    signals: &mut StopSignals,
+) -> anyhow::Result<Input> {
+    tokio::select! {
+        line = lines.recv() => match line {
+            Some(line) => Ok(Input::Line(line.context("reading stdin")?)),
+            None => Ok(Input::End),
+        },
+        signal = signals.recv() => Ok(match signal {
+            StopSignal::Interrupt => Input::Interrupt,
+            StopSignal::Terminate => Input::Terminate,
+        }),
     }
 }
 
-async fn raw_mode(engine: &DockerEngine, args: &ShellArgs) -> anyhow::Result<ExitCode> {
+/// Writes `text` to stdout and flushes it; a closed stdout is not an error worth stopping the session for.
+fn say(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Writes one line to stderr without panicking when stderr is closed (a test may stop reading it).
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
+    // Installed first: a Ctrl-C or SIGTERM from here on never kills the process with a container alive.
+    let mut signals = StopSignals::install();
+    // Nothing exists yet: a stop signal while connecting just ends the command.
+    let engine = tokio::select! {
+        engine = DockerEngine::connect(Duration::from_secs(60)) => engine.context("connecting to Docker")?,
+        _ = signals.recv() => {
+            note("stopped while connecting to Docker; nothing was created");
+            return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
+        }
+    };
+    match (&args.task, &args.tasks) {
+        (Some(task), Some(tasks)) => tool_mode(&engine, &args, task, tasks, &mut signals).await,
+        _ => raw_mode(&engine, &args, &mut signals).await,
+    }
+}
+
+/// Runs a start-up step that creates a container to its end even when a stop signal comes meanwhile (dropping it
+/// half-way could leave the container behind); returns its result and whether a signal came, so the caller removes
+/// what was made and leaves.
+async fn finish_despite_signals<T>(
+    work: impl std::future::Future<Output = T>,
+    signals: &mut StopSignals,
+) -> (T, bool) {
+    tokio::pin!(work);
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut work => return (result, stopped),
+            _ = signals.recv() => {
+                if !stopped {
+                    note("stopping: waiting for the container to start, to remove it");
+                }
+                stopped = true;
+            }
+        }
+    }
+}
+
+/// The status line after a raw-mode command: its exit code (130 when Ctrl-C interrupted it), flags, duration.
+fn status_line(out: &CommandOutput, interrupted: bool) -> String {
+    let code = if interrupted {
+        super::EXIT_INTERRUPTED.to_string()
+    } else {
+        out.exit_code.map_or("-".to_owned(), |c| c.to_string())
+    };
+    let mut flags = String::new();
+    if interrupted {
+        flags.push_str(", interrupted");
+    } else if out.timed_out {
+        flags.push_str(", timed out");
+    }
+    if out.truncated {
+        flags.push_str(", truncated");
+    }
+    if out.restarted {
+        flags.push_str(", shell restarted");
+    }
+    format!("[exit {code}{flags} in {} ms]\n", out.duration.as_millis())
+}
+
+async fn raw_mode(
+    engine: &DockerEngine,
+    args: &ShellArgs,
+    signals: &mut StopSignals,
+) -> anyhow::Result<ExitCode> {
     let episode_id = format!("shell-{}", std::process::id());
     let config = SandboxConfig {
         workdir: args.workdir.clone(),
         ..SandboxConfig::default()
     };
-    let sandbox = engine
-        .create_sandbox(&args.image, &episode_id, config)
-        .await
-        .context("opening the sandbox")?;
-    eprintln!(
-        "sandbox ready: container {} (image {}); one bash command per line, Ctrl-D to quit",
+    let (created, stopped) = finish_despite_signals(
+        engine.create_sandbox(&args.image, &episode_id, config),
+        signals,
+    )
+    .await;
+    let sandbox = created.context("opening the sandbox")?;
+    if stopped {
+        sandbox.remove().await.context("removing the sandbox")?;
+        return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
+    }
+    note(&format!(
+        "sandbox ready: container {} (image {}); one bash command per line, Ctrl-C interrupts it, `exit` or Ctrl-D to quit",
         sandbox.id(),
         args.image
-    );
+    ));
     let timeout = Duration::from_secs(args.timeout_secs);
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let outcome = loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(anyhow::Error::from(error).context("reading stdin")),
+    let mut lines = stdin_lines();
+    let mut code = ExitCode::SUCCESS;
+    let outcome: anyhow::Result<()> = loop {
+        let cwd = sandbox.cwd().await.unwrap_or_default();
+        say(&format!("{cwd} $ "));
+        let line = match next_input(&mut lines, signals).await {
+            Ok(Input::Line(line)) => line,
+            Ok(Input::End) => {
+                say("\n");
+                break Ok(());
+            }
+            Ok(Input::Interrupt) => {
+                say(&format!("^C {LEAVE_HINT}\n"));
+                continue;
+            }
+            Ok(Input::Terminate) => {
+                note("SIGTERM: leaving; removing the container");
+                code = ExitCode::from(super::EXIT_INTERRUPTED);
+                break Ok(());
+            }
+            Err(error) => break Err(error),
         };
-        match sandbox.run_command(&line, timeout).await {
+        if line.trim() == "exit" {
+            break Ok(());
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Ctrl-C or SIGTERM while the command runs interrupts it (the sandbox's timeout escalation); the shell stays.
+        let run = sandbox.run_command(&line, timeout);
+        tokio::pin!(run);
+        let mut stopped_by = None;
+        let result = loop {
+            tokio::select! {
+                // The command first, so it is under way (and reachable by an interrupt) before a signal is handled.
+                biased;
+                result = &mut run => break result,
+                signal = signals.recv() => {
+                    // SIGTERM wins over a Ctrl-C: the session ends after this command.
+                    if stopped_by != Some(StopSignal::Terminate) {
+                        stopped_by = Some(signal);
+                    }
+                    sandbox.interrupt_command();
+                }
+            }
+        };
+        match result {
             Ok(out) => {
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(&out.output);
-                let _ = writeln!(
-                    stdout,
-                    "[exit {}{}{}{} in {} ms]",
-                    out.exit_code.map_or("-".to_owned(), |c| c.to_string()),
-                    if out.timed_out { ", timed out" } else { "" },
-                    if out.truncated { ", truncated" } else { "" },
-                    if out.restarted {
-                        ", shell restarted"
-                    } else {
-                        ""
-                    },
-                    out.duration.as_millis()
-                );
-                let _ = stdout.flush();
+                let mut text = String::from_utf8_lossy(&out.output).into_owned();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                // A command that ended on its own just as the signal came keeps its own status.
+                let interrupted = stopped_by.is_some() && out.timed_out;
+                if interrupted {
+                    text.push_str("^C\n");
+                }
+                text.push_str(&status_line(&out, interrupted));
+                say(&text);
             }
             Err(error) => break Err(anyhow::Error::from(error).context("running the command")),
+        }
+        if stopped_by == Some(StopSignal::Terminate) {
+            note("SIGTERM: leaving; removing the container");
+            code = ExitCode::from(super::EXIT_INTERRUPTED);
+            break Ok(());
         }
     };
     sandbox.remove().await.context("removing the sandbox")?;
     outcome?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// Prints the task before its container starts: id, repository, base commit and the problem statement.
+fn print_task(instance: &swe_env_grading::dataset::Instance) {
+    say(&format!(
+        "Task {} (repository {} at {})\n\nProblem statement:\n{}\n\n",
+        instance.instance_id,
+        instance.repo,
+        instance.base_commit,
+        instance.problem_statement.trim_end()
+    ));
 }
 
 async fn tool_mode(
@@ -110,20 +294,22 @@ async fn tool_mode(
     args: &ShellArgs,
     task: &str,
     tasks: &str,
+    signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
     let dataset = crate::datasets::load_source(tasks)
         .await
         .with_context(|| format!("loading tasks from {tasks}"))?;
     for error in &dataset.errors {
-        eprintln!("warning: skipped a bad row: {error}");
+        note(&format!("warning: skipped a bad row: {error}"));
     }
     let Some(instance) = dataset.get(task).cloned() else {
-        eprintln!(
+        note(&format!(
             "error: task {task} is not in {tasks} ({} tasks loaded)",
             dataset.instances.len()
-        );
+        ));
         return Ok(ExitCode::from(super::EXIT_USAGE));
     };
+    print_task(&instance);
     let mut config = EpisodeConfig {
         trajectory_dir: args.trajectory_dir.clone(),
         ..EpisodeConfig::default()
@@ -134,25 +320,66 @@ async fn tool_mode(
         model: None,
         prompt: builtin_prompt(&instance.problem_statement),
     };
-    let mut episode = Episode::start(engine, &episode_id, instance, config, info)
-        .await
-        .context("starting the episode")?;
-    let sandbox_id = episode
-        .sandbox()
+    let (started, stopped) = finish_despite_signals(
+        Episode::start(engine, &episode_id, instance, config, info),
+        signals,
+    )
+    .await;
+    let mut episode = started.context("starting the episode")?;
+    if stopped {
+        episode
+            .finish(EndInfo::status(EpisodeStatus::Cancelled))
+            .await
+            .context("ending the episode")?;
+        return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
+    }
+    let sandbox = episode.sandbox().cloned();
+    let sandbox_id = sandbox
+        .as_ref()
         .map(|s| s.id().to_owned())
         .unwrap_or_default();
-    eprintln!(
-        "episode ready: container {sandbox_id}, trajectory {}; type tool calls (`<tool: bash>` … `</tool>`), Ctrl-D to quit",
+    note(&format!(
+        "episode ready: container {sandbox_id}, trajectory {}; type tool calls (`<tool: bash>` … `</tool>`), `exit` or Ctrl-D to quit",
         episode.trajectory_path().display()
-    );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    ));
+    let mut lines = stdin_lines();
     let mut pending = String::new();
+    let mut cancelled = false;
     let outcome: anyhow::Result<()> = loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(anyhow::Error::from(error).context("reading stdin")),
+        if pending.is_empty() {
+            let cwd = match &sandbox {
+                Some(sandbox) => sandbox.cwd().await.unwrap_or_default(),
+                None => String::new(),
+            };
+            say(&format!("{cwd} tool> "));
+        }
+        let line = match next_input(&mut lines, signals).await {
+            Ok(Input::Line(line)) => line,
+            Ok(Input::End) => {
+                say("\n");
+                break Ok(());
+            }
+            Ok(Input::Interrupt) => {
+                // As a terminal drops the line being typed: the partial call is discarded.
+                let dropped = if pending.is_empty() {
+                    ""
+                } else {
+                    "the unfinished call is discarded "
+                };
+                pending.clear();
+                say(&format!("^C {dropped}{LEAVE_HINT}\n"));
+                continue;
+            }
+            Ok(Input::Terminate) => {
+                note("SIGTERM: leaving; ending the episode and removing the container");
+                cancelled = true;
+                break Ok(());
+            }
+            Err(error) => break Err(error),
         };
+        if pending.is_empty() && line.trim() == "exit" {
+            break Ok(());
+        }
         let send = line.trim() == "</tool>" || line.trim() == ".";
         if line.trim() != "." {
             pending.push_str(&line);
@@ -161,18 +388,43 @@ async fn tool_mode(
         if !send {
             continue;
         }
-        let action = std::mem::take(&mut pending);
-        match episode
-            .step(
-                Action::Text(action.trim_end_matches('\n').to_owned()),
-                StepMeta::default(),
-            )
-            .await
-        {
+        let action = Action::Text(
+            std::mem::take(&mut pending)
+                .trim_end_matches('\n')
+                .to_owned(),
+        );
+        // Ctrl-C or SIGTERM during a tool call interrupts its command (the sandbox's timeout escalation: the
+        // observation reads as a timeout, as the model would see one); the session stays unless SIGTERM.
+        let step = episode.step(action, StepMeta::default());
+        tokio::pin!(step);
+        let mut stopped_by = None;
+        let stepped = loop {
+            tokio::select! {
+                biased;
+                result = &mut step => break result,
+                signal = signals.recv() => {
+                    // SIGTERM wins over a Ctrl-C: the session ends after this command.
+                    if stopped_by != Some(StopSignal::Terminate) {
+                        stopped_by = Some(signal);
+                    }
+                    note("^C interrupting the running command");
+                    if let Some(sandbox) = &sandbox {
+                        sandbox.interrupt_command();
+                    }
+                }
+            }
+        };
+        if stopped_by == Some(StopSignal::Terminate) {
+            if let Ok(outcome) = &stepped {
+                say(&format!("{}\n", outcome.observation));
+            }
+            note("SIGTERM: leaving; ending the episode and removing the container");
+            cancelled = true;
+            break Ok(());
+        }
+        match stepped {
             Ok(outcome) => {
-                let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "{}", outcome.observation);
-                let _ = stdout.flush();
+                say(&format!("{}\n", outcome.observation));
                 if outcome.done {
                     break Ok(());
                 }
@@ -180,7 +432,9 @@ async fn tool_mode(
             Err(error) => break Err(anyhow::Error::from(error).context("running the step")),
         }
     };
-    let status = if episode.submission().is_some() {
+    let status = if cancelled {
+        EpisodeStatus::Cancelled
+    } else if episode.submission().is_some() {
         EpisodeStatus::Submitted
     } else {
         EpisodeStatus::Closed
@@ -190,5 +444,41 @@ async fn tool_mode(
         .await
         .context("ending the episode")?;
     outcome?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if cancelled {
+        ExitCode::from(super::EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(exit_code: Option<i32>, timed_out: bool) -> CommandOutput {
+        CommandOutput {
+            output: Vec::new(),
+            exit_code,
+            timed_out,
+            truncated: false,
+            restarted: false,
+            duration: Duration::from_millis(12),
+        }
+    }
+
+    #[test]
+    fn the_status_line_shows_130_for_an_interrupted_command_and_the_real_code_otherwise() {
+        assert_eq!(
+            status_line(&output(None, true), true),
+            "[exit 130, interrupted in 12 ms]\n"
+        );
+        assert_eq!(
+            status_line(&output(None, true), false),
+            "[exit -, timed out in 12 ms]\n"
+        );
+        assert_eq!(
+            status_line(&output(Some(2), false), false),
+            "[exit 2 in 12 ms]\n"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The harvest configuration: every knob of `swe-env harvest`, from a YAML file (`--config`, loaded with the one
 //! YAML loader, unknown keys refused with line and column) and the command-line flags (which override it). Each
 //! flag has a YAML key of the same name with `_` for `-` (`--task-token-budget` → `task_token_budget`), plus
-//! `endpoints: [{url, max_in_flight}]` and an inline `agent:` (the agent config; or `agent_config: FILE`).
+//! `endpoints: [{url, max_in_flight}]`, an inline `agent:` (the agent config; or `agent_config: FILE`) and
+//! `sandbox:` (container and tool limits, the keys of the unified file's `sandbox` section).
 //!
 //! [`HarvestConfig::resolve`] validates it and makes what the runner needs: the agent config, the model client
 //! config, the episode and grading settings, the temperature of each sample, and the config hash.
@@ -13,9 +14,9 @@
 //! its two numbers, so `0.2:1.0` and `0.2:1` are the same); `seed`; `samples` ONLY with a temperature schedule (a
 //! schedule spreads over K, so K changes every sample's temperature; with a list or none, sample k's settings do
 //! not depend on K, so raising K continues the harvest with the new samples); `episode` (`max_turns`,
-//! `context_tokens` = `rollout_token_budget`, `wall_clock_secs`, `observation_cap_bytes`, the tool settings,
-//! anti-leak, `image_template`); `grading` (`rules`, `network`, `test_timeout_secs`). NOT hashed (changing them
-//! resumes the same harvest): datasets and `instance_ids` (the store checks the dataset set itself), `samples`
+//! `context_tokens`, `wall_clock_secs` = `episode_timeout`, `observation_cap_bytes`, the tool settings,
+//! anti-leak, `image_template`, and the container limits when `sandbox` sets any); `grading` (`rules`, `network`,
+//! `test_timeout_secs`). NOT hashed (changing them resumes the same harvest): datasets and `instance_ids` (the store checks the dataset set itself), `samples`
 //! without a schedule, `workers`, endpoints' URLs and concurrency, API key variable, request timeout and attempts,
 //! `logprobs` and `return_token_ids`, the per-task and global budgets, `max_rollout_failures`,
 //! `max_consecutive_failures`, `pull`, `max_shard_bytes`, `out`.
@@ -30,7 +31,7 @@ use swe_env_model::{LogprobsSetting, TokenIdsSetting};
 
 use crate::agent::{ApiMode, ModelAgentConfig, ModelAgentConfigError};
 use crate::benchmark::{GradingNetwork, PullPolicy};
-use crate::episode::EpisodeConfig;
+use crate::episode::{AntiLeak, EpisodeConfig};
 use crate::grade::{GradeConfig, RuleSet};
 use crate::task::OFFICIAL_IMAGE_TEMPLATE;
 use crate::trajectory::digest::sha256_hex;
@@ -90,8 +91,9 @@ pub struct HarvestConfig {
     /// Name of the environment variable holding the API key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
-    /// Time allowed for one model request, seconds.
-    pub request_timeout_secs: u64,
+    /// Time allowed for one model request, seconds (also read as `request_timeout_secs`).
+    #[serde(alias = "request_timeout_secs")]
+    pub request_timeout: u64,
     /// Most attempts per model call (1 = no retry).
     pub max_attempts: u32,
     /// API mode; overrides the agent config's `mode`.
@@ -120,11 +122,16 @@ pub struct HarvestConfig {
     /// Most output tokens per model call (the agent's `sampling.max_tokens`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    /// Context-token budget of one rollout (default: the episode default, 131072).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout_token_budget: Option<u64>,
-    /// Wall-clock limit of one rollout, seconds.
-    pub rollout_time_budget_secs: u64,
+    /// Context window of one rollout, tokens (default: the window the first endpoint serves, else 131072; also
+    /// read as `rollout_token_budget`).
+    #[serde(
+        alias = "rollout_token_budget",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub context_tokens: Option<u64>,
+    /// Wall-clock limit of one rollout, seconds (also read as `rollout_time_budget_secs`).
+    #[serde(alias = "rollout_time_budget_secs")]
+    pub episode_timeout: u64,
     /// Tokens (prompt + completion) per task over all its rollouts; then no more rollouts of that task start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_token_budget: Option<u64>,
@@ -170,6 +177,9 @@ pub struct HarvestConfig {
     pub pull: PullPolicy,
     /// A shard is closed and the next opened when it reaches this size, bytes.
     pub max_shard_bytes: u64,
+    /// Container and tool limits of the rollouts (unset keys: the episode defaults).
+    #[serde(skip_serializing_if = "SandboxSection::is_empty")]
+    pub sandbox: SandboxSection,
 }
 
 impl Default for HarvestConfig {
@@ -181,7 +191,7 @@ impl Default for HarvestConfig {
             model: String::new(),
             endpoints: Vec::new(),
             api_key_env: None,
-            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT_SECS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             mode: None,
             agent: None,
@@ -193,8 +203,8 @@ impl Default for HarvestConfig {
             workers: DEFAULT_WORKERS,
             max_turns: DEFAULT_MAX_TURNS,
             max_tokens: None,
-            rollout_token_budget: None,
-            rollout_time_budget_secs: DEFAULT_ROLLOUT_TIME_SECS,
+            context_tokens: None,
+            episode_timeout: DEFAULT_ROLLOUT_TIME_SECS,
             task_token_budget: None,
             task_turn_budget: None,
             task_time_budget_secs: None,
@@ -212,7 +222,105 @@ impl Default for HarvestConfig {
             image_template: OFFICIAL_IMAGE_TEMPLATE.to_owned(),
             pull: PullPolicy::Missing,
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            sandbox: SandboxSection::default(),
         }
+    }
+}
+
+/// `sandbox:` — the episode container and its tools (a section of the unified config file and of a harvest
+/// config; every key optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Git-history hygiene at episode start: `off`, `refs` or `full`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anti_leak: Option<AntiLeak>,
+    /// Docker network of the episode container (`none`, `bridge`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Container memory limit, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    /// Container CPU limit, CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Container process limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// Time limit of one bash command, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd_timeout: Option<u64>,
+    /// Cap on one observation's text, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observation_cap_bytes: Option<usize>,
+}
+
+impl SandboxSection {
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the keys that are set to an episode configuration.
+    pub fn apply(&self, episode: &mut EpisodeConfig) {
+        if let Some(level) = self.anti_leak {
+            episode.anti_leak = level;
+        }
+        if let Some(network) = &self.network {
+            episode.sandbox.network_mode = network.clone();
+        }
+        if let Some(bytes) = self.memory_bytes {
+            episode.sandbox.memory_bytes = bytes;
+        }
+        if let Some(cpus) = self.cpus {
+            episode.sandbox.nano_cpus = (cpus * 1e9).round() as i64;
+        }
+        if let Some(pids) = self.pids_limit {
+            episode.sandbox.pids_limit = pids;
+        }
+        if let Some(secs) = self.cmd_timeout {
+            episode.tools.cmd_timeout = std::time::Duration::from_secs(secs);
+        }
+        if let Some(bytes) = self.observation_cap_bytes {
+            episode.observation_cap_bytes = bytes;
+        }
+    }
+
+    /// Every key, from an episode configuration (for the printed effective config).
+    pub fn of(episode: &EpisodeConfig) -> Self {
+        Self {
+            anti_leak: Some(episode.anti_leak),
+            network: Some(episode.sandbox.network_mode.clone()),
+            memory_bytes: Some(episode.sandbox.memory_bytes),
+            cpus: Some(episode.sandbox.nano_cpus as f64 / 1e9),
+            pids_limit: Some(episode.sandbox.pids_limit),
+            cmd_timeout: Some(episode.tools.cmd_timeout.as_secs()),
+            observation_cap_bytes: Some(episode.observation_cap_bytes),
+        }
+    }
+
+    /// Checks ranges a container runtime would refuse late.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |detail: String| Err(detail);
+        if let Some(cpus) = self.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return bad(format!(
+                    "sandbox.cpus is {cpus}: give a positive number of CPUs"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("sandbox.memory_bytes", self.memory_bytes),
+            ("sandbox.pids_limit", self.pids_limit),
+        ] {
+            if let Some(value) = value.filter(|v| *v <= 0) {
+                return bad(format!("{key} is {value}: give a positive number"));
+            }
+        }
+        if self.cmd_timeout == Some(0) {
+            return bad("sandbox.cmd_timeout is 0: give at least 1 second".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -341,19 +449,20 @@ impl HarvestConfig {
             .map(|e| e.max_in_flight.unwrap_or(default_limit))
             .collect();
         client.api_key_env = self.api_key_env.clone();
-        client.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        client.request_timeout = Duration::from_secs(self.request_timeout);
         client.retry.max_attempts = self.max_attempts;
         let mut episode = EpisodeConfig {
             max_turns: self.max_turns,
-            wall_clock: Duration::from_secs(self.rollout_time_budget_secs),
+            wall_clock: Duration::from_secs(self.episode_timeout),
             image_template: self.image_template.clone(),
             // The work trajectory is discarded on restart; the store's commit is the durability point.
             durability: Durability::Os,
             ..EpisodeConfig::default()
         };
-        if let Some(tokens) = self.rollout_token_budget {
+        if let Some(tokens) = self.context_tokens {
             episode.context_tokens = tokens;
         }
+        self.sandbox.apply(&mut episode);
         episode.tool_format = agent.mode.tool_format();
         let grade = GradeConfig {
             network_mode: self.grading_network.as_docker_mode().to_owned(),
@@ -414,6 +523,20 @@ impl HarvestConfig {
                 "test_timeout_secs": self.test_timeout,
             },
         });
+        if self.sandbox.network.is_some()
+            || self.sandbox.memory_bytes.is_some()
+            || self.sandbox.cpus.is_some()
+            || self.sandbox.pids_limit.is_some()
+        {
+            // Container limits can change what a rollout manages to do; hashed only when set, so that harvests
+            // started before the `sandbox` key existed keep their hash.
+            hashed_config["episode"]["sandbox"] = serde_json::json!({
+                "network_mode": episode.sandbox.network_mode,
+                "memory_bytes": episode.sandbox.memory_bytes,
+                "nano_cpus": episode.sandbox.nano_cpus,
+                "pids_limit": episode.sandbox.pids_limit,
+            });
+        }
         if schedule.is_some() {
             // A schedule spreads over K: K changes every sample's temperature.
             hashed_config["samples"] = Value::from(self.samples);
@@ -504,18 +627,19 @@ impl HarvestConfig {
                 "--max-tokens is 0: give at least 1 (or leave it out)",
             ));
         }
-        if self.rollout_token_budget == Some(0) {
-            return Err(invalid("--rollout-token-budget is 0: give at least 1"));
+        self.sandbox.validate().map_err(invalid)?;
+        if self.context_tokens == Some(0) {
+            return Err(invalid("--context-tokens is 0: give at least 1"));
         }
-        if self.rollout_time_budget_secs == 0 {
-            return Err(invalid("--rollout-time-budget-secs is 0: give at least 1"));
+        if self.episode_timeout == 0 {
+            return Err(invalid("--episode-timeout is 0: give at least 1 second"));
         }
         if self.test_timeout == 0 {
             return Err(invalid("--test-timeout is 0: give at least 1 second"));
         }
-        if self.request_timeout_secs == 0 || self.max_attempts == 0 {
+        if self.request_timeout == 0 || self.max_attempts == 0 {
             return Err(invalid(
-                "request_timeout_secs and max_attempts must be at least 1",
+                "request_timeout and max_attempts must be at least 1",
             ));
         }
         if self.max_shard_bytes == 0 {

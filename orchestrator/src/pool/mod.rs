@@ -19,6 +19,7 @@
 //! (2 s doubling to 60 s).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -452,6 +453,9 @@ pub struct Pool {
     planner: OnceLock<()>,
     new_episode_id: fn() -> String,
     fill_limits: FillLimits,
+    /// Fills that made a ready container, and fills that failed (for metrics).
+    fills_ok: AtomicU64,
+    fills_failed: AtomicU64,
 }
 
 impl Pool {
@@ -474,6 +478,8 @@ impl Pool {
                 planner: OnceLock::new(),
                 new_episode_id,
                 fill_limits,
+                fills_ok: AtomicU64::new(0),
+                fills_failed: AtomicU64::new(0),
             })
         })
     }
@@ -733,6 +739,28 @@ impl Pool {
         }
     }
 
+    /// Ready containers per task (instance id) over the tracked keys, keys of a task summed; a tracked key with
+    /// nothing ready counts 0 (for metrics).
+    pub fn ready_by_task(&self) -> Vec<(String, usize)> {
+        let inner = self.lock();
+        let mut by_task: HashMap<&str, usize> = HashMap::with_capacity(inner.keys.len());
+        for entry in inner.keys.values() {
+            *by_task.entry(&entry.spec.instance.instance_id).or_default() += entry.ready.len();
+        }
+        by_task
+            .into_iter()
+            .map(|(task, ready)| (task.to_owned(), ready))
+            .collect()
+    }
+
+    /// Fills that made a ready container, and fills that failed, since the start (for metrics).
+    pub fn fill_counts(&self) -> (u64, u64) {
+        (
+            self.fills_ok.load(Ordering::Relaxed),
+            self.fills_failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Ready and being-prepared containers over every key.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
@@ -910,6 +938,7 @@ impl Pool {
             match (result, entry) {
                 (Some(Ok(prepared)), Some(entry)) if !stopped => {
                     debug!(pool_key = %key, container = %prepared.sandbox.id(), episode_id = %label, fill_ms = started.elapsed().as_millis() as u64, "pooled container ready");
+                    self.fills_ok.fetch_add(1, Ordering::Relaxed);
                     entry.filling -= 1;
                     entry.failures = 0;
                     entry.last_error = None;
@@ -927,6 +956,7 @@ impl Pool {
                     if let Some(entry) = entry {
                         entry.filling -= 1;
                         if let Some(Err(error)) = &result {
+                            self.fills_failed.fetch_add(1, Ordering::Relaxed);
                             entry.failures = entry.failures.saturating_add(1);
                             let backoff =
                                 Duration::from_secs(1u64 << entry.failures.min(6)).min(MAX_BACKOFF);

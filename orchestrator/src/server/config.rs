@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Unix socket path to listen on as well (a stale socket file there is replaced). Default none.
     pub unix_socket: Option<PathBuf>,
+    /// TCP address (`host:port`; port 0 picks one) of the Prometheus metrics endpoint (`GET /metrics`, no auth:
+    /// bind it to loopback or a private network). Default none (no metrics endpoint).
+    pub metrics_listen: Option<String>,
     /// Task sources the server offers, read as every command reads them (`datasets::load_source`): `fixtures`,
     /// an alias (`verified`, `lite`, `full`) or a dataset file (JSONL / JSON / parquet, SWE-bench format).
     /// Default none.
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
         Self {
             listen: Some("127.0.0.1:50051".to_owned()),
             unix_socket: None,
+            metrics_listen: None,
             tasks: Vec::new(),
             token_file: None,
             max_episodes: 1024,
@@ -396,6 +400,14 @@ impl ServerConfig {
         if self.listen.is_none() && self.unix_socket.is_none() {
             return invalid("listen", "set a TCP address or a unix socket");
         }
+        if let Some(address) = &self.metrics_listen {
+            if !is_host_port(address) {
+                return invalid(
+                    "metrics_listen",
+                    "not a `host:port` address (e.g. 127.0.0.1:9464; port 0 picks a free port)",
+                );
+            }
+        }
         if self.max_episodes == 0 {
             return invalid("max_episodes", "must be at least 1");
         }
@@ -604,6 +616,21 @@ impl ServerConfig {
             ..GradeConfig::default()
         }
         .with_rules(self.grading.rules)
+    }
+}
+
+/// A `host:port` a TCP listener can be given: a socket address, or a host name (no spaces) and a port number.
+fn is_host_port(address: &str) -> bool {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
+                && port.parse::<u16>().is_ok()
+        }
+        None => false,
     }
 }
 

@@ -5,13 +5,14 @@
 //! Modules: `config` (YAML + defaults), `auth` (bearer token), `admission` (limits), `tasks` (loaded datasets),
 //! `registry` (episode slots, idempotent replies), `convert` (wire ↔ crate types, validation), `state` (what each
 //! call does, drain), `run` (server-driven episodes: the model agent loop), `service` (the handlers), `shutdown`
-//! (signals, idle reaper).
+//! (signals, idle reaper), `metrics` (Prometheus endpoint, `--metrics-listen`).
 
 pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod metrics;
 pub mod proto;
 pub mod recover;
 pub mod registry;
@@ -62,6 +63,9 @@ pub enum ServerError {
     /// The Docker engine is unreachable.
     #[error(transparent)]
     Engine(#[from] SandboxError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    MetricsBind(#[from] metrics::MetricsBindError),
     /// A listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -94,6 +98,7 @@ pub struct RunningServer {
     reaper: JoinHandle<()>,
     reconciler: JoinHandle<()>,
     health: tonic_health::server::HealthReporter,
+    metrics: Option<metrics::MetricsServer>,
 }
 
 /// Loads tasks, connects to Docker, removes orphaned containers, binds the listeners and starts serving.
@@ -144,6 +149,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
 
     let stop_accepting = CancellationToken::new();
+    // Metrics first: a bad metrics address fails the start before any gRPC listener runs.
+    let metrics = match &state.config.metrics_listen {
+        Some(address) => Some(
+            metrics::MetricsServer::start(
+                address,
+                metrics::render_state(Arc::downgrade(&state)),
+                stop_accepting.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut listeners = Vec::new();
     let mut tcp_addr = None;
     if let Some(listen) = &state.config.listen {
@@ -191,6 +208,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         reaper,
         reconciler,
         health,
+        metrics,
     })
 }
 
@@ -208,6 +226,11 @@ impl RunningServer {
     /// The bound TCP address (with the real port when configured with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound address of the metrics endpoint (`--metrics-listen`), when serving one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     /// The unix socket path, when serving on one.
@@ -257,6 +280,9 @@ impl RunningServer {
                     abort.abort();
                 }
             }
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.stopped(LISTENER_CLOSE_TIMEOUT).await;
         }
         if let Some(path) = &self.unix_path {
             remove_stale_socket(path);

@@ -316,13 +316,27 @@ async fn drive(
     let (step_tx, mut step_rx) = mpsc::channel::<StepEvent>(EVENT_BUFFER);
     let forward = {
         let events = events.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             while let Some(step) = step_rx.recv().await {
-                if let StepEvent::Step { record, .. } = step {
-                    // A departed client does not stop the episode; its events are dropped.
-                    let _ = events
-                        .send(Ok(event(Event::Step(convert::step_record(&record)))))
-                        .await;
+                match step {
+                    StepEvent::Step { record, .. } => {
+                        // A departed client does not stop the episode; its events are dropped.
+                        let _ = events
+                            .send(Ok(event(Event::Step(convert::step_record(&record)))))
+                            .await;
+                    }
+                    StepEvent::ModelCalled {
+                        prompt_tokens,
+                        completion_tokens,
+                        ..
+                    } => state.metrics.model_call(prompt_tokens, completion_tokens),
+                    // The loop ends `model_error` on a model call that failed after the client's retries.
+                    StepEvent::Finished {
+                        status: EpisodeStatus::ModelError,
+                        ..
+                    } => state.metrics.model_call_failed(),
+                    _ => {}
                 }
             }
         })

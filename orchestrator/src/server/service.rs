@@ -25,6 +25,14 @@ impl EnvServiceImpl {
     pub fn new(state: Arc<ServerState>) -> Self {
         Self { state }
     }
+
+    /// Counts a call of `method` that failed (metrics `swe_env_rpc_errors_total`), and passes its result on.
+    fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.state.metrics.rpc_error(method, status.code());
+        }
+        result
+    }
 }
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<proto::TrajectoryRecord, Status>> + Send>>;
@@ -36,15 +44,19 @@ impl EnvService for EnvServiceImpl {
         &self,
         request: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
-        Ok(Response::new(self.state.list_tasks(request.get_ref())?))
+        let reply = self.state.list_tasks(request.get_ref());
+        self.counted("ListTasks", reply.map(Response::new).map_err(Status::from))
     }
 
     async fn create_episode(
         &self,
         request: Request<proto::CreateEpisodeRequest>,
     ) -> Result<Response<proto::CreateEpisodeResponse>, Status> {
-        let reply = self.state.create_episode(request.into_inner()).await?;
-        Ok(Response::new(reply))
+        let reply = self.state.create_episode(request.into_inner()).await;
+        self.counted(
+            "CreateEpisode",
+            reply.map(Response::new).map_err(Status::from),
+        )
     }
 
     async fn step(
@@ -53,8 +65,8 @@ impl EnvService for EnvServiceImpl {
     ) -> Result<Response<proto::StepResponse>, Status> {
         let request = request.into_inner();
         let span = tracing::debug_span!("step", episode_id = %request.episode_id);
-        let reply = self.state.step(request).instrument(span).await?;
-        Ok(Response::new(reply))
+        let reply = self.state.step(request).instrument(span).await;
+        self.counted("Step", reply.map(Response::new).map_err(Status::from))
     }
 
     type GetTrajectoryStream = RecordStream;
@@ -63,7 +75,91 @@ impl EnvService for EnvServiceImpl {
         &self,
         request: Request<proto::GetTrajectoryRequest>,
     ) -> Result<Response<Self::GetTrajectoryStream>, Status> {
-        let request = request.into_inner();
+        let reply = self.get_trajectory_stream(request.into_inner()).await;
+        self.counted("GetTrajectory", reply)
+    }
+
+    async fn grade(
+        &self,
+        request: Request<proto::GradeRequest>,
+    ) -> Result<Response<proto::GradeResponse>, Status> {
+        let outcome = self.state.grade(request.into_inner()).await;
+        let reply = outcome.map(|outcome| Response::new(convert::grade_response(&outcome)));
+        self.counted("Grade", reply.map_err(Status::from))
+    }
+
+    async fn check_test(
+        &self,
+        request: Request<proto::CheckTestRequest>,
+    ) -> Result<Response<proto::CheckTestResponse>, Status> {
+        let checked = self.state.check_test(request.into_inner()).await;
+        let reply = checked.map(|checked| Response::new(convert::check_test_response(&checked)));
+        self.counted("CheckTest", reply.map_err(Status::from))
+    }
+
+    async fn close_episode(
+        &self,
+        request: Request<proto::CloseEpisodeRequest>,
+    ) -> Result<Response<proto::CloseEpisodeResponse>, Status> {
+        let info = self.state.close_episode(request.into_inner()).await;
+        let reply = info.map(|info| {
+            Response::new(proto::CloseEpisodeResponse {
+                episode: Some(info),
+            })
+        });
+        self.counted("CloseEpisode", reply.map_err(Status::from))
+    }
+
+    async fn list_episodes(
+        &self,
+        request: Request<proto::ListEpisodesRequest>,
+    ) -> Result<Response<proto::ListEpisodesResponse>, Status> {
+        let reply = self.state.list_episodes(request.get_ref());
+        self.counted(
+            "ListEpisodes",
+            reply.map(Response::new).map_err(Status::from),
+        )
+    }
+
+    async fn get_submission(
+        &self,
+        request: Request<proto::GetSubmissionRequest>,
+    ) -> Result<Response<proto::GetSubmissionResponse>, Status> {
+        let reply = self.submission(request.into_inner().episode_id).await;
+        self.counted("GetSubmission", reply)
+    }
+
+    async fn prewarm(
+        &self,
+        request: Request<proto::PrewarmRequest>,
+    ) -> Result<Response<proto::PrewarmResponse>, Status> {
+        let reply = self.state.prewarm(request.into_inner()).await;
+        self.counted("Prewarm", reply.map(Response::new).map_err(Status::from))
+    }
+
+    type RunEpisodeStream = EventStream;
+
+    async fn run_episode(
+        &self,
+        request: Request<proto::RunEpisodeRequest>,
+    ) -> Result<Response<Self::RunEpisodeStream>, Status> {
+        let events = super::run::run_episode(self.state.clone(), request.into_inner()).await;
+        let reply = events.map(|events| {
+            Response::new(
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(events))
+                    as Self::RunEpisodeStream,
+            )
+        });
+        self.counted("RunEpisode", reply.map_err(Status::from))
+    }
+}
+
+impl EnvServiceImpl {
+    /// GetTrajectory's records.
+    async fn get_trajectory_stream(
+        &self,
+        request: proto::GetTrajectoryRequest,
+    ) -> Result<Response<RecordStream>, Status> {
         let typed = match proto::RecordEncoding::try_from(request.encoding) {
             Ok(proto::RecordEncoding::Typed) => true,
             Ok(proto::RecordEncoding::Json | proto::RecordEncoding::Unspecified) => false,
@@ -97,44 +193,11 @@ impl EnvService for EnvServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn grade(
+    /// GetSubmission's reply.
+    async fn submission(
         &self,
-        request: Request<proto::GradeRequest>,
-    ) -> Result<Response<proto::GradeResponse>, Status> {
-        let outcome = self.state.grade(request.into_inner()).await?;
-        Ok(Response::new(convert::grade_response(&outcome)))
-    }
-
-    async fn check_test(
-        &self,
-        request: Request<proto::CheckTestRequest>,
-    ) -> Result<Response<proto::CheckTestResponse>, Status> {
-        let checked = self.state.check_test(request.into_inner()).await?;
-        Ok(Response::new(convert::check_test_response(&checked)))
-    }
-
-    async fn close_episode(
-        &self,
-        request: Request<proto::CloseEpisodeRequest>,
-    ) -> Result<Response<proto::CloseEpisodeResponse>, Status> {
-        let info = self.state.close_episode(request.into_inner()).await?;
-        Ok(Response::new(proto::CloseEpisodeResponse {
-            episode: Some(info),
-        }))
-    }
-
-    async fn list_episodes(
-        &self,
-        request: Request<proto::ListEpisodesRequest>,
-    ) -> Result<Response<proto::ListEpisodesResponse>, Status> {
-        Ok(Response::new(self.state.list_episodes(request.get_ref())?))
-    }
-
-    async fn get_submission(
-        &self,
-        request: Request<proto::GetSubmissionRequest>,
+        episode_id: String,
     ) -> Result<Response<proto::GetSubmissionResponse>, Status> {
-        let episode_id = request.into_inner().episode_id;
         convert::episode_id("episode_id", &episode_id)?;
         // A remembered episode answers from memory (the patch is shared, not copied); an episode the server no
         // longer remembers (or from a previous run) answers from its trajectory's `episode_end`.
@@ -157,26 +220,5 @@ impl EnvService for EnvServiceImpl {
             None => proto::GetSubmissionResponse::default(),
         };
         Ok(Response::new(reply))
-    }
-
-    async fn prewarm(
-        &self,
-        request: Request<proto::PrewarmRequest>,
-    ) -> Result<Response<proto::PrewarmResponse>, Status> {
-        Ok(Response::new(
-            self.state.prewarm(request.into_inner()).await?,
-        ))
-    }
-
-    type RunEpisodeStream = EventStream;
-
-    async fn run_episode(
-        &self,
-        request: Request<proto::RunEpisodeRequest>,
-    ) -> Result<Response<Self::RunEpisodeStream>, Status> {
-        let events = super::run::run_episode(self.state.clone(), request.into_inner()).await?;
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(events),
-        )))
     }
 }

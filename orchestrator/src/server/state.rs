@@ -19,6 +19,7 @@ use super::admission::Admission;
 use super::config::ServerConfig;
 use super::convert;
 use super::error::ServiceError;
+use super::metrics::{GradingOutcome, StartSource};
 use super::proto;
 use super::registry::{
     DigestMismatch, EpisodeSlot, LiveEpisode, Lookup, NewSlot, Registry, RequestDigest, SlotState,
@@ -51,6 +52,8 @@ pub struct ServerState {
     pub model_clients: super::run::ModelClients,
     /// Warm pools (`None` when `pool.max_containers` is 0).
     pub pool: Option<Arc<Pool>>,
+    /// Prometheus metrics (served by `metrics` when `metrics_listen` is set; always recorded).
+    pub metrics: super::metrics::Metrics,
     grade_config: GradeConfig,
     /// Cancelled when the drain starts: new work is refused, the reaper and reconciler stop.
     draining: CancellationToken,
@@ -114,6 +117,7 @@ impl ServerState {
             registry,
             admission,
             model_clients: super::run::ModelClients::default(),
+            metrics: super::metrics::Metrics::new(),
             grade_config,
             draining: CancellationToken::new(),
             inflight: Arc::new(AtomicUsize::new(0)),
@@ -346,6 +350,14 @@ impl ServerState {
                 permit,
             },
         });
+        self.metrics.episode_started(
+            if from_pool {
+                StartSource::Pooled
+            } else {
+                StartSource::Fresh
+            },
+            started.elapsed(),
+        );
         info!(
             episode_id,
             instance_id,
@@ -491,9 +503,22 @@ impl ServerState {
             }
             _ => &self.grade_config,
         };
-        grade_patch(&self.engine, instance, patch, config, grading_id)
+        let started = Instant::now();
+        let graded = grade_patch(&self.engine, instance, patch, config, grading_id)
             .await
-            .map_err(ServiceError::from_grade)
+            .map_err(ServiceError::from_grade);
+        self.record_grading(&graded, started);
+        graded
+    }
+
+    /// Counts a grading and its outcome.
+    fn record_grading(&self, graded: &Result<GradeOutcome, ServiceError>, started: Instant) {
+        let outcome = match graded {
+            Ok(outcome) if outcome.resolved => GradingOutcome::Resolved,
+            Ok(_) => GradingOutcome::Unresolved,
+            Err(_) => GradingOutcome::Error,
+        };
+        self.metrics.grading(outcome, started.elapsed());
     }
 
     /// Grades an episode's submission with the server's settings (in its own container when `grading.in_place`;
@@ -503,7 +528,8 @@ impl ServerState {
         episode: &Episode,
         grading_id: &str,
     ) -> Result<GradeOutcome, ServiceError> {
-        grade_submission(
+        let started = Instant::now();
+        let graded = grade_submission(
             &self.engine,
             episode.sandbox(),
             episode.instance(),
@@ -512,7 +538,9 @@ impl ServerState {
             grading_id,
         )
         .await
-        .map_err(ServiceError::from_grade)
+        .map_err(ServiceError::from_grade);
+        self.record_grading(&graded, started);
+        graded
     }
 
     fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
@@ -679,13 +707,18 @@ impl ServerState {
         }
         // Only a server shutdown past its grace period interrupts a step; the interrupted step is neither recorded
         // nor counted (`Episode::step` counts a step once recorded) and the drain ends the episode `cancelled`.
+        let stepping = Instant::now();
         let result = tokio::select! {
             result = live.episode.step(action, meta) => result,
             _ = self.cancel.cancelled() => return Err(ServiceError::ShuttingDown),
         };
         slot.touch();
         let outcome = match result {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                self.metrics
+                    .step(outcome.record.tool.as_deref(), stepping.elapsed());
+                outcome
+            }
             Err(EpisodeError::Sandbox(SandboxError::EngineUnavailable { .. })) => {
                 return Err(ServiceError::EngineUnavailable)
             }
@@ -751,6 +784,7 @@ impl ServerState {
         mut end: EndInfo,
     ) -> Option<EpisodeError> {
         let mut live = state.live.take()?;
+        self.metrics.episode_ending();
         if let Some((rewards, report)) = live.graded.take() {
             end.rewards = end.rewards.or(Some(rewards));
             end.grading = end.grading.or(Some(report));
@@ -763,8 +797,10 @@ impl ServerState {
                 Some(error)
             }
         };
+        let ended = live.episode.ended().unwrap_or(status);
+        self.metrics.episode_ended(ended);
         slot.set_summary(Summary {
-            status: Some(live.episode.ended().unwrap_or(status)),
+            status: Some(ended),
             n_steps: live.episode.n_steps(),
             submission: slot.stored_submission(live.episode.submission()),
         });

@@ -106,6 +106,13 @@ pub struct StepTokens {
     /// Base URL of the endpoint that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// What this call cost in USD (prompt and completion tokens priced with the agent config's `prices` for the
+    /// served model). Absent when the model has no price, and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// What the episode's model calls cost in USD up to and including this one. Absent like `cost_usd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_cost_usd: Option<f64>,
 }
 
 /// The `step` record.
@@ -192,6 +199,10 @@ pub enum EpisodeStatus {
     /// The process driving the episode died (kill -9, OOM, power loss) before it ended; a later server closed the
     /// trajectory with this status.
     Crashed,
+    /// The per-episode token limit (prompt + completion tokens over all model calls) was reached.
+    TokenLimit,
+    /// The per-episode cost limit (USD, priced per model) was reached.
+    CostLimit,
 }
 
 impl EpisodeStatus {
@@ -208,6 +219,8 @@ impl EpisodeStatus {
             Self::Closed => "closed",
             Self::Cancelled => "cancelled",
             Self::Crashed => "crashed",
+            Self::TokenLimit => "token_limit",
+            Self::CostLimit => "cost_limit",
         }
     }
 }
