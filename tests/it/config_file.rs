@@ -52,51 +52,18 @@ serve:
   tasks: [fixtures]
 ";
 
-/// The complete example of the README's "Configuration" section.
-const README_EXAMPLE: &str = r#"# swe-env.yaml: one file for run-benchmark, run-episode, harvest and serve (every key optional).
-model:
-  urls: [http://127.0.0.1:8000/v1]   # --model-url (repeat for round-robin)
-  name: my-model                     # --model
-  api_key_env: MY_API_KEY            # the variable's name; the key itself is never written down
-  request_timeout: 600               # --request-timeout, seconds
-  max_attempts: 5                    # --max-attempts
-agent:                               # the --agent-config file's keys
-  mode: chat-text
-  sampling:
-    temperature: 0.2
-    max_tokens: 4096
-  max_consecutive_format_errors: 5
-budgets:
-  max_turns: 128                     # --max-turns
-  context_tokens: 32768              # --context-tokens; unset: what the endpoint serves, else 131072
-  episode_timeout: 3600              # --episode-timeout, seconds
-sandbox:
-  anti_leak: refs                    # off | refs | full
-  network: none
-  memory_bytes: 4294967296
-  cpus: 2.0
-  pids_limit: 1024
-  cmd_timeout: 120                   # one bash command, seconds
-  observation_cap_bytes: 98304
-grading:
-  rules: swebench-4.1                # --rules
-  network: bridge                    # --grading-network
-  test_timeout: 1800                 # --test-timeout, seconds
-benchmark:                           # run-benchmark only
-  workers: 4
-  output_dir: runs
-  pull: missing
-harvest:                             # harvest only: the keys of harvest's own flags
-  datasets: [fixtures]
-  out: harvests/h1
-  samples: 4
-  temperatures: [0.2, 0.6, 1.0]
-  workers: 8
-serve:                               # serve only: the server config's keys
-  tasks: [fixtures]
-  listen: 127.0.0.1:50051
-  max_episodes: 256
-"#;
+/// The complete example of the README's "Configuration" section, read from README.md itself (the YAML block that
+/// starts with `# swe-env.yaml`), so the documentation cannot drift from what the commands accept.
+fn readme_example() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("```yaml\n# swe-env.yaml")
+        .expect("README.md has the Configuration example")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_owned()
+}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -562,7 +529,7 @@ async fn context_window_comes_from_the_endpoint() {
 #[test]
 fn readme_example_is_read_by_every_command() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "swe-env.yaml", README_EXAMPLE);
+    let config = write(dir.path(), "swe-env.yaml", &readme_example());
     let bench = print_config(&strs(&command_args("run-benchmark", &config)));
     assert_eq!(bench["budgets"]["context_tokens"], 32768, "{bench:#}");
     assert_eq!(bench["benchmark"]["workers"], 4, "{bench:#}");

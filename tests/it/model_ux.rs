@@ -211,6 +211,7 @@ async fn a_jinja_template_with_dataset_fields_reaches_the_first_request() {
     row["hints_text"] = "Look at how merge() orders the ranges.".into();
     row["difficulty"] = "15 min".into();
     let tasks = write(dir.path(), "tasks.jsonl", &format!("{row}\n"));
+    // Jinja renders a boolean as Python does (`True`), which is what users of Jinja templates expect.
     let config = write(
         dir.path(),
         "agent.yaml",
@@ -239,7 +240,7 @@ async fn a_jinja_template_with_dataset_fields_reaches_the_first_request() {
     assert_eq!(
         first["messages"][1]["content"],
         format!(
-            "Repo {} v{} (15 min).\nHints: Look at how merge() orders the ranges.\nIssue at /testbed: true\n",
+            "Repo {} v{} (15 min).\nHints: Look at how merge() orders the ranges.\nIssue at /testbed: True\n",
             row["repo"].as_str().unwrap(),
             row["version"].as_str().unwrap()
         ),

@@ -400,29 +400,6 @@ mod tests {
         assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
     }
 
-    /// The test-generation prompt renders through the same Jinja renderer, byte for byte as the old
-    /// `{{placeholder}}` renderer did (the golden file is its output for these inputs), and its issue reaches the
-    /// model from a real task row.
-    #[test]
-    fn testgen_template_renders_as_before() {
-        let config = ModelAgentConfig {
-            prompts: AgentPromptConfig {
-                user_template: crate::grade::testgen::DEFAULT_TESTGEN_TEMPLATE.to_owned(),
-                ..AgentPromptConfig::default()
-            },
-            ..ModelAgentConfig::default()
-        };
-        config.validate().unwrap();
-        let user = config
-            .prompts
-            .render_user(&UserPromptInputs {
-                issue: "Crash on {{ empty }} input {% if x %}\nsecond line\n".into(),
-                repo_root: "/testbed".into(),
-            })
-            .unwrap();
-        assert_eq!(user, include_str!("golden/testgen.golden"));
-    }
-
     #[test]
     fn dataset_row_reaches_the_templates_but_hidden_fields_do_not() {
         let instance: Instance = serde_json::from_value(json!({

@@ -845,6 +845,24 @@ fn classify(run: &ScriptRun, limits: &TestgenLimits) -> (Option<Rejection>, Stri
 mod tests {
     use super::*;
 
+    /// The test-generation prompt renders through the one Jinja renderer, byte for byte as the old
+    /// `{{placeholder}}` renderer did (the golden file is its output for these inputs).
+    #[test]
+    fn testgen_template_renders_as_before() {
+        let prompts = swe_env_model::AgentPromptConfig {
+            user_template: DEFAULT_TESTGEN_TEMPLATE.to_owned(),
+            ..swe_env_model::AgentPromptConfig::default()
+        };
+        prompts.validate().unwrap();
+        let user = prompts
+            .render_user(&swe_env_model::UserPromptInputs {
+                issue: "Crash on {{ empty }} input {% if x %}\nsecond line\n".into(),
+                repo_root: "/testbed".into(),
+            })
+            .unwrap();
+        assert_eq!(user, include_str!("golden/testgen.golden"));
+    }
+
     #[test]
     fn verdict_lines_match_whole_lines_after_trimming() {
         assert_eq!(verdict_lines(b""), (false, false, false));
