@@ -261,7 +261,30 @@ impl FirstPassService {
             "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
         ]);
         assert_success(&gateway, "docker network inspect bridge");
-        let gateway = stdout_of(&gateway);
+        let mut gateway = stdout_of(&gateway);
+        if gateway.is_empty() {
+            // Some engines (Docker 20.10 right after a fresh start) report the bridge's subnet but no gateway; the
+            // gateway is then the subnet's first host address, which the engine gives the bridge interface.
+            let subnet = docker(&[
+                "network",
+                "inspect",
+                "bridge",
+                "-f",
+                "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            ]);
+            assert_success(&subnet, "docker network inspect bridge (subnet)");
+            let subnet = stdout_of(&subnet);
+            let network: std::net::Ipv4Addr = subnet
+                .split('/')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the bridge network has neither a gateway nor an IPv4 subnet: {subnet:?}"
+                    )
+                });
+            gateway = std::net::Ipv4Addr::from(u32::from(network) + 1).to_string();
+        }
         let listener = TcpListener::bind((gateway.as_str(), 0))
             .unwrap_or_else(|e| panic!("cannot listen on the bridge gateway {gateway}: {e}"));
         let addr = listener.local_addr().unwrap();
