@@ -157,6 +157,31 @@ async fn finish_despite_signals<T>(
     }
 }
 
+/// Runs `work` to completion; each SIGTERM / Ctrl-C meanwhile calls `interrupt` (which stops the running command
+/// with the sandbox's timeout escalation, the shell staying). Returns the result and the strongest signal seen
+/// (SIGTERM wins over a Ctrl-C: the session ends after this command).
+async fn interruptible<T>(
+    work: impl std::future::Future<Output = T>,
+    signals: &mut StopSignals,
+    interrupt: impl Fn(),
+) -> (T, Option<StopSignal>) {
+    tokio::pin!(work);
+    let mut stopped_by = None;
+    loop {
+        tokio::select! {
+            // The work first, so it is under way (and reachable by an interrupt) before a signal is handled.
+            biased;
+            result = &mut work => return (result, stopped_by),
+            signal = signals.recv() => {
+                if stopped_by != Some(StopSignal::Terminate) {
+                    stopped_by = Some(signal);
+                }
+                interrupt();
+            }
+        }
+    }
+}
+
 /// The status line after a raw-mode command: its exit code (130 when Ctrl-C interrupted it), flags, duration.
 fn status_line(out: &CommandOutput, interrupted: bool) -> String {
     let code = if interrupted {
@@ -234,23 +259,11 @@ async fn raw_mode(
             continue;
         }
         // Ctrl-C or SIGTERM while the command runs interrupts it (the sandbox's timeout escalation); the shell stays.
-        let run = sandbox.run_command(&line, timeout);
-        tokio::pin!(run);
-        let mut stopped_by = None;
-        let result = loop {
-            tokio::select! {
-                // The command first, so it is under way (and reachable by an interrupt) before a signal is handled.
-                biased;
-                result = &mut run => break result,
-                signal = signals.recv() => {
-                    // SIGTERM wins over a Ctrl-C: the session ends after this command.
-                    if stopped_by != Some(StopSignal::Terminate) {
-                        stopped_by = Some(signal);
-                    }
-                    sandbox.interrupt_command();
-                }
-            }
-        };
+        let (result, stopped_by) =
+            interruptible(sandbox.run_command(&line, timeout), signals, || {
+                sandbox.interrupt_command()
+            })
+            .await;
         match result {
             Ok(out) => {
                 let mut text = String::from_utf8_lossy(&out.output).into_owned();
@@ -395,25 +408,14 @@ async fn tool_mode(
         );
         // Ctrl-C or SIGTERM during a tool call interrupts its command (the sandbox's timeout escalation: the
         // observation reads as a timeout, as the model would see one); the session stays unless SIGTERM.
-        let step = episode.step(action, StepMeta::default());
-        tokio::pin!(step);
-        let mut stopped_by = None;
-        let stepped = loop {
-            tokio::select! {
-                biased;
-                result = &mut step => break result,
-                signal = signals.recv() => {
-                    // SIGTERM wins over a Ctrl-C: the session ends after this command.
-                    if stopped_by != Some(StopSignal::Terminate) {
-                        stopped_by = Some(signal);
-                    }
-                    note("^C interrupting the running command");
-                    if let Some(sandbox) = &sandbox {
-                        sandbox.interrupt_command();
-                    }
+        let (stepped, stopped_by) =
+            interruptible(episode.step(action, StepMeta::default()), signals, || {
+                note("^C interrupting the running command");
+                if let Some(sandbox) = &sandbox {
+                    sandbox.interrupt_command();
                 }
-            }
-        };
+            })
+            .await;
         if stopped_by == Some(StopSignal::Terminate) {
             if let Ok(outcome) = &stepped {
                 say(&format!("{}\n", outcome.observation));
