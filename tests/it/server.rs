@@ -24,6 +24,8 @@ pub struct ServerProc {
     pub child: Child,
     pub addr: String,
     pub owner: String,
+    /// The node id the server printed (`node ID`): the prefix of its episode ids.
+    pub node_id: String,
     pub unix_socket: Option<PathBuf>,
     /// The metrics URL (`http://ADDR/metrics`) when started with `--metrics-listen`.
     pub metrics_url: Option<String>,
@@ -60,6 +62,7 @@ impl ServerProc {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (mut addr, mut owner, mut unix_socket) = (None, None, None);
+        let mut node_id = None;
         let mut metrics_url = None;
         while owner.is_none() {
             let mut line = String::new();
@@ -72,6 +75,8 @@ impl ServerProc {
                 addr = Some(rest.to_owned());
             } else if let Some(rest) = line.strip_prefix("listening unix ") {
                 unix_socket = Some(PathBuf::from(rest));
+            } else if let Some(rest) = line.strip_prefix("node ") {
+                node_id = Some(rest.to_owned());
             } else if let Some(rest) = line.strip_prefix("owner ") {
                 owner = Some(rest.to_owned());
             } else if let Some(rest) = line.strip_prefix("metrics ") {
@@ -82,6 +87,7 @@ impl ServerProc {
             child,
             addr: addr.expect("tcp address line"),
             owner: owner.unwrap(),
+            node_id: node_id.unwrap_or_default(),
             unix_socket,
             metrics_url,
             dir: dir.to_owned(),
@@ -1007,4 +1013,111 @@ async fn sigterm_cancels_in_flight_steps_finishes_trajectories_and_removes_conta
             "{id}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_capacity_names_the_node_counts_slots_and_reports_the_drain() {
+    let (_dir, server, mut client) = start_with_client(&[
+        "--node-id",
+        "n-cap",
+        "--max-episodes",
+        "3",
+        "--shutdown-grace-secs",
+        "5",
+    ])
+    .await;
+    assert_eq!(server.node_id, "n-cap");
+    let capacity = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_capacity(proto::GetCapacityRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let idle = capacity(&mut client).await;
+    assert_eq!(
+        (
+            idle.node_id.as_str(),
+            idle.max_episodes,
+            idle.live_episodes,
+            idle.free_episodes,
+            idle.draining
+        ),
+        ("n-cap", 3, 0, 3, false)
+    );
+    assert_eq!(idle.instance_id, server.owner);
+
+    let first = create(&mut client, create_request(SPANS)).await.episode_id;
+    let second = create(&mut client, create_request(SPANS)).await.episode_id;
+    for id in [&first, &second] {
+        assert!(id.starts_with("n-cap.ep-"), "{id}");
+    }
+    let busy = capacity(&mut client).await;
+    assert_eq!((busy.live_episodes, busy.free_episodes), (2, 1));
+
+    // A call for another node's episode is NOT_FOUND naming both nodes (a misrouted client learns where to go).
+    let foreign = "n-other.ep-0123456789abcdef0123456789abcdef";
+    let status = client.step(bash(foreign, "true")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("belongs to node n-other; this is node n-cap"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .get_trajectory(proto::GetTrajectoryRequest {
+            episode_id: foreign.into(),
+            encoding: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("node n-other"), "{status:?}");
+
+    close(&mut client, &second).await;
+    assert_eq!(capacity(&mut client).await.live_episodes, 1);
+
+    // SIGTERM with a live episode: during the grace period the node reports draining with no free slot.
+    let owner = server.owner.clone();
+    let terminating = tokio::spawn(server.terminate(Duration::from_secs(30)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let draining = loop {
+        let report = capacity(&mut client).await;
+        if report.draining || std::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(draining.draining, "{draining:?}");
+    assert_eq!((draining.free_episodes, draining.live_episodes), (0, 1));
+    let status = client
+        .create_episode(create_request(SPANS))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    close(&mut client, &first).await;
+    terminating.await.unwrap();
+    assert_eq!(containers_of(&owner).await, 0);
+}
+
+#[test]
+fn a_node_id_that_is_not_a_dns_label_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_swe-env"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--node-id", "Node_1"])
+        .arg("--trajectory-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node_id") && stderr.contains("DNS label"),
+        "{stderr}"
+    );
 }

@@ -43,7 +43,7 @@ def test_episode_context_manager_solves_grades_closes_and_reads_the_trajectory(c
     assert task_id in [t.instance_id for t in tasks]
     assert len(client.list_tasks(page_size=2)) == len(tasks), "every page is read"
     with client.episode(task_id, max_turns=20, labels={"trainer": "pytest"}) as ep:
-        assert ep.id.startswith("ep-")
+        assert ".ep-" in ep.id  # <node id>.ep-<hex>
         assert ep.info.budget.remaining_turns == 20
         assert "<tool: bash>" in ep.info.tool_specs_text
         assert len(json.loads(ep.info.openai_tools_json)) == 4

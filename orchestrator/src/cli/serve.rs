@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// network; port 0 picks a free port).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// This server's node id in a fleet (a DNS label: lower-case letters, digits, `-`); every episode id it makes
+    /// starts with `<ID>.`. Default: the host name (a Kubernetes pod's name). Several servers on one host need
+    /// distinct ids.
+    #[arg(long)]
+    node_id: Option<String>,
     /// Serve on a unix socket only (no TCP unless --listen is also given).
     #[arg(long)]
     unix_socket: Option<PathBuf>,
@@ -87,6 +92,9 @@ impl ServeArgs {
         if self.metrics_listen.is_some() {
             config.metrics_listen = self.metrics_listen;
         }
+        if self.node_id.is_some() {
+            config.node_id = self.node_id;
+        }
         if !self.tasks.is_empty() {
             config.tasks = self.tasks;
         }
@@ -140,6 +148,7 @@ impl ServeArgs {
             "metrics_listen",
             self.metrics_listen.as_ref().map(|v| json!(v)),
         );
+        put("node_id", self.node_id.as_ref().map(|v| json!(v)));
         put("tasks", (!self.tasks.is_empty()).then(|| json!(self.tasks)));
         put("token_file", self.token_file.as_ref().map(|p| json!(p)));
         put("max_episodes", self.max_episodes.map(|v| json!(v)));
@@ -215,6 +224,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = running.metrics_addr() {
         println!("metrics http://{addr}/metrics");
     }
+    println!("node {}", running.node_id());
     println!("owner {}", running.owner_label());
     use std::io::Write;
     let _ = std::io::stdout().flush();

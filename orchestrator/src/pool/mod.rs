@@ -443,6 +443,9 @@ impl Drop for CountBack {
     }
 }
 
+/// Makes the id of the episode a pooled container is reserved for (the server's node-scoped ids).
+pub type NewEpisodeId = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The warm pools of a server.
 pub struct Pool {
     engine: DockerEngine,
@@ -451,7 +454,7 @@ pub struct Pool {
     wake: Notify,
     stop: CancellationToken,
     planner: OnceLock<()>,
-    new_episode_id: fn() -> String,
+    new_episode_id: NewEpisodeId,
     fill_limits: FillLimits,
     /// Fills that made a ready container, and fills that failed (for metrics).
     fills_ok: AtomicU64,
@@ -465,7 +468,7 @@ impl Pool {
     pub fn new(
         engine: DockerEngine,
         config: PoolConfig,
-        new_episode_id: fn() -> String,
+        new_episode_id: NewEpisodeId,
         fill_limits: FillLimits,
     ) -> Option<Arc<Self>> {
         (config.max_containers > 0).then(|| {

@@ -38,6 +38,11 @@ pub struct ServerConfig {
     /// TCP address (`host:port`; port 0 picks one) of the Prometheus metrics endpoint (`GET /metrics`, no auth:
     /// bind it to loopback or a private network). Default none (no metrics endpoint).
     pub metrics_listen: Option<String>,
+    /// This server's node id in a fleet: a DNS label (1 to 63 of `[a-z0-9-]`, not starting or ending with `-`).
+    /// Every episode id it makes is `<node_id>.ep-<32 hex>`, so fleet clients route an episode's calls to its node.
+    /// Default: the host name, lower-cased, every run of other characters one `-` (a Kubernetes pod's name).
+    /// Servers of one fleet need distinct ids (several on one host: set it).
+    pub node_id: Option<String>,
     /// Task sources the server offers, read as every command reads them (`datasets::load_source`): `fixtures`,
     /// an alias (`verified`, `lite`, `full`) or a dataset file (JSONL / JSON / parquet, SWE-bench format).
     /// Default none.
@@ -97,6 +102,7 @@ impl Default for ServerConfig {
             listen: Some("127.0.0.1:50051".to_owned()),
             unix_socket: None,
             metrics_listen: None,
+            node_id: None,
             tasks: Vec::new(),
             token_file: None,
             max_episodes: 1024,
@@ -408,6 +414,11 @@ impl ServerConfig {
                 );
             }
         }
+        if let Some(node_id) = &self.node_id {
+            if let Err(reason) = check_node_id(node_id) {
+                return invalid("node_id", reason);
+            }
+        }
         if self.max_episodes == 0 {
             return invalid("max_episodes", "must be at least 1");
         }
@@ -634,6 +645,47 @@ fn is_host_port(address: &str) -> bool {
     }
 }
 
+/// Longest node id (a DNS label).
+pub const MAX_NODE_ID_BYTES: usize = 63;
+
+/// Checks a node id: a DNS label (1 to 63 of `[a-z0-9-]`, not starting or ending with `-`), so it can name a
+/// Kubernetes pod and stays unambiguous before the `.` of an episode id.
+pub fn check_node_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > MAX_NODE_ID_BYTES {
+        return Err("must be 1 to 63 characters (a DNS label)");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("only lower-case letters, digits and `-` are allowed (a DNS label)");
+    }
+    if id.starts_with('-') || id.ends_with('-') {
+        return Err("must not start or end with `-` (a DNS label)");
+    }
+    Ok(())
+}
+
+/// The default node id of a host: the host name lower-cased, every run of characters outside `[a-z0-9]` one `-`,
+/// trimmed of `-`, cut to 63 characters; `node` when nothing is left.
+pub fn node_id_from_host(host: &str) -> String {
+    let mut id = String::with_capacity(host.len());
+    for c in host.chars().map(|c| c.to_ascii_lowercase()) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            id.push(c);
+        } else if !id.is_empty() && !id.ends_with('-') {
+            id.push('-');
+        }
+    }
+    id.truncate(MAX_NODE_ID_BYTES);
+    let id = id.trim_end_matches('-');
+    if id.is_empty() {
+        "node".to_owned()
+    } else {
+        id.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -848,5 +900,30 @@ mod tests {
         assert_eq!(config.resolve_token().unwrap().as_deref(), Some("s3cret"));
         std::fs::write(&path, "\n").unwrap();
         assert!(config.resolve_token().is_err());
+    }
+
+    #[test]
+    fn node_ids_are_dns_labels_and_the_host_default_is_one() {
+        for good in ["n1", "swe-env-0", "a", &"x".repeat(63)] {
+            assert_eq!(check_node_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A1", "a.b", "a_b", &"x".repeat(64)] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            node_id_from_host("Build_Host.example.org"),
+            "build-host-example-org"
+        );
+        assert_eq!(node_id_from_host("--"), "node");
+        assert_eq!(node_id_from_host(&"ab.".repeat(40)).len(), 62);
+        for host in ["Build_Host.example.org", "--", "x", &"ab.".repeat(40)] {
+            assert_eq!(check_node_id(&node_id_from_host(host)), Ok(()), "{host}");
+        }
+        let config = ServerConfig {
+            node_id: Some("Bad_Id".into()),
+            ..ServerConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("node_id"), "{error}");
     }
 }

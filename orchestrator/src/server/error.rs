@@ -39,6 +39,16 @@ pub enum ServiceError {
         /// The id asked for.
         episode_id: String,
     },
+    /// The id names another node of the fleet (a misrouted call).
+    #[error("episode {episode_id} belongs to node {node}; this is node {this_node} (send its calls to {node})")]
+    EpisodeOnOtherNode {
+        /// The id asked for.
+        episode_id: String,
+        /// The node the id names.
+        node: String,
+        /// This server's node id.
+        this_node: String,
+    },
     /// The episode has ended.
     #[error("episode {episode_id} has ended ({status}); create a new episode")]
     EpisodeEnded {
@@ -181,7 +191,9 @@ impl ServiceError {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::TaskNotFound { .. } | Self::EpisodeNotFound { .. } => Code::NotFound,
+            Self::TaskNotFound { .. }
+            | Self::EpisodeNotFound { .. }
+            | Self::EpisodeOnOtherNode { .. } => Code::NotFound,
             Self::EpisodeEnded { .. }
             | Self::ImageMissing { .. }
             | Self::Ungradable { .. }

@@ -238,6 +238,11 @@ impl RunningServer {
         self.unix_path.as_deref()
     }
 
+    /// This server's node id (the prefix of its episode ids).
+    pub fn node_id(&self) -> &str {
+        self.state.episode_ids.node_id()
+    }
+
     /// The owner label of this server's containers (`host:pid:start_ticks`).
     pub fn owner_label(&self) -> String {
         self.state.engine.owner().to_label()

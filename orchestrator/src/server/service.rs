@@ -137,6 +137,13 @@ impl EnvService for EnvServiceImpl {
         self.counted("Prewarm", reply.map(Response::new).map_err(Status::from))
     }
 
+    async fn get_capacity(
+        &self,
+        _request: Request<proto::GetCapacityRequest>,
+    ) -> Result<Response<proto::GetCapacityResponse>, Status> {
+        Ok(Response::new(self.state.capacity()))
+    }
+
     type RunEpisodeStream = EventStream;
 
     async fn run_episode(

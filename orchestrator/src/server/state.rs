@@ -54,6 +54,8 @@ pub struct ServerState {
     pub pool: Option<Arc<Pool>>,
     /// Prometheus metrics (served by `metrics` when `metrics_listen` is set; always recorded).
     pub metrics: super::metrics::Metrics,
+    /// This node's episode ids (`<node_id>.ep-<32 hex>`).
+    pub episode_ids: EpisodeIds,
     grade_config: GradeConfig,
     /// Cancelled when the drain starts: new work is refused, the reaper and reconciler stop.
     draining: CancellationToken,
@@ -103,10 +105,18 @@ impl ServerState {
             nano_cpus: (config.episode.cpus * 1e9) as i64,
             pids_limit: config.episode.pids_limit,
         };
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| super::config::node_id_from_host(&engine.owner().host));
+        let episode_ids = EpisodeIds::new(node_id);
         let pool = Pool::new(
             engine.clone(),
             config.pool.clone(),
-            new_episode_id,
+            {
+                let ids = episode_ids.clone();
+                Arc::new(move || ids.next())
+            },
             fill_limits,
         );
         Self {
@@ -118,6 +128,7 @@ impl ServerState {
             admission,
             model_clients: super::run::ModelClients::default(),
             metrics: super::metrics::Metrics::new(),
+            episode_ids,
             grade_config,
             draining: CancellationToken::new(),
             inflight: Arc::new(AtomicUsize::new(0)),
@@ -282,7 +293,7 @@ impl ServerState {
         // A pooled container is labelled with the id of the episode that takes it.
         let (mut episode_id, warm) = match warm {
             Some(taken) => (taken.episode_id, Some(taken.prepared)),
-            None => (new_episode_id(), None),
+            None => (self.episode_ids.next(), None),
         };
         let image = image_for(&instance, &config.image_template);
         let tool_format = config.tool_format;
@@ -310,7 +321,7 @@ impl ServerState {
                     // answers: the episode starts in a container of its own instead, under a new id.
                     Err(EpisodeError::Sandbox(error)) => {
                         warn!(episode_id, %error, "starting from a pooled container failed; starting a cold container instead");
-                        episode_id = new_episode_id();
+                        episode_id = self.episode_ids.next();
                         None
                     }
                     Err(error) => {
@@ -543,13 +554,44 @@ impl ServerState {
         graded
     }
 
+    /// NOT_FOUND for an episode this server does not know, naming its node when the id names another one.
+    fn not_found(&self, episode_id: &str) -> ServiceError {
+        match self.episode_ids.foreign_node(episode_id) {
+            Some(node) => ServiceError::EpisodeOnOtherNode {
+                episode_id: episode_id.to_owned(),
+                node: node.to_owned(),
+                this_node: self.episode_ids.node_id().to_owned(),
+            },
+            None => ServiceError::EpisodeNotFound {
+                episode_id: episode_id.to_owned(),
+            },
+        }
+    }
+
+    /// GetCapacity: this node's id and free slots, from memory.
+    pub fn capacity(&self) -> proto::GetCapacityResponse {
+        let max = self.config.max_episodes;
+        let live = self.admission.live_episodes().min(max);
+        let draining = self.draining.is_cancelled();
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        proto::GetCapacityResponse {
+            node_id: self.episode_ids.node_id().to_owned(),
+            max_episodes: clamp(max),
+            live_episodes: clamp(live),
+            free_episodes: if draining { 0 } else { clamp(max - live) },
+            draining,
+            instance_id: self.engine.owner().to_label(),
+            pool_ready: self.pool.as_ref().map_or(0, |pool| {
+                clamp(pool.ready_by_task().iter().map(|(_, n)| n).sum())
+            }),
+        }
+    }
+
     fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
         convert::episode_id("episode_id", episode_id)?;
         self.registry
             .get(episode_id)
-            .ok_or_else(|| ServiceError::EpisodeNotFound {
-                episode_id: episode_id.to_owned(),
-            })
+            .ok_or_else(|| self.not_found(episode_id))
     }
 
     /// Runs one step (idempotent by request id). Once accepted (valid, episode live, request id new) the step runs
@@ -908,9 +950,12 @@ impl ServerState {
             Some(slot) => slot.trajectory_path.clone(),
             None => self.trajectory_file(episode_id),
         };
-        read_trajectory(&path)
-            .await
-            .map_err(|e| ServiceError::from_trajectory(episode_id, e))
+        read_trajectory(&path).await.map_err(|e| {
+            match ServiceError::from_trajectory(episode_id, e) {
+                ServiceError::EpisodeNotFound { .. } => self.not_found(episode_id),
+                other => other,
+            }
+        })
     }
 
     fn trajectory_file(&self, episode_id: &str) -> PathBuf {
@@ -930,7 +975,7 @@ impl ServerState {
         };
         let instance = self.resolve_task(task_id, task_json, &request.image)?;
         let _permit = self.admission.episode()?;
-        let grading_id = format!("grade-{}", new_episode_id());
+        let grading_id = format!("grade-{}", self.episode_ids.next());
         let patch = Some(request.patch.as_str()).filter(|p| !p.is_empty());
         let rules = if request.rules.is_empty() {
             None
@@ -1251,7 +1296,36 @@ fn request_digest(request: &proto::StepRequest) -> RequestDigest {
     bytes
 }
 
-/// A fresh random episode id (`ep-` + 32 hex digits).
-pub fn new_episode_id() -> String {
-    format!("ep-{:032x}", rand::random::<u128>())
+/// The episode ids of one node: `<node_id>.ep-<32 random hex digits>`. The node id (a DNS label, no `.`) before
+/// the first `.` tells a fleet client which node owns an episode.
+#[derive(Debug, Clone)]
+pub struct EpisodeIds {
+    node_id: Arc<str>,
+}
+
+impl EpisodeIds {
+    /// Ids of node `node_id` (checked by `ServerConfig::validate`, or made by `config::node_id_from_host`).
+    pub fn new(node_id: String) -> Self {
+        Self {
+            node_id: node_id.into(),
+        }
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A fresh id.
+    pub fn next(&self) -> String {
+        format!("{}.ep-{:032x}", self.node_id, rand::random::<u128>())
+    }
+
+    /// The node an episode id names, when it names one that is not this node (a misrouted call).
+    pub fn foreign_node<'a>(&self, episode_id: &'a str) -> Option<&'a str> {
+        episode_id
+            .split_once('.')
+            .map(|(node, _)| node)
+            .filter(|node| *node != &*self.node_id)
+    }
 }

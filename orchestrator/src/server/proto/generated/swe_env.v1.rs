@@ -851,6 +851,37 @@ pub mod run_episode_event {
         Result(super::RunEpisodeResult),
     }
 }
+/// Request of GetCapacity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetCapacityRequest {}
+/// A server's identity and load.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetCapacityResponse {
+    /// This server's node id (`serve --node-id`, default the host name): a DNS label. Every episode id this server
+    /// makes is `<node_id>.` followed by a local id, so a client knows from an id which node owns the episode.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// The server's `max_episodes`.
+    #[prost(uint32, tag = "2")]
+    pub max_episodes: u32,
+    /// Episode slots taken now (live episodes and episodes being started).
+    #[prost(uint32, tag = "3")]
+    pub live_episodes: u32,
+    /// Slots a CreateEpisode could take now: `max_episodes - live_episodes`, 0 while draining.
+    #[prost(uint32, tag = "4")]
+    pub free_episodes: u32,
+    /// True once the server began its drain (SIGTERM): it refuses new episodes (UNAVAILABLE) and lets live ones
+    /// finish within its grace period.
+    #[prost(bool, tag = "5")]
+    pub draining: bool,
+    /// This server process (its containers' owner label, `host:pid:start_ticks`). Two addresses answering the same
+    /// instance are one server; two instances claiming one node id are a misconfigured fleet.
+    #[prost(string, tag = "6")]
+    pub instance_id: ::prost::alloc::string::String,
+    /// Warm containers ready in its pools (see Prewarm).
+    #[prost(uint32, tag = "7")]
+    pub pool_ready: u32,
+}
 /// How the agent writes tool calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1333,6 +1364,34 @@ pub mod env_service_client {
                 .insert(GrpcMethod::new("swe_env.v1.EnvService", "Prewarm"));
             self.inner.unary(req, path, codec).await
         }
+        /// This server's node id and free capacity, for fleet clients that spread episodes over several servers: they
+        /// send CreateEpisode to the node with the most free slots and every later call of an episode to the node its id
+        /// names (an episode id is `<node_id>.<local id>`). Answers from memory (no Docker call); cache it for a second
+        /// or so rather than asking before every CreateEpisode.
+        pub async fn get_capacity(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetCapacityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetCapacityResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/swe_env.v1.EnvService/GetCapacity",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("swe_env.v1.EnvService", "GetCapacity"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1456,6 +1515,17 @@ pub mod env_service_server {
             &self,
             request: tonic::Request<super::PrewarmRequest>,
         ) -> std::result::Result<tonic::Response<super::PrewarmResponse>, tonic::Status>;
+        /// This server's node id and free capacity, for fleet clients that spread episodes over several servers: they
+        /// send CreateEpisode to the node with the most free slots and every later call of an episode to the node its id
+        /// names (an episode id is `<node_id>.<local id>`). Answers from memory (no Docker call); cache it for a second
+        /// or so rather than asking before every CreateEpisode.
+        async fn get_capacity(
+            &self,
+            request: tonic::Request<super::GetCapacityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetCapacityResponse>,
+            tonic::Status,
+        >;
     }
     /// Episodes over gRPC. Every call needs `authorization: Bearer <token>` metadata when the server has a token.
     #[derive(Debug)]
@@ -2012,6 +2082,51 @@ pub mod env_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PrewarmSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/swe_env.v1.EnvService/GetCapacity" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetCapacitySvc<T: EnvService>(pub Arc<T>);
+                    impl<
+                        T: EnvService,
+                    > tonic::server::UnaryService<super::GetCapacityRequest>
+                    for GetCapacitySvc<T> {
+                        type Response = super::GetCapacityResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetCapacityRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EnvService>::get_capacity(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetCapacitySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
