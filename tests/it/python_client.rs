@@ -1,9 +1,12 @@
 //! The Python client package (`clients/python`), installed with pip from its directory as a user would, tested by
 //! its own pytest suite (`clients/python/tests`) against real servers: one on TCP and a unix socket, one admitting a
-//! single episode (retry tests). The venv lives under the target directory and is reused; the package is
+//! single episode (retry tests), and a fleet of three (`--node-id fleet-N`, unequal `--max-episodes`; placement
+//! tests, one of which SIGKILLs the third: this test then checks that a survivor's reconcile removed the dead
+//! server's containers). The venv lives under the target directory and is reused; the package is
 //! reinstalled from the current sources on every run. Without Python, pip or a reachable package index this test
 //! fails loudly.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +15,10 @@ use crate::common::{describe, run_ok};
 use crate::server::{ServerProc, SPANS, TOKEN};
 
 /// The number of tests in clients/python/tests: every one must run and pass.
-const EXPECTED_PASSED: u32 = 22;
+const EXPECTED_PASSED: u32 = 33;
+
+/// `--max-episodes` of the three fleet servers (`test_fleet.py`): unequal, so placement by free capacity shows.
+const FLEET_MAX: [u32; 3] = [2, 3, 4];
 
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,6 +80,31 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
     let socket = dir.path().join("swe-env.sock");
     let server = ServerProc::start(&main_dir, &["--unix-socket", socket.to_str().unwrap()]);
     let limited = ServerProc::start(&limited_dir, &["--max-episodes", "1"]);
+    let mut fleet: Vec<ServerProc> = FLEET_MAX
+        .iter()
+        .enumerate()
+        .map(|(i, max)| {
+            let node_dir = dir.path().join(format!("fleet-{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            ServerProc::start(
+                &node_dir,
+                &[
+                    "--node-id",
+                    &format!("fleet-{i}"),
+                    "--max-episodes",
+                    &max.to_string(),
+                    "--reconcile-interval-secs",
+                    "2",
+                ],
+            )
+        })
+        .collect();
+    let joined =
+        |f: &dyn Fn(&ServerProc) -> String| fleet.iter().map(f).collect::<Vec<_>>().join(",");
+    let fleet_addrs = joined(&|s| s.addr.clone());
+    let fleet_nodes = joined(&|s| s.node_id.clone());
+    let fleet_pids = joined(&|s| s.child.id().to_string());
+    let fleet_max = FLEET_MAX.map(|m| m.to_string()).join(",");
 
     let tests = client_dir().join("tests");
     let mut command = Command::new(&python);
@@ -88,7 +119,11 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
         .env("SWE_ENV_LIMITED_TCP", &limited.addr)
         .env("SWE_ENV_TASK", SPANS)
         .env("SWE_ENV_BIN", env!("CARGO_BIN_EXE_swe-env"))
-        .env("SWE_ENV_TRAJECTORIES", server.trajectory_dir());
+        .env("SWE_ENV_TRAJECTORIES", server.trajectory_dir())
+        .env("SWE_ENV_FLEET", &fleet_addrs)
+        .env("SWE_ENV_FLEET_NODES", &fleet_nodes)
+        .env("SWE_ENV_FLEET_MAX", &fleet_max)
+        .env("SWE_ENV_FLEET_PIDS", &fleet_pids);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -96,15 +131,53 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the client's tests failed: {}\nmain server log:\n{}",
+        "the client's tests failed: {}\nmain server log:\n{}\nfleet logs:\n{}",
         describe(&output),
-        server.log()
+        server.log(),
+        fleet
+            .iter()
+            .map(ServerProc::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
     );
     assert_eq!(
         summary_count(&stdout, "passed"),
         EXPECTED_PASSED,
         "every client test must run and pass: {stdout}"
     );
+    // test_fleet.py SIGKILLed the third fleet server: reap it (a zombie's containers are orphans too), then a
+    // survivor's reconcile (every 2 s) must remove every container it left.
+    let mut victim = fleet.pop().unwrap();
+    let status = victim.child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the killed fleet server died of SIGKILL: {status}"
+    );
+    let filter = format!("label=swe-env.owner={}", victim.owner);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = tokio::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .await
+            .unwrap();
+        assert!(ps.status.success(), "docker ps: {ps:?}");
+        let left = String::from_utf8_lossy(&ps.stdout).trim().to_owned();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "containers of the killed server {} are still there after 60 s: {left}\nsurvivor logs:\n{}",
+            victim.owner,
+            fleet.iter().map(ServerProc::log).collect::<Vec<_>>().join("\n----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for node in fleet {
+        node.terminate(Duration::from_secs(30)).await;
+    }
     server.terminate(Duration::from_secs(30)).await;
     limited.terminate(Duration::from_secs(30)).await;
     assert!(!socket.exists(), "the socket file is removed at shutdown");

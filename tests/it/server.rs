@@ -1121,3 +1121,60 @@ fn a_node_id_that_is_not_a_dns_label_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_restarted_under_its_id_refuses_its_lost_episodes_and_removes_their_containers(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--node-id", "n-restart"];
+    let mut first = ServerProc::start(dir.path(), &flags);
+    let mut before = client(&first.url()).await;
+    let lost = create(&mut before, create_request(SPANS)).await.episode_id;
+    before.step(bash(&lost, "echo before")).await.unwrap();
+    let old_owner = first.owner.clone();
+    assert_eq!(containers_of(&old_owner).await, 1);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // The same node again (same id, same trajectory directory): its start-up reconcile removes the dead
+    // process's container and closes the trajectory; the lost episode is refused as one of an earlier run.
+    let second = ServerProc::start(dir.path(), &flags);
+    assert_eq!(second.node_id, "n-restart");
+    assert_ne!(second.owner, old_owner);
+    let mut client = client(&second.url()).await;
+    for status in [
+        client.step(bash(&lost, "echo after")).await.unwrap_err(),
+        client
+            .close_episode(proto::CloseEpisodeRequest {
+                episode_id: lost.clone(),
+                final_answer: String::new(),
+            })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("ran on an earlier run of node n-restart"),
+            "{}",
+            status.message()
+        );
+    }
+    let trajectory = read_trajectory(&second.trajectory_dir().join(format!("{lost}.jsonl")))
+        .await
+        .unwrap();
+    assert_eq!(trajectory.steps.len(), 1);
+    assert_eq!(trajectory.end.unwrap().status, EpisodeStatus::Crashed);
+    assert_eq!(containers_of(&old_owner).await, 0);
+    // An id this node never made is still NOT_FOUND.
+    let status = client
+        .step(bash(
+            "n-restart.ep-00000000000000000000000000000000",
+            "true",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    second.terminate(Duration::from_secs(30)).await;
+}

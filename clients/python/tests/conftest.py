@@ -7,6 +7,10 @@
     SWE_ENV_TASK           a fixture task id (the spans fixture)
     SWE_ENV_BIN            the swe-env binary (for `swe-env export`)
     SWE_ENV_TRAJECTORIES   the main server's trajectory directory
+    SWE_ENV_FLEET          host:port of three fleet servers, comma-separated (test_fleet.py)
+    SWE_ENV_FLEET_NODES    their --node-id values, in the same order
+    SWE_ENV_FLEET_MAX      their --max-episodes values
+    SWE_ENV_FLEET_PIDS     their process ids (the last test kills the third)
 
 A missing variable fails the test: these tests only make sense against real servers.
 """

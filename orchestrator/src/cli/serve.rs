@@ -180,7 +180,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return match args.printed().and_then(|value| {
             let text = serde_json::to_string_pretty(&value)?;
             // Checked like a start would: the printed config is one `serve --config` accepts.
-            args.resolve()?;
+            args.resolve()?.validate()?;
             Ok(text)
         }) {
             Ok(text) => {

@@ -49,6 +49,17 @@ pub enum ServiceError {
         /// This server's node id.
         this_node: String,
     },
+    /// The episode was live on an earlier run of this node (the process stopped; its trajectory is kept).
+    #[error(
+        "episode {episode_id} is not live: it ran on an earlier run of node {node}, which stopped (killed or \
+         restarted), and cannot continue; its trajectory is kept (GetTrajectory); create a new episode"
+    )]
+    EpisodeFromEarlierRun {
+        /// The episode.
+        episode_id: String,
+        /// This node.
+        node: String,
+    },
     /// The episode has ended.
     #[error("episode {episode_id} has ended ({status}); create a new episode")]
     EpisodeEnded {
@@ -195,6 +206,7 @@ impl ServiceError {
             | Self::EpisodeNotFound { .. }
             | Self::EpisodeOnOtherNode { .. } => Code::NotFound,
             Self::EpisodeEnded { .. }
+            | Self::EpisodeFromEarlierRun { .. }
             | Self::ImageMissing { .. }
             | Self::Ungradable { .. }
             | Self::SandboxGone { .. }

@@ -587,11 +587,25 @@ impl ServerState {
         }
     }
 
-    fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
+    /// The slot of an episode this server process knows. An id it does not know is NOT_FOUND — naming the node
+    /// when the id names another one —, or FAILED_PRECONDITION when this node's trajectory directory holds it: an
+    /// episode of an earlier run of this node (the process was killed or restarted; the episode cannot go on).
+    async fn slot(&self, episode_id: &str) -> Result<Arc<EpisodeSlot>, ServiceError> {
         convert::episode_id("episode_id", episode_id)?;
-        self.registry
-            .get(episode_id)
-            .ok_or_else(|| self.not_found(episode_id))
+        if let Some(slot) = self.registry.get(episode_id) {
+            return Ok(slot);
+        }
+        if self.episode_ids.foreign_node(episode_id).is_none()
+            && tokio::fs::try_exists(self.trajectory_file(episode_id))
+                .await
+                .unwrap_or(false)
+        {
+            return Err(ServiceError::EpisodeFromEarlierRun {
+                episode_id: episode_id.to_owned(),
+                node: self.episode_ids.node_id().to_owned(),
+            });
+        }
+        Err(self.not_found(episode_id))
     }
 
     /// Runs one step (idempotent by request id). Once accepted (valid, episode live, request id new) the step runs
@@ -607,7 +621,7 @@ impl ServerState {
         let (action, meta) = convert::step_action(&request)?;
         // Only a request id makes a step retryable: no digest without one.
         let digest = (!request.request_id.is_empty()).then(|| request_digest(&request));
-        let slot = self.slot(&request.episode_id)?;
+        let slot = self.slot(&request.episode_id).await?;
         let inflight = self.enter()?;
         let state = slot.state.clone().lock_owned().await;
         if let Some(digest) = &digest {
@@ -858,7 +872,7 @@ impl ServerState {
         &self,
         request: proto::CloseEpisodeRequest,
     ) -> Result<proto::EpisodeInfo, ServiceError> {
-        let slot = self.slot(&request.episode_id)?;
+        let slot = self.slot(&request.episode_id).await?;
         let mut state = slot.state.lock().await;
         if let Some(live) = state.live.as_ref() {
             let status = if live.episode.submission().is_some() {

@@ -5,15 +5,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import socket
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import grpc
+
+from . import errors
 from .v1 import env_pb2
 
 #: A channel option every channel gets: a unix socket's path is not a valid HTTP/2 `:authority` for the server.
 _UNIX_OPTIONS = (("grpc.default_authority", "localhost"),)
 #: Large observations and trajectories: no 4 MiB receive cap.
 _BASE_OPTIONS = (("grpc.max_receive_message_length", -1),)
+#: HTTP/2 keepalive on every channel: a ping every 10 s, a connection whose pings go unanswered for 5 s is dropped
+#: (its calls fail UNAVAILABLE), so a frozen server is noticed instead of hanging the calls on it.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # gRPC core (>= 1.5x) times pings out after this, not after keepalive_timeout_ms, while calls are open: its
+    # default is 60 s. Without it a step on a frozen node hangs for a minute.
+    ("grpc.http2.ping_timeout_ms", 5000),
+    # A server that went away and came back is reached again within seconds (gRPC's default backoff grows to 120 s).
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
 
 Metadata = Tuple[Tuple[str, str], ...]
 
@@ -37,6 +54,34 @@ def grpc_target(address: str) -> Tuple[str, Tuple[Tuple[str, Any], ...]]:
     if address.startswith("https://"):
         raise ValueError("the swe-env server speaks plaintext HTTP/2: use host:port, not https://")
     return address, _BASE_OPTIONS
+
+
+def channel_options(address: str, extra: Sequence[Tuple[str, Any]] = ()) -> Tuple[str, List[Tuple[str, Any]]]:
+    """The gRPC target of ``address`` and every option its channel gets (base, keepalive, the caller's)."""
+    target, base = grpc_target(address)
+    return target, list(base) + list(KEEPALIVE_OPTIONS) + list(extra)
+
+
+def resolve(host: str, port: int) -> List[str]:
+    """Every address ``host`` resolves to now (``socket.getaddrinfo``, TCP), in the resolver's order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def capacity_failure(address: str, error: grpc.RpcError) -> Optional[str]:
+    """Why a GetCapacity to ``address`` failed, as a node-down reason; raises when the failure is a configuration
+    error every retry would repeat (wrong token, a server without GetCapacity)."""
+    code_fn = getattr(error, "code", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED):
+        failure = errors.from_rpc_error(error, method="GetCapacity")
+        failure.message = f"{address}: {failure.message}"
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            failure.message += " (a server older than fleet support: give a single address instead of a list)"
+        raise failure
+    details_fn = getattr(error, "details", None)
+    details = (details_fn() if callable(details_fn) else None) or str(error)
+    return f"{code.name}: {details}"
 
 
 def auth_metadata(token: Optional[str]) -> Metadata:

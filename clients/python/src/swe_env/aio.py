@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import grpc.aio
 
-from . import _core, errors, render
+from . import _core, _fleet, errors, render
 from ._core import MessageOrMapping, RetryPolicy, ToolFormatLike
 from .v1 import env_pb2, env_pb2_grpc
 
@@ -21,36 +22,54 @@ T = TypeVar("T")
 
 
 class AsyncClient:
-    """A ``grpc.aio`` connection to one swe-env server (arguments as :class:`swe_env.Client`). Create it inside
-    the event loop that uses it; ``async with AsyncClient(...) as client:`` closes it."""
+    """A ``grpc.aio`` connection to one swe-env server or a fleet (arguments as :class:`swe_env.Client`). Create
+    it inside the event loop that uses it; ``async with AsyncClient(...) as client:`` closes it."""
 
     def __init__(
         self,
-        address: str,
+        address: Union[str, Sequence[str]],
         token: Optional[str] = None,
         *,
         timeout: Optional[float] = None,
         retry: RetryPolicy = RetryPolicy(),
         options: Sequence[tuple] = (),
+        refresh_secs: float = _fleet.REFRESH_SECS,
+        probe_timeout: float = _fleet.PROBE_TIMEOUT_SECS,
+        resolve: _fleet.Resolver = _core.resolve,
     ) -> None:
-        target, base_options = _core.grpc_target(address)
-        self.address = address
-        self._channel = grpc.aio.insecure_channel(target, options=list(base_options) + list(options))
-        self._stub_default = env_pb2_grpc.EnvServiceStub(self._channel)
+        addresses = _fleet.split_addresses(address)
+        self.addresses = addresses
+        self.address = address if isinstance(address, str) else ",".join(addresses)
+        self.is_fleet = not isinstance(address, str) or len(addresses) > 1
+        self._options = list(options)
         self._metadata = _core.auth_metadata(token)
         self._timeout = timeout
         self._retry = retry
+        self._probe_timeout = probe_timeout
+        self._resolve = resolve
+        self._refresh_lock: Optional[asyncio.Lock] = None  # made in the loop, on first use
+        self._channels: Dict[str, Tuple[grpc.aio.Channel, env_pb2_grpc.EnvServiceStub]] = {}
+        self._targets = [_core.grpc_target(a)[0] for a in addresses]
+        self._fleet = _fleet.Fleet(refresh_secs)
+        self._resolve_failures: Dict[str, str] = {}
+        self._stub_default: Optional[env_pb2_grpc.EnvServiceStub] = None
+        if not self.is_fleet:
+            self._channel, self._stub_default = self._channel_for(addresses[0])
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> "AsyncClient":
-        """A client for ``$SWE_ENV_ADDRESS`` with the token ``$SWE_ENV_TOKEN`` (if set)."""
+        """A client for ``$SWE_ENV_ADDRESS`` (several comma-separated addresses: a fleet) with the token
+        ``$SWE_ENV_TOKEN`` (if set)."""
         address = os.environ.get("SWE_ENV_ADDRESS")
         if not address:
             raise ValueError("SWE_ENV_ADDRESS is not set: export it as host:port or unix:/path/to/swe-env.sock")
         return cls(address, os.environ.get("SWE_ENV_TOKEN"), **kwargs)
 
     async def close(self) -> None:
-        await self._channel.close()
+        channels = [channel for channel, _ in self._channels.values()]
+        self._channels.clear()
+        for channel in channels:
+            await channel.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -58,10 +77,87 @@ class AsyncClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def _stub(self, *, task_id: Optional[str] = None, episode_id: Optional[str] = None) -> env_pb2_grpc.EnvServiceStub:
+    def _channel_for(self, address: str) -> Tuple[grpc.aio.Channel, env_pb2_grpc.EnvServiceStub]:
+        found = self._channels.get(address)
+        if found is None:
+            target, options = _core.channel_options(address, self._options)
+            channel = grpc.aio.insecure_channel(target, options=options)
+            found = self._channels[address] = (channel, env_pb2_grpc.EnvServiceStub(channel))
+        return found
+
+    async def _stub(self, *, task_id: Optional[str] = None, episode_id: Optional[str] = None) -> env_pb2_grpc.EnvServiceStub:
         """The one place a call picks its channel (see ``Client._stub``)."""
-        del task_id, episode_id
-        return self._stub_default
+        del task_id
+        if self._stub_default is not None:
+            return self._stub_default
+        if episode_id is not None:
+            return self._channel_for((await self._owner(episode_id)).address)[1]
+        return self._channel_for((await self._any_node()).address)[1]
+
+    async def nodes(self) -> List[_fleet.NodeView]:
+        """The current view of the fleet (see ``Client.nodes``)."""
+        if not self.is_fleet:
+            return [_fleet.NodeView("", self.address, 0, 0, False, False, "", 0)]
+        await self._refresh()
+        return self._fleet.view()
+
+    async def _capacity(self, address: str) -> Any:
+        try:
+            return await self._channel_for(address)[1].GetCapacity(
+                env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            return _core.capacity_failure(address, error)
+
+    async def _refresh(self, force: bool = False) -> None:
+        """As ``Client._refresh``: names resolved in a thread, every node asked concurrently."""
+        asked = time.monotonic()
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            if self._fleet.fresher_than(asked) or (not force and not self._fleet.stale(time.monotonic())):
+                return
+            loop = asyncio.get_running_loop()
+            addresses, self._resolve_failures = await loop.run_in_executor(
+                None, _fleet.expand, self._targets, self._resolve
+            )
+            for target, why in self._resolve_failures.items():
+                log.warning("fleet address %s: %s", target, why)
+            answers = await asyncio.gather(*(self._capacity(address) for address in addresses))
+            self._fleet.apply(addresses, dict(zip(addresses, answers)), time.monotonic())
+
+    def _no_node(self) -> str:
+        failures = "".join(f"; {t}: {why}" for t, why in self._resolve_failures.items())
+        return f"{self._fleet.describe()}{failures}"
+
+    async def _any_node(self) -> _fleet.Node:
+        await self._refresh()
+        node = self._fleet.choose() or next((n for n in self._fleet.nodes if not n.down), None)
+        if node is None:
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, f"no node of the fleet answers ({self._no_node()})")
+        return node
+
+    async def _owner(self, episode_id: str) -> _fleet.Node:
+        """As ``Client._owner``."""
+        node_id = _fleet.node_of(episode_id)
+        if node_id is None:
+            raise errors.Unavailable(
+                grpc.StatusCode.UNAVAILABLE,
+                f"episode {episode_id} names no node (a server older than fleet support): "
+                "use a single-address client for it",
+            )
+        for attempt in range(2):
+            node = self._fleet.find(node_id)
+            if node is not None and (not node.down or not self._fleet.stale(time.monotonic()) or attempt == 1):
+                break
+            await self._refresh(force=True)
+        if node is None:
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, _fleet.unknown_node_message(episode_id, node_id, self._fleet))
+        if node.down:
+            raise errors.NodeUnavailable(
+                _fleet.lost_message(episode_id, node), node_id=node.node_id, address=node.address, episode_id=episode_id
+            )
+        return node
 
     async def _call(
         self,
@@ -72,6 +168,7 @@ class AsyncClient:
         timeout: Optional[float] = None,
         retry: bool = True,
         request_id: Optional[str] = None,
+        episode_id: Optional[str] = None,
     ) -> T:
         """As ``Client._call``, waiting with ``asyncio.sleep``."""
         deadline = self._timeout if timeout is None else timeout
@@ -83,6 +180,18 @@ class AsyncClient:
                 return await invoke(request, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error, method=method, request_id=request_id)
+            if self.is_fleet and episode_id is not None and error.code == grpc.StatusCode.UNAVAILABLE:
+                node = await self._owner(episode_id)
+                probe = await self._capacity(node.address)
+                if isinstance(probe, str):
+                    self._fleet.mark_down(node, probe)
+                    raise errors.NodeUnavailable(
+                        _fleet.lost_message(episode_id, node),
+                        node_id=node.node_id,
+                        address=node.address,
+                        episode_id=episode_id,
+                        method=method,
+                    ) from error
             if not retry or error.code not in errors.RETRYABLE or attempt >= self._retry.max_attempts:
                 raise error
             delay = self._retry.delay(attempt, error.retry_after)
@@ -92,12 +201,56 @@ class AsyncClient:
             await asyncio.sleep(delay)
             waited += delay
 
+    async def _place(self, request: env_pb2.CreateEpisodeRequest, timeout: Optional[float]) -> env_pb2.CreateEpisodeResponse:
+        """As ``Client._place``."""
+        call_deadline = self._timeout if timeout is None else timeout
+        budget = self._retry.max_total_wait if timeout is None else timeout
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._refresh()
+            tried: set = set()
+            hint: Optional[float] = None
+            last: Optional[errors.SweEnvError] = None
+            while True:
+                node = self._fleet.choose(tried)
+                if node is None:
+                    break
+                self._fleet.placed(node)
+                tried.add(node.address)
+                stub = self._channel_for(node.address)[1]
+                try:
+                    return await stub.CreateEpisode(request, timeout=call_deadline, metadata=self._metadata)
+                except grpc.RpcError as rpc_error:
+                    error = errors.from_rpc_error(rpc_error, method="CreateEpisode")
+                self._fleet.unplaced(node)
+                if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._fleet.exhausted(node)
+                elif error.code == grpc.StatusCode.UNAVAILABLE:
+                    self._fleet.mark_down(node, f"UNAVAILABLE: {error.message}")
+                else:
+                    raise error
+                last = error
+                if error.retry_after is not None:
+                    hint = max(hint or 0.0, error.retry_after)
+            message = f"no node of the fleet has a free slot ({self._no_node()})"
+            failure = last or errors.ResourceExhausted(grpc.StatusCode.RESOURCE_EXHAUSTED, message, method="CreateEpisode")
+            if attempt >= self._retry.max_attempts:
+                raise failure
+            delay = self._retry.delay(attempt, hint)
+            if time.monotonic() - started + delay > budget:
+                raise failure
+            log.info("retrying CreateEpisode (attempt %d) in %.3f s: %s", attempt + 1, delay, message)
+            await asyncio.sleep(delay)
+            self._fleet.refreshed_at = None
+
     async def list_tasks(self, *, repo: str = "", include_rows: bool = False, page_size: int = 0) -> List[env_pb2.Task]:
         tasks: List[env_pb2.Task] = []
         token = ""
         while True:
             request = env_pb2.ListTasksRequest(page_size=page_size, page_token=token, repo=repo, include_rows=include_rows)
-            page = await self._call("ListTasks", self._stub().ListTasks, request)
+            page = await self._call("ListTasks", (await self._stub()).ListTasks, request)
             tasks.extend(page.tasks)
             token = page.next_page_token
             if not token:
@@ -114,7 +267,7 @@ class AsyncClient:
         image: str = "",
     ) -> env_pb2.PrewarmResponse:
         request = _core.prewarm_request(task_id, task, count, wait, wait_timeout, image)
-        return await self._call("Prewarm", self._stub(task_id=task_id).Prewarm, request)
+        return await self._call("Prewarm", (await self._stub(task_id=task_id)).Prewarm, request)
 
     async def create_episode(
         self,
@@ -145,7 +298,9 @@ class AsyncClient:
             model=model,
             grade_on_submit=grade_on_submit,
         )
-        return await self._call("CreateEpisode", self._stub(task_id=task_id).CreateEpisode, request, timeout=timeout)
+        if self.is_fleet:
+            return await self._place(request, timeout)
+        return await self._call("CreateEpisode", (await self._stub(task_id=task_id)).CreateEpisode, request, timeout=timeout)
 
     def episode(self, task_id: Optional[str] = None, **kwargs: Any) -> "_EpisodeStarter":
         """``async with client.episode(task_id, ...) as ep:`` creates the episode and closes it at the end."""
@@ -161,39 +316,53 @@ class AsyncClient:
         model_turn: Optional[MessageOrMapping] = None,
         timeout: Optional[float] = None,
     ) -> env_pb2.StepResponse:
-        return (await self._step(self._stub(episode_id=episode_id), episode_id, text, tool_call, request_id, model_turn, timeout))[1]
+        return (await self._step(episode_id, text, tool_call, request_id, model_turn, timeout))[1]
 
-    async def _step(self, stub, episode_id, text, tool_call, request_id, model_turn, timeout):
+    async def _step(self, episode_id, text, tool_call, request_id, model_turn, timeout):
         rid = request_id or _core.new_request_id()
         request = _core.step_request(episode_id, text, tool_call, rid, model_turn)
-        return request, await self._call("Step", stub.Step, request, timeout=timeout, request_id=rid)
+        stub = await self._stub(episode_id=episode_id)
+        return request, await self._call("Step", stub.Step, request, timeout=timeout, request_id=rid, episode_id=episode_id)
 
     async def close_episode(self, episode_id: str, final_answer: str = "") -> env_pb2.EpisodeInfo:
         request = env_pb2.CloseEpisodeRequest(episode_id=episode_id, final_answer=final_answer)
-        return (await self._call("CloseEpisode", self._stub(episode_id=episode_id).CloseEpisode, request)).episode
+        stub = await self._stub(episode_id=episode_id)
+        closed = (await self._call("CloseEpisode", stub.CloseEpisode, request, episode_id=episode_id)).episode
+        if self.is_fleet:
+            self._fleet.closed(_fleet.node_of(episode_id))
+        return closed
 
     async def list_episodes(self, *, include_ended: bool = False, page_size: int = 0) -> List[env_pb2.EpisodeInfo]:
+        """As ``Client.list_episodes`` (a fleet: every answering node's)."""
+        if self._stub_default is not None:
+            stubs = [self._stub_default]
+        else:
+            await self._refresh()
+            stubs = [self._channel_for(n.address)[1] for n in self._fleet.nodes if not n.down]
         episodes: List[env_pb2.EpisodeInfo] = []
-        token = ""
-        while True:
-            request = env_pb2.ListEpisodesRequest(page_size=page_size, page_token=token, include_ended=include_ended)
-            page = await self._call("ListEpisodes", self._stub().ListEpisodes, request)
-            episodes.extend(page.episodes)
-            token = page.next_page_token
-            if not token:
-                return episodes
+        for stub in stubs:
+            token = ""
+            while True:
+                request = env_pb2.ListEpisodesRequest(page_size=page_size, page_token=token, include_ended=include_ended)
+                page = await self._call("ListEpisodes", stub.ListEpisodes, request)
+                episodes.extend(page.episodes)
+                token = page.next_page_token
+                if not token:
+                    break
+        return episodes
 
     async def trajectory(self, episode_id: str) -> List[Dict[str, Any]]:
-        stub = self._stub(episode_id=episode_id)
+        stub = await self._stub(episode_id=episode_id)
 
         async def invoke(request: env_pb2.GetTrajectoryRequest, **kw: Any) -> List[Dict[str, Any]]:
             return _core.parse_records([record async for record in stub.GetTrajectory(request, **kw)])
 
-        return await self._call("GetTrajectory", invoke, _core.trajectory_request(episode_id))
+        return await self._call("GetTrajectory", invoke, _core.trajectory_request(episode_id), episode_id=episode_id)
 
     async def submission(self, episode_id: str) -> env_pb2.GetSubmissionResponse:
         request = env_pb2.GetSubmissionRequest(episode_id=episode_id)
-        return await self._call("GetSubmission", self._stub(episode_id=episode_id).GetSubmission, request)
+        stub = await self._stub(episode_id=episode_id)
+        return await self._call("GetSubmission", stub.GetSubmission, request, episode_id=episode_id)
 
     async def grade(
         self,
@@ -206,7 +375,7 @@ class AsyncClient:
         timeout: Optional[float] = None,
     ) -> env_pb2.GradeResponse:
         request = _core.grade_request(task_id, task, patch, image, rules)
-        return await self._call("Grade", self._stub(task_id=task_id).Grade, request, timeout=timeout)
+        return await self._call("Grade", (await self._stub(task_id=task_id)).Grade, request, timeout=timeout)
 
     async def check_test(
         self,
@@ -220,12 +389,12 @@ class AsyncClient:
         timeout: Optional[float] = None,
     ) -> env_pb2.CheckTestResponse:
         request = _core.check_test_request(task_id, task, script, patch, image, timeout_secs)
-        return await self._call("CheckTest", self._stub(task_id=task_id).CheckTest, request, timeout=timeout)
+        return await self._call("CheckTest", (await self._stub(task_id=task_id)).CheckTest, request, timeout=timeout)
 
     async def run_episode(
         self, request: env_pb2.RunEpisodeRequest, *, timeout: Optional[float] = None
     ) -> AsyncIterator[env_pb2.RunEpisodeEvent]:
-        stub = self._stub(task_id=request.episode.task_id or None)
+        stub = await self._stub(task_id=request.episode.task_id or None)
         try:
             async for event in stub.RunEpisode(request, timeout=timeout or self._timeout, metadata=self._metadata):
                 yield event
@@ -263,7 +432,6 @@ class AsyncEpisode:
         self.client = client
         self.info = created
         self.id = created.episode_id
-        self._stub = client._stub(episode_id=created.episode_id)
         self._conversation = _core.Conversation(created, prompt)
         self.done = False
         self.submitted = False
@@ -296,7 +464,7 @@ class AsyncEpisode:
         model_turn: Optional[MessageOrMapping] = None,
         timeout: Optional[float] = None,
     ) -> env_pb2.StepResponse:
-        request, response = await self.client._step(self._stub, self.id, text, tool_call, request_id, model_turn, timeout)
+        request, response = await self.client._step(self.id, text, tool_call, request_id, model_turn, timeout)
         self._conversation.add_step(request, response)
         self.done = self.done or response.done
         self.submitted = self.submitted or response.submitted

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 
-from . import _core, errors, render
+from . import _core, _fleet, errors, render
 from ._core import MessageOrMapping, RetryPolicy, ToolFormatLike
 from .v1 import env_pb2, env_pb2_grpc
 
@@ -18,42 +19,69 @@ T = TypeVar("T")
 
 
 class Client:
-    """A connection to one swe-env server.
+    """A connection to one swe-env server, or to a fleet of them.
 
-    ``address``: ``host:port`` (TCP) or ``unix:/path/to.sock`` (or an absolute socket path). ``token``: the
-    server's bearer token (None when it runs without one). ``timeout``: the default per-call deadline in seconds
-    (None: no deadline; a Step that grades on submit takes as long as the task's tests). ``retry``: see
-    :class:`RetryPolicy`. Thread-safe: one client serves every thread of a process.
+    ``address``: ``host:port`` (TCP) or ``unix:/path/to.sock`` (or an absolute socket path) — one server, every
+    call goes to it. A list of addresses (even of one DNS name, e.g. a Kubernetes headless Service), or one string
+    with several comma-separated addresses, makes a fleet client: names are resolved to all their addresses at each
+    refresh, CreateEpisode goes to the node with the most free slots (GetCapacity, cached ``refresh_secs``), every
+    later call for an episode to the node its id names; a call whose node is unreachable raises
+    :class:`errors.NodeUnavailable` at once. ``token``: the server's bearer token (None when it runs without one).
+    ``timeout``: the default per-call deadline in seconds (None: no deadline; a Step that grades on submit takes as
+    long as the task's tests). ``retry``: see :class:`RetryPolicy`. ``probe_timeout``: the deadline of capacity
+    reports and of the probe of a node that failed a call. Thread-safe: one client serves every thread of a
+    process.
     """
 
     def __init__(
         self,
-        address: str,
+        address: Union[str, Sequence[str]],
         token: Optional[str] = None,
         *,
         timeout: Optional[float] = None,
         retry: RetryPolicy = RetryPolicy(),
         options: Sequence[tuple] = (),
+        refresh_secs: float = _fleet.REFRESH_SECS,
+        probe_timeout: float = _fleet.PROBE_TIMEOUT_SECS,
+        resolve: _fleet.Resolver = _core.resolve,
     ) -> None:
-        target, base_options = _core.grpc_target(address)
-        self.address = address
-        self._channel = grpc.insecure_channel(target, options=list(base_options) + list(options))
-        self._stub_default = env_pb2_grpc.EnvServiceStub(self._channel)
+        addresses = _fleet.split_addresses(address)
+        self.addresses = addresses
+        self.address = address if isinstance(address, str) else ",".join(addresses)
+        #: True when given several addresses (or a list): placement over nodes instead of one server.
+        self.is_fleet = not isinstance(address, str) or len(addresses) > 1
+        self._options = list(options)
         self._metadata = _core.auth_metadata(token)
         self._timeout = timeout
         self._retry = retry
+        self._probe_timeout = probe_timeout
+        self._resolve = resolve
+        self._lock = threading.Lock()  # the fleet's state and the channels
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._channels: Dict[str, Tuple[grpc.Channel, env_pb2_grpc.EnvServiceStub]] = {}
+        self._targets = [_core.grpc_target(a)[0] for a in addresses]
+        self._fleet = _fleet.Fleet(refresh_secs)
+        self._resolve_failures: Dict[str, str] = {}
+        self._stub_default: Optional[env_pb2_grpc.EnvServiceStub] = None
+        if not self.is_fleet:
+            self._channel, self._stub_default = self._channel_for(addresses[0])
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> "Client":
-        """A client for ``$SWE_ENV_ADDRESS`` with the token ``$SWE_ENV_TOKEN`` (if set)."""
+        """A client for ``$SWE_ENV_ADDRESS`` (several comma-separated addresses: a fleet) with the token
+        ``$SWE_ENV_TOKEN`` (if set)."""
         address = os.environ.get("SWE_ENV_ADDRESS")
         if not address:
             raise ValueError("SWE_ENV_ADDRESS is not set: export it as host:port or unix:/path/to/swe-env.sock")
         return cls(address, os.environ.get("SWE_ENV_TOKEN"), **kwargs)
 
     def close(self) -> None:
-        """Closes the channel."""
-        self._channel.close()
+        """Closes the channels."""
+        with self._lock:
+            channels = [channel for channel, _ in self._channels.values()]
+            self._channels.clear()
+        for channel in channels:
+            channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -63,12 +91,110 @@ class Client:
 
     # -- The one place a call picks its channel. -------------------------------------------------------------------
 
+    def _channel_for(self, address: str) -> Tuple[grpc.Channel, env_pb2_grpc.EnvServiceStub]:
+        with self._lock:
+            found = self._channels.get(address)
+            if found is None:
+                target, options = _core.channel_options(address, self._options)
+                channel = grpc.insecure_channel(target, options=options)
+                found = self._channels[address] = (channel, env_pb2_grpc.EnvServiceStub(channel))
+            return found
+
     def _stub(self, *, task_id: Optional[str] = None, episode_id: Optional[str] = None) -> env_pb2_grpc.EnvServiceStub:
-        """The stub a call about ``task_id`` / ``episode_id`` goes to. One server today; fleet-aware placement
-        (episodes on the server that holds their task's warm pool, later calls on the server that holds the
-        episode) replaces this method only."""
-        del task_id, episode_id
-        return self._stub_default
+        """The stub a call about ``episode_id`` goes to: the node the id names (a fleet), else the server. Calls
+        about no episode (tasks, grading, warm pools) go to the node with the most free slots."""
+        del task_id
+        if self._stub_default is not None:
+            return self._stub_default
+        if episode_id is not None:
+            return self._channel_for(self._owner(episode_id).address)[1]
+        return self._channel_for(self._any_node().address)[1]
+
+    def nodes(self) -> List[_fleet.NodeView]:
+        """The current view of the fleet: per node its id, address, free-slot estimate, draining, down (refreshed
+        first when older than ``refresh_secs``). A single-server client shows its one address."""
+        if not self.is_fleet:
+            return [_fleet.NodeView("", self.address, 0, 0, False, False, "", 0)]
+        self._refresh()
+        with self._lock:
+            return self._fleet.view()
+
+    def _refresh(self, force: bool = False) -> None:
+        """Resolves the names and asks every node for its capacity (concurrently, ``probe_timeout`` each) when the
+        reports are older than ``refresh_secs`` (or ``force``)."""
+        asked = time.monotonic()
+        with self._refresh_lock:
+            with self._lock:
+                if self._fleet.fresher_than(asked) or (not force and not self._fleet.stale(time.monotonic())):
+                    return  # a refresh that began after this call asked has just finished: its answers are as new
+            addresses, self._resolve_failures = _fleet.expand(self._targets, self._resolve)
+            for target, why in self._resolve_failures.items():
+                log.warning("fleet address %s: %s", target, why)
+            futures = {
+                address: self._channel_for(address)[1].GetCapacity.future(
+                    env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata
+                )
+                for address in addresses
+            }
+            reports: Dict[str, Any] = {}
+            for address, future in futures.items():
+                try:
+                    reports[address] = future.result()
+                except grpc.RpcError as error:
+                    reports[address] = _core.capacity_failure(address, error)
+            with self._lock:
+                self._fleet.apply(addresses, reports, time.monotonic())
+
+    def _no_node(self) -> str:
+        failures = "".join(f"; {t}: {why}" for t, why in self._resolve_failures.items())
+        return f"{self._fleet.describe()}{failures}"
+
+    def _any_node(self) -> _fleet.Node:
+        """A node for a call about no episode: the most free slots, else any answering node."""
+        self._refresh()
+        with self._lock:
+            node = self._fleet.choose() or next((n for n in self._fleet.nodes if not n.down), None)
+            if node is None:
+                raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, f"no node of the fleet answers ({self._no_node()})")
+            return node
+
+    def _owner(self, episode_id: str) -> _fleet.Node:
+        """The node holding ``episode_id``; raises Unavailable when it is not among the nodes and NodeUnavailable
+        when it is down (after a refresh, when the view is older than ``refresh_secs``)."""
+        node_id = _fleet.node_of(episode_id)
+        if node_id is None:
+            raise errors.Unavailable(
+                grpc.StatusCode.UNAVAILABLE,
+                f"episode {episode_id} names no node (a server older than fleet support): "
+                "use a single-address client for it",
+            )
+        for attempt in range(2):
+            with self._lock:
+                node = self._fleet.find(node_id)
+                stale = self._fleet.stale(time.monotonic())
+            if node is not None and (not node.down or not stale or attempt == 1):
+                break
+            self._refresh(force=True)
+        if node is None:
+            with self._lock:
+                message = _fleet.unknown_node_message(episode_id, node_id, self._fleet)
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, message)
+        if node.down:
+            raise errors.NodeUnavailable(
+                _fleet.lost_message(episode_id, node), node_id=node.node_id, address=node.address, episode_id=episode_id
+            )
+        return node
+
+    def _probe(self, node: _fleet.Node) -> bool:
+        """One quick GetCapacity of a node whose call failed UNAVAILABLE: does it still answer?"""
+        stub = self._channel_for(node.address)[1]
+        try:
+            stub.GetCapacity(env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata)
+            return True
+        except grpc.RpcError as error:
+            with self._lock:
+                self._fleet.mark_down(node, _core.capacity_failure(node.address, error) or "unreachable")
+            return False
 
     def _call(
         self,
@@ -79,9 +205,11 @@ class Client:
         timeout: Optional[float] = None,
         retry: bool = True,
         request_id: Optional[str] = None,
+        episode_id: Optional[str] = None,
     ) -> T:
         """Runs ``invoke(request, timeout=, metadata=)``; RESOURCE_EXHAUSTED / UNAVAILABLE are retried per the
-        policy, every failure is raised as a :class:`errors.SweEnvError`."""
+        policy, every failure is raised as a :class:`errors.SweEnvError`. A fleet call about ``episode_id`` that
+        fails UNAVAILABLE probes its node once: an unreachable node raises :class:`errors.NodeUnavailable` at once."""
         deadline = self._timeout if timeout is None else timeout
         waited = 0.0
         attempt = 0
@@ -91,6 +219,16 @@ class Client:
                 return invoke(request, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error, method=method, request_id=request_id)
+            if self.is_fleet and episode_id is not None and error.code == grpc.StatusCode.UNAVAILABLE:
+                node = self._owner(episode_id)
+                if not self._probe(node):
+                    raise errors.NodeUnavailable(
+                        _fleet.lost_message(episode_id, node),
+                        node_id=node.node_id,
+                        address=node.address,
+                        episode_id=episode_id,
+                        method=method,
+                    ) from error
             if not retry or error.code not in errors.RETRYABLE or attempt >= self._retry.max_attempts:
                 raise error
             delay = self._retry.delay(attempt, error.retry_after)
@@ -99,6 +237,56 @@ class Client:
             log.info("retrying %s (attempt %d) in %.3f s: %s", method, attempt + 1, delay, error.message)
             time.sleep(delay)
             waited += delay
+
+    def _place(self, request: env_pb2.CreateEpisodeRequest, timeout: Optional[float]) -> env_pb2.CreateEpisodeResponse:
+        """CreateEpisode on a fleet: the node with the most free slots; RESOURCE_EXHAUSTED or UNAVAILABLE from it →
+        the next; none free → wait the largest hint (or the backoff), refresh, again, within the create deadline
+        (``timeout``, else the policy's ``max_total_wait``) and ``max_attempts`` rounds."""
+        call_deadline = self._timeout if timeout is None else timeout
+        budget = self._retry.max_total_wait if timeout is None else timeout
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._refresh()
+            tried: set = set()
+            hint: Optional[float] = None
+            last: Optional[errors.SweEnvError] = None
+            while True:
+                with self._lock:
+                    node = self._fleet.choose(tried)
+                    if node is None:
+                        break
+                    self._fleet.placed(node)
+                tried.add(node.address)
+                stub = self._channel_for(node.address)[1]
+                try:
+                    return stub.CreateEpisode(request, timeout=call_deadline, metadata=self._metadata)
+                except grpc.RpcError as rpc_error:
+                    error = errors.from_rpc_error(rpc_error, method="CreateEpisode")
+                with self._lock:
+                    self._fleet.unplaced(node)
+                    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        self._fleet.exhausted(node)
+                    elif error.code == grpc.StatusCode.UNAVAILABLE:
+                        self._fleet.mark_down(node, f"UNAVAILABLE: {error.message}")
+                    else:
+                        raise error
+                last = error
+                if error.retry_after is not None:
+                    hint = max(hint or 0.0, error.retry_after)
+            with self._lock:
+                message = f"no node of the fleet has a free slot ({self._no_node()})"
+            failure = last or errors.ResourceExhausted(grpc.StatusCode.RESOURCE_EXHAUSTED, message, method="CreateEpisode")
+            if attempt >= self._retry.max_attempts:
+                raise failure
+            delay = self._retry.delay(attempt, hint)
+            if time.monotonic() - started + delay > budget:
+                raise failure
+            log.info("retrying CreateEpisode (attempt %d) in %.3f s: %s", attempt + 1, delay, message)
+            time.sleep(delay)
+            with self._lock:
+                self._fleet.refreshed_at = None  # the next round asks every node again
 
     # -- Tasks -----------------------------------------------------------------------------------------------------
 
@@ -166,6 +354,8 @@ class Client:
             model=model,
             grade_on_submit=grade_on_submit,
         )
+        if self.is_fleet:
+            return self._place(request, timeout)
         return self._call("CreateEpisode", self._stub(task_id=task_id).CreateEpisode, request, timeout=timeout)
 
     def episode(self, task_id: Optional[str] = None, **kwargs: Any) -> "Episode":
@@ -190,29 +380,45 @@ class Client:
         none is given; retries reuse it, so the action runs at most once. When the call fails after the action
         may have run (e.g. :class:`errors.DeadlineExceeded`), the error carries ``request_id``: step again with it
         to get the stored outcome (``replayed``) instead of running the action twice."""
-        return self._step(self._stub(episode_id=episode_id), episode_id, text, tool_call, request_id, model_turn, timeout)[1]
+        return self._step(episode_id, text, tool_call, request_id, model_turn, timeout)[1]
 
-    def _step(self, stub, episode_id, text, tool_call, request_id, model_turn, timeout):
+    def _step(self, episode_id, text, tool_call, request_id, model_turn, timeout):
         rid = request_id or _core.new_request_id()
         request = _core.step_request(episode_id, text, tool_call, rid, model_turn)
-        return request, self._call("Step", stub.Step, request, timeout=timeout, request_id=rid)
+        stub = self._stub(episode_id=episode_id)
+        return request, self._call("Step", stub.Step, request, timeout=timeout, request_id=rid, episode_id=episode_id)
 
     def close_episode(self, episode_id: str, final_answer: str = "") -> env_pb2.EpisodeInfo:
         """Ends an episode (removes its container); closing an ended episode returns it as it ended."""
         request = env_pb2.CloseEpisodeRequest(episode_id=episode_id, final_answer=final_answer)
-        return self._call("CloseEpisode", self._stub(episode_id=episode_id).CloseEpisode, request).episode
+        stub = self._stub(episode_id=episode_id)
+        closed = self._call("CloseEpisode", stub.CloseEpisode, request, episode_id=episode_id).episode
+        if self.is_fleet:
+            with self._lock:
+                self._fleet.closed(_fleet.node_of(episode_id))
+        return closed
 
     def list_episodes(self, *, include_ended: bool = False, page_size: int = 0) -> List[env_pb2.EpisodeInfo]:
-        """The episodes the server knows (all pages), newest first."""
+        """The episodes the server knows (all pages), newest first; a fleet client: every answering node's, node
+        after node."""
+        if self._stub_default is not None:
+            stubs = [self._stub_default]
+        else:
+            self._refresh()
+            with self._lock:
+                addresses = [n.address for n in self._fleet.nodes if not n.down]
+            stubs = [self._channel_for(address)[1] for address in addresses]
         episodes: List[env_pb2.EpisodeInfo] = []
-        token = ""
-        while True:
-            request = env_pb2.ListEpisodesRequest(page_size=page_size, page_token=token, include_ended=include_ended)
-            page = self._call("ListEpisodes", self._stub().ListEpisodes, request)
-            episodes.extend(page.episodes)
-            token = page.next_page_token
-            if not token:
-                return episodes
+        for stub in stubs:
+            token = ""
+            while True:
+                request = env_pb2.ListEpisodesRequest(page_size=page_size, page_token=token, include_ended=include_ended)
+                page = self._call("ListEpisodes", stub.ListEpisodes, request)
+                episodes.extend(page.episodes)
+                token = page.next_page_token
+                if not token:
+                    break
+        return episodes
 
     def trajectory(self, episode_id: str) -> List[Dict[str, Any]]:
         """The episode's trajectory records (dicts in the trajectory file's schema)."""
@@ -221,12 +427,13 @@ class Client:
             "GetTrajectory",
             lambda request, **kw: _core.parse_records(stub.GetTrajectory(request, **kw)),
             _core.trajectory_request(episode_id),
+            episode_id=episode_id,
         )
 
     def submission(self, episode_id: str) -> env_pb2.GetSubmissionResponse:
         """The episode's last accepted submission (the patch)."""
         request = env_pb2.GetSubmissionRequest(episode_id=episode_id)
-        return self._call("GetSubmission", self._stub(episode_id=episode_id).GetSubmission, request)
+        return self._call("GetSubmission", self._stub(episode_id=episode_id).GetSubmission, request, episode_id=episode_id)
 
     # -- Grading ---------------------------------------------------------------------------------------------------
 
@@ -280,7 +487,6 @@ class Episode:
         self.client = client
         self.info = created
         self.id = created.episode_id
-        self._stub = client._stub(episode_id=created.episode_id)
         self._conversation = _core.Conversation(created, prompt)
         self.done = False
         self.submitted = False
@@ -315,7 +521,7 @@ class Episode:
     ) -> env_pb2.StepResponse:
         """Runs one action (see :meth:`Client.step`) and returns the StepResponse (``observation.text`` is what
         the model sees next; ``done`` when the server ended the episode)."""
-        request, response = self.client._step(self._stub, self.id, text, tool_call, request_id, model_turn, timeout)
+        request, response = self.client._step(self.id, text, tool_call, request_id, model_turn, timeout)
         self._conversation.add_step(request, response)
         self.done = self.done or response.done
         self.submitted = self.submitted or response.submitted

@@ -6,12 +6,15 @@
     ├── FailedPrecondition   the episode has ended or was closed; the task image is missing on the server
     ├── ResourceExhausted    admission limits reached (`retry_after`: the server's hint, seconds)
     ├── Unavailable          the server is shutting down or its Docker engine is unreachable (`retry_after`)
+    │   └── NodeUnavailable  (fleet) the node holding the episode is unreachable: the episode is lost
     ├── Unauthenticated      missing or wrong token
     ├── Unimplemented        a feature this server build does not provide
     ├── DeadlineExceeded     the call's timeout passed (the action may still have run: retry a Step with its
     │                        `request_id` to get its outcome without running it twice)
     ├── Cancelled            the call was cancelled
     └── ServerError          anything else (INTERNAL, UNKNOWN, …)
+
+    FleetConfigError (a ValueError)  two server processes of a fleet claim one node id
 """
 
 from __future__ import annotations
@@ -74,6 +77,23 @@ class ResourceExhausted(SweEnvError):
 
 class Unavailable(SweEnvError):
     """The server is shutting down or cannot reach its container engine, or the connection failed."""
+
+
+class NodeUnavailable(Unavailable):
+    """(Fleet clients) The node holding the episode is unreachable (it answered neither the call nor a quick
+    GetCapacity probe): the episode is lost; its trajectory stays on that node. Raised at once, not retried.
+    ``node_id``, ``address`` and ``episode_id`` name what was lost."""
+
+    def __init__(self, message: str, *, node_id: str, address: str, episode_id: str, method: str = "") -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, method=method)
+        self.node_id = node_id
+        self.address = address
+        self.episode_id = episode_id
+
+
+class FleetConfigError(ValueError):
+    """The fleet's addresses are inconsistent: two different server processes claim one node id (give each server
+    its own ``--node-id``). The message names both addresses."""
 
 
 class Unauthenticated(SweEnvError):
