@@ -18,6 +18,7 @@ mod durability;
 mod episode;
 mod export;
 mod fifo_path;
+mod fleet;
 mod gc;
 mod grade;
 mod grading_leaks;

@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// Fault injection against a real `swe-env serve`: client deadlines and cancels mid-step, shell hijacks,
     /// containers removed outside, hostile limits, kill -9 and restart, drain; one row per fault.
     Chaos(crate::client::chaos_bench::ChaosBenchArgs),
+    /// A fleet of three `swe-env serve` nodes (or `--server` repeated): placement overhead per CreateEpisode
+    /// (fleet vs direct, interleaved; the client-side decision in µs) and episodes/s across all nodes vs one.
+    Fleet(crate::client::fleet_bench::FleetBenchArgs),
 }
 
 /// Arguments of `swe-env bench sandbox`.
@@ -140,6 +143,18 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         BenchCommand::Grading(args) => super::bench_grading::run(args).await,
+        BenchCommand::Fleet(args) => {
+            if args.episodes == 0 || args.concurrency == 0 || args.rounds == 0 {
+                return Err(super::error::usage(
+                    "--episodes, --concurrency and --rounds must be positive",
+                ));
+            }
+            interruptible(async {
+                crate::client::fleet_bench::run(args).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+            .await
+        }
         BenchCommand::Chaos(args) => Ok(if crate::client::chaos_bench::run(args).await? {
             ExitCode::SUCCESS
         } else {
