@@ -15,30 +15,33 @@ use crate::common::{describe, run_ok};
 use crate::server::{ServerProc, SPANS, TOKEN};
 
 /// The number of tests in clients/python/tests: every one must run and pass.
-const EXPECTED_PASSED: u32 = 33;
+const EXPECTED_PASSED: u32 = 34;
 
 /// `--max-episodes` of the three fleet servers (`test_fleet.py`): unequal, so placement by free capacity shows.
 const FLEET_MAX: [u32; 3] = [2, 3, 4];
 
-fn client_dir() -> PathBuf {
+pub(crate) fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../clients/python")
         .canonicalize()
         .expect("clients/python exists")
 }
 
-/// A venv with the client installed by `pip install ./clients/python` (isolated build: pip fetches grpcio-tools
-/// for the build, which generates the stubs from proto/) and pytest, made once; then the package is reinstalled
-/// from the current sources (no build isolation: the venv's grpcio-tools builds it), so the test never runs a
-/// stale client.
 fn client_venv() -> PathBuf {
+    client_venv_with("py-client-venv", &[], "")
+}
+
+/// A venv `name` with the client installed by `pip install ./clients/python` (isolated build: pip fetches
+/// grpcio-tools for the build, which generates the stubs from proto/), pytest and the `extra` packages (`import_extra`
+/// imports them), made once; then the package is reinstalled from the current sources (no build isolation: the
+/// venv's grpcio-tools builds it), so a test never runs a stale client.
+pub(crate) fn client_venv_with(name: &str, extra: &[&str], import_extra: &str) -> PathBuf {
     let dir = client_dir();
     let package = dir.to_str().expect("a UTF-8 path");
-    let python = crate::common::python_venv(
-        "py-client-venv",
-        &[package, "pytest", "grpcio-tools", "setuptools"],
-        "import swe_env, pytest, grpc_tools, setuptools",
-    );
+    let mut packages = vec![package, "pytest", "grpcio-tools", "setuptools"];
+    packages.extend_from_slice(extra);
+    let import_check = format!("import swe_env, pytest, grpc_tools, setuptools{import_extra}");
+    let python = crate::common::python_venv(name, &packages, &import_check);
     run_ok(
         Command::new(&python)
             .args([
@@ -56,7 +59,7 @@ fn client_venv() -> PathBuf {
 }
 
 /// The count before `word` in pytest's summary line (`18 passed, 2 failed in 40.1s`), 0 when absent.
-fn summary_count(stdout: &str, word: &str) -> u32 {
+pub(crate) fn summary_count(stdout: &str, word: &str) -> u32 {
     let Some(line) = stdout.lines().rev().find(|l| l.contains(" in ")) else {
         return 0;
     };

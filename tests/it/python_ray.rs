@@ -4,11 +4,12 @@
 //! the client package is reinstalled from the current sources on every run. Without Python, pip or a reachable
 //! package index this test fails loudly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::common::{describe, run_ok};
+use crate::common::describe;
+use crate::python_client::{client_dir, client_venv_with, summary_count};
 use crate::server::{SPANS, TOKEN};
 
 /// The Ray release the venv installs (the newest 2.x with wheels for this Python; `ray[default]`).
@@ -17,51 +18,9 @@ const RAY: &str = "ray[default]==2.60.0";
 /// The number of tests in clients/python/tests_ray: every one must run and pass.
 const EXPECTED_PASSED: u32 = 5;
 
-fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../clients/python")
-        .canonicalize()
-        .expect("clients/python exists")
-}
-
-/// A venv with the client (from clients/python, as a user installs it), Ray and pytest, made once; then the
-/// client is reinstalled from the current sources so the test never runs a stale client.
+/// The client's venv with Ray added (the client package reinstalled from the current sources on every run).
 fn ray_venv() -> PathBuf {
-    let dir = client_dir();
-    let package = dir.to_str().expect("a UTF-8 path");
-    let python = crate::common::python_venv(
-        "python-ray",
-        &[package, RAY, "pytest", "grpcio-tools", "setuptools"],
-        "import ray, swe_env, pytest, grpc_tools, setuptools",
-    );
-    run_ok(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--force-reinstall",
-            ])
-            .arg(&dir),
-    );
-    python
-}
-
-/// The count before `word` in pytest's summary line (`3 passed, 1 failed in 40.1s`), 0 when absent.
-fn summary_count(stdout: &str, word: &str) -> u32 {
-    let Some(line) = stdout.lines().rev().find(|l| l.contains(" in ")) else {
-        return 0;
-    };
-    line.split(',')
-        .filter_map(|part| {
-            let mut words = part.split_whitespace().map(|w| w.trim_matches('='));
-            let number = words.next()?.parse::<u32>().ok()?;
-            (words.next()? == word).then_some(number)
-        })
-        .sum()
+    client_venv_with("python-ray", &[RAY], ", ray")
 }
 
 #[tokio::test(flavor = "multi_thread")]

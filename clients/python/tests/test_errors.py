@@ -43,3 +43,25 @@ def test_client_side_argument_errors_are_value_errors(client):
         client.create_episode("t", tool_format="yaml")
     with pytest.raises(ValueError, match="https"):
         swe_env.Client("https://example.invalid:1")
+
+
+def test_the_servers_own_timeout_answer_reads_as_a_deadline():
+    """tonic answers a call whose grpc-timeout ran out on the server's side CANCELLED "Timeout expired"; under load
+    that answer can arrive before the client's own timer fires. It is the same deadline."""
+
+    class Answer(grpc.RpcError):
+        def __init__(self, code, details):
+            self._code, self._details = code, details
+
+        def code(self):
+            return self._code
+
+        def details(self):
+            return self._details
+
+    timed_out = errors.from_rpc_error(
+        Answer(grpc.StatusCode.CANCELLED, "Timeout expired"), method="Step", request_id="r1"
+    )
+    assert isinstance(timed_out, errors.DeadlineExceeded) and timed_out.request_id == "r1"
+    other = errors.from_rpc_error(Answer(grpc.StatusCode.CANCELLED, "client went away"), method="Step")
+    assert isinstance(other, errors.Cancelled)

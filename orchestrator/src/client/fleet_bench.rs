@@ -6,16 +6,15 @@
 //! - episodes/s (create, S `echo` steps, close; C at a time) through a fleet of one node vs all nodes, in
 //!   interleaved rounds (one-node round, all-nodes round, repeat), every node with the same `max_episodes`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use super::fleet::{Fleet, FleetConfig, Placed};
+use super::serve_child::ServeChild;
 use crate::server::proto;
 
 /// Arguments of `swe-env bench fleet`.
@@ -163,98 +162,29 @@ struct Report {
     throughput: Throughput,
 }
 
-/// A `swe-env serve` child; asked to drain (SIGTERM) when dropped early.
-struct ServerChild {
-    child: Child,
-    pid: Option<u32>,
-    addr: String,
-}
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        if let (Some(pid), Ok(None)) = (self.pid, self.child.try_wait()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
+/// Starts node `node_id` of the bench's own fleet in `dir`. Throughput, not admission refusals: calls may queue for
+/// a start slot as long as needed; no warm pools.
 async fn start_server(
     args: &FleetBenchArgs,
     dir: &Path,
     node_id: &str,
-) -> anyhow::Result<ServerChild> {
-    let exe = std::env::current_exe().context("locating the swe-env binary")?;
-    // Throughput, not admission refusals: calls may queue for a start slot as long as needed; no warm pools.
-    let config = dir.join("serve.yaml");
-    std::fs::write(
-        &config,
+    token: &str,
+) -> anyhow::Result<ServeChild> {
+    let flags: Vec<OsString> = vec![
+        "--node-id".into(),
+        node_id.into(),
+        "--tasks".into(),
+        args.tasks.clone().into(),
+        "--max-episodes".into(),
+        args.max_episodes.to_string().into(),
+    ];
+    ServeChild::start(
+        dir,
         "start_queue_ms: 600000\nshutdown_grace_secs: 10\npool:\n  max_containers: 0\n",
+        token,
+        &flags,
     )
-    .context("writing the server config")?;
-    let log = std::fs::File::create(dir.join("server.log")).context("creating server.log")?;
-    let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--node-id")
-        .arg(node_id)
-        .arg("--tasks")
-        .arg(&args.tasks)
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--trajectory-dir")
-        .arg(dir.join("trajectories"))
-        .arg("--max-episodes")
-        .arg(args.max_episodes.to_string())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting `swe-env serve`")?;
-    let pid = child.id();
-    let stdout = child.stdout.take().context("the server's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut addr, mut owner) = (None, None);
-    while addr.is_none() || owner.is_none() {
-        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
-            .await
-            .context("the server did not start within 60 s")??;
-        let Some(line) = line else {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            anyhow::bail!("`swe-env serve` exited before listening:\n{log}");
-        };
-        if let Some(rest) = line.strip_prefix("listening tcp ") {
-            addr = Some(rest.trim().to_owned());
-        } else if let Some(rest) = line.strip_prefix("owner ") {
-            owner = Some(rest.trim().to_owned());
-        }
-    }
-    Ok(ServerChild {
-        child,
-        pid,
-        addr: addr.unwrap_or_default(),
-    })
-}
-
-/// SIGTERM, then wait for the drain (kill after 60 s).
-async fn stop_server(mut server: ServerChild) {
-    if let Some(pid) = server.pid {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(60), server.child.wait())
-        .await
-        .is_err()
-    {
-        let _ = server.child.start_kill();
-        let _ = server.child.wait().await;
-        tracing::warn!(
-            "a server did not drain within 60 s and was killed; `swe-env gc` removes what it left"
-        );
-    }
+    .await
 }
 
 fn create_request(task: &str) -> proto::CreateEpisodeRequest {
@@ -290,10 +220,8 @@ pub async fn run(args: FleetBenchArgs) -> anyhow::Result<()> {
             let token = format!("{:032x}", rand::random::<u128>());
             for i in 1..=3 {
                 let node_dir = dir.join(format!("n{i}"));
-                std::fs::create_dir_all(&node_dir).context("creating the work directory")?;
-                std::fs::write(node_dir.join("token"), &token).context("writing the token file")?;
                 let node_id = format!("bench-{}-n{i}", std::process::id());
-                servers.push(start_server(&args, &node_dir, &node_id).await?);
+                servers.push(start_server(&args, &node_dir, &node_id, &token).await?);
             }
             (servers.iter().map(|s| s.addr.clone()).collect(), token)
         } else {
@@ -311,7 +239,7 @@ pub async fn run(args: FleetBenchArgs) -> anyhow::Result<()> {
     }
     .await;
     for server in servers {
-        stop_server(server).await;
+        server.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;

@@ -11,6 +11,7 @@
 //!   (`swe-env bench chaos`).
 //! - [`scale_bench`]: N episodes through one real `swe-env serve` (`swe-env bench scale`): starts, steps under load,
 //!   memory, leaks; and the engine's own start ceiling.
+//! - [`serve_child`]: a `swe-env serve` child of a bench program (started, drained on stop and on drop).
 //! - [`stats`]: the percentile type every bench program prints.
 
 pub mod chaos_bench;
@@ -18,4 +19,5 @@ pub mod fleet;
 pub mod fleet_bench;
 pub mod grpc_bench;
 pub mod scale_bench;
+pub mod serve_child;
 pub mod stats;

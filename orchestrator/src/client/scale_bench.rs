@@ -6,16 +6,14 @@
 //! exec (no swe-env in the path), the ceiling the server's start rate is compared against.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::server::proto;
 use crate::server::proto::env_service_client::EnvServiceClient;
@@ -23,6 +21,7 @@ use swe_env_sandbox::floor::FloorProbe;
 use swe_env_sandbox::DockerEngine;
 
 use super::grpc_bench::{Bearer, Client};
+use super::serve_child::ServeChild;
 use super::stats::{stats, Stats};
 
 /// Arguments of `swe-env bench scale`.
@@ -268,35 +267,13 @@ async fn task_image(args: &ScaleBenchArgs) -> anyhow::Result<String> {
     ))
 }
 
-/// A `swe-env serve` child started for the run.
-struct ServerChild {
-    child: Child,
-    pid: Option<u32>,
-    /// The server's owner label (`owner …` line): its containers, pooled ones included, carry it.
-    owner: String,
-}
-
-impl Drop for ServerChild {
-    /// Interrupted (the bench's future dropped): the server is asked to drain, which removes its containers,
-    /// rather than killed, which would leave them to `swe-env gc`.
-    fn drop(&mut self) {
-        if let (Some(pid), Ok(None)) = (self.pid, self.child.try_wait()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
+/// Starts the run's server in `dir`. The bench measures throughput, not admission refusals: calls may queue for a
+/// start slot as long as needed.
 async fn start_server(
     args: &ScaleBenchArgs,
     dir: &Path,
     token: &str,
-) -> anyhow::Result<(ServerChild, String)> {
-    let exe = std::env::current_exe().context("locating the swe-env binary")?;
-    std::fs::write(dir.join("token"), token).context("writing the token file")?;
-    // The bench measures throughput, not admission refusals: calls may queue for a start slot as long as needed.
-    let config = dir.join("serve.yaml");
+) -> anyhow::Result<(ServeChild, String)> {
     let mut yaml = String::from("start_queue_ms: 600000\nshutdown_grace_secs: 10\n");
     let prewarmed = args.prewarm as usize * args.burst_tasks.max(1);
     if args.cold {
@@ -309,74 +286,20 @@ async fn start_server(
             args.prewarm.max(64)
         ));
     }
-    std::fs::write(&config, yaml).context("writing the server config")?;
     let max_episodes = args.episodes.max(args.burst) + 8;
-    let mut command = Command::new(exe);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--tasks")
-        .arg(&args.tasks)
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--trajectory-dir")
-        .arg(dir.join("trajectories"))
-        .arg("--max-episodes")
-        .arg(max_episodes.to_string());
+    let mut flags: Vec<OsString> = vec![
+        "--tasks".into(),
+        args.tasks.clone().into(),
+        "--max-episodes".into(),
+        max_episodes.to_string().into(),
+    ];
     if let Some(starts) = args.max_concurrent_starts {
-        command
-            .arg("--max-concurrent-starts")
-            .arg(starts.to_string());
+        flags.push("--max-concurrent-starts".into());
+        flags.push(starts.to_string().into());
     }
-    let log = std::fs::File::create(dir.join("server.log")).context("creating server.log")?;
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting `swe-env serve`")?;
-    let pid = child.id();
-    let stdout = child.stdout.take().context("the server's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut addr, mut owner) = (None, None);
-    while addr.is_none() || owner.is_none() {
-        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
-            .await
-            .context("the server did not start within 60 s")??;
-        let Some(line) = line else {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            anyhow::bail!("`swe-env serve` exited before listening:\n{log}");
-        };
-        if let Some(rest) = line.strip_prefix("listening tcp ") {
-            addr = Some(rest.trim().to_owned());
-        } else if let Some(rest) = line.strip_prefix("owner ") {
-            owner = Some(rest.trim().to_owned());
-        }
-    }
-    let server = ServerChild {
-        child,
-        pid,
-        owner: owner.unwrap_or_default(),
-    };
-    Ok((server, format!("http://{}", addr.unwrap_or_default())))
-}
-
-/// SIGTERM, then wait for the drain (kill after 60 s).
-async fn stop_server(mut server: ServerChild) {
-    if let Some(pid) = server.pid {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(60), server.child.wait())
-        .await
-        .is_err()
-    {
-        let _ = server.child.start_kill();
-        let _ = server.child.wait().await;
-        tracing::warn!("the server did not drain within 60 s and was killed; `swe-env gc` removes what it left");
-    }
+    let server = ServeChild::start(dir, &yaml, token, &flags).await?;
+    let url = format!("http://{}", server.addr);
+    Ok((server, url))
 }
 
 async fn with_server(
@@ -399,23 +322,15 @@ async fn with_server(
         None => {
             let token = format!("{:032x}", rand::random::<u128>());
             let (server, url) = start_server(args, dir, &token).await?;
-            let pid = server.pid;
+            let pid = server.pid();
             (Some(server), url, token, pid)
         }
     };
     let mut result = drive(args, engine, &url, &token, server_pid, ceiling).await;
     if let Some(mut server) = server {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow::bail!(
-                "`swe-env serve` exited during the bench ({status}); the end of its log:\n{}",
-                tail.join("\n")
-            );
-        }
+        server.check_running()?;
         let owner = server.owner.clone();
-        stop_server(server).await;
+        server.stop().await;
         if let Ok(report) = &mut result {
             report.leaked_after_stop = Some(containers_of_owner(engine, &owner).await);
         }

@@ -145,6 +145,10 @@ def retry_after_seconds(metadata: Optional[Sequence[Tuple[str, object]]]) -> Opt
     return None
 
 
+#: The details of the server's answer to a call whose ``grpc-timeout`` expired there (tonic's CANCELLED).
+SERVER_TIMEOUT_DETAILS = "Timeout expired"
+
+
 def from_rpc_error(
     error: grpc.RpcError, *, method: str = "", request_id: Optional[str] = None
 ) -> SweEnvError:
@@ -161,5 +165,9 @@ def from_rpc_error(
                 hint = retry_after_seconds(getter())
             except Exception:  # metadata unavailable on this error object
                 hint = None
+    if code == grpc.StatusCode.CANCELLED and message == SERVER_TIMEOUT_DETAILS:
+        # The call's own deadline, run out on the server's side first: tonic answers it CANCELLED, not
+        # DEADLINE_EXCEEDED. Under load this reply can beat the client's timer; it means the same thing.
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
     cls = _BY_CODE.get(code, ServerError)
     return cls(code, message, method=method, retry_after=hint, request_id=request_id)
