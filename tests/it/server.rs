@@ -1178,3 +1178,37 @@ async fn a_killed_node_restarted_under_its_id_refuses_its_lost_episodes_and_remo
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     second.terminate(Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_quiet_secs_keeps_a_slow_trainers_episode_alive_through_the_drain() {
+    // A trainer that thinks 4 s between steps (a model call): with the default 2 s quiet period its idle episode
+    // would be cancelled at once; with `drain_quiet_secs: 6` it steps and closes during the grace period.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(&config, "shutdown_grace_secs: 20\ndrain_quiet_secs: 6\n").unwrap();
+    let server = ServerProc::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let mut client = client(&server.url()).await;
+    let id = create(&mut client, create_request(SPANS)).await.episode_id;
+    let owner = server.owner.clone();
+    let started = std::time::Instant::now();
+    let terminating = tokio::spawn(server.terminate(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reply = client
+        .step(bash(&id, "echo still-here"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply.observation.unwrap().text.contains("still-here"),
+        "the step ran during the drain"
+    );
+    close(&mut client, &id).await;
+    terminating.await.unwrap();
+    // Closed, then quiet: the drain ended well before the 20 s grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(containers_of(&owner).await, 0);
+}

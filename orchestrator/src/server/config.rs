@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub trajectory_dir: PathBuf,
     /// On SIGTERM/SIGINT, how long in-flight calls may finish before they are cancelled, seconds. Default 30.
     pub shutdown_grace_secs: u64,
+    /// During a drain, live episodes unused for this long (and this long after the stop signal) no longer hold the
+    /// server up to the end of `shutdown_grace_secs`, seconds (at most the grace). Default 2: a drain ends soon
+    /// once clients stop stepping. A trainer that thinks longer than this between steps (a model call) loses its
+    /// live episodes at a drain unless this is raised (the Kubernetes manifests set it to the grace).
+    pub drain_quiet_secs: u64,
     /// Ended episodes remembered for ListEpisodes / CloseEpisode (their trajectories stay on disk). Default 10000.
     pub max_ended_remembered: usize,
     /// How often the running server reconciles, seconds: orphaned containers of dead owners, removals of its own
@@ -111,6 +116,7 @@ impl Default for ServerConfig {
             idle_ttl_secs: 1800,
             trajectory_dir: PathBuf::from("runs/serve"),
             shutdown_grace_secs: 30,
+            drain_quiet_secs: 2,
             max_ended_remembered: 10_000,
             reconcile_interval_secs: 60,
             model_api_key_env: None,
@@ -416,7 +422,10 @@ impl ServerConfig {
         }
         if let Some(node_id) = &self.node_id {
             if let Err(reason) = check_node_id(node_id) {
-                return invalid("node_id", reason);
+                return Err(ConfigError::Invalid {
+                    field: "node_id",
+                    reason: format!("`{node_id}`: {reason}"),
+                });
             }
         }
         if self.max_episodes == 0 {

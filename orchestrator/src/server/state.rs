@@ -1160,7 +1160,7 @@ impl ServerState {
         // New work is refused from now on; live episodes may still Step and Close until the grace period ends. The
         // drain ends early once nothing is in flight and no live episode has been used for `quiet` (clients that
         // are still working keep the server up to the full grace).
-        let quiet = grace.min(DRAIN_QUIET);
+        let quiet = grace.min(Duration::from_secs(self.config.drain_quiet_secs));
         let started = Instant::now();
         let clients_active = || {
             self.registry
@@ -1259,10 +1259,6 @@ impl ServerState {
 pub const PREWARM_WAIT_DEFAULT_MS: u64 = 120_000;
 /// The longest wait of a Prewarm (a larger `wait_timeout_ms` is lowered to it): 10 minutes.
 pub const PREWARM_WAIT_MAX_MS: u64 = 600_000;
-
-/// During a drain, live episodes unused for this long (and at least this long after the stop signal) no longer hold
-/// the server up until the end of the grace period.
-pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
 /// Everything needed to start an episode, validated.
 pub struct EpisodePlan {
