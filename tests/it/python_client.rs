@@ -1,8 +1,9 @@
 //! The Python client package (`clients/python`), installed with pip from its directory as a user would, tested by
 //! its own pytest suite (`clients/python/tests`) against real servers: one on TCP and a unix socket, one admitting a
-//! single episode (retry tests), and a fleet of three (`--node-id fleet-N`, unequal `--max-episodes`; placement
+//! single episode (retry tests), a fleet of three (`--node-id fleet-N`, unequal `--max-episodes`; placement
 //! tests, one of which SIGKILLs the third: this test then checks that a survivor's reconcile removed the dead
-//! server's containers). The venv lives under the target directory and is reused; the package is
+//! server's containers), and a fourth fleet server that a test SIGTERMs (a 20 s grace: it must drain and exit
+//! cleanly). test_fleet.py starts one more server itself, with another token. The venv lives under the target directory and is reused; the package is
 //! reinstalled from the current sources on every run. Without Python, pip or a reachable package index this test
 //! fails loudly.
 
@@ -15,7 +16,7 @@ use crate::common::{describe, run_ok};
 use crate::server::{ServerProc, SPANS, TOKEN};
 
 /// The number of tests in clients/python/tests: every one must run and pass.
-const EXPECTED_PASSED: u32 = 34;
+const EXPECTED_PASSED: u32 = 41;
 
 /// `--max-episodes` of the three fleet servers (`test_fleet.py`): unequal, so placement by free capacity shows.
 const FLEET_MAX: [u32; 3] = [2, 3, 4];
@@ -102,6 +103,25 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
             )
         })
         .collect();
+    // The draining node: test_fleet.py SIGTERMs it with an episode live on it; the drain must wait for that
+    // episode's client (grace 20 s, a quiet period as long) instead of ending after the default 2 s quiet.
+    let drain_dir = dir.path().join("fleet-drain");
+    std::fs::create_dir_all(&drain_dir).unwrap();
+    let drain_config = drain_dir.join("serve.yaml");
+    std::fs::write(&drain_config, "drain_quiet_secs: 20\n").unwrap();
+    let mut drain = ServerProc::start(
+        &drain_dir,
+        &[
+            "--config",
+            drain_config.to_str().unwrap(),
+            "--node-id",
+            "fleet-drain",
+            "--max-episodes",
+            "3",
+            "--shutdown-grace-secs",
+            "20",
+        ],
+    );
     let joined =
         |f: &dyn Fn(&ServerProc) -> String| fleet.iter().map(f).collect::<Vec<_>>().join(",");
     let fleet_addrs = joined(&|s| s.addr.clone());
@@ -126,7 +146,10 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
         .env("SWE_ENV_FLEET", &fleet_addrs)
         .env("SWE_ENV_FLEET_NODES", &fleet_nodes)
         .env("SWE_ENV_FLEET_MAX", &fleet_max)
-        .env("SWE_ENV_FLEET_PIDS", &fleet_pids);
+        .env("SWE_ENV_FLEET_PIDS", &fleet_pids)
+        .env("SWE_ENV_DRAIN", &drain.addr)
+        .env("SWE_ENV_DRAIN_NODE", &drain.node_id)
+        .env("SWE_ENV_DRAIN_PID", drain.child.id().to_string());
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -134,20 +157,40 @@ async fn python_client_package_passes_its_tests_against_real_servers() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the client's tests failed: {}\nmain server log:\n{}\nfleet logs:\n{}",
+        "the client's tests failed: {}\nmain server log:\n{}\nfleet logs:\n{}\ndraining node log:\n{}",
         describe(&output),
         server.log(),
         fleet
             .iter()
             .map(ServerProc::log)
             .collect::<Vec<_>>()
-            .join("\n----\n")
+            .join("\n----\n"),
+        drain.log()
     );
     assert_eq!(
         summary_count(&stdout, "passed"),
         EXPECTED_PASSED,
         "every client test must run and pass: {stdout}"
     );
+    // test_fleet.py SIGTERMed the draining node and closed its episodes: it has exited, cleanly, leaving nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = drain.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the draining node did not exit: {}",
+            drain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "the drained node's exit: {status}\n{}",
+        drain.log()
+    );
+    assert_eq!(crate::server::containers_of(&drain.owner).await, 0);
     // test_fleet.py SIGKILLed the third fleet server: reap it (a zombie's containers are orphans too), then a
     // survivor's reconcile (every 2 s) must remove every container it left.
     let mut victim = fleet.pop().unwrap();

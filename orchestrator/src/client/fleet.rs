@@ -13,8 +13,13 @@
 //! - CreateEpisode goes to the reachable, non-draining node with the largest estimated free count (ties: fewest
 //!   episodes placed by this client, then address order). RESOURCE_EXHAUSTED → that node's estimate becomes 0 and
 //!   the next best is tried; no node free → wait the largest `retry-after-ms` hint (or the backoff), refresh,
-//!   again, until `create_deadline` ([`FleetError::Exhausted`]). UNAVAILABLE → the node is down until a refresh
-//!   finds it answering again;
+//!   again, until `create_deadline` ([`FleetError::Exhausted`]). UNAVAILABLE (or a broken connection) → one
+//!   GetCapacity probe of that node: answering (e.g. draining) → its report is taken and the next node tried;
+//!   failing → the node is down;
+//! - a node is down only after a failed GetCapacity (of any code: unreachable, too slow, or e.g. UNAUTHENTICATED
+//!   with another token), with that failure as its reason ([`NodeView::down_reason`]; a `tracing` warning when a
+//!   node goes down and when it answers again). A refresh asks a down node again at most every 5 s and waits for
+//!   it at most 250 ms (up nodes get `probe_timeout`), so one frozen node does not slow every placement;
 //! - a call for an episode on an unreachable node → one GetCapacity probe (`probe_timeout`); failing → the node is
 //!   marked down and the call fails at once. Channels ping every 10 s (HTTP/2 keepalive, 5 s timeout), so a
 //!   frozen node is noticed too.
@@ -41,6 +46,10 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and longest wait when no node has a free slot and no node sent a `retry-after-ms` hint.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A down node is asked again by a refresh at most this often...
+const DOWN_REPROBE: Duration = Duration::from_secs(5);
+/// ...and a refresh waits at most this long for its answer (capped by `probe_timeout`).
+const DOWN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What a [`Fleet`] connects to.
 #[derive(Debug, Clone)]
@@ -76,8 +85,8 @@ impl FleetConfig {
 pub enum FleetError {
     /// The node owning the episode does not answer (UNAVAILABLE kind).
     #[error(
-        "node {node} at {address} is unreachable; episode {episode_id} was on it and is lost (its trajectory stays \
-        on that node)"
+        "node {node} at {address} is unreachable; episode {episode_id} is lost unless the node comes back (its \
+        trajectory stays on that node; a retried Step with the same request id runs at most once)"
     )]
     NodeUnavailable {
         node: String,
@@ -92,6 +101,20 @@ pub enum FleetError {
         /// The known nodes, `id at address`, comma-separated.
         known: String,
     },
+    /// The episode id is empty or not an episode id (INVALID_ARGUMENT kind).
+    #[error("{episode_id:?} is not an episode id ({why})")]
+    InvalidEpisodeId { episode_id: String, why: String },
+    /// The id names no node (a server without node ids made it) and this client has several nodes (UNAVAILABLE
+    /// kind).
+    #[error(
+        "episode {episode_id} names no node (a server older than fleet support made it): this client has several \
+        nodes ({known}); use a single-address client for it"
+    )]
+    NoNodeInId {
+        episode_id: String,
+        /// The known nodes, `id at address`, comma-separated.
+        known: String,
+    },
     /// Two server processes claim one node id: a configuration error.
     #[error(
         "node id {node} is claimed by two different server processes, at {first} and {second}: give every server \
@@ -102,7 +125,8 @@ pub enum FleetError {
         first: String,
         second: String,
     },
-    /// No node answered GetCapacity (at connect, or when every node is down at a CreateEpisode).
+    /// No node answered GetCapacity (at connect, or when every node is down at a CreateEpisode); the detail names
+    /// each node's reason.
     #[error("no node answered GetCapacity: {detail}")]
     NoNodes { detail: String },
     /// No node had a free slot before the create deadline (RESOURCE_EXHAUSTED kind).
@@ -123,9 +147,11 @@ impl FleetError {
     /// The gRPC code this error corresponds to.
     pub fn code(&self) -> Code {
         match self {
-            Self::NodeUnavailable { .. } | Self::UnknownNode { .. } | Self::NoNodes { .. } => {
-                Code::Unavailable
-            }
+            Self::NodeUnavailable { .. }
+            | Self::UnknownNode { .. }
+            | Self::NoNodeInId { .. }
+            | Self::NoNodes { .. } => Code::Unavailable,
+            Self::InvalidEpisodeId { .. } => Code::InvalidArgument,
             Self::DuplicateNodeId { .. } => Code::FailedPrecondition,
             Self::Exhausted { .. } => Code::ResourceExhausted,
             Self::Rpc { status, .. } => status.code(),
@@ -163,9 +189,11 @@ pub struct Placed {
     pub response: proto::CreateEpisodeResponse,
 }
 
-/// One node as this client sees it.
+/// One node as this client sees it; an address that never answered GetCapacity is listed too, with an empty
+/// `node_id`, a default `report`, `down` and its `down_reason`.
 #[derive(Debug, Clone)]
 pub struct NodeView {
+    /// Empty for an address that never answered.
     pub node_id: String,
     pub address: String,
     /// The last GetCapacity answer.
@@ -176,8 +204,10 @@ pub struct NodeView {
     pub estimate: i64,
     /// Episodes this client placed on the node.
     pub placed: u64,
-    /// Unreachable at the last refresh or probe (skipped by placement).
+    /// Its last GetCapacity failed (skipped by placement).
     pub down: bool,
+    /// Why it is down: that GetCapacity's failure (`None` when up).
+    pub down_reason: Option<String>,
 }
 
 /// The episode's node: the text before the first `.` (`None` for ids of servers without node ids).
@@ -222,8 +252,50 @@ struct Node {
     estimate: i64,
     placed: u64,
     down: bool,
-    /// When it was last found unreachable (a down node is probed again only after `refresh`).
-    down_since: Option<Instant>,
+    /// Why it is down (the failed GetCapacity), `None` when up.
+    reason: Option<String>,
+    /// When its GetCapacity last failed (a refresh asks a down node again only after [`DOWN_REPROBE`]).
+    failed_at: Option<Instant>,
+}
+
+/// An address (or a name that does not resolve) that never answered GetCapacity: no node id known.
+#[derive(Debug, Clone)]
+struct Unanswered {
+    address: String,
+    reason: String,
+    failed_at: Instant,
+}
+
+/// A node's change of state at a refresh or probe, logged once (`tracing::warn!`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transition {
+    Down {
+        node: String,
+        address: String,
+        reason: String,
+    },
+    Up {
+        node: String,
+        address: String,
+    },
+}
+
+impl Transition {
+    fn log(&self) {
+        match self {
+            Self::Down {
+                node,
+                address,
+                reason,
+            } => {
+                tracing::warn!(node = %node, address = %address, reason = %reason,
+                    "fleet node is down (its GetCapacity failed); placement skips it");
+            }
+            Self::Up { node, address } => {
+                tracing::warn!(node = %node, address = %address, "fleet node answers again");
+            }
+        }
+    }
 }
 
 impl Node {
@@ -236,11 +308,28 @@ impl Node {
     }
 }
 
+/// What a refresh makes of the answers.
+#[derive(Debug)]
+struct Merged {
+    nodes: Vec<Node>,
+    unanswered: Vec<Unanswered>,
+    transitions: Vec<Transition>,
+}
+
 /// The node table after a refresh: answers in address order, deduplicated by instance id (first address kept);
-/// two instance ids claiming one node id is an error. Nodes of `previous` that no address answered for stay, marked
-/// down (their episodes then fail naming them); placed counts carry over.
-fn merge(previous: &[Node], answers: &[Answer], now: Instant) -> Result<Vec<Node>, FleetError> {
+/// two instance ids claiming one node id is an error. Nodes of `previous` no address answered for stay, marked
+/// down: with the failure of their address as the reason, or as they were when their address was `skipped` (a
+/// down node between re-probes); placed counts carry over. Failed addresses of no known node are `unanswered`
+/// (kept while `skipped`).
+fn merge(
+    previous: &[Node],
+    previous_unanswered: &[Unanswered],
+    answers: &[Answer],
+    skipped: &[String],
+    now: Instant,
+) -> Result<Merged, FleetError> {
     let mut nodes: Vec<Node> = Vec::new();
+    let mut transitions = Vec::new();
     for answer in answers {
         let Ok(report) = &answer.result else {
             continue;
@@ -258,10 +347,21 @@ fn merge(previous: &[Node], answers: &[Answer], now: Instant) -> Result<Vec<Node
         if nodes.iter().any(|n| n.instance_id == report.instance_id) {
             continue;
         }
-        let placed = previous
-            .iter()
-            .find(|n| n.node_id == report.node_id)
-            .map_or(0, |n| n.placed);
+        let old = previous.iter().find(|n| n.node_id == report.node_id);
+        let was_down = old.map_or_else(
+            || {
+                previous_unanswered
+                    .iter()
+                    .any(|u| u.address == answer.address)
+            },
+            |n| n.down,
+        );
+        if was_down {
+            transitions.push(Transition::Up {
+                node: report.node_id.clone(),
+                address: answer.address.clone(),
+            });
+        }
         nodes.push(Node {
             node_id: report.node_id.clone(),
             address: answer.address.clone(),
@@ -269,22 +369,88 @@ fn merge(previous: &[Node], answers: &[Answer], now: Instant) -> Result<Vec<Node
             report: report.clone(),
             reported_at: now,
             estimate: i64::from(report.free_episodes),
-            placed,
+            placed: old.map_or(0, |n| n.placed),
             down: false,
-            down_since: None,
+            reason: None,
+            failed_at: None,
         });
     }
+    let failure = |address: &str| {
+        answers
+            .iter()
+            .find(|a| a.address == address)
+            .map(|a| a.result.as_ref().err().cloned())
+    };
     for old in previous {
-        if !nodes.iter().any(|n| n.node_id == old.node_id) {
-            nodes.push(Node {
-                down: true,
-                down_since: old.down_since.or(Some(now)),
-                estimate: 0,
-                ..old.clone()
+        if nodes.iter().any(|n| n.node_id == old.node_id) {
+            continue;
+        }
+        let (reason, failed_at) = match failure(&old.address) {
+            // Its address failed now.
+            Some(Some(error)) => (error, now),
+            // Its address answered for another process (a restarted node has a new instance id and is the new
+            // entry; this one is gone).
+            Some(None) => ("another process answers at its address".to_owned(), now),
+            // Not asked: a down node between re-probes keeps its reason; otherwise it is no longer resolved.
+            None => match (&old.reason, old.failed_at) {
+                (Some(reason), Some(at)) if old.down && skipped.contains(&old.address) => {
+                    (reason.clone(), at)
+                }
+                _ => (
+                    "its address is no longer among the resolved addresses".to_owned(),
+                    now,
+                ),
+            },
+        };
+        if !old.down {
+            transitions.push(Transition::Down {
+                node: old.node_id.clone(),
+                address: old.address.clone(),
+                reason: reason.clone(),
             });
         }
+        nodes.push(Node {
+            down: true,
+            reason: Some(reason),
+            failed_at: Some(failed_at),
+            estimate: 0,
+            ..old.clone()
+        });
     }
-    Ok(nodes)
+    let mut unanswered: Vec<Unanswered> = Vec::new();
+    for answer in answers {
+        let Err(error) = &answer.result else {
+            continue;
+        };
+        if nodes.iter().any(|n| n.address == answer.address) {
+            continue;
+        }
+        if !previous_unanswered
+            .iter()
+            .any(|u| u.address == answer.address)
+        {
+            transitions.push(Transition::Down {
+                node: String::new(),
+                address: answer.address.clone(),
+                reason: error.clone(),
+            });
+        }
+        unanswered.push(Unanswered {
+            address: answer.address.clone(),
+            reason: error.clone(),
+            failed_at: now,
+        });
+    }
+    for old in previous_unanswered {
+        if skipped.contains(&old.address) && !nodes.iter().any(|n| n.address == old.address) {
+            unanswered.push(old.clone());
+        }
+    }
+    Ok(Merged {
+        nodes,
+        unanswered,
+        transitions,
+    })
 }
 
 /// An address as configured, before resolution.
@@ -328,8 +494,8 @@ struct State {
     /// Clients by address, reused across refreshes.
     clients: HashMap<String, FleetClient>,
     refreshed_at: Option<Instant>,
-    /// Addresses (or names) that did not answer at the last refresh, with why.
-    unreachable: Vec<String>,
+    /// Addresses (or names that do not resolve) that never answered, with why.
+    unanswered: Vec<Unanswered>,
 }
 
 struct Shared {
@@ -379,15 +545,15 @@ impl Fleet {
                     nodes: Vec::new(),
                     clients: HashMap::new(),
                     refreshed_at: None,
-                    unreachable: Vec::new(),
+                    unanswered: Vec::new(),
                 }),
                 refresh_gate: tokio::sync::Mutex::new(()),
             }),
         };
         fleet.refresh(true).await?;
-        if fleet.lock().nodes.iter().all(|n| n.down) {
+        if fleet.all_down() {
             return Err(FleetError::NoNodes {
-                detail: fleet.lock().unreachable.join("; "),
+                detail: fleet.detail(),
             });
         }
         Ok(fleet)
@@ -401,22 +567,32 @@ impl Fleet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The nodes as this client sees them, in address order.
+    /// The nodes as this client sees them (answering ones in address order, then those gone down, then the
+    /// addresses that never answered, with an empty node id).
     pub fn nodes(&self) -> Vec<NodeView> {
         let now = Instant::now();
-        self.lock()
-            .nodes
-            .iter()
-            .map(|n| NodeView {
-                node_id: n.node_id.clone(),
-                address: n.address.clone(),
-                report: n.report.clone(),
-                report_age: now.saturating_duration_since(n.reported_at),
-                estimate: n.estimate,
-                placed: n.placed,
-                down: n.down,
-            })
-            .collect()
+        let state = self.lock();
+        let known = state.nodes.iter().map(|n| NodeView {
+            node_id: n.node_id.clone(),
+            address: n.address.clone(),
+            report: n.report.clone(),
+            report_age: now.saturating_duration_since(n.reported_at),
+            estimate: n.estimate,
+            placed: n.placed,
+            down: n.down,
+            down_reason: n.reason.clone(),
+        });
+        let unanswered = state.unanswered.iter().map(|u| NodeView {
+            node_id: String::new(),
+            address: u.address.clone(),
+            report: proto::GetCapacityResponse::default(),
+            report_age: now.saturating_duration_since(u.failed_at),
+            estimate: 0,
+            placed: 0,
+            down: true,
+            down_reason: Some(u.reason.clone()),
+        });
+        known.chain(unanswered).collect()
     }
 
     /// The node the next CreateEpisode would go to, from the cached estimates alone (no I/O, no refresh).
@@ -447,8 +623,9 @@ impl Fleet {
             .clone())
     }
 
-    /// Every address to ask now: fixed ones as they are, names resolved; names that do not resolve are reported.
-    async fn resolve(&self) -> (Vec<(String, String)>, Vec<String>) {
+    /// Every address to ask now (`(address, url)`): fixed ones as they are, names resolved; names that do not
+    /// resolve are reported as `(host:port, why)`.
+    async fn resolve(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
         let mut resolved = Vec::new();
         let mut failed = Vec::new();
         for target in &self.shared.targets {
@@ -464,9 +641,10 @@ impl Fleet {
                                 }
                             }
                         }
-                        Err(error) => {
-                            failed.push(format!("{host}:{port} does not resolve: {error}"))
-                        }
+                        Err(error) => failed.push((
+                            format!("{host}:{port}"),
+                            format!("does not resolve: {error}"),
+                        )),
                     }
                 }
             }
@@ -483,7 +661,15 @@ impl Fleet {
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.get_capacity(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+            // tonic's own deadline (the `grpc-timeout` set above) may fire first: CANCELLED "Timeout expired".
+            Ok(Err(status))
+                if status.code() == Code::DeadlineExceeded
+                    || (status.code() == Code::Cancelled
+                        && status.message().contains("Timeout expired")) =>
+            {
+                Err(format!("no answer within {timeout:?}"))
+            }
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
@@ -500,38 +686,78 @@ impl Fleet {
                 return Ok(());
             }
         }
-        let (resolved, mut unreachable) = self.resolve().await;
-        let timeout = self.shared.config.probe_timeout;
+        let (resolved, failed) = self.resolve().await;
+        // Down nodes (and addresses that never answered): asked again only every DOWN_REPROBE, briefly.
+        let now = Instant::now();
+        let plan: Vec<Option<Duration>> = {
+            let state = self.lock();
+            resolved
+                .iter()
+                .map(|(address, _)| {
+                    let failed_at = state
+                        .nodes
+                        .iter()
+                        .find(|n| n.down && n.address == *address)
+                        .and_then(|n| n.failed_at)
+                        .or_else(|| {
+                            state
+                                .unanswered
+                                .iter()
+                                .find(|u| u.address == *address)
+                                .map(|u| u.failed_at)
+                        });
+                    match failed_at {
+                        None => Some(self.shared.config.probe_timeout),
+                        Some(at) if now.saturating_duration_since(at) < DOWN_REPROBE => None,
+                        Some(_) => Some(DOWN_PROBE_TIMEOUT.min(self.shared.config.probe_timeout)),
+                    }
+                })
+                .collect()
+        };
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, (address, url)) in resolved.iter().enumerate() {
+        let mut skipped = Vec::new();
+        for (index, ((address, url), timeout)) in resolved.iter().zip(&plan).enumerate() {
+            let Some(timeout) = *timeout else {
+                skipped.push(address.clone());
+                continue;
+            };
             let client = self.client_for_address(address, url)?;
             tasks.spawn(async move { (index, Self::capacity(client, timeout).await) });
         }
-        let mut answers: Vec<Answer> = resolved
+        let mut answers: Vec<Option<Answer>> = resolved
             .iter()
-            .map(|(address, _)| Answer {
-                address: address.clone(),
-                result: Err("no answer".into()),
+            .zip(&plan)
+            .map(|((address, _), timeout)| {
+                timeout.map(|_| Answer {
+                    address: address.clone(),
+                    result: Err("no answer".into()),
+                })
             })
             .collect();
         while let Some(joined) = tasks.join_next().await {
             if let Ok((index, result)) = joined {
-                if let Some(answer) = answers.get_mut(index) {
+                if let Some(Some(answer)) = answers.get_mut(index) {
                     answer.result = result;
                 }
             }
         }
-        for answer in &answers {
-            if let Err(error) = &answer.result {
-                tracing::debug!(address = %answer.address, %error, "node did not answer GetCapacity");
-                unreachable.push(format!("{}: {error}", answer.address));
-            }
-        }
+        let mut answers: Vec<Answer> = answers.into_iter().flatten().collect();
+        answers.extend(failed.into_iter().map(|(address, error)| Answer {
+            address,
+            result: Err(error),
+        }));
         let now = Instant::now();
-        let mut state = self.lock();
-        state.nodes = merge(&state.nodes, &answers, now)?;
-        state.refreshed_at = Some(now);
-        state.unreachable = unreachable;
+        let transitions = {
+            let mut state = self.lock();
+            let merged = merge(&state.nodes, &state.unanswered, &answers, &skipped, now)?;
+            state.nodes = merged.nodes;
+            state.unanswered = merged.unanswered;
+            state.refreshed_at = Some(now);
+            merged.transitions
+        };
+        for transition in &transitions {
+            transition.log();
+        }
         Ok(())
     }
 
@@ -540,24 +766,26 @@ impl Fleet {
         let mut parts: Vec<String> = state
             .nodes
             .iter()
-            .map(|n| {
-                format!(
+            .map(|n| match &n.reason {
+                Some(reason) if n.down => {
+                    format!("{} at {}: down ({reason})", n.node_id, n.address)
+                }
+                _ => format!(
                     "{} at {}: {}{} free of {}",
                     n.node_id,
                     n.address,
-                    if n.down {
-                        "down, "
-                    } else if n.report.draining {
-                        "draining, "
-                    } else {
-                        ""
-                    },
+                    if n.report.draining { "draining, " } else { "" },
                     n.estimate,
                     n.report.max_episodes
-                )
+                ),
             })
             .collect();
-        parts.extend(state.unreachable.iter().cloned());
+        parts.extend(
+            state
+                .unanswered
+                .iter()
+                .map(|u| format!("{}: down ({})", u.address, u.reason)),
+        );
         parts.join("; ")
     }
 
@@ -594,12 +822,25 @@ impl Fleet {
         }
     }
 
-    fn mark_down(&self, node_id: &str) {
+    /// Marks the node down after a failed GetCapacity (`reason`), warning when it was up.
+    fn mark_down(&self, node_id: &str, reason: &str) {
+        let mut transition = None;
         self.with_node(node_id, |n| {
+            if !n.down {
+                transition = Some(Transition::Down {
+                    node: n.node_id.clone(),
+                    address: n.address.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
             n.down = true;
             n.estimate = 0;
-            n.down_since = Some(Instant::now());
+            n.reason = Some(reason.to_owned());
+            n.failed_at = Some(Instant::now());
         });
+        if let Some(transition) = transition {
+            transition.log();
+        }
     }
 
     /// CreateEpisode on the node with the most estimated free slots (see the module docs for the whole rule).
@@ -668,19 +909,19 @@ impl Fleet {
                             self.with_node(&route.node, |n| n.estimate = 0);
                             refused.insert(route.node);
                         }
-                        Code::Unavailable => {
-                            tracing::info!(node = %route.node, address = %route.address, error = %status.message(),
-                                "node unavailable for CreateEpisode; trying another");
-                            self.mark_down(&route.node);
-                            refused.insert(route.node);
-                        }
-                        // The connection broke mid-call: a dead node is skipped like an UNAVAILABLE one.
-                        Code::Unknown | Code::Internal | Code::Cancelled
-                            if !self.probe(&route).await =>
-                        {
-                            tracing::info!(node = %route.node, address = %route.address, error = %status.message(),
-                                "node unreachable for CreateEpisode; trying another");
-                            self.mark_down(&route.node);
+                        // Refused (e.g. draining) or the connection broke: a probe tells a node that answers
+                        // (its report is taken: draining, free count) from a dead one (down).
+                        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => {
+                            let answered = self.probe(&route).await.is_ok();
+                            tracing::info!(node = %route.node, address = %route.address, code = ?status.code(),
+                                error = %status.message(), answered, "CreateEpisode failed on this node");
+                            if status.code() != Code::Unavailable && answered {
+                                // An ordinary error of a node that works.
+                                return Err(FleetError::Rpc {
+                                    node: route.node,
+                                    status: Box::new(status),
+                                });
+                            }
                             refused.insert(route.node);
                         }
                         _ => {
@@ -698,8 +939,24 @@ impl Fleet {
 
     /// The owning node of `episode_id`: its node id names it; an unknown node gets one refresh.
     async fn route(&self, episode_id: &str) -> Result<Route, FleetError> {
+        let invalid = |why: &str| FleetError::InvalidEpisodeId {
+            episode_id: episode_id.to_owned(),
+            why: why.to_owned(),
+        };
+        let node_id = match node_of_episode(episode_id) {
+            Some("") => return Err(invalid("no node id before its first '.'")),
+            Some(id) => Some(id),
+            None if episode_id.is_empty() => return Err(invalid("empty")),
+            // An id of a server without node ids.
+            None if episode_id.starts_with("ep-") => None,
+            None => {
+                return Err(invalid(
+                    "not <node>.ep-<hex>, nor ep-<hex> of an older server",
+                ))
+            }
+        };
         let find = |state: &State| -> Option<Route> {
-            let node = match node_of_episode(episode_id) {
+            let node = match node_id {
                 Some(id) => state.nodes.iter().find(|n| n.node_id == id)?,
                 // Ids of servers without node ids: only a one-node fleet can own them.
                 None if state.nodes.len() == 1 => state.nodes.first()?,
@@ -716,17 +973,25 @@ impl Fleet {
         }
         self.refresh(true).await?;
         let state = self.lock();
-        find(&state).ok_or_else(|| FleetError::UnknownNode {
-            node: node_of_episode(episode_id)
-                .unwrap_or("(none: the id names no node)")
-                .to_owned(),
-            episode_id: episode_id.to_owned(),
-            known: state
-                .nodes
-                .iter()
-                .map(|n| format!("{} at {}", n.node_id, n.address))
-                .collect::<Vec<_>>()
-                .join(", "),
+        if let Some(route) = find(&state) {
+            return Ok(route);
+        }
+        let known = state
+            .nodes
+            .iter()
+            .map(|n| format!("{} at {}", n.node_id, n.address))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(match node_id {
+            Some(node) => FleetError::UnknownNode {
+                node: node.to_owned(),
+                episode_id: episode_id.to_owned(),
+                known,
+            },
+            None => FleetError::NoNodeInId {
+                episode_id: episode_id.to_owned(),
+                known,
+            },
         })
     }
 
@@ -742,34 +1007,46 @@ impl Fleet {
         state.clients.get(&node.address).cloned()
     }
 
-    /// One GetCapacity to `route`'s node: `true` when it answered (then it is up again).
-    async fn probe(&self, route: &Route) -> bool {
+    /// One GetCapacity to `route`'s node (`probe_timeout`): its report is taken (the node is up again), or the
+    /// failure marks the node down and is returned.
+    async fn probe(&self, route: &Route) -> Result<proto::GetCapacityResponse, String> {
         let timeout = self.shared.config.probe_timeout;
-        match Self::capacity(route.client.clone(), timeout).await {
-            Ok(report) if report.node_id == route.node => {
+        let result = match Self::capacity(route.client.clone(), timeout).await {
+            Ok(report) if report.node_id != route.node => Err(format!(
+                "node {} answers at this address instead",
+                report.node_id
+            )),
+            other => other,
+        };
+        match &result {
+            Ok(report) => {
+                let mut transition = None;
                 self.with_node(&route.node, |n| {
+                    if n.down {
+                        transition = Some(Transition::Up {
+                            node: n.node_id.clone(),
+                            address: n.address.clone(),
+                        });
+                    }
                     n.down = false;
-                    n.down_since = None;
+                    n.reason = None;
+                    n.failed_at = None;
                     n.estimate = i64::from(report.free_episodes);
-                    n.report = report;
+                    n.report = report.clone();
                     n.reported_at = Instant::now();
                 });
-                true
+                if let Some(transition) = transition {
+                    transition.log();
+                }
             }
-            Ok(report) => {
-                tracing::warn!(node = %route.node, address = %route.address, answered = %report.node_id,
-                    "another node answers at this address");
-                false
-            }
-            Err(error) => {
-                tracing::info!(node = %route.node, address = %route.address, %error, "node probe failed");
-                false
-            }
+            Err(reason) => self.mark_down(&route.node, reason),
         }
+        result
     }
 
-    /// Runs `call` against the node owning `episode_id`. A down node (found unreachable within the last `refresh`)
-    /// fails at once; a transport failure gets one probe and, failing it, marks the node down.
+    /// Runs `call` against the node owning `episode_id`. A down node (its GetCapacity failed within the last
+    /// `refresh`) fails at once, an older down node is probed first; a transport failure gets one probe and,
+    /// failing it, the node is down and the call fails. Nothing but a failed GetCapacity makes a node down.
     async fn on_owner<R, F, Fut>(
         &self,
         episode_id: &str,
@@ -791,10 +1068,10 @@ impl Fleet {
                 .nodes
                 .iter()
                 .find(|n| n.node_id == route.node)
-                .and_then(|n| n.down_since.filter(|_| n.down))
-                .is_some_and(|since| since.elapsed() < self.shared.config.refresh)
+                .and_then(|n| n.failed_at.filter(|_| n.down))
+                .is_some_and(|at| at.elapsed() < self.shared.config.refresh)
         };
-        if recently_down || (self.is_down(&route.node) && !self.probe(&route).await) {
+        if recently_down || (self.is_down(&route.node) && self.probe(&route).await.is_err()) {
             return Err(lost(&route));
         }
         match call(route.client.clone()).await {
@@ -804,10 +1081,9 @@ impl Fleet {
                     status.code(),
                     Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
                 );
-                if transport && !self.probe(&route).await {
-                    tracing::warn!(node = %route.node, address = %route.address, episode_id,
-                        error = %status.message(), "node unreachable; its episodes are lost");
-                    self.mark_down(&route.node);
+                if transport && self.probe(&route).await.is_err() {
+                    tracing::info!(node = %route.node, address = %route.address, episode_id,
+                        error = %status.message(), "call failed and its node does not answer");
                     return Err(lost(&route));
                 }
                 Err(FleetError::Rpc {
@@ -956,8 +1232,9 @@ mod tests {
                 result: Err("refused".into()),
             },
         ];
-        let nodes = merge(&[], &answers, now).unwrap();
-        let seen: Vec<_> = nodes
+        let merged = merge(&[], &[], &answers, &[], now).unwrap();
+        let seen: Vec<_> = merged
+            .nodes
             .iter()
             .map(|n| (n.node_id.as_str(), n.address.as_str(), n.estimate, n.down))
             .collect();
@@ -968,6 +1245,26 @@ mod tests {
                 ("n2", "127.0.0.1:7001", 9, false)
             ]
         );
+        // The address that did not answer is listed with its reason, and warned about once.
+        assert_eq!(merged.unanswered.len(), 1);
+        assert_eq!(
+            (
+                merged.unanswered[0].address.as_str(),
+                merged.unanswered[0].reason.as_str()
+            ),
+            ("127.0.0.1:7002", "refused")
+        );
+        assert_eq!(
+            merged.transitions,
+            [Transition::Down {
+                node: String::new(),
+                address: "127.0.0.1:7002".into(),
+                reason: "refused".into()
+            }]
+        );
+        let again = merge(&merged.nodes, &merged.unanswered, &answers, &[], now).unwrap();
+        assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+        assert_eq!(again.unanswered.len(), 1);
     }
 
     #[test]
@@ -976,7 +1273,7 @@ mod tests {
             ok("10.0.0.1:7000", report("n1", "a:1:5", 4)),
             ok("10.0.0.2:7000", report("n1", "b:1:5", 4)),
         ];
-        match merge(&[], &answers, Instant::now()) {
+        match merge(&[], &[], &answers, &[], Instant::now()) {
             Err(FleetError::DuplicateNodeId {
                 node,
                 first,
@@ -991,37 +1288,134 @@ mod tests {
         }
     }
 
+    fn failed(address: &str, why: &str) -> Answer {
+        Answer {
+            address: address.into(),
+            result: Err(why.into()),
+        }
+    }
+
     #[test]
-    fn a_vanished_node_stays_known_and_down_with_its_placed_count() {
+    fn a_vanished_node_stays_known_and_down_with_its_reason_and_placed_count() {
         let now = Instant::now();
-        let first = merge(
+        let mut first = merge(
+            &[],
             &[],
             &[
                 ok("127.0.0.1:1", report("n1", "a", 3)),
                 ok("127.0.0.1:2", report("n2", "b", 3)),
             ],
+            &[],
+            now,
+        )
+        .unwrap()
+        .nodes;
+        first[0].placed = 5;
+        let second = merge(
+            &first,
+            &[],
+            &[
+                failed("127.0.0.1:1", "Unauthenticated: bad token"),
+                ok("127.0.0.1:2", report("n2", "b", 1)),
+            ],
+            &[],
             now,
         )
         .unwrap();
-        let mut first = first;
-        first[0].placed = 5;
-        let second = merge(&first, &[ok("127.0.0.1:2", report("n2", "b", 1))], now).unwrap();
-        let n1 = second.iter().find(|n| n.node_id == "n1").unwrap();
+        let n1 = second.nodes.iter().find(|n| n.node_id == "n1").unwrap();
         assert!(n1.down && n1.estimate == 0 && n1.placed == 5);
         assert_eq!(n1.address, "127.0.0.1:1");
-        let n2 = second.iter().find(|n| n.node_id == "n2").unwrap();
-        assert!(!n2.down && n2.estimate == 1);
-        // It answers again: up, placed count kept.
+        assert_eq!(n1.reason.as_deref(), Some("Unauthenticated: bad token"));
+        assert!(second.unanswered.is_empty(), "a known node's address");
+        assert_eq!(
+            second.transitions,
+            [Transition::Down {
+                node: "n1".into(),
+                address: "127.0.0.1:1".into(),
+                reason: "Unauthenticated: bad token".into()
+            }]
+        );
+        let n2 = second.nodes.iter().find(|n| n.node_id == "n2").unwrap();
+        assert!(!n2.down && n2.estimate == 1 && n2.reason.is_none());
+        // Not asked again (between re-probes): still down with the same reason and time, no new warning.
+        let later = now + Duration::from_secs(1);
+        let skipped = merge(
+            &second.nodes,
+            &[],
+            &[ok("127.0.0.1:2", report("n2", "b", 1))],
+            &["127.0.0.1:1".to_owned()],
+            later,
+        )
+        .unwrap();
+        let n1 = skipped.nodes.iter().find(|n| n.node_id == "n1").unwrap();
+        assert!(n1.down && n1.failed_at == Some(now));
+        assert_eq!(n1.reason.as_deref(), Some("Unauthenticated: bad token"));
+        assert!(skipped.transitions.is_empty());
+        // It answers again: up, placed count kept, one "answers again".
         let third = merge(
-            &second,
+            &skipped.nodes,
+            &[],
             &[
                 ok("127.0.0.1:1", report("n1", "a", 2)),
                 ok("127.0.0.1:2", report("n2", "b", 1)),
             ],
+            &[],
+            later,
+        )
+        .unwrap();
+        let n1 = &third.nodes[0];
+        assert!(!n1.down && n1.placed == 5 && n1.estimate == 2 && n1.reason.is_none());
+        assert_eq!(
+            third.transitions,
+            [Transition::Up {
+                node: "n1".into(),
+                address: "127.0.0.1:1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_address_that_never_answered_is_kept_while_skipped_and_comes_up_as_a_node() {
+        let now = Instant::now();
+        let first = merge(
+            &[],
+            &[],
+            &[failed("127.0.0.1:9", "no answer within 2s")],
+            &[],
             now,
         )
         .unwrap();
-        assert!(!third[0].down && third[0].placed == 5 && third[0].estimate == 2);
+        assert!(first.nodes.is_empty());
+        assert_eq!(first.unanswered.len(), 1);
+        let kept = merge(
+            &[],
+            &first.unanswered,
+            &[],
+            &["127.0.0.1:9".to_owned()],
+            now,
+        )
+        .unwrap();
+        assert_eq!(kept.unanswered.len(), 1);
+        assert!(kept.transitions.is_empty());
+        // No longer resolved and not skipped: forgotten.
+        let gone = merge(&[], &first.unanswered, &[], &[], now).unwrap();
+        assert!(gone.unanswered.is_empty());
+        let up = merge(
+            &[],
+            &first.unanswered,
+            &[ok("127.0.0.1:9", report("n9", "i", 1))],
+            &[],
+            now,
+        )
+        .unwrap();
+        assert!(up.unanswered.is_empty());
+        assert_eq!(
+            up.transitions,
+            [Transition::Up {
+                node: "n9".into(),
+                address: "127.0.0.1:9".into()
+            }]
+        );
     }
 
     #[test]

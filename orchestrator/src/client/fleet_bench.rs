@@ -1,10 +1,11 @@
 //! `swe-env bench fleet`: what the fleet client costs and what several nodes buy on one box. Starts three
 //! `swe-env serve` children (or takes `--server ADDR` repeated) and prints
 //! - placement overhead per CreateEpisode: a create through [`Fleet`] and a direct create on the same node over the
-//!   same channel, interleaved one by one (the order within a pair alternating) (median / p90 of both and of the per-pair difference), and the client-side
-//!   decision alone (the choice from the cached estimates, no I/O) in µs;
+//!   same channel, interleaved one by one, the order within a pair alternating (median / p90 of both and of the
+//!   per-pair difference), and the client-side decision alone (the choice from the cached estimates, no I/O) in µs;
 //! - episodes/s (create, S `echo` steps, close; C at a time) through a fleet of one node vs all nodes, in
-//!   interleaved rounds (one-node round, all-nodes round, repeat), every node with the same `max_episodes`.
+//!   interleaved rounds (one-node round, all-nodes round, repeat), every node with the same `max_episodes`;
+//! - every node it could not use (its GetCapacity failed) with the reason (`not used: …`; `unusable` in the JSON).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use crate::server::proto;
     swe-env bench fleet --episodes 60 --concurrency 12 --rounds 3 --json\n  \
     swe-env bench fleet --server 10.0.0.1:50051 --server 10.0.0.2:50051 --token-file token")]
 pub struct FleetBenchArgs {
-    /// Use these running servers instead of starting three (repeatable; the one-node rounds use the first).
+    /// Use these running servers instead of starting three (repeatable; the one-node rounds use the first that
+    /// answers; a server whose GetCapacity fails is printed as `not used` with the reason and left out).
     #[arg(long = "server")]
     pub servers: Vec<String>,
     /// Token file of `--server` (else SWE_ENV_TOKEN).
@@ -155,9 +157,20 @@ struct NodeRow {
     max_episodes: u32,
 }
 
+/// A node (or an address that never answered) the bench could not use, and why.
+#[derive(Debug, serde::Serialize)]
+struct Unusable {
+    /// Empty for an address that never answered.
+    node_id: String,
+    address: String,
+    reason: String,
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Report {
     nodes: Vec<NodeRow>,
+    /// Nodes left out: their GetCapacity failed (unreachable, too slow, refused the token, ...).
+    unusable: Vec<Unusable>,
     placement: Placement,
     throughput: Throughput,
 }
@@ -256,18 +269,30 @@ async fn measure(
     addresses: Vec<String>,
     token: Option<String>,
 ) -> anyhow::Result<Report> {
-    let first = addresses
-        .first()
-        .context("no server address (give --server or let the bench start its own)")?
-        .clone();
+    if addresses.is_empty() {
+        anyhow::bail!("no server address (give --server or let the bench start its own)");
+    }
     let all = Fleet::connect(FleetConfig::new(addresses, token.clone()))
         .await
         .context("connecting to the fleet")?;
+    let (up, down): (Vec<_>, Vec<_>) = all.nodes().into_iter().partition(|n| !n.down);
+    let unusable: Vec<Unusable> = down
+        .into_iter()
+        .map(|n| Unusable {
+            node_id: n.node_id,
+            address: n.address,
+            reason: n.down_reason.unwrap_or_default(),
+        })
+        .collect();
+    let first = up
+        .first()
+        .context("no node answers GetCapacity")?
+        .address
+        .clone();
     let one = Fleet::connect(FleetConfig::new(vec![first], token))
         .await
-        .context("connecting to the first node")?;
-    let nodes = all
-        .nodes()
+        .context("connecting to the first usable node")?;
+    let nodes: Vec<NodeRow> = up
         .into_iter()
         .map(|n| NodeRow {
             node_id: n.node_id,
@@ -345,7 +370,7 @@ async fn measure(
         ..Rate::default()
     };
     let mut all_rate = Rate {
-        nodes: all.nodes().len(),
+        nodes: nodes.len(),
         ..Rate::default()
     };
     for _ in 0..args.rounds {
@@ -364,6 +389,7 @@ async fn measure(
     let ratio = all_rate.episodes_per_s / one_rate.episodes_per_s;
     Ok(Report {
         nodes,
+        unusable,
         placement,
         throughput: Throughput {
             steps_per_episode: args.steps,
@@ -376,7 +402,11 @@ async fn measure(
 }
 
 fn nodes_first(fleet: &Fleet) -> Option<String> {
-    fleet.nodes().into_iter().next().map(|n| n.node_id)
+    fleet
+        .nodes()
+        .into_iter()
+        .find(|n| !n.down)
+        .map(|n| n.node_id)
 }
 
 async fn fleet_create(fleet: &Fleet, task: &str) -> anyhow::Result<(Duration, Placed)> {
@@ -430,6 +460,14 @@ fn print_report(args: &FleetBenchArgs, report: &Report) {
         .map(|n| format!("{} at {} (max {})", n.node_id, n.address, n.max_episodes))
         .collect();
     println!("nodes: {}", nodes.join(", "));
+    for n in &report.unusable {
+        let node = if n.node_id.is_empty() {
+            "(never answered)"
+        } else {
+            n.node_id.as_str()
+        };
+        println!("not used: {} at {}: {}", node, n.address, n.reason);
+    }
     let p = &report.placement;
     println!(
         "{:<44} {:>6} {:>10} {:>10} {:>10}",

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 
-from . import errors
+from . import _fleet, errors
 from .v1 import env_pb2
 
 #: A channel option every channel gets: a unix socket's path is not a valid HTTP/2 `:authority` for the server.
@@ -68,20 +68,17 @@ def resolve(host: str, port: int) -> List[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def capacity_failure(address: str, error: grpc.RpcError) -> Optional[str]:
-    """Why a GetCapacity to ``address`` failed, as a node-down reason; raises when the failure is a configuration
-    error every retry would repeat (wrong token, a server without GetCapacity)."""
+def capacity_failure(error: grpc.RpcError) -> "_fleet.Failure":
+    """Why a GetCapacity failed, as a node-down reason. Never raises: a node refusing the token (or too old to
+    answer GetCapacity) is marked down with that reason; only calls that need that node (or find no usable node)
+    report it."""
     code_fn = getattr(error, "code", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED):
-        failure = errors.from_rpc_error(error, method="GetCapacity")
-        failure.message = f"{address}: {failure.message}"
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            failure.message += " (a server older than fleet support: give a single address instead of a list)"
-        raise failure
     details_fn = getattr(error, "details", None)
     details = (details_fn() if callable(details_fn) else None) or str(error)
-    return f"{code.name}: {details}"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        details += " (a server older than fleet support: give a single address instead of a list)"
+    return _fleet.Failure(code.name, details)
 
 
 def auth_metadata(token: Optional[str]) -> Metadata:

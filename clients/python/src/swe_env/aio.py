@@ -85,13 +85,20 @@ class AsyncClient:
             found = self._channels[address] = (channel, env_pb2_grpc.EnvServiceStub(channel))
         return found
 
-    async def _stub(self, *, task_id: Optional[str] = None, episode_id: Optional[str] = None) -> env_pb2_grpc.EnvServiceStub:
+    async def _stub(
+        self,
+        *,
+        task_id: Optional[str] = None,
+        episode_id: Optional[str] = None,
+        method: str = "",
+        request_id: Optional[str] = None,
+    ) -> env_pb2_grpc.EnvServiceStub:
         """The one place a call picks its channel (see ``Client._stub``)."""
         del task_id
         if self._stub_default is not None:
             return self._stub_default
         if episode_id is not None:
-            return self._channel_for((await self._owner(episode_id)).address)[1]
+            return self._channel_for((await self._owner(episode_id, method, request_id)).address)[1]
         return self._channel_for((await self._any_node()).address)[1]
 
     async def nodes(self) -> List[_fleet.NodeView]:
@@ -101,16 +108,19 @@ class AsyncClient:
         await self._refresh()
         return self._fleet.view()
 
-    async def _capacity(self, address: str) -> Any:
+    async def _capacity(self, address: str, timeout: Optional[float] = None) -> Any:
+        """The node's GetCapacityResponse, or a :class:`_fleet.Failure` saying why asking failed."""
         try:
             return await self._channel_for(address)[1].GetCapacity(
-                env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata
+                env_pb2.GetCapacityRequest(),
+                timeout=self._probe_timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            return _core.capacity_failure(address, error)
+            return _core.capacity_failure(error)
 
     async def _refresh(self, force: bool = False) -> None:
-        """As ``Client._refresh``: names resolved in a thread, every node asked concurrently."""
+        """As ``Client._refresh``: names resolved in a thread, every due node asked concurrently."""
         asked = time.monotonic()
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
@@ -123,41 +133,51 @@ class AsyncClient:
             )
             for target, why in self._resolve_failures.items():
                 log.warning("fleet address %s: %s", target, why)
-            answers = await asyncio.gather(*(self._capacity(address) for address in addresses))
-            self._fleet.apply(addresses, dict(zip(addresses, answers)), time.monotonic())
-
-    def _no_node(self) -> str:
-        failures = "".join(f"; {t}: {why}" for t, why in self._resolve_failures.items())
-        return f"{self._fleet.describe()}{failures}"
+            now = time.monotonic()
+            deadlines = {a: self._fleet.probe_timeout(a, now, self._probe_timeout) for a in addresses}
+            asked_now = [a for a, deadline in deadlines.items() if deadline is not None]
+            before = {n.address: n.down for n in self._fleet.nodes}
+            answers = await asyncio.gather(*(self._capacity(a, deadlines[a]) for a in asked_now))
+            self._fleet.apply(addresses, dict(zip(asked_now, answers)), time.monotonic())
+            _fleet.log_changes(before, self._fleet.nodes)
 
     async def _any_node(self) -> _fleet.Node:
         await self._refresh()
         node = self._fleet.choose() or next((n for n in self._fleet.nodes if not n.down), None)
         if node is None:
-            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, f"no node of the fleet answers ({self._no_node()})")
+            raise self._fleet.no_node_error(self._resolve_failures, "no node of the fleet answers")
         return node
 
-    async def _owner(self, episode_id: str) -> _fleet.Node:
+    async def _owner(self, episode_id: str, method: str = "", request_id: Optional[str] = None) -> _fleet.Node:
         """As ``Client._owner``."""
-        node_id = _fleet.node_of(episode_id)
-        if node_id is None:
-            raise errors.Unavailable(
-                grpc.StatusCode.UNAVAILABLE,
-                f"episode {episode_id} names no node (a server older than fleet support): "
-                "use a single-address client for it",
-            )
+        bad = _fleet.unroutable(episode_id)
+        if bad is not None:
+            bad.method, bad.request_id = method, request_id
+            raise bad
+        node_id = _fleet.node_of(episode_id) or ""
         for attempt in range(2):
             node = self._fleet.find(node_id)
-            if node is not None and (not node.down or not self._fleet.stale(time.monotonic()) or attempt == 1):
+            stale = self._fleet.stale(time.monotonic())
+            if node is not None and (not self._fleet.fails_fast(node) or not stale or attempt == 1):
                 break
             await self._refresh(force=True)
         if node is None:
-            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, _fleet.unknown_node_message(episode_id, node_id, self._fleet))
-        if node.down:
-            raise errors.NodeUnavailable(
-                _fleet.lost_message(episode_id, node), node_id=node.node_id, address=node.address, episode_id=episode_id
-            )
+            message = _fleet.unknown_node_message(episode_id, node_id, self._fleet)
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, message, method=method, request_id=request_id)
+        if self._fleet.fails_fast(node):
+            raise _fleet.lost_error(episode_id, node, method, request_id)
         return node
+
+    async def _probe(self, node: _fleet.Node) -> Optional[_fleet.Failure]:
+        """As ``Client._probe``."""
+        answer = await self._capacity(node.address)
+        if isinstance(answer, _fleet.Failure):
+            if not node.down:
+                log.warning("fleet node %s at %s is down: %s", node.node_id or "?", node.address, answer)
+            self._fleet.mark_down(node, answer, time.monotonic())
+            return answer
+        self._fleet.update(node, answer)
+        return None
 
     async def _call(
         self,
@@ -181,17 +201,12 @@ class AsyncClient:
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error, method=method, request_id=request_id)
             if self.is_fleet and episode_id is not None and error.code == grpc.StatusCode.UNAVAILABLE:
-                node = await self._owner(episode_id)
-                probe = await self._capacity(node.address)
-                if isinstance(probe, str):
-                    self._fleet.mark_down(node, probe)
-                    raise errors.NodeUnavailable(
-                        _fleet.lost_message(episode_id, node),
-                        node_id=node.node_id,
-                        address=node.address,
-                        episode_id=episode_id,
-                        method=method,
-                    ) from error
+                node = await self._owner(episode_id, method, request_id)
+                failure = await self._probe(node)
+                if failure is not None:
+                    if failure.unreachable:
+                        raise _fleet.lost_error(episode_id, node, method, request_id) from error
+                    raise error  # it answers, but refuses this client (e.g. its token): not lost
             if not retry or error.code not in errors.RETRYABLE or attempt >= self._retry.max_attempts:
                 raise error
             delay = self._retry.delay(attempt, error.retry_after)
@@ -206,10 +221,10 @@ class AsyncClient:
         call_deadline = self._timeout if timeout is None else timeout
         budget = self._retry.max_total_wait if timeout is None else timeout
         started = time.monotonic()
-        attempt = 0
+        refused_rounds = 0
+        force = False
         while True:
-            attempt += 1
-            await self._refresh()
+            await self._refresh(force=force)
             tried: set = set()
             hint: Optional[float] = None
             last: Optional[errors.SweEnvError] = None
@@ -225,25 +240,27 @@ class AsyncClient:
                 except grpc.RpcError as rpc_error:
                     error = errors.from_rpc_error(rpc_error, method="CreateEpisode")
                 self._fleet.unplaced(node)
-                if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    if await self._probe(node) is None:
+                        self._fleet.exhausted(node)
+                elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self._fleet.exhausted(node)
-                elif error.code == grpc.StatusCode.UNAVAILABLE:
-                    self._fleet.mark_down(node, f"UNAVAILABLE: {error.message}")
                 else:
                     raise error
                 last = error
                 if error.retry_after is not None:
                     hint = max(hint or 0.0, error.retry_after)
-            message = f"no node of the fleet has a free slot ({self._no_node()})"
-            failure = last or errors.ResourceExhausted(grpc.StatusCode.RESOURCE_EXHAUSTED, message, method="CreateEpisode")
-            if attempt >= self._retry.max_attempts:
+            failure = _fleet.placement_failure(self._fleet, self._resolve_failures, last)
+            if failure.code not in errors.RETRYABLE:
                 raise failure
-            delay = self._retry.delay(attempt, hint)
-            if time.monotonic() - started + delay > budget:
+            refused_rounds += last is not None
+            remaining = budget - (time.monotonic() - started)
+            if refused_rounds >= self._retry.max_attempts or remaining <= 0:
                 raise failure
-            log.info("retrying CreateEpisode (attempt %d) in %.3f s: %s", attempt + 1, delay, message)
+            delay = _fleet.round_wait(self._retry, hint, self._fleet.refresh_secs, remaining)
+            log.info("retrying CreateEpisode in %.3f s: %s", delay, failure.message)
             await asyncio.sleep(delay)
-            self._fleet.refreshed_at = None
+            force = True
 
     async def list_tasks(self, *, repo: str = "", include_rows: bool = False, page_size: int = 0) -> List[env_pb2.Task]:
         tasks: List[env_pb2.Task] = []
@@ -321,12 +338,12 @@ class AsyncClient:
     async def _step(self, episode_id, text, tool_call, request_id, model_turn, timeout):
         rid = request_id or _core.new_request_id()
         request = _core.step_request(episode_id, text, tool_call, rid, model_turn)
-        stub = await self._stub(episode_id=episode_id)
+        stub = await self._stub(episode_id=episode_id, method="Step", request_id=rid)
         return request, await self._call("Step", stub.Step, request, timeout=timeout, request_id=rid, episode_id=episode_id)
 
     async def close_episode(self, episode_id: str, final_answer: str = "") -> env_pb2.EpisodeInfo:
         request = env_pb2.CloseEpisodeRequest(episode_id=episode_id, final_answer=final_answer)
-        stub = await self._stub(episode_id=episode_id)
+        stub = await self._stub(episode_id=episode_id, method="CloseEpisode")
         closed = (await self._call("CloseEpisode", stub.CloseEpisode, request, episode_id=episode_id)).episode
         if self.is_fleet:
             self._fleet.closed(_fleet.node_of(episode_id))
@@ -352,7 +369,7 @@ class AsyncClient:
         return episodes
 
     async def trajectory(self, episode_id: str) -> List[Dict[str, Any]]:
-        stub = await self._stub(episode_id=episode_id)
+        stub = await self._stub(episode_id=episode_id, method="GetTrajectory")
 
         async def invoke(request: env_pb2.GetTrajectoryRequest, **kw: Any) -> List[Dict[str, Any]]:
             return _core.parse_records([record async for record in stub.GetTrajectory(request, **kw)])
@@ -361,7 +378,7 @@ class AsyncClient:
 
     async def submission(self, episode_id: str) -> env_pb2.GetSubmissionResponse:
         request = env_pb2.GetSubmissionRequest(episode_id=episode_id)
-        stub = await self._stub(episode_id=episode_id)
+        stub = await self._stub(episode_id=episode_id, method="GetSubmission")
         return await self._call("GetSubmission", stub.GetSubmission, request, episode_id=episode_id)
 
     async def grade(

@@ -100,14 +100,21 @@ class Client:
                 found = self._channels[address] = (channel, env_pb2_grpc.EnvServiceStub(channel))
             return found
 
-    def _stub(self, *, task_id: Optional[str] = None, episode_id: Optional[str] = None) -> env_pb2_grpc.EnvServiceStub:
+    def _stub(
+        self,
+        *,
+        task_id: Optional[str] = None,
+        episode_id: Optional[str] = None,
+        method: str = "",
+        request_id: Optional[str] = None,
+    ) -> env_pb2_grpc.EnvServiceStub:
         """The stub a call about ``episode_id`` goes to: the node the id names (a fleet), else the server. Calls
         about no episode (tasks, grading, warm pools) go to the node with the most free slots."""
         del task_id
         if self._stub_default is not None:
             return self._stub_default
         if episode_id is not None:
-            return self._channel_for(self._owner(episode_id).address)[1]
+            return self._channel_for(self._owner(episode_id, method, request_id).address)[1]
         return self._channel_for(self._any_node().address)[1]
 
     def nodes(self) -> List[_fleet.NodeView]:
@@ -120,8 +127,9 @@ class Client:
             return self._fleet.view()
 
     def _refresh(self, force: bool = False) -> None:
-        """Resolves the names and asks every node for its capacity (concurrently, ``probe_timeout`` each) when the
-        reports are older than ``refresh_secs`` (or ``force``)."""
+        """Resolves the names and asks every node for its capacity (concurrently, ``probe_timeout`` each; a node
+        already down only every ``DOWN_REPROBE_SECS``, with a short deadline) when the reports are older than
+        ``refresh_secs`` (or ``force``)."""
         asked = time.monotonic()
         with self._refresh_lock:
             with self._lock:
@@ -130,24 +138,26 @@ class Client:
             addresses, self._resolve_failures = _fleet.expand(self._targets, self._resolve)
             for target, why in self._resolve_failures.items():
                 log.warning("fleet address %s: %s", target, why)
+            now = time.monotonic()
+            with self._lock:
+                deadlines = {a: self._fleet.probe_timeout(a, now, self._probe_timeout) for a in addresses}
+                before = {n.address: n.down for n in self._fleet.nodes}
             futures = {
                 address: self._channel_for(address)[1].GetCapacity.future(
-                    env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata
+                    env_pb2.GetCapacityRequest(), timeout=deadline, metadata=self._metadata
                 )
-                for address in addresses
+                for address, deadline in deadlines.items()
+                if deadline is not None
             }
             reports: Dict[str, Any] = {}
             for address, future in futures.items():
                 try:
                     reports[address] = future.result()
                 except grpc.RpcError as error:
-                    reports[address] = _core.capacity_failure(address, error)
+                    reports[address] = _core.capacity_failure(error)
             with self._lock:
                 self._fleet.apply(addresses, reports, time.monotonic())
-
-    def _no_node(self) -> str:
-        failures = "".join(f"; {t}: {why}" for t, why in self._resolve_failures.items())
-        return f"{self._fleet.describe()}{failures}"
+                _fleet.log_changes(before, self._fleet.nodes)
 
     def _any_node(self) -> _fleet.Node:
         """A node for a call about no episode: the most free slots, else any answering node."""
@@ -155,46 +165,49 @@ class Client:
         with self._lock:
             node = self._fleet.choose() or next((n for n in self._fleet.nodes if not n.down), None)
             if node is None:
-                raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, f"no node of the fleet answers ({self._no_node()})")
+                raise self._fleet.no_node_error(self._resolve_failures, "no node of the fleet answers")
             return node
 
-    def _owner(self, episode_id: str) -> _fleet.Node:
+    def _owner(self, episode_id: str, method: str = "", request_id: Optional[str] = None) -> _fleet.Node:
         """The node holding ``episode_id``; raises Unavailable when it is not among the nodes and NodeUnavailable
-        when it is down (after a refresh, when the view is older than ``refresh_secs``)."""
-        node_id = _fleet.node_of(episode_id)
-        if node_id is None:
-            raise errors.Unavailable(
-                grpc.StatusCode.UNAVAILABLE,
-                f"episode {episode_id} names no node (a server older than fleet support): "
-                "use a single-address client for it",
-            )
+        when a probe found it unreachable (after a refresh, when the view is older than ``refresh_secs``)."""
+        bad = _fleet.unroutable(episode_id)
+        if bad is not None:
+            bad.method, bad.request_id = method, request_id
+            raise bad
+        node_id = _fleet.node_of(episode_id) or ""
         for attempt in range(2):
             with self._lock:
                 node = self._fleet.find(node_id)
                 stale = self._fleet.stale(time.monotonic())
-            if node is not None and (not node.down or not stale or attempt == 1):
+            if node is not None and (not self._fleet.fails_fast(node) or not stale or attempt == 1):
                 break
             self._refresh(force=True)
         if node is None:
             with self._lock:
                 message = _fleet.unknown_node_message(episode_id, node_id, self._fleet)
-            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, message)
-        if node.down:
-            raise errors.NodeUnavailable(
-                _fleet.lost_message(episode_id, node), node_id=node.node_id, address=node.address, episode_id=episode_id
-            )
+            raise errors.Unavailable(grpc.StatusCode.UNAVAILABLE, message, method=method, request_id=request_id)
+        if self._fleet.fails_fast(node):
+            raise _fleet.lost_error(episode_id, node, method, request_id)
         return node
 
-    def _probe(self, node: _fleet.Node) -> bool:
-        """One quick GetCapacity of a node whose call failed UNAVAILABLE: does it still answer?"""
+    def _probe(self, node: _fleet.Node) -> Optional[_fleet.Failure]:
+        """One quick GetCapacity of a node whose call failed UNAVAILABLE: None when it answered (its report is
+        taken: a draining node is marked draining, not down), else why not (the node is marked down)."""
         stub = self._channel_for(node.address)[1]
         try:
-            stub.GetCapacity(env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata)
-            return True
+            report = stub.GetCapacity(env_pb2.GetCapacityRequest(), timeout=self._probe_timeout, metadata=self._metadata)
         except grpc.RpcError as error:
+            failure = _core.capacity_failure(error)
             with self._lock:
-                self._fleet.mark_down(node, _core.capacity_failure(node.address, error) or "unreachable")
-            return False
+                was_down = node.down
+                self._fleet.mark_down(node, failure, time.monotonic())
+            if not was_down:
+                log.warning("fleet node %s at %s is down: %s", node.node_id or "?", node.address, failure)
+            return failure
+        with self._lock:
+            self._fleet.update(node, report)
+        return None
 
     def _call(
         self,
@@ -220,15 +233,12 @@ class Client:
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error, method=method, request_id=request_id)
             if self.is_fleet and episode_id is not None and error.code == grpc.StatusCode.UNAVAILABLE:
-                node = self._owner(episode_id)
-                if not self._probe(node):
-                    raise errors.NodeUnavailable(
-                        _fleet.lost_message(episode_id, node),
-                        node_id=node.node_id,
-                        address=node.address,
-                        episode_id=episode_id,
-                        method=method,
-                    ) from error
+                node = self._owner(episode_id, method, request_id)
+                failure = self._probe(node)
+                if failure is not None:
+                    if failure.unreachable:
+                        raise _fleet.lost_error(episode_id, node, method, request_id) from error
+                    raise error  # it answers, but refuses this client (e.g. its token): not lost
             if not retry or error.code not in errors.RETRYABLE or attempt >= self._retry.max_attempts:
                 raise error
             delay = self._retry.delay(attempt, error.retry_after)
@@ -239,16 +249,18 @@ class Client:
             waited += delay
 
     def _place(self, request: env_pb2.CreateEpisodeRequest, timeout: Optional[float]) -> env_pb2.CreateEpisodeResponse:
-        """CreateEpisode on a fleet: the node with the most free slots; RESOURCE_EXHAUSTED or UNAVAILABLE from it →
-        the next; none free → wait the largest hint (or the backoff), refresh, again, within the create deadline
-        (``timeout``, else the policy's ``max_total_wait``) and ``max_attempts`` rounds."""
+        """CreateEpisode on a fleet: the node with the most free slots; RESOURCE_EXHAUSTED from it → the next;
+        UNAVAILABLE → a probe (answering: draining, or no slot this round; not answering: down), then the next;
+        none free → wait the largest hint (else ``refresh_secs``: every estimate is 0, so re-ask every node),
+        refresh, again, until the create deadline (``timeout``, else the policy's ``max_total_wait``; the last wait
+        is cut to what is left, then one more round) or ``max_attempts`` rounds in which creates were refused."""
         call_deadline = self._timeout if timeout is None else timeout
         budget = self._retry.max_total_wait if timeout is None else timeout
         started = time.monotonic()
-        attempt = 0
+        refused_rounds = 0
+        force = False
         while True:
-            attempt += 1
-            self._refresh()
+            self._refresh(force=force)
             tried: set = set()
             hint: Optional[float] = None
             last: Optional[errors.SweEnvError] = None
@@ -266,27 +278,31 @@ class Client:
                     error = errors.from_rpc_error(rpc_error, method="CreateEpisode")
                 with self._lock:
                     self._fleet.unplaced(node)
-                    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    # Draining (it answers GetCapacity) or gone (it does not): only a failed probe marks it down.
+                    if self._probe(node) is None:
+                        with self._lock:
+                            self._fleet.exhausted(node)
+                elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    with self._lock:
                         self._fleet.exhausted(node)
-                    elif error.code == grpc.StatusCode.UNAVAILABLE:
-                        self._fleet.mark_down(node, f"UNAVAILABLE: {error.message}")
-                    else:
-                        raise error
+                else:
+                    raise error
                 last = error
                 if error.retry_after is not None:
                     hint = max(hint or 0.0, error.retry_after)
             with self._lock:
-                message = f"no node of the fleet has a free slot ({self._no_node()})"
-            failure = last or errors.ResourceExhausted(grpc.StatusCode.RESOURCE_EXHAUSTED, message, method="CreateEpisode")
-            if attempt >= self._retry.max_attempts:
+                failure = _fleet.placement_failure(self._fleet, self._resolve_failures, last)
+            if failure.code not in errors.RETRYABLE:
+                raise failure  # every node refuses this client (e.g. a wrong token): waiting will not help
+            refused_rounds += last is not None
+            remaining = budget - (time.monotonic() - started)
+            if refused_rounds >= self._retry.max_attempts or remaining <= 0:
                 raise failure
-            delay = self._retry.delay(attempt, hint)
-            if time.monotonic() - started + delay > budget:
-                raise failure
-            log.info("retrying CreateEpisode (attempt %d) in %.3f s: %s", attempt + 1, delay, message)
+            delay = _fleet.round_wait(self._retry, hint, self._fleet.refresh_secs, remaining)
+            log.info("retrying CreateEpisode in %.3f s: %s", delay, failure.message)
             time.sleep(delay)
-            with self._lock:
-                self._fleet.refreshed_at = None  # the next round asks every node again
+            force = True
 
     # -- Tasks -----------------------------------------------------------------------------------------------------
 
@@ -385,13 +401,13 @@ class Client:
     def _step(self, episode_id, text, tool_call, request_id, model_turn, timeout):
         rid = request_id or _core.new_request_id()
         request = _core.step_request(episode_id, text, tool_call, rid, model_turn)
-        stub = self._stub(episode_id=episode_id)
+        stub = self._stub(episode_id=episode_id, method="Step", request_id=rid)
         return request, self._call("Step", stub.Step, request, timeout=timeout, request_id=rid, episode_id=episode_id)
 
     def close_episode(self, episode_id: str, final_answer: str = "") -> env_pb2.EpisodeInfo:
         """Ends an episode (removes its container); closing an ended episode returns it as it ended."""
         request = env_pb2.CloseEpisodeRequest(episode_id=episode_id, final_answer=final_answer)
-        stub = self._stub(episode_id=episode_id)
+        stub = self._stub(episode_id=episode_id, method="CloseEpisode")
         closed = self._call("CloseEpisode", stub.CloseEpisode, request, episode_id=episode_id).episode
         if self.is_fleet:
             with self._lock:
@@ -422,7 +438,7 @@ class Client:
 
     def trajectory(self, episode_id: str) -> List[Dict[str, Any]]:
         """The episode's trajectory records (dicts in the trajectory file's schema)."""
-        stub = self._stub(episode_id=episode_id)
+        stub = self._stub(episode_id=episode_id, method="GetTrajectory")
         return self._call(
             "GetTrajectory",
             lambda request, **kw: _core.parse_records(stub.GetTrajectory(request, **kw)),
@@ -433,7 +449,7 @@ class Client:
     def submission(self, episode_id: str) -> env_pb2.GetSubmissionResponse:
         """The episode's last accepted submission (the patch)."""
         request = env_pb2.GetSubmissionRequest(episode_id=episode_id)
-        return self._call("GetSubmission", self._stub(episode_id=episode_id).GetSubmission, request, episode_id=episode_id)
+        return self._call("GetSubmission", self._stub(episode_id=episode_id, method="GetSubmission").GetSubmission, request, episode_id=episode_id)
 
     # -- Grading ---------------------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
     ├── FailedPrecondition   the episode has ended or was closed; the task image is missing on the server
     ├── ResourceExhausted    admission limits reached (`retry_after`: the server's hint, seconds)
     ├── Unavailable          the server is shutting down or its Docker engine is unreachable (`retry_after`)
-    │   └── NodeUnavailable  (fleet) the node holding the episode is unreachable: the episode is lost
+    │   └── NodeUnavailable  (fleet) the node holding the episode is unreachable: the episode is lost unless the
+    │                        node comes back (`request_id`: a Step's key, to retry it at most once)
     ├── Unauthenticated      missing or wrong token
     ├── Unimplemented        a feature this server build does not provide
     ├── DeadlineExceeded     the call's timeout passed (the action may still have run: retry a Step with its
@@ -81,11 +82,21 @@ class Unavailable(SweEnvError):
 
 class NodeUnavailable(Unavailable):
     """(Fleet clients) The node holding the episode is unreachable (it answered neither the call nor a quick
-    GetCapacity probe): the episode is lost; its trajectory stays on that node. Raised at once, not retried.
-    ``node_id``, ``address`` and ``episode_id`` name what was lost."""
+    GetCapacity probe): the episode is lost unless the node comes back (a frozen or partitioned node may; its
+    trajectory stays on that node). Raised at once, not retried. ``node_id``, ``address`` and ``episode_id`` name
+    what was lost; ``request_id`` is the Step's key (a Step with it runs at most once, should the node return)."""
 
-    def __init__(self, message: str, *, node_id: str, address: str, episode_id: str, method: str = "") -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, message, method=method)
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: str,
+        address: str,
+        episode_id: str,
+        method: str = "",
+        request_id: Optional[str] = None,
+    ) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, method=method, request_id=request_id)
         self.node_id = node_id
         self.address = address
         self.episode_id = episode_id
@@ -128,6 +139,11 @@ _BY_CODE: Dict[grpc.StatusCode, Type[SweEnvError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
 }
+
+def error_for(code: grpc.StatusCode, message: str, *, method: str = "") -> SweEnvError:
+    """The exception class of ``code`` with ``message`` (for errors the client makes up itself)."""
+    return _BY_CODE.get(code, ServerError)(code, message, method=method)
+
 
 #: Codes a call is retried on (bounded, honouring the server's hint).
 RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
