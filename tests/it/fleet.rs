@@ -409,35 +409,23 @@ async fn a_dns_name_is_one_node_misrouted_ids_and_duplicate_node_ids_are_errors(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_fleet_prints_placement_overhead_and_throughput() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_swe-env"))
-        .args([
-            "bench",
-            "fleet",
-            "--tasks",
-            crate::episode::fixtures_file().to_str().unwrap(),
-            "--creates",
-            "3",
-            "--episodes",
-            "3",
-            "--steps",
-            "1",
-            "--concurrency",
-            "3",
-            "--rounds",
-            "1",
-            "--json",
-        ])
-        .env_remove("SWE_ENV_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench fleet failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tasks = crate::episode::fixtures_file();
+    let stdout = bench_fleet(&[
+        "--tasks",
+        tasks.to_str().unwrap(),
+        "--creates",
+        "3",
+        "--episodes",
+        "3",
+        "--steps",
+        "1",
+        "--concurrency",
+        "3",
+        "--rounds",
+        "1",
+        "--json",
+    ])
+    .await;
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let placement = &json["placement"];
     for key in ["fleet_create", "direct_create", "difference"] {
@@ -712,42 +700,27 @@ async fn a_node_with_another_token_is_reported_down_and_skipped() {
 
     // The bench with the same three servers: the other-token one is printed as not used, with the reason.
     let token_file = dirs[0].path().join("token");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_swe-env"))
-        .args([
-            "bench",
-            "fleet",
-            "--server",
-            &a.addr,
-            "--server",
-            &other_addr,
-            "--server",
-            &c.addr,
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .args([
-            "--creates",
-            "1",
-            "--episodes",
-            "2",
-            "--steps",
-            "1",
-            "--concurrency",
-            "2",
-            "--rounds",
-            "1",
-        ])
-        .env_remove("SWE_ENV_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench fleet failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench_fleet(&[
+        "--server",
+        &a.addr,
+        "--server",
+        &other_addr,
+        "--server",
+        &c.addr,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--creates",
+        "1",
+        "--episodes",
+        "2",
+        "--steps",
+        "1",
+        "--concurrency",
+        "2",
+        "--rounds",
+        "1",
+    ])
+    .await;
     let line = stdout
         .lines()
         .find(|l| l.starts_with("not used:"))
@@ -882,4 +855,23 @@ async fn a_frozen_node_does_not_slow_every_create() {
     for owner in &owners {
         assert_eq!(containers_of(owner).await, 0, "containers of {owner} left");
     }
+}
+
+/// `swe-env bench fleet ARGS` (no token from the environment); its stdout, after asserting it succeeded.
+async fn bench_fleet(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_swe-env"))
+        .args(["bench", "fleet"])
+        .args(args)
+        .env_remove("SWE_ENV_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench fleet failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
