@@ -541,7 +541,7 @@ fn no_help_text_names_a_source_module_and_every_bench_subcommand_has_an_example(
     let bench = subcommands(&help(&["bench"]));
     assert_eq!(
         bench,
-        ["sandbox", "grpc", "scale", "grading", "chaos"],
+        ["sandbox", "grpc", "scale", "grading", "chaos", "fleet"],
         "bench subcommands changed: check their examples"
     );
     assert!(offenders.is_empty(), "{offenders:#?}");

@@ -171,9 +171,14 @@ async fn sigkill_mid_load_then_restart_removes_the_dead_servers_containers() {
         // …and through the new server, which never knew the episode.
         let records = trajectory_records(&mut client, id, proto::RecordEncoding::Unspecified).await;
         assert_eq!(records.len(), 3, "start + one step + the crashed end");
-        // The old episode is not live on the new server.
+        // The old episode is not live on the new server, which says it was one of an earlier run of its node.
         let status = client.step(bash(id, "true")).await.unwrap_err();
-        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("ran on an earlier run of node"),
+            "{}",
+            status.message()
+        );
     }
     restarted.terminate(Duration::from_secs(30)).await;
 }
