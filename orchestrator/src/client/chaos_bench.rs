@@ -115,7 +115,7 @@ impl Lab {
         let channel = tonic::transport::Endpoint::from_shared(server.url.clone())?
             .connect()
             .await?;
-        let bearer = Bearer(format!("Bearer {}", self.token).parse()?);
+        let bearer = Bearer(Some(format!("Bearer {}", self.token).parse()?));
         Ok(EnvServiceClient::with_interceptor(channel, bearer))
     }
 

@@ -160,9 +160,9 @@ impl FleetError {
     }
 }
 
-/// Adds `authorization: Bearer …` to every call when a token is set.
+/// Adds `authorization: Bearer …` to every call when a token is set (every wire client of `client/` uses it).
 #[derive(Clone)]
-pub struct FleetAuth(Option<MetadataValue<Ascii>>);
+pub struct FleetAuth(pub(crate) Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for FleetAuth {
     fn call(

@@ -42,25 +42,10 @@ pub struct GrpcBenchArgs {
     json: bool,
 }
 
-/// Adds `authorization: Bearer …` to every call (shared with `bench chaos`).
-#[derive(Clone)]
-pub(super) struct Bearer(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+/// The bearer-token interceptor of every wire client (`fleet::FleetAuth`), shared with `bench chaos` / `bench scale`.
+pub(super) use super::fleet::FleetAuth as Bearer;
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub(super) type Client = EnvServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
->;
+pub(super) type Client = super::fleet::FleetClient;
 
 fn step_request(episode_id: &str) -> proto::StepRequest {
     proto::StepRequest {
@@ -189,7 +174,7 @@ async fn measure(
         .connect()
         .await
         .context("connecting to the server")?;
-    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let bearer = Bearer(Some(format!("Bearer {token}").parse()?));
     let mut client: Client = EnvServiceClient::with_interceptor(channel, bearer);
 
     // Step round trip over gRPC.

@@ -348,7 +348,7 @@ async fn clients(url: &str, token: &str, n: usize) -> anyhow::Result<Vec<Client>
             .connect()
             .await
             .with_context(|| format!("connecting to the server at {url}"))?;
-        let bearer = Bearer(format!("Bearer {token}").parse()?);
+        let bearer = Bearer(Some(format!("Bearer {token}").parse()?));
         clients.push(EnvServiceClient::with_interceptor(channel, bearer));
     }
     Ok(clients)
